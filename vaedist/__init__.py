@@ -1,0 +1,19 @@
+"""vaedist: train the seed VAE on MS COCO and Food-101 at the speed of the GPU.
+
+Data flows one way, and so does the package:
+  vaedist.shard  raw images -> WebDataset tar shards + DALI index + manifest.json
+  vaedist.data   shards -> batches on the device (DALI, or the reference PyTorch loader)
+  vaedist.model / vaedist.losses / vaedist.train   the seed VAE trained with Accelerate
+  vaedist.evaluate / vaedist.tracking / vaedist.compare   metrics, W&B, side-by-side reports
+"""
+__version__ = "0.1.0"
+
+
+def load_model(path):
+    """Load a trained VAE from a run's `final/` folder (or the run folder itself); see vaedist.model."""
+    from vaedist.model import load_model as _load
+
+    return _load(path)
+
+
+__all__ = ["__version__", "load_model"]

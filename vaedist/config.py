@@ -1,0 +1,255 @@
+"""The one config schema: YAML file -> typed dataclasses, plus dotted overrides from the command line.
+
+    cfg = load_config("configs/coco.yaml", ["train.epochs=2", "data.shards=shards/coco"])
+
+Every key has a default here, and these defaults are the documented ones (README, "Configuration").
+Unknown keys, wrong types and missing files raise `ConfigError` naming the key: one line, exit code 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from vaedist.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    shards: str = "shards/coco"  # a directory written by `python -m vaedist.shard` (holds manifest.json)
+    train_split: str = "train"
+    val_split: str = "val"
+    backend: Literal["auto", "dali", "reference"] = "auto"  # auto: DALI where it imports
+    crop: int = 375  # seed: CenterCrop(375), in pixels of the original image; zero padding when smaller
+    size: int = 64  # output is size x size
+    flip: bool = True  # random horizontal flip, training only
+    cache: Literal["off", "auto", "device", "host"] = "off"  # decode-once cache of cropped+resized uint8
+    workers: int = 4  # DALI CPU threads / DataLoader worker processes
+    prefetch: int = 2  # batches decoded ahead
+    seed: int = 12345  # shuffling and flips; every rank derives its own stream from it
+
+
+@dataclass
+class ModelConfig:
+    latent_dim: int = 128
+    encoder_channels: list[int] = field(default_factory=lambda: [64, 128, 256])
+    hidden_dim: int = 1024  # encoder's fully connected layer
+    decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 32])
+    # The seed passes momentum=0.9 to BatchNorm: running stats then follow the current batch almost
+    # entirely (PyTorch's default is 0.1). Kept as the default so checkpoints behave like the seed's.
+    bn_momentum: float = 0.9
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["rmsprop", "adam", "adamw"] = "rmsprop"
+    lr: float = 1e-3
+    alpha: float = 0.9  # RMSprop smoothing (seed: 0.9)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # RMSprop only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam/AdamW only
+    scheduler: Literal["exponential", "cosine", "none"] = "exponential"
+    gamma: float = 0.75  # ExponentialLR, stepped once per epoch (seed)
+    warmup_epochs: float = 0.0  # cosine only: linear warm-up, then cosine to min_lr
+    min_lr: float = 0.0
+    grad_clip: float = 0.0  # max gradient norm per sub-network; 0 = off
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 512  # global batch: split evenly across processes
+    mode: Literal["vae", "beta-vae"] = "vae"
+    kl_weight: Literal["batch", "one"] = "batch"  # vae mode: KL summed over the batch times 1/batch or 1
+    beta: float = 1.0  # beta-vae mode
+    lambda_mse: float = 1e-6  # weight of the reconstruction error in the decoder's loss (seed config)
+    encoder: OptimConfig = field(default_factory=OptimConfig)
+    decoder: OptimConfig = field(default_factory=OptimConfig)
+    precision: Literal["auto", "bf16", "fp16", "no"] = "auto"  # auto: bf16 where supported, else fp32
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 8
+    log_every: int = 10  # steps between training metric rows
+    eval_every: int = 1  # epochs between evaluations (0 = only at the end)
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = only at epoch ends)
+    keep_checkpoints: int = 2
+    max_steps: int = 0  # stop after this many steps (0 = run all epochs); for smoke tests and benchmarks
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"  # run directory: config, metrics.jsonl, images/, checkpoints/, final/
+    name: str = ""  # W&B run name; empty = derived from dataset, mode and weights
+
+
+@dataclass
+class LoggingConfig:
+    wandb: bool = True
+    project: str = "vaedist"
+    entity: str = ""
+    mode: Literal["auto", "online", "offline"] = "auto"  # auto: online with credentials, else offline
+    group: str = ""  # empty = derived from dataset and mode
+    tags: list[str] = field(default_factory=list)  # added to the derived tags
+    num_reconstructions: int = 16  # validation images shown above their reconstructions
+    num_samples: int = 25  # prior samples decoded at every evaluation (seed: 25)
+    table_rows: int = 512  # rows of the latent-means table (W&B projection panel)
+    projection_points: int = 2000  # validation latent means in the 2-D scatter
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+# --- YAML <-> dataclasses -------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; convert only where YAML is ambiguous (1 -> 1.0)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping of keys, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list of {_type_name(item_tp)}, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            raise ConfigError(
+                f"unknown config key '{prefix}{key}' (known under '{prefix or 'top level'}': {', '.join(sorted(names))})"
+            )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value (e.g. train.epochs=2)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    # Keep strings that YAML would turn into something else only where the key is a string (paths like 1e3)
+    return key.strip().split("."), value
+
+
+def _set_dotted(tree: dict, path: list[str], value: Any, text: str) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{text}': '{part}' is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _string_keys(cls: type, prefix: str = "") -> set[str]:
+    """Dotted names of every str-typed key, so that `run.dir=123` stays the string '123'."""
+    out: set[str] = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out |= _string_keys(tp, prefix + f.name + ".")
+        elif tp is str:
+            out.add(prefix + f.name)
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or only defaults when `path` is None), apply `key=value` overrides, validate."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' not found (shipped configs are in configs/)")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file '{path}'{where} is not valid YAML: {getattr(err, 'problem', err)}")
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping of sections (data:, train:, ...)")
+        tree = loaded
+    strings = _string_keys(Config)
+    for text in overrides:
+        keys, value = _parse_override(text)
+        if ".".join(keys) in strings and not isinstance(value, str):
+            value = text.split("=", 1)[1]
+        _set_dotted(tree, keys, value, text)
+    cfg = _build(Config, tree)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Checks that involve values, not only types."""
+    if cfg.train.batch_size < 1:
+        raise ConfigError("config key 'train.batch_size' must be at least 1")
+    if cfg.train.epochs < 1:
+        raise ConfigError("config key 'train.epochs' must be at least 1")
+    if cfg.data.size < 8 or cfg.data.crop < 1:
+        raise ConfigError("config keys 'data.size' (>= 8) and 'data.crop' (>= 1) are out of range")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically), so a run records exactly what it ran with."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)

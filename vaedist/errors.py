@@ -1,0 +1,41 @@
+"""User-facing errors: one line, a non-zero exit, no traceback.
+
+Every command-line entry point runs through `run_cli`, so a mistake by the user (a wrong path, a bad key,
+a corrupt shard) is reported as one line that names the thing and what to do, while a bug in vaedist
+still shows its traceback.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, NoReturn
+
+
+class UserError(Exception):
+    """A problem the user can fix. `str(err)` is the one line shown to them."""
+
+    exit_code = 1
+
+
+class ConfigError(UserError):
+    """Unknown key, wrong type or missing file in a config: exit code 2 (like argparse)."""
+
+    exit_code = 2
+
+
+def fail(message: str, exit_code: int = 1) -> NoReturn:
+    err = UserError(message)
+    err.exit_code = exit_code
+    raise err
+
+
+def run_cli(main: Callable[[], int | None], prog: str = "vaedist") -> NoReturn:
+    """Run `main`, turning a `UserError` into `prog: error: <line>` on stderr and its exit code."""
+    try:
+        code = main()
+    except UserError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    sys.exit(code or 0)
