@@ -1,0 +1,343 @@
+"""The one seam for rank-0 side effects of training: metrics.jsonl, images/*.png, and W&B (through Accelerate).
+
+    tracker = Tracker(cfg, accelerator, run_dir, manifest, resumed_step=start_step)
+    tracker.log({"train/loss_encoder": 1.2, "train/lr_encoder": 1e-3, "epoch": 0}, step=100)
+    tracker.log_evaluation(result, accelerator.unwrap_model(model), step=100, epoch=0)
+    tracker.finish()
+
+Build the Accelerator with `Accelerator(**Tracker.accelerator_kwargs(cfg), ...)`. Every method does
+nothing on processes other than the main one, except `finish`, whose `accelerator.end_training()` must run
+on every process (it tears the process group down).
+
+What lands where (the run dir is the record; W&B is a view of it):
+- run_dir/metrics.jsonl: one JSON object per `log` call: {"step": 100, "epoch": 0, "train/...": ...}.
+- run_dir/images/<kind>_e<epoch>.png and <kind>_latest.png for kind in reconstructions, prior_samples,
+  latent_pca, kl_per_dim (`vaedist.compare` reads the *_latest.png).
+- W&B under run_dir/wandb/: scalars under "train/..." and "val/...", pictures under "images/...", the
+  latent-means table and the KL histogram under "latents/...". Online when credentials exist, else offline.
+- run_dir/wandb_run_id: the W&B run id, so that a resumed training continues the same W&B run.
+"""
+from __future__ import annotations
+
+import json
+import netrc
+import os
+import re
+import secrets
+import string
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vaedist import visualize
+from vaedist.config import Config, to_dict
+from vaedist.evaluate import EvalResult
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from vaedist.shard.manifest import Manifest
+
+METRICS_FILE = "metrics.jsonl"
+IMAGES_DIR = "images"
+RUN_ID_FILE = "wandb_run_id"
+IMAGE_KINDS = ("reconstructions", "prior_samples", "latent_pca", "kl_per_dim")
+DEFAULT_WANDB_HOST = "https://api.wandb.ai"
+
+
+# --- W&B: online or offline, and the run's identity ------------------------------------------------
+
+
+def has_wandb_credentials() -> bool:
+    """True when wandb.init would find an API key without asking: WANDB_API_KEY, an identity token file,
+    or a ~/.netrc (or $NETRC) entry for the W&B host. Reads files only, never the network, so that an
+    air-gapped node decides instantly (wandb itself looks in the same places, in this order)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL", DEFAULT_WANDB_HOST)).netloc
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        entry = netrc.netrc(path).authenticators(host)
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    return bool(entry and entry[2])
+
+
+def resolve_wandb_mode(cfg: Config) -> str:
+    """'online' or 'offline' for wandb.init (or 'disabled' when WANDB_MODE says so).
+
+    logging.mode=online|offline is obeyed. auto: an explicit WANDB_MODE in the environment wins (the usual
+    W&B switch, used by the tests and by cluster admins), else online exactly when credentials exist.
+    """
+    if cfg.logging.mode != "auto":
+        return cfg.logging.mode
+    env_mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env_mode in ("online", "offline", "disabled"):
+        return env_mode
+    if env_mode in ("dryrun",):
+        return "offline"
+    return "online" if has_wandb_credentials() else "offline"
+
+
+def _short_number(value: float) -> str:
+    return f"{value:g}"
+
+
+def dataset_name(cfg: Config, manifest: Manifest | None) -> str:
+    if manifest is not None:
+        return manifest.dataset
+    return Path(cfg.data.shards).name or "data"
+
+
+def run_identity(cfg: Config, manifest: Manifest | None) -> tuple[str, str, list[str]]:
+    """(name, group, tags) for the W&B run table: one group per dataset and mode, tags per ablation axis."""
+    dataset = dataset_name(cfg, manifest)
+    t = cfg.train
+    if t.mode == "vae":
+        weighting = f"kl-{t.kl_weight}"  # kl-batch: KL times 1/batch (seed README); kl-one: times 1
+        tags = [dataset, t.mode, f"kl_weight={t.kl_weight}", f"lambda_mse={_short_number(t.lambda_mse)}"]
+    else:
+        weighting = f"beta{_short_number(t.beta)}"
+        tags = [dataset, t.mode, f"beta={_short_number(t.beta)}", f"lambda_mse={_short_number(t.lambda_mse)}"]
+    name = cfg.run.name or f"{dataset}-{t.mode}-{weighting}-lmse{_short_number(t.lambda_mse)}"
+    group = cfg.logging.group or f"{dataset}-{t.mode}"
+    for tag in cfg.logging.tags:
+        if tag not in tags:
+            tags.append(tag)
+    return name, group, [tag[:64] for tag in tags]  # W&B rejects tags longer than 64 characters
+
+
+def _read_or_create_run_id(run_dir: Path) -> str:
+    path = run_dir / RUN_ID_FILE
+    if path.is_file():
+        run_id = path.read_text().strip()
+        if re.fullmatch(r"[A-Za-z0-9_-]+", run_id):
+            return run_id
+    # W&B's own ids are 8 characters of [a-z0-9]; its generator is not public API, so make one alike.
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    _write_text_atomic(path, run_id + "\n")
+    return run_id
+
+
+# --- files -----------------------------------------------------------------------------------------
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    """[H, W, 3] uint8 -> PNG, written to a temporary name and renamed."""
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """Rows of run_dir/metrics.jsonl; a torn last line (a killed process) is ignored."""
+    path = Path(run_dir) / METRICS_FILE
+    rows = []
+    if not path.is_file():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _truncate_metrics_after(run_dir: Path, step: int) -> None:
+    """On resume, drop rows logged after the checkpoint we resume from: they will be logged again."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return
+    kept = [row for row in read_metrics(run_dir) if int(row.get("step", 0)) <= step]
+    _write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in kept))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
+
+
+# --- the tracker -----------------------------------------------------------------------------------
+
+
+class Tracker:
+    """Rank-0 side effects of a training run. See the module docstring."""
+
+    @staticmethod
+    def accelerator_kwargs(cfg: Config) -> dict:
+        """Keyword arguments for `Accelerator(...)`: W&B as Accelerate's tracker, unless logging.wandb=false."""
+        return {"log_with": "wandb"} if cfg.logging.wandb else {}
+
+    def __init__(
+        self,
+        cfg: Config,
+        accelerator: Accelerator,
+        run_dir: str | Path,
+        manifest: Manifest | None,
+        resumed_step: int = 0,
+    ):
+        self.cfg = cfg
+        self.accelerator = accelerator
+        self.run_dir = Path(run_dir)
+        self.manifest = manifest
+        self.class_names = manifest.classes if manifest is not None else None
+        self.active = accelerator.is_main_process
+        self.wandb_mode: str | None = None
+        self.run = None
+        # Same prior noise at every evaluation (and across resumes): a picture that changes shows the decoder.
+        generator = torch.Generator().manual_seed(cfg.train.seed)
+        self.prior_noise = torch.randn(cfg.logging.num_samples, cfg.model.latent_dim, generator=generator)
+        if not self.active:
+            return
+        (self.run_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+        if resumed_step > 0:
+            _truncate_metrics_after(self.run_dir, resumed_step)
+        if cfg.logging.wandb:
+            self._start_wandb()
+
+    def _start_wandb(self) -> None:
+        self.wandb_mode = resolve_wandb_mode(self.cfg)
+        name, group, tags = run_identity(self.cfg, self.manifest)
+        wandb_kwargs = {
+            "dir": str(self.run_dir),
+            "id": _read_or_create_run_id(self.run_dir),
+            "resume": "allow",  # a resumed training continues the same W&B run
+            "name": name,
+            "group": group,
+            "tags": tags,
+            "mode": self.wandb_mode,
+            "job_type": "train",
+        }
+        if self.cfg.logging.entity:
+            wandb_kwargs["entity"] = self.cfg.logging.entity
+        self.accelerator.init_trackers(
+            self.cfg.logging.project, config=to_dict(self.cfg), init_kwargs={"wandb": wandb_kwargs}
+        )
+        self.run = self.accelerator.get_tracker("wandb", unwrap=True)
+        # Our global step is the x axis of every chart; epoch is logged alongside so it can be chosen instead.
+        self.run.define_metric("train/*", summary="last")
+        self.run.define_metric("val/*", summary="last")
+        self.run.define_metric("val/mse", summary="min")
+        self.run.define_metric("val/ssim", summary="max")
+        self.run.define_metric("val/psnr", summary="max")
+
+    # -- scalars --
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """One row of scalars ("train/..." or "val/..." keys; an optional "epoch") at a global step."""
+        if not self.active:
+            return
+        row = {"step": int(step)}
+        row.update({k: _jsonable(v) for k, v in metrics.items()})
+        with open(self.run_dir / METRICS_FILE, "a") as fh:
+            fh.write(json.dumps(row) + "\n")  # one write per row: a kill leaves at most a torn last line
+        if self.run is not None:
+            self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=int(step))
+
+    # -- pictures --
+
+    @torch.no_grad()
+    def decode_prior_samples(self, model: torch.nn.Module) -> torch.Tensor:
+        """Decode the fixed prior noise: [num_samples, 3, S, S] float in [0, 1]."""
+        was_training = model.training
+        model.eval()
+        try:
+            device = next(model.parameters()).device
+            decoded = model.decode(self.prior_noise.to(device)).float().cpu()
+        finally:
+            model.train(was_training)
+        return (decoded + 1) / 2  # the decoder's tanh range [-1, 1] -> [0, 1]
+
+    def log_evaluation(self, result: EvalResult, model: torch.nn.Module, step: int, epoch: int) -> None:
+        """Scalars (result.metrics + val/active_units), pictures (PNG + W&B), latent table, KL histogram."""
+        if not self.active:
+            return
+        kl_per_dim = result.kl_per_dim.detach().float().cpu()
+        units = visualize.active_units(kl_per_dim)
+        pictures = {
+            "reconstructions": visualize.reconstruction_grid(result.originals, result.reconstructions),
+            "prior_samples": visualize.sample_grid(self.decode_prior_samples(model)),
+            "kl_per_dim": visualize.kl_per_dim_plot(kl_per_dim),
+        }
+        if result.mu.shape[0] >= 2:
+            points = result.mu[: self.cfg.logging.projection_points]
+            labels = result.labels[: points.shape[0]] if result.labels is not None else None
+            pictures["latent_pca"] = visualize.latent_scatter(
+                points, labels, self.class_names, title=f"Latent means, PCA, epoch {epoch} ({points.shape[0]} images)"
+            )
+        images_dir = self.run_dir / IMAGES_DIR
+        for kind, image in pictures.items():
+            save_png(image, images_dir / f"{kind}_e{epoch:03d}.png")
+            save_png(image, images_dir / f"{kind}_latest.png")
+
+        scalars = {**result.metrics, "val/active_units": units, "epoch": epoch}
+        self.log(scalars, step)
+        if self.run is None:
+            return
+        import wandb
+
+        media = {
+            "images/reconstructions": wandb.Image(pictures["reconstructions"], caption="top: validation, below: reconstruction"),
+            "images/prior_samples": wandb.Image(pictures["prior_samples"], caption="decoded z ~ N(0, I), fixed noise"),
+            "images/kl_per_dim": wandb.Image(pictures["kl_per_dim"]),
+            "latents/kl_per_dim": wandb.Histogram(kl_per_dim.numpy()),
+            "latents/means": self.latent_table(result),
+        }
+        if "latent_pca" in pictures:
+            media["images/latent_pca"] = wandb.Image(pictures["latent_pca"])
+        self.accelerator.log(media, step=int(step))
+
+    def latent_table(self, result: EvalResult):
+        """wandb.Table: thumbnail, class, then one numeric column per latent dimension (mu_000, ...).
+
+        One column per dimension is the layout W&B's 2-D projection panel (PCA / t-SNE / UMAP) reads.
+        Bounded by logging.table_rows and by the thumbnails the evaluation kept.
+        """
+        import wandb
+
+        rows = min(self.cfg.logging.table_rows, result.mu.shape[0], result.thumbnails.shape[0])
+        dims = result.mu.shape[1]
+        columns = ["thumbnail", "class", "class_name"] + [f"mu_{d:03d}" for d in range(dims)]
+        data = []
+        mu = result.mu[:rows].float().cpu().tolist()
+        for i in range(rows):
+            thumb = result.thumbnails[i].permute(1, 2, 0).cpu().numpy()
+            label = int(result.labels[i]) if result.labels is not None else -1
+            name = self.class_names[label] if self.class_names and 0 <= label < len(self.class_names) else ""
+            data.append([wandb.Image(thumb), label, name] + mu[i])
+        return wandb.Table(columns=columns, data=data)
+
+    # -- end --
+
+    def finish(self) -> None:
+        """End the W&B run (all processes must call this) and tell the user how to upload an offline run."""
+        sync_dir = None
+        if self.active and self.run is not None and self.wandb_mode == "offline":
+            sync_dir = _offline_run_dir(self.run)
+        self.accelerator.end_training()
+        if sync_dir is not None:
+            print(f"W&B run saved offline; upload it with:\n  wandb sync {sync_dir}", flush=True)
+        self.run = None
+
+
+def _offline_run_dir(run) -> str:
+    """The offline-run-... directory that `wandb sync` takes."""
+    try:
+        return str(Path(run.settings.sync_dir))
+    except AttributeError:  # pragma: no cover - older wandb
+        return str(Path(run.dir).parent)
