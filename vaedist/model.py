@@ -1,0 +1,180 @@
+"""The seed's VAE (seed `models/vae.py`, see SPEC.md), with its widths and latent size taken from the config.
+
+    model = VAE(cfg.model, image_size=cfg.data.size)
+    x_rec, mu, logvar = model(x)           # x: [N, 3, S, S] in [-1, 1]
+    mu, logvar = model.encode(x)           # [N, latent] each
+    x_rec = model.decode(z)                # [N, 3, S, S] in [-1, 1]
+
+A trained model is loaded with `vaedist.load_model(run_dir_or_final_dir)`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vaedist.config import ModelConfig
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.yaml"
+
+
+def _down_block(c_in: int, c_out: int, bn_momentum: float) -> nn.Sequential:
+    # The BatchNorm follows, so a conv bias would be redundant (the seed also has bias=False).
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel_size=5, stride=2, padding=2, bias=False),
+        nn.BatchNorm2d(c_out, momentum=bn_momentum),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _up_block(c_in: int, c_out: int, bn_momentum: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.ConvTranspose2d(c_in, c_out, kernel_size=5, stride=2, padding=2, output_padding=1, bias=False),
+        nn.BatchNorm2d(c_out, momentum=bn_momentum),
+        nn.ReLU(inplace=True),
+    )
+
+
+class Encoder(nn.Module):
+    """[N, 3, S, S] -> (mu, logvar), each [N, latent]. Default: 64 -> 32 -> 16 -> 8 px, 256*8*8 -> 1024 -> 128."""
+
+    def __init__(self, cfg: ModelConfig, image_size: int):
+        super().__init__()
+        channels = [3, *cfg.encoder_channels]
+        self.features = nn.Sequential(
+            *[_down_block(c_in, c_out, cfg.bn_momentum) for c_in, c_out in zip(channels[:-1], channels[1:])]
+        )
+        side = image_size // 2 ** len(cfg.encoder_channels)
+        self.fc = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(channels[-1] * side * side, cfg.hidden_dim, bias=False),
+            nn.BatchNorm1d(cfg.hidden_dim, momentum=cfg.bn_momentum),
+            nn.ReLU(inplace=True),
+        )
+        self.mu = nn.Linear(cfg.hidden_dim, cfg.latent_dim)
+        self.logvar = nn.Linear(cfg.hidden_dim, cfg.latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.fc(self.features(x))  # [N, hidden]
+        return self.mu(h), self.logvar(h)
+
+
+class Decoder(nn.Module):
+    """[N, latent] -> [N, 3, S, S] in [-1, 1]. Default: 128 -> 256*8*8, then 8 -> 16 -> 32 -> 64 px, 32 -> 3 ch."""
+
+    def __init__(self, cfg: ModelConfig, image_size: int):
+        super().__init__()
+        n_up = len(cfg.decoder_channels)
+        self.side = image_size // 2**n_up
+        self.start_channels = cfg.decoder_channels[0]
+        self.fc = nn.Sequential(
+            nn.Linear(cfg.latent_dim, self.start_channels * self.side * self.side, bias=False),
+            nn.BatchNorm1d(self.start_channels * self.side * self.side, momentum=cfg.bn_momentum),
+            nn.ReLU(inplace=True),
+        )
+        # Seed: 256 -> 256 -> 128 -> 32, i.e. the first block keeps the width it starts from.
+        channels = [self.start_channels, *cfg.decoder_channels]
+        self.features = nn.Sequential(
+            *[_up_block(c_in, c_out, cfg.bn_momentum) for c_in, c_out in zip(channels[:-1], channels[1:])]
+        )
+        self.to_rgb = nn.Sequential(nn.Conv2d(channels[-1], 3, kernel_size=5, stride=1, padding=2), nn.Tanh())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.fc(z).view(-1, self.start_channels, self.side, self.side)  # [N, C, s, s]
+        return self.to_rgb(self.features(h))
+
+
+def init_weights(module: nn.Module) -> None:
+    """Seed init: Xavier-normal (gain 1) on conv, transposed conv and linear weights; zero biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.xavier_normal_(m.weight, gain=1.0)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class VAE(nn.Module):
+    def __init__(self, cfg: ModelConfig, image_size: int = 64):
+        super().__init__()
+        if image_size % 2 ** len(cfg.encoder_channels) or image_size % 2 ** len(cfg.decoder_channels):
+            from vaedist.errors import ConfigError
+
+            raise ConfigError(
+                f"config key 'data.size' ({image_size}) must be divisible by 2**(number of model channels)"
+            )
+        self.cfg = cfg
+        self.image_size = image_size
+        self.encoder = Encoder(cfg, image_size)
+        self.decoder = Decoder(cfg, image_size)
+        init_weights(self)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.cfg.latent_dim
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encoder(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterisation
+        return self.decoder(z), mu, logvar
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, 3, S, S] in [-1, 1] -> reconstructions decoded from the latent means (no sampling noise)."""
+        mu, _ = self.encode(x)
+        return self.decode(mu)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Decode `n` draws of z ~ N(0, I): [n, 3, S, S] in [-1, 1]."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.latent_dim, generator=generator, device=generator.device if generator else device)
+        return self.decode(z.to(device))
+
+
+def save_model(model: VAE, cfg, out_dir: str | Path) -> Path:
+    """Write `out_dir/model.safetensors` + `out_dir/config.yaml` (each to a temporary name, then renamed)."""
+    from safetensors.torch import save_file
+
+    from vaedist.config import save_config
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = out_dir / (WEIGHTS_NAME + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "vaedist-vae", "image_size": str(model.image_size)})
+    tmp.replace(out_dir / WEIGHTS_NAME)
+    save_config(cfg, out_dir / CONFIG_NAME)
+    return out_dir
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> VAE:
+    """Load a VAE from a `final/` folder, a run folder (uses its `final/`), or a `model.safetensors` file.
+
+    The model comes back in eval mode: `encode`, `decode`, `reconstruct(x)`, `sample(n)`.
+    """
+    from safetensors.torch import load_file
+
+    from vaedist.config import load_config
+    from vaedist.errors import UserError
+
+    path = Path(path)
+    if path.is_dir() and not (path / WEIGHTS_NAME).is_file() and (path / "final" / WEIGHTS_NAME).is_file():
+        path = path / "final"
+    weights = path / WEIGHTS_NAME if path.is_dir() else path
+    if not weights.is_file():
+        raise UserError(f"no trained model at '{path}': expected {WEIGHTS_NAME} (a run's final/ folder)")
+    config_file = weights.parent / CONFIG_NAME
+    if not config_file.is_file():
+        raise UserError(f"'{config_file}' is missing: it holds the model's widths next to {WEIGHTS_NAME}")
+    cfg = load_config(config_file)
+    model = VAE(cfg.model, image_size=cfg.data.size)
+    model.load_state_dict(load_file(str(weights)))
+    return model.to(device).eval()
