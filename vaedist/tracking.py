@@ -112,15 +112,34 @@ def run_identity(cfg: Config, manifest: Manifest | None) -> tuple[str, str, list
 
 
 def _read_or_create_run_id(run_dir: Path) -> str:
+    """The W&B run id of this run dir: stored on first start, reused on resume.
+
+    Under a sweep agent, W&B has already chosen the id (WANDB_RUN_ID) and the run must use it.
+    """
     path = run_dir / RUN_ID_FILE
-    if path.is_file():
-        run_id = path.read_text().strip()
-        if re.fullmatch(r"[A-Za-z0-9_-]+", run_id):
-            return run_id
-    # W&B's own ids are 8 characters of [a-z0-9]; its generator is not public API, so make one alike.
-    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    agent_id = os.environ.get("WANDB_RUN_ID", "").strip() if os.environ.get("WANDB_SWEEP_ID") else ""
+    if agent_id:
+        run_id = agent_id
+    elif path.is_file() and re.fullmatch(r"[A-Za-z0-9_-]+", path.read_text().strip()):
+        return path.read_text().strip()
+    else:
+        # W&B's own ids are 8 characters of [a-z0-9]; its generator is not public API, so make one alike.
+        run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
     _write_text_atomic(path, run_id + "\n")
     return run_id
+
+
+def sweep_run_dir(run_dir: str | Path) -> Path:
+    """The run dir to use: `run_dir` itself, or run_dir/<W&B run id> under a W&B sweep agent.
+
+    Every run of a sweep gets the same command line, hence the same run.dir; without this, the second
+    sweep run would resume the first one's checkpoints and W&B run. (The agent's `${envvar:...}` macro
+    cannot help: wandb 0.31 expands it before it sets WANDB_RUN_ID.)
+    """
+    run_id = os.environ.get("WANDB_RUN_ID", "").strip()
+    if os.environ.get("WANDB_SWEEP_ID") and re.fullmatch(r"[A-Za-z0-9_-]+", run_id):
+        return Path(run_dir) / run_id
+    return Path(run_dir)
 
 
 # --- files -----------------------------------------------------------------------------------------
@@ -296,6 +315,12 @@ class Tracker:
             "images/prior_samples": wandb.Image(pictures["prior_samples"], caption="decoded z ~ N(0, I), fixed noise"),
             "images/kl_per_dim": wandb.Image(pictures["kl_per_dim"]),
             "latents/kl_per_dim": wandb.Histogram(kl_per_dim.numpy()),
+            "latents/kl_per_dim_bars": wandb.plot.bar(
+                wandb.Table(columns=["dimension", "kl"], data=[[d, float(v)] for d, v in enumerate(kl_per_dim)]),
+                "dimension",
+                "kl",
+                title="Mean KL per latent dimension (nats)",
+            ),
             "latents/means": self.latent_table(result),
         }
         if "latent_pca" in pictures:
@@ -326,18 +351,16 @@ class Tracker:
 
     def finish(self) -> None:
         """End the W&B run (all processes must call this) and tell the user how to upload an offline run."""
-        sync_dir = None
+        offline_dirs: list[Path] = []
         if self.active and self.run is not None and self.wandb_mode == "offline":
-            sync_dir = _offline_run_dir(self.run)
+            offline_dirs = _offline_run_dirs(self.run_dir, self.run.id)
         self.accelerator.end_training()
-        if sync_dir is not None:
-            print(f"W&B run saved offline; upload it with:\n  wandb sync {sync_dir}", flush=True)
         self.run = None
+        if offline_dirs:
+            # A resumed run has one offline directory per session; syncing them in order rebuilds the run.
+            print("W&B run saved offline; upload it with:\n  wandb sync " + " ".join(map(str, offline_dirs)), flush=True)
 
 
-def _offline_run_dir(run) -> str:
-    """The offline-run-... directory that `wandb sync` takes."""
-    try:
-        return str(Path(run.settings.sync_dir))
-    except AttributeError:  # pragma: no cover - older wandb
-        return str(Path(run.dir).parent)
+def _offline_run_dirs(run_dir: Path, run_id: str) -> list[Path]:
+    """Every offline-run-<time>-<id> directory of this run, oldest first (`wandb sync` takes them all)."""
+    return sorted((run_dir / "wandb").resolve().glob(f"offline-run-*-{run_id}"))
