@@ -1,0 +1,353 @@
+"""`shard_dataset`: list the inputs, plan the shards, decode in parallel, write tars + index, manifest last.
+
+    listing = SOURCES[dataset](root)           sources.py   (path, split, label) per image, sorted
+    plan    = plan_shards(listing, seed, ...)  plan.py      seeded global shuffle, cut into shards
+    for each unfinished shard:                 state.py     finished shards of a killed run are kept
+        worker processes: prepare_image()      images.py    full decode, checks, clean JPEG bytes
+        this process:     ShardWriter          writer.py    tar + DALI index, temp name -> rename
+    write_manifest(...)                        manifest.py  the output is complete once this exists
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import re
+import threading
+import time
+from collections import Counter
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from tqdm import tqdm
+
+from vaedist import __version__
+from vaedist.errors import UserError
+from vaedist.shard.images import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, ImageOptions, ImageRejected, PreparedImage
+from vaedist.shard.images import configure_pillow, prepare_image
+from vaedist.shard.manifest import Manifest, ShardInfo, SplitInfo, load_manifest, manifest_path, write_manifest
+from vaedist.shard.plan import PlannedShard, listing_fingerprint, plan_shards, probe_indices
+from vaedist.shard.sources import DEFAULT_COCO_TRAIN_DIRS, SourceListing, SourceOptions, list_source, sample_keys
+from vaedist.shard.state import OutputDir
+from vaedist.shard.writer import ShardWriter, sync_directory
+
+# 128 MB (decimal): large sequential reads (each shard is read front to back), and enough shards for
+# readers that split by file: COCO 2017 (train2017+test2017 ~24 GB, val2017 ~0.8 GB) gives ~190 train and
+# ~7 val shards, Food-101 (~3.7 GB train, ~1.3 GB test) ~29 and ~10. DALI splits a split's samples into
+# contiguous ranges per DDP rank (shard_id/num_shards), so for DALI the count only bounds how much a rank
+# reads outside its own range; a killed run loses at most one shard of work per run.
+DEFAULT_SHARD_SIZE = 128_000_000
+CHUNKSIZE = 8  # images per task message to a worker: amortises the pipe round trip (~0.1 ms) over ~30 ms
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """Everything that shapes the output (and so must match for a resume); not workers or progress."""
+
+    shard_size: int
+    max_side: int | None
+    seed: int
+    val_fraction: float
+    max_pixels: int
+    jpeg_quality: int
+    coco_train_dirs: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {"shard_size": self.shard_size, "max_side": self.max_side, "seed": self.seed,
+                "val_fraction": self.val_fraction, "max_pixels": self.max_pixels,
+                "jpeg_quality": self.jpeg_quality, "coco_train_dirs": list(self.coco_train_dirs)}
+
+    @property
+    def image(self) -> ImageOptions:
+        return ImageOptions(max_pixels=self.max_pixels, max_side=self.max_side, jpeg_quality=self.jpeg_quality)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30,
+          "ti": 2**40}
+
+
+def parse_size(value: str | int) -> int:
+    """'128MB' -> 128_000_000, '1GiB' -> 2**30, 4096 -> 4096."""
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.match(str(value))
+        unit = (match.group(2) or "").lower().rstrip("b") if match else None
+        if not match or unit not in _UNITS:
+            raise UserError(f"--shard-size '{value}' is not a size: use e.g. 128MB, 1GiB or a number of bytes")
+        size = int(float(match.group(1)) * _UNITS[unit])
+    if size <= 0:
+        raise UserError(f"--shard-size must be positive, got {value}")
+    return size
+
+
+def default_workers() -> int:
+    """All the cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def shard_dataset(
+    dataset: str,
+    root: str | Path,
+    out: str | Path,
+    *,
+    workers: int | None = None,
+    shard_size: str | int = DEFAULT_SHARD_SIZE,
+    max_side: int | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    overwrite: bool = False,
+    progress: bool = True,
+    coco_train_dirs: Sequence[str] = DEFAULT_COCO_TRAIN_DIRS,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+) -> Manifest:
+    """Pack `root` (laid out as `dataset`: coco, food101 or folder) into WebDataset shards in `out`.
+
+    Returns the manifest. Raises `UserError` (one line) for a wrong root or options, or when no valid image
+    was found; bad images are not errors, they are listed in the manifest's `skipped`.
+    """
+    workers = default_workers() if workers is None else workers
+    options = _check_options(shard_size, max_side, seed, val_fraction, max_pixels, jpeg_quality, coco_train_dirs,
+                             workers)
+    listing = list_source(dataset, root, SourceOptions(tuple(coco_train_dirs), val_fraction, seed))
+    out = Path(out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    output = OutputDir(out)
+    say = print if progress else (lambda *a, **k: None)
+
+    if overwrite:
+        output.remove_everything_we_wrote()
+    elif manifest_path(out).is_file():
+        return _already_complete(output, dataset, listing, options, say)
+    output.sweep_temporaries()
+
+    fingerprint = listing_fingerprint(dataset, listing, options.to_json())
+    state = output.read_state()
+    if state is not None and state["fingerprint"] != fingerprint:
+        raise UserError(f"'{out}' holds an unfinished run with other inputs or options: re-run it with the same "
+                        "arguments, or pass --overwrite to start again")
+    if state is None and output.shard_files():
+        raise UserError(f"'{out}' already holds shard files that this run did not plan: "
+                        "pass --overwrite to replace them, or choose another --out")
+
+    keys = sample_keys([s.path for s in listing.samples])
+    with _worker_pool(workers) as pool:
+        if state is None:
+            bytes_ratio = _measure_bytes_ratio(pool, listing, options)
+            output.write_state(fingerprint, bytes_ratio)  # before any shard: it fixes the plan for re-runs
+        else:
+            bytes_ratio = state["bytes_ratio"]
+            say(f"resuming the unfinished run in {out}")
+        plan = plan_shards(listing, options.seed, options.shard_size, bytes_ratio)
+        records = {shard.name: output.finished(shard) for shard in plan}
+        todo = [shard for shard in plan if records[shard.name] is None]
+        for shard in todo:
+            output.discard_unfinished(shard)
+        started = time.perf_counter()
+        done_before = sum(len(s.samples) for s in plan if records[s.name] is not None)
+        with tqdm(total=len(listing.samples), initial=done_before, unit="img", disable=not progress,
+                  desc=f"shard {dataset}", smoothing=0.05) as bar:
+            with closing(_prepare_in_parallel(pool, workers, listing, todo, options.image)) as results:
+                for shard in todo:
+                    records[shard.name] = _write_shard(output, shard, listing, keys, results, bar)
+        elapsed = time.perf_counter() - started
+
+    manifest = _manifest(dataset, listing, options, plan, records)
+    total = sum(split.samples for split in manifest.splits.values())
+    if total == 0:
+        output.remove_everything_we_wrote()
+        raise UserError(f"no valid image found under '{listing.root}': {_reasons_summary(manifest.skipped)}")
+    write_manifest(manifest, out)
+    sync_directory(out)
+    output.remove_progress_files()
+    written = sum(len(s.samples) for s in todo)
+    say(_summary(manifest, out, written, elapsed))
+    return manifest
+
+
+# --- options and a complete output -------------------------------------------------------------------------
+
+
+def _check_options(shard_size, max_side, seed, val_fraction, max_pixels, jpeg_quality, coco_train_dirs,
+                   workers) -> ShardOptions:
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    if max_side is not None and max_side < 1:
+        raise UserError(f"--max-side must be a positive number of pixels, got {max_side}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if max_pixels < 1:
+        raise UserError(f"--max-pixels must be positive, got {max_pixels}")
+    if not 1 <= jpeg_quality <= 100:
+        raise UserError(f"--jpeg-quality must be in 1..100, got {jpeg_quality}")
+    if isinstance(coco_train_dirs, str) or not coco_train_dirs:
+        raise UserError("--coco-train-dirs must name at least one folder, e.g. train2017,test2017")
+    return ShardOptions(parse_size(shard_size), max_side, int(seed), float(val_fraction), int(max_pixels),
+                        int(jpeg_quality), tuple(coco_train_dirs))
+
+
+def _already_complete(output: OutputDir, dataset: str, listing: SourceListing, options: ShardOptions,
+                      say) -> Manifest:
+    """A complete output: same run -> say so and change nothing; another run -> refuse without --overwrite."""
+    manifest = load_manifest(output.path)
+    same = (manifest.dataset == dataset and manifest.root == str(listing.root)
+            and json.loads(json.dumps(manifest.options)) == json.loads(json.dumps(options.to_json())))
+    if not same:
+        raise UserError(f"'{output.path}' already holds shards of another run ({manifest.dataset} from "
+                        f"{manifest.root}, options {manifest.options}): pass --overwrite to replace them, "
+                        "or choose another --out")
+    output.remove_progress_files()  # a run killed between the manifest and this clean-up
+    total = sum(s.samples for s in manifest.splits.values())
+    say(f"{output.path} is already complete ({total} samples, {len(manifest.skipped)} skipped); nothing to do "
+        "(--overwrite rewrites it)")
+    return manifest
+
+
+# --- parallel decoding ------------------------------------------------------------------------------------
+
+
+def _init_worker(parent_pid: int) -> None:
+    configure_pillow()
+    # A worker must not outlive a sharder killed with -9 (it would hold the pool's pipes and CPU forever).
+    def watch_parent() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+
+
+def _worker_pool(workers: int):
+    configure_pillow()  # for anything decoded in this process too
+    return multiprocessing.get_context().Pool(workers, initializer=_init_worker, initargs=(os.getpid(),))
+
+
+def _prepare_one(task: tuple[int, str], options: ImageOptions) -> tuple[int, PreparedImage | str]:
+    """Runs in a worker: (index, path) -> (index, prepared image or the reason it was rejected)."""
+    index, path = task
+    try:
+        return index, prepare_image(path, options)
+    except ImageRejected as err:
+        return index, str(err)
+    except OSError as err:  # unreadable: permissions, a file removed while we run, I/O errors
+        return index, f"unreadable ({type(err).__name__}: {err.strerror or err})"
+    except Exception as err:  # a file that trips a Pillow plugin must not end a multi-hour run
+        return index, f"could not be decoded ({type(err).__name__}: {str(err)[:120]})"
+
+
+def _bounded(tasks: Iterable, slots: threading.Semaphore, stop: threading.Event) -> Iterator:
+    """Hand tasks to Pool.imap only as results are consumed: memory stays bounded whatever the dataset size."""
+    for task in tasks:
+        slots.acquire()
+        if stop.is_set():
+            return
+        yield task
+
+
+def _prepare_in_parallel(pool, workers: int, listing: SourceListing, shards: Sequence[PlannedShard],
+                         options: ImageOptions) -> Iterator[tuple[int, PreparedImage | str]]:
+    """Results in plan order (imap keeps order), at most a few chunks per worker in flight."""
+    tasks = ((i, str(listing.root / listing.samples[i].path)) for shard in shards for i in shard.samples)
+    slots, stop = threading.Semaphore(CHUNKSIZE * workers * 4), threading.Event()
+    try:
+        for result in pool.imap(partial(_prepare_one, options=options), _bounded(tasks, slots, stop), CHUNKSIZE):
+            slots.release()
+            yield result
+    finally:
+        stop.set()  # unblock Pool's task-feeding thread so the pool can shut down
+        for _ in range(CHUNKSIZE + 1):  # its next chunk may be waiting for this many
+            slots.release()
+
+
+def _measure_bytes_ratio(pool, listing: SourceListing, options: ShardOptions) -> float:
+    """Stored bytes / source bytes on a seeded probe: lets --shard-size mean stored bytes even with --max-side."""
+    probe = probe_indices(listing, options.seed)
+    tasks = [(i, str(listing.root / listing.samples[i].path)) for i in probe]
+    stored = source = 0
+    for index, result in pool.imap(partial(_prepare_one, options=options.image), tasks, 1):
+        if isinstance(result, PreparedImage):
+            stored += len(result.jpeg)
+            source += listing.samples[index].size
+    return round(stored / source, 6) if source else 1.0
+
+
+# --- writing ------------------------------------------------------------------------------------------------
+
+
+def _write_shard(output: OutputDir, shard: PlannedShard, listing: SourceListing, keys: list[str],
+                 results: Iterator[tuple[int, PreparedImage | str]], bar: tqdm) -> dict:
+    classes = listing.classes
+    skipped: list[dict] = []
+    with ShardWriter(output.path / shard.name) as writer:
+        for expected in shard.samples:
+            index, result = next(results)
+            assert index == expected, "imap must return results in task order"
+            source = listing.samples[index]
+            bar.update(1)
+            if isinstance(result, str):
+                skipped.append({"path": source.path, "reason": result})
+                continue
+            sample = {"__key__": keys[index], "jpg": result.jpeg}
+            meta = {"path": source.path, "width": result.width, "height": result.height, "split": source.split,
+                    "class": classes[source.label] if source.label is not None else None}
+            if source.label is not None:
+                sample["cls"] = str(source.label).encode()
+            sample["json"] = json.dumps(meta).encode()
+            writer.write(sample)
+        info = writer.commit() if writer.samples else None
+    return output.mark_finished(shard, info, skipped)
+
+
+def _manifest(dataset: str, listing: SourceListing, options: ShardOptions, plan: list[PlannedShard],
+              records: dict[str, dict]) -> Manifest:
+    splits: dict[str, SplitInfo] = {}
+    skipped = list(listing.skipped)
+    for shard in plan:
+        split = splits.setdefault(shard.split, SplitInfo())
+        record = records[shard.name]
+        skipped += record["skipped"]
+        if record["shard"] is not None:
+            info = ShardInfo(**record["shard"])
+            split.shards.append(info)
+            split.samples += info.samples
+    return Manifest(
+        dataset=dataset,
+        root=str(listing.root),
+        tool=f"vaedist {__version__}",
+        options=options.to_json(),
+        classes=listing.classes,
+        splits=splits,
+        skipped=sorted(skipped, key=lambda s: s["path"]),
+        created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+
+
+def _reasons_summary(skipped: list[dict]) -> str:
+    if not skipped:
+        return "nothing to read"
+    counts = Counter(s["reason"].split(" (")[0] for s in skipped)
+    return f"{len(skipped)} inputs rejected (" + ", ".join(f"{n} {reason}" for reason, n in counts.most_common()) + ")"
+
+
+def _summary(manifest: Manifest, out: Path, written: int, elapsed: float) -> str:
+    lines = [f"wrote {out}/manifest.json"]
+    for name, split in manifest.splits.items():
+        lines.append(f"  {name}: {split.samples} samples in {len(split.shards)} shards "
+                     f"({sum(s.bytes for s in split.shards) / 1e6:.1f} MB)")
+    if written and elapsed > 0:
+        lines.append(f"  decoded {written} images in {elapsed:.1f} s ({written / elapsed:.0f} img/s)")
+    lines.append(f"  skipped: {_reasons_summary(manifest.skipped) if manifest.skipped else 'none'}")
+    for entry in manifest.skipped[:10]:
+        lines.append(f"    {entry['path']}: {entry['reason']}")
+    if len(manifest.skipped) > 10:
+        lines.append(f"    ... and {len(manifest.skipped) - 10} more (manifest.json, key 'skipped')")
+    return "\n".join(lines)

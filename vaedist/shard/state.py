@@ -1,0 +1,114 @@
+"""What a run leaves in OUT_DIR while it works, so that a killed run can resume (img2dataset-style status).
+
+    .vaedist-shard-state.json      written first: the inputs' fingerprint and the measured bytes ratio
+    .train-000003.done.json        one per finished shard: its ShardInfo and the inputs it rejected
+    .train-000004.tar.tmp          the shard being written (swept away at the next start)
+    train-000003.tar / .idx        finished shards
+    manifest.json                  written last; then the state and done files are removed
+
+Every file is written to a temporary name, fsynced and renamed, so each of them is either absent or whole.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+from vaedist.shard.manifest import MANIFEST_NAME, ShardInfo
+from vaedist.shard.plan import PlannedShard
+
+STATE_NAME = ".vaedist-shard-state.json"
+STATE_VERSION = 1
+SHARD_FILE = re.compile(r"^(train|val)-\d{6}\.(tar|idx)$")
+DONE_FILE = re.compile(r"^\.(train|val)-\d{6}\.done\.json$")
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp" if not path.name.startswith(".") else f"{path.name}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh, indent=1)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class OutputDir:
+    """The sharder's view of OUT_DIR: finished shards, resumable state, leftovers to sweep."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @property
+    def state_path(self) -> Path:
+        return self.path / STATE_NAME
+
+    def done_path(self, shard: PlannedShard) -> Path:
+        return self.path / f".{shard.stem}.done.json"
+
+    def sweep_temporaries(self) -> None:
+        """Half-written files of a killed run (`.*.tmp`): never complete, always safe to delete."""
+        for p in self.path.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
+
+    def shard_files(self) -> list[Path]:
+        return sorted(p for p in self.path.iterdir() if SHARD_FILE.match(p.name))
+
+    def remove_everything_we_wrote(self) -> None:
+        """--overwrite: our shards, index files, manifest and state; any other file of the user stays."""
+        self.sweep_temporaries()
+        for p in self.path.iterdir():
+            if SHARD_FILE.match(p.name) or DONE_FILE.match(p.name) or p.name in (STATE_NAME, MANIFEST_NAME):
+                p.unlink()
+
+    def remove_progress_files(self) -> None:
+        """After the manifest: the state and done files are no longer needed (no stray files)."""
+        for p in self.path.iterdir():
+            if DONE_FILE.match(p.name):
+                p.unlink()
+        self.state_path.unlink(missing_ok=True)
+
+    # --- state -----------------------------------------------------------------------------------------
+
+    def read_state(self) -> dict | None:
+        try:
+            state = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return None  # cannot happen with atomic writes; treat as absent and start over
+        return state if state.get("version") == STATE_VERSION else None
+
+    def write_state(self, fingerprint: str, bytes_ratio: float) -> None:
+        write_json_atomic(self.state_path, {"version": STATE_VERSION, "fingerprint": fingerprint,
+                                            "bytes_ratio": bytes_ratio})
+
+    # --- finished shards ---------------------------------------------------------------------------------
+
+    def finished(self, shard: PlannedShard) -> dict | None:
+        """The done record of `shard` if it was finished under the same plan and its files are intact."""
+        try:
+            record = json.loads(self.done_path(shard).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        if record.get("plan") != shard.digest():
+            return None
+        info = record.get("shard")
+        if info is not None:  # None: every sample was rejected, nothing to check on disk
+            tar, idx = self.path / info["name"], self.path / info["index"]
+            if not (tar.is_file() and idx.is_file() and tar.stat().st_size == info["bytes"]):
+                return None
+        return record
+
+    def mark_finished(self, shard: PlannedShard, info: ShardInfo | None, skipped: list[dict]) -> dict:
+        record = {"plan": shard.digest(), "shard": asdict(info) if info else None, "skipped": skipped}
+        write_json_atomic(self.done_path(shard), record)
+        return record
+
+    def discard_unfinished(self, shard: PlannedShard) -> None:
+        """A shard without a valid done record is rewritten from scratch: remove what a killed run left."""
+        for suffix in (".tar", ".idx"):
+            (self.path / f"{shard.stem}{suffix}").unlink(missing_ok=True)
+        self.done_path(shard).unlink(missing_ok=True)
