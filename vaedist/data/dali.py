@@ -1,0 +1,135 @@
+"""The DALI backend: one pipeline that reads like the transform list (see `transform.py`).
+
+Encoded JPEG bytes enter through `fn.external_source`, read at the .idx offsets in the order of
+`order.SamplePlan`, rather than through `fn.readers.webdataset`, because the reader (a) shuffles only
+inside a buffer and by tar order, not globally per epoch, (b) cannot give exact equal-per-rank batch
+counts together with whole-split evaluation, and (c) cannot put each sample's ORIGINAL size (in its
+.json member) into the graph, which the --max-side crop scaling needs. `read_with_webdataset_reader`
+runs DALI's own reader over the same shards and index files (used by `vaedist.data.verify_decodes`).
+
+Decoding runs on the GPU (`mixed`: nvJPEG / the hardware JPEG engines) when training on CUDA, on CPU
+threads otherwise (`device_id=None`: no GPU needed).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+import nvidia.dali.math as dmath
+
+from vaedist.data.index import SplitIndex, TarReader
+from vaedist.data.transform import TransformSpec, centre_crop_window
+
+
+@pipeline_def
+def seed_transform_pipeline(source, spec: TransformSpec, decoder_device: str):
+    """Outputs uint8 [N, 3, size, size] images and int64 [N] sample indices."""
+    jpegs, orig_width, orig_height, index = fn.external_source(
+        source=source, num_outputs=4, batch=True, cycle="raise",
+        dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT64], ndim=[1, 0, 0, 0],
+    )
+    # The crop window needs the stored size before decoding: read it from the JPEG header.
+    stored = fn.peek_image_shape(jpegs, dtype=types.FLOAT)  # [H, W, C]
+    x0, y0, w, h = centre_crop_window(stored[1], stored[0], orig_width, orig_height, spec.crop, floor=dmath.floor)
+    images = fn.decoders.image(jpegs, device=decoder_device, output_type=types.RGB)  # grey/CMYK -> RGB, HWC
+    # Float anchors/shapes would be read as fractions of the image by default: ours are in pixels.
+    images = fn.slice(images, fn.stack(x0, y0), fn.stack(w, h), axis_names="WH", normalized_anchor=False,
+                      normalized_shape=False, out_of_bounds_policy="pad", fill_values=0)  # zeros, like the seed
+    images = fn.resize(images, size=[spec.size, spec.size], interp_type=types.INTERP_LINEAR, antialias=True)
+    images = fn.transpose(images, perm=[2, 0, 1])  # HWC -> CHW
+    return images, index
+
+
+class _EpochSource:
+    """An iterable that DALI re-iterates after each `reset()`: it serves whatever batches are queued."""
+
+    def __init__(self, index: SplitIndex):
+        self.index = index
+        self.reader = TarReader(index.shard_dir, index.shards)
+        self.batches: Iterable[np.ndarray] = ()
+
+    def __iter__(self):
+        for batch in self.batches:
+            jpegs = [np.frombuffer(self.reader.view(self.index.shard[i], self.index.offset[i], self.index.size[i]),
+                                   dtype=np.uint8) for i in batch]
+            yield jpegs, self.index.orig_width[batch], self.index.orig_height[batch], batch.astype(np.int64)
+
+
+class DaliDecoder:
+    """Turns batches of sample indices into uint8 [N, 3, size, size] on `device`."""
+
+    def __init__(self, index: SplitIndex, spec: TransformSpec, batch_size: int, device: torch.device,
+                 workers: int, prefetch: int, seed: int):
+        self.device = device
+        self._source = _EpochSource(index)
+        cuda = device.type == "cuda"
+        self._args = dict(
+            source=self._source, spec=spec, decoder_device="mixed" if cuda else "cpu",
+            batch_size=batch_size, num_threads=max(1, workers), prefetch_queue_depth=max(1, prefetch),
+            device_id=(device.index if device.index is not None else torch.cuda.current_device()) if cuda else None,
+            seed=seed,
+        )
+        self._pipe = None
+
+    def _pipeline(self):
+        if self._pipe is None:
+            self._pipe = seed_transform_pipeline(**self._args)
+            self._pipe.build()
+        return self._pipe
+
+    def decode(self, batches: list[np.ndarray]) -> Iterator[torch.Tensor]:
+        """Yield one uint8 batch per (non-empty) index batch, in order."""
+        pipe = self._pipeline()
+        self._source.batches = batches
+        finished = False
+        try:
+            while True:
+                try:
+                    images, _ = pipe.run()
+                except StopIteration:
+                    finished = True
+                    break
+                yield _to_torch(images, self.device)
+        finally:
+            if finished:
+                pipe.reset()
+            else:  # left mid-epoch: prefetched batches would leak into the next epoch, so start afresh
+                self._pipe = None
+                del pipe
+
+
+def _to_torch(batch, device: torch.device) -> torch.Tensor:
+    """Copy a DALI batch out (DALI reuses its buffers) into a torch tensor on `device`."""
+    if device.type == "cuda":
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        tensor = batch.as_tensor()
+        out = torch.empty(tensor.shape(), dtype=torch.uint8, device=device)
+        feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(device))
+        return out
+    return torch.from_numpy(np.array(batch.as_tensor()))
+
+
+def read_with_webdataset_reader(paths: list[Path], index_paths: list[Path], exts: list[str],
+                                batch_size: int = 64) -> int:
+    """Read every sample through DALI's own `fn.readers.webdataset` with our index files; a sample that
+    lacks one of `exts` raises (missing_component_behavior="error"). Returns the number of samples read."""
+
+    @pipeline_def(batch_size=batch_size, num_threads=1, device_id=None)
+    def reader_pipeline():
+        return tuple(fn.readers.webdataset(
+            paths=[str(p) for p in paths], index_paths=[str(p) for p in index_paths], ext=exts,
+            missing_component_behavior="error", name="reader", pad_last_batch=False,
+        ))
+
+    pipe = reader_pipeline()
+    pipe.build()
+    total = pipe.reader_meta("reader")["epoch_size"]
+    read = 0
+    while read < total:
+        outputs = pipe.run()
+        read += len(outputs[0])
+    return total

@@ -1,0 +1,134 @@
+"""Where every sample of a split lives: DALI's .idx files parsed into flat arrays, plus each sample's label
+and original size read from its `.cls` / `.json` members.
+
+The .idx format (DALI `wds2idx`, version v1.2) is one header line `v1.2 <samples>` and then one line per
+sample listing its members as `<ext> <data offset> <size> <member name>` groups (v1.1: no name). Offsets
+point at member data inside the tar, so a sample's JPEG is `tar[offset : offset + size]` — no tar parsing.
+
+Both backends read encoded bytes through these offsets, so they see the same samples in the same order.
+"""
+from __future__ import annotations
+
+import json
+import mmap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vaedist.errors import UserError
+from vaedist.shard.manifest import Manifest, ShardInfo
+
+IMAGE_EXT = "jpg"
+LABEL_EXT = "cls"
+META_EXT = "json"
+
+
+@dataclass
+class ShardIndex:
+    """One tar's parsed index: per sample, the (offset, size) of each member extension."""
+
+    tar: Path
+    index: Path
+    members: list[dict[str, tuple[int, int]]]  # [sample] -> {"jpg": (offset, size), "cls": ..., "json": ...}
+    keys: list[str]  # [sample] -> key (member name up to its first dot; v1.1 indexes: "<line number>")
+
+
+def parse_index(tar: Path, index: Path) -> ShardIndex:
+    """Parse a DALI .idx file. Malformed text is a one-line UserError naming the index."""
+    try:
+        lines = index.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"index '{index}' cannot be read ({err}); re-run python -m vaedist.shard with --overwrite")
+    try:
+        version, count = lines[0].split()
+        if version not in ("v1.1", "v1.2"):
+            raise ValueError(f"unknown index version {version!r}")
+        group = 4 if version == "v1.2" else 3  # v1.2 adds the member name
+        members, keys = [], []
+        for line in lines[1:]:
+            if not line.strip():
+                continue
+            fields = line.split()
+            if len(fields) % group:
+                raise ValueError(f"line {len(members) + 2} has {len(fields)} fields")
+            sample = {}
+            for i in range(0, len(fields), group):
+                sample[fields[i]] = (int(fields[i + 1]), int(fields[i + 2]))
+            members.append(sample)
+            keys.append(fields[3].split(".", 1)[0] if group == 4 else str(len(keys)))
+        if len(members) != int(count):
+            raise ValueError(f"header says {count} samples, the file lists {len(members)}")
+    except (ValueError, IndexError) as err:
+        raise UserError(f"index '{index}' is malformed ({err}); re-run python -m vaedist.shard with --overwrite")
+    return ShardIndex(tar=tar, index=index, members=members, keys=keys)
+
+
+@dataclass
+class SplitIndex:
+    """Every sample of one split, in manifest order. Arrays are [num_samples]."""
+
+    shard_dir: Path
+    shards: list[ShardInfo]
+    shard: np.ndarray  # int32: which shard (position in `shards`) holds the sample
+    offset: np.ndarray  # int64: the JPEG's data offset in its tar
+    size: np.ndarray  # int64: the JPEG's length in bytes
+    label: np.ndarray  # int64: class index, -1 for unlabelled datasets
+    orig_width: np.ndarray  # float32: width before any --max-side downscale (crop is in these pixels)
+    orig_height: np.ndarray  # float32
+    keys: list[str]
+
+    def __len__(self) -> int:
+        return len(self.offset)
+
+    @property
+    def labelled(self) -> bool:
+        return bool(len(self.label)) and bool((self.label >= 0).all())
+
+
+class TarReader:
+    """Reads members by offset from memory-mapped tars; one per process (DataLoader workers open their own)."""
+
+    def __init__(self, shard_dir: Path, shards: list[ShardInfo]):
+        self._paths = [Path(shard_dir) / s.name for s in shards]
+        self._maps: dict[int, mmap.mmap] = {}
+
+    def view(self, shard: int, offset: int, size: int) -> memoryview:
+        mm = self._maps.get(shard)
+        if mm is None:
+            with open(self._paths[shard], "rb") as fh:
+                mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            self._maps[shard] = mm
+        return memoryview(mm)[offset : offset + size]
+
+    def __getstate__(self):  # mmaps do not pickle: each DataLoader worker maps the tars again
+        return {"_paths": self._paths, "_maps": {}}
+
+
+def load_split_index(shard_dir: str | Path, manifest: Manifest, split: str, shard_indexes: list[ShardIndex]) -> SplitIndex:
+    """Flatten validated shard indexes into arrays and read each sample's label and original size."""
+    shard_dir = Path(shard_dir)
+    shards = manifest.splits[split].shards
+    reader = TarReader(shard_dir, shards)
+    rows: list[tuple[int, int, int, int, float, float, str]] = []
+    for s, idx in enumerate(shard_indexes):
+        for members, key in zip(idx.members, idx.keys):
+            off, size = members[IMAGE_EXT]
+            label = -1
+            if manifest.labelled and LABEL_EXT in members:
+                label = int(bytes(reader.view(s, *members[LABEL_EXT])).decode().strip())
+            meta_off, meta_size = members[META_EXT]
+            meta = json.loads(bytes(reader.view(s, meta_off, meta_size)))
+            rows.append((s, off, size, label, float(meta["width"]), float(meta["height"]), key))
+    cols = list(zip(*rows)) if rows else [[]] * 7
+    return SplitIndex(
+        shard_dir=shard_dir,
+        shards=shards,
+        shard=np.asarray(cols[0], dtype=np.int32),
+        offset=np.asarray(cols[1], dtype=np.int64),
+        size=np.asarray(cols[2], dtype=np.int64),
+        label=np.asarray(cols[3], dtype=np.int64),
+        orig_width=np.asarray(cols[4], dtype=np.float32),
+        orig_height=np.asarray(cols[5], dtype=np.float32),
+        keys=list(cols[6]),
+    )

@@ -1,0 +1,150 @@
+"""`build_loader`: shard directory + split -> an iterable of batches on the training device.
+
+    loader = build_loader(cfg.data, "train", train=True, batch_size=256, accelerator=accelerator)
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for images, labels in loader:   # float32 [N, 3, S, S] in [-1, 1]; int64 [N] or None
+            ...
+
+Set-up order: manifest -> start-up validation (one-line errors) -> index + per-sample metadata ->
+sample plan (ranks, order, flips) -> decoder backend (DALI or reference) -> optional decode-once cache.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from vaedist.config import DataConfig
+from vaedist.data.cache import DecodeOnceCache, plan_cache
+from vaedist.data.index import SplitIndex, load_split_index
+from vaedist.data.order import SamplePlan
+from vaedist.data.transform import TransformSpec, flip_and_normalise
+from vaedist.data.validate import validate_split
+from vaedist.errors import UserError
+from vaedist.shard.manifest import Manifest, load_manifest
+
+log = logging.getLogger(__name__)
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except Exception:  # ImportError, or a broken CUDA runtime underneath
+        return False
+    return True
+
+
+def resolve_backend(backend: str) -> str:
+    if backend == "auto":
+        return "dali" if dali_available() else "reference"
+    if backend == "dali" and not dali_available():
+        raise UserError("data.backend=dali but nvidia.dali does not import here; install nvidia-dali-cuda120 "
+                        "(or nvidia-dali-cuda130) or set data.backend=reference")
+    return backend
+
+
+class Loader:
+    """Iterable of (images float32 [N, 3, S, S] in [-1, 1], labels int64 [N] | None) on the device."""
+
+    def __init__(self, manifest: Manifest, index: SplitIndex, plan: SamplePlan, spec: TransformSpec, decoder,
+                 backend: str, device: torch.device, cache: DecodeOnceCache | None, cache_info: str):
+        self.manifest, self.index, self.plan, self.spec = manifest, index, plan, spec
+        self.backend = backend
+        self.device = device
+        self.cache = cache
+        self.cache_info = cache_info  # one line: where the cache lives and how big it is (or why it is off)
+        self._decoder = decoder
+        self._labels = torch.from_numpy(index.label) if index.labelled else None
+        self.epoch = 0
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank sees per epoch."""
+        return self.plan.num_samples
+
+    def __len__(self) -> int:
+        return self.plan.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        epoch = self.epoch
+        batches = self.plan.batches(epoch)
+        flips = self.plan.flips(epoch) if (self.plan.train and self.spec.flip) else None
+        if self.cache is not None and self.cache.complete:
+            images = (self.cache.take(b) for b in batches)
+        else:
+            images = self._decode_and_fill(batches, epoch)
+        for i, uint8 in enumerate(images):
+            yield self._finish(batches[i], uint8, flips)
+
+    def _decode_and_fill(self, batches: list[np.ndarray], epoch: int) -> Iterator[torch.Tensor]:
+        nonempty = [b for b in batches if len(b)]
+        # Iterate the decoder itself to its end (not zip) so that it finishes its epoch cleanly.
+        for i, uint8 in enumerate(self._decoder.decode(nonempty)):
+            if self.cache is not None:
+                self.cache.store(nonempty[i], uint8)
+            yield uint8
+        for _ in range(len(batches) - len(nonempty)):  # evaluation: a rank with one sample fewer
+            yield torch.empty((0, 3, self.spec.size, self.spec.size), dtype=torch.uint8, device=self.device)
+        if self.cache is not None and not self.cache.complete:
+            self._fill_cache(self.cache.missing(self.plan.owned))
+
+    def _fill_cache(self, missing: np.ndarray) -> None:
+        """Decode the samples the epoch dropped (drop-last remainder) so later epochs need no decoder."""
+        size = self.plan.batch_size
+        chunks = [missing[i : i + size] for i in range(0, len(missing), size)]
+        for i, uint8 in enumerate(self._decoder.decode(chunks)):
+            self.cache.store(chunks[i], uint8)
+        log.info("%s: complete after epoch %d", self.cache_info, self.epoch)
+
+    def _finish(self, batch: np.ndarray, uint8: torch.Tensor, flips: np.ndarray | None):
+        flip = torch.from_numpy(flips[batch]).to(self.device, non_blocking=True) if flips is not None else None
+        images = flip_and_normalise(uint8, flip)
+        labels = self._labels[torch.from_numpy(batch)].to(self.device, non_blocking=True) if self._labels is not None else None
+        return images, labels
+
+
+def build_loader(cfg: DataConfig, split: str, *, train: bool, batch_size: int, accelerator=None,
+                 device: torch.device | None = None, shard_id: int | None = None,
+                 num_shards: int | None = None) -> Loader:
+    """Build the loader of `split` of the shard directory `cfg.shards`.
+
+    `batch_size` is per process. Distribution comes from `accelerator` (shard_id = process_index,
+    num_shards = num_processes, device = its device); `shard_id`/`num_shards`/`device` override it
+    (tests build two ranks in one process). Raises UserError before any decoding if a shard is bad.
+    """
+    if accelerator is not None:
+        device = device or accelerator.device
+        shard_id = accelerator.process_index if shard_id is None else shard_id
+        num_shards = accelerator.num_processes if num_shards is None else num_shards
+    device = torch.device(device or "cpu")
+    shard_id, num_shards = shard_id or 0, num_shards or 1
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {batch_size}")
+
+    manifest = load_manifest(cfg.shards)
+    shard_indexes = validate_split(cfg.shards, manifest, split)
+    index = load_split_index(cfg.shards, manifest, split, shard_indexes)
+    plan = SamplePlan(len(index), batch_size, train, cfg.seed, rank=shard_id, world=num_shards)
+    spec = TransformSpec.from_config(cfg)
+
+    backend = resolve_backend(cfg.backend)
+    if backend == "dali":
+        from vaedist.data.dali import DaliDecoder
+
+        decoder = DaliDecoder(index, spec, batch_size, device, cfg.workers, cfg.prefetch, cfg.seed + shard_id)
+    else:
+        from vaedist.data.reference import ReferenceDecoder
+
+        decoder = ReferenceDecoder(index, spec, device, cfg.workers, cfg.prefetch)
+
+    cache_plan = plan_cache(cfg.cache, len(plan.owned), spec.size, device)
+    cache = None if cache_plan.location == "off" else DecodeOnceCache(cache_plan, plan.owned, len(index), spec.size, device)
+    if cfg.cache != "off":
+        log.info("%s split: %s", split, cache_plan.reason)
+    return Loader(manifest, index, plan, spec, decoder, backend, device, cache, cache_plan.reason)

@@ -1,0 +1,71 @@
+"""Start-up checks of a split's shards: cheap (stat sizes, parse the .idx files), run before training starts,
+so a missing or truncated shard stops with one line naming it instead of a C++ error mid-epoch.
+
+`verify_split` is the expensive, optional check (SHA-256 of every tar against the manifest).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from vaedist.data.index import IMAGE_EXT, LABEL_EXT, META_EXT, ShardIndex, parse_index
+from vaedist.errors import UserError
+from vaedist.shard.manifest import Manifest
+
+RESHARD = "re-run python -m vaedist.shard with --overwrite"
+
+
+def check_split_name(manifest: Manifest, split: str, shard_dir: Path) -> None:
+    if split not in manifest.splits:
+        known = ", ".join(sorted(manifest.splits)) or "none"
+        raise UserError(f"split '{split}' is not in '{shard_dir}' (it has: {known}); set data.train_split / data.val_split")
+    if manifest.splits[split].samples == 0 or not manifest.splits[split].shards:
+        raise UserError(f"split '{split}' of '{shard_dir}' has no samples; {RESHARD}")
+
+
+def validate_split(shard_dir: str | Path, manifest: Manifest, split: str) -> list[ShardIndex]:
+    """Check every shard of `split` against its index and the manifest; return the parsed indexes."""
+    shard_dir = Path(shard_dir)
+    check_split_name(manifest, split, shard_dir)
+    required = [IMAGE_EXT, META_EXT] + ([LABEL_EXT] if manifest.labelled else [])
+    indexes = []
+    for info in manifest.splits[split].shards:
+        tar, idx_path = shard_dir / info.name, shard_dir / info.index
+        if not tar.is_file():
+            raise UserError(f"shard '{tar}' is missing; {RESHARD}")
+        if not idx_path.is_file():
+            raise UserError(f"index '{idx_path}' of shard '{tar}' is missing; {RESHARD}")
+        tar_bytes = tar.stat().st_size
+        if info.bytes and tar_bytes != info.bytes:
+            state = "truncated" if tar_bytes < info.bytes else "larger than recorded"
+            raise UserError(f"shard '{tar}' is {state} ({tar_bytes} bytes, manifest says {info.bytes}); {RESHARD}")
+        idx = parse_index(tar, idx_path)
+        if len(idx.members) != info.samples:
+            raise UserError(
+                f"index '{idx_path}' lists {len(idx.members)} samples but the manifest says shard '{tar}' has {info.samples}; {RESHARD}"
+            )
+        for n, members in enumerate(idx.members):
+            missing = [ext for ext in required if ext not in members]
+            if missing:
+                raise UserError(f"shard '{tar}' sample {n} ('{idx.keys[n]}') has no .{missing[0]} member; {RESHARD}")
+            end = max(off + size for off, size in members.values())
+            if end > tar_bytes:
+                raise UserError(
+                    f"index '{idx_path}' does not match shard '{tar}': sample {n} ends at byte {end}, "
+                    f"the tar has {tar_bytes}; {RESHARD}"
+                )
+        indexes.append(idx)
+    return indexes
+
+
+def verify_split(shard_dir: str | Path, manifest: Manifest, split: str) -> None:
+    """Hash every tar of `split` and compare with the manifest (slow: reads every byte)."""
+    shard_dir = Path(shard_dir)
+    validate_split(shard_dir, manifest, split)
+    for info in manifest.splits[split].shards:
+        digest = hashlib.sha256()
+        with open(shard_dir / info.name, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                digest.update(chunk)
+        if info.sha256 and digest.hexdigest() != info.sha256:
+            raise UserError(f"shard '{shard_dir / info.name}' does not match its SHA-256 in the manifest; {RESHARD}")
