@@ -74,6 +74,9 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp16", "no"] = "auto"  # auto: bf16 where supported, else fp32
     channels_last: bool = False
     compile: bool = False
+    # Several GPUs: BatchNorm statistics over the global batch like the seed's single GPU (CUDA only;
+    # torch's SyncBatchNorm has no CPU kernel, so CPU processes normalise over their own share).
+    sync_batchnorm: bool = True
     seed: int = 8
     log_every: int = 10  # steps between training metric rows
     eval_every: int = 1  # epochs between evaluations (0 = only at the end)

@@ -1,12 +1,32 @@
-"""Evaluation over the whole validation split (owned by the trainer work; this file fixes the interface).
+"""Evaluation over the whole validation split: the seed's metrics (SPEC.md) with torchmetrics, on every rank.
+
+    result = evaluate(model, val_loader, accelerator, cfg)      # during training (collective)
+    python -m vaedist.evaluate RUN_OR_WEIGHTS --shards DIR       # standalone, same numbers
+
+Metrics are computed on images mapped back to [0, 1]; reconstructions are decoded from the latent means:
+  val/mse   mean squared error per value          val/psnr  10 log10(1 / mse) over the whole split
+  val/ssim  Gaussian window 11, sigma 1.5, (0.01)^2, (0.03)^2, data range 1, mean over images
+  val/pcc   Pearson correlation over all values   val/kl    KL(q(z|x) || N(0, I)) per image (summed over z)
+
+Across ranks: the evaluation loader deals the split to the ranks without duplicates (a rank's last batch
+may be short or empty), so each rank updates torchmetrics with its own samples and torchmetrics merges
+the states of all ranks at `compute()`.
 
 EvalResult is what the trainer hands to vaedist.tracking after each evaluation.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+import torchmetrics
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef
+from tqdm.auto import tqdm
 
 
 @dataclass
@@ -18,3 +38,178 @@ class EvalResult:
     thumbnails: torch.Tensor  # [T, 3, H, W] uint8 images of the first T rows of mu (T <= logging.table_rows)
     originals: torch.Tensor  # [K, 3, H, W] float in [0, 1]: the fixed validation images (same every time)
     reconstructions: torch.Tensor  # [K, 3, H, W] float in [0, 1]: their reconstructions (decoded from mu)
+
+
+class PerDimMean(torchmetrics.Metric):
+    """Mean of [N, D] rows over all ranks' samples -> [D] (KL per latent dimension)."""
+
+    def __init__(self, dims: int):
+        super().__init__()
+        self.add_state("total", default=torch.zeros(dims, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, rows: torch.Tensor) -> None:
+        self.total += rows.double().sum(0)
+        self.count += rows.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count.clamp(min=1)).float()
+
+
+class SplitMetrics:
+    """The seed's metrics, accumulated over a split; `compute` merges all ranks."""
+
+    def __init__(self, latent_dim: int, device: torch.device):
+        self.metrics = torchmetrics.MetricCollection(
+            {
+                "mse": MeanSquaredError(),
+                "psnr": PeakSignalNoiseRatio(data_range=1.0),
+                "ssim": StructuralSimilarityIndexMeasure(gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=1.0, k1=0.01, k2=0.03),
+            }
+        ).to(device)
+        self.pcc = PearsonCorrCoef().to(device)
+        self.kl = torchmetrics.MeanMetric().to(device)
+        self.kl_per_dim = PerDimMean(latent_dim).to(device)
+
+    def update(self, x01: torch.Tensor, rec01: torch.Tensor, kl_rows: torch.Tensor) -> None:
+        """x01, rec01: [n, 3, S, S] in [0, 1]; kl_rows: [n, latent]."""
+        if x01.shape[0] == 0:  # a rank's share of the split can end with an empty batch
+            return
+        self.metrics.update(rec01, x01)
+        self.pcc.update(rec01.flatten(), x01.flatten())  # Pearson over all values, like the seed
+        self.kl.update(kl_rows.sum(1))
+        self.kl_per_dim.update(kl_rows)
+
+    def compute(self) -> tuple[dict[str, float], torch.Tensor]:
+        values = {f"val/{k}": float(v) for k, v in self.metrics.compute().items()}
+        values["val/pcc"] = float(self.pcc.compute())
+        values["val/kl"] = float(self.kl.compute())
+        return values, self.kl_per_dim.compute().cpu()
+
+
+class FirstRows:
+    """Keeps the first `count` rows this rank yields; `gather` restores the split's order across ranks.
+
+    The evaluation loader gives rank r the samples r, r+W, r+2W, ...: keeping ceil(count/W) rows per rank and
+    interleaving them gives exactly the split's first `count` samples.
+    """
+
+    def __init__(self, count: int, world: int):
+        self.count, self.world = count, world
+        self.per_rank = -(-count // world) if count > 0 else 0
+        self.parts: list[torch.Tensor] = []
+        self.kept = 0
+
+    def add(self, rows: torch.Tensor) -> None:
+        take = min(self.per_rank - self.kept, rows.shape[0])
+        if take > 0:
+            self.parts.append(rows[:take])
+            self.kept += take
+
+    def gather(self, accelerator, like: torch.Tensor, total: int) -> torch.Tensor:
+        """Collective. `like`: a tensor of one row's shape/dtype; `total`: samples in the split."""
+        shape = (self.per_rank, *like.shape)
+        mine = torch.zeros(shape, dtype=like.dtype, device=accelerator.device)
+        if self.parts:
+            rows = torch.cat(self.parts).to(accelerator.device)
+            mine[: rows.shape[0]] = rows
+        everyone = accelerator.gather(mine.unsqueeze(0)).view(self.world, *shape)  # [W, per_rank, ...]
+        interleaved = everyone.transpose(0, 1).reshape(self.world * self.per_rank, *like.shape)  # sample i*W + r
+        return interleaved[: min(self.count, total)].cpu()
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, accelerator, cfg) -> EvalResult:
+    """Collective: every process calls it with its share of the split (the evaluation loader's)."""
+    from vaedist.losses import per_dim_kl
+
+    vae = accelerator.unwrap_model(model)
+    was_training = vae.training
+    vae.eval()
+    metrics = SplitMetrics(vae.latent_dim, accelerator.device)
+    world, log = accelerator.num_processes, cfg.logging
+    keep_mu = FirstRows(max(log.projection_points, log.table_rows), world)
+    keep_labels = FirstRows(keep_mu.count, world)
+    keep_thumbs = FirstRows(log.table_rows, world)
+    keep_pairs = FirstRows(log.num_reconstructions, world)
+    seen = torch.zeros((), dtype=torch.int64, device=accelerator.device)
+    labelled = False
+    bar = tqdm(total=len(loader), desc="evaluate", unit="batch", disable=not accelerator.is_main_process, dynamic_ncols=True, leave=False)
+    for images, labels in loader:  # images [n, 3, S, S] in [-1, 1]; labels [n] or None
+        if cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast():
+            mu, logvar = vae.encode(images)
+            rec = vae.decode(mu)
+        x01 = (images.float() + 1) / 2
+        rec01 = ((rec.float() + 1) / 2).clamp(0, 1)
+        metrics.update(x01, rec01, per_dim_kl(mu, logvar))
+        keep_mu.add(mu.float())
+        labelled = labelled or labels is not None
+        keep_labels.add(labels if labels is not None else torch.full((images.shape[0],), -1, dtype=torch.int64, device=images.device))
+        keep_thumbs.add((x01 * 255).round().to(torch.uint8))
+        keep_pairs.add(torch.stack([x01, rec01], 1))  # [n, 2, 3, S, S]
+        seen += images.shape[0]
+        bar.update(1)
+        if accelerator.is_main_process:  # this rank's rate times the ranks: roughly the split's images/s
+            bar.set_postfix(img_s=f"{images.shape[0] * world * bar.format_dict['rate'] if bar.format_dict['rate'] else 0:.0f}")
+    bar.close()
+    values, kl_per_dim = metrics.compute()
+    total = int(accelerator.reduce(seen, "sum").item())
+    values["val/images"] = float(total)
+    size = cfg.data.size
+    pairs = keep_pairs.gather(accelerator, torch.zeros(2, 3, size, size, device=accelerator.device), total)
+    labels_kept = keep_labels.gather(accelerator, torch.zeros((), dtype=torch.int64), total)
+    vae.train(was_training)
+    return EvalResult(
+        metrics=values,
+        kl_per_dim=kl_per_dim,
+        mu=keep_mu.gather(accelerator, torch.zeros(vae.latent_dim), total),
+        labels=labels_kept if labelled else None,
+        thumbnails=keep_thumbs.gather(accelerator, torch.zeros(3, size, size, dtype=torch.uint8), total),
+        originals=pairs[:, 0],
+        reconstructions=pairs[:, 1],
+    )
+
+
+# --- standalone: python -m vaedist.evaluate RUN_OR_WEIGHTS --shards DIR ------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vaedist.evaluate", description="Evaluate trained weights on a whole split.")
+    parser.add_argument("weights", type=Path, help="a run folder, its final/ folder, or a model.safetensors file")
+    parser.add_argument("--shards", required=True, help="shard directory (holds manifest.json)")
+    parser.add_argument("--split", default=None, help="split to evaluate (default: the config's data.val_split)")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per batch and process")
+    parser.add_argument("--out", type=Path, default=None, help="also write the metrics as JSON here")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+    from accelerate import Accelerator
+
+    from vaedist.config import load_config
+    from vaedist.data import build_loader
+    from vaedist.model import load_model
+    from vaedist.train import resolve_precision
+
+    model = load_model(args.weights)
+    config_file = args.weights if args.weights.is_dir() else args.weights.parent
+    config_file = next(p for p in (config_file / "config.yaml", config_file / "final" / "config.yaml") if p.is_file())
+    cfg = load_config(config_file, [f"data.shards={args.shards}"])
+    accelerator = Accelerator(mixed_precision=resolve_precision(cfg.train.precision))
+    model = model.to(accelerator.device)
+    split = args.split or cfg.data.val_split
+    loader = build_loader(cfg.data, split, train=False, batch_size=args.batch_size, accelerator=accelerator)
+    result = evaluate(model, loader, accelerator, cfg)
+    if accelerator.is_main_process:
+        print(f"{split}: " + "  ".join(f"{k}={v:.5g}" for k, v in result.metrics.items()), flush=True)
+        if args.out is not None:
+            tmp = args.out.with_name(args.out.name + ".tmp")
+            tmp.write_text(json.dumps(result.metrics, indent=1) + "\n")
+            tmp.replace(args.out)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from vaedist.errors import run_cli
+
+    run_cli(main, prog="vaedist.evaluate")

@@ -1,0 +1,66 @@
+"""Training checkpoints: Accelerate's full state (model, both optimizers, schedulers, scaler, RNG per rank)
+plus our progress counters, written atomically under run_dir/checkpoints/step-00001234/.
+
+Atomic: every rank writes into `.tmp-step-...`, then the main process renames it once all ranks are done, so
+a kill at any moment leaves either a complete checkpoint or none (the temporary folder is removed on the
+next save). Only the last `keep` checkpoints stay.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+CHECKPOINTS_DIR = "checkpoints"
+_NAME = re.compile(r"^step-(\d{8,})$")
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved inside every checkpoint (accelerator.register_for_checkpointing)."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch (0-based)
+    batch_in_epoch: int = 0  # batches of `epoch` already trained on: the data position to skip to on resume
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    checkpoints = list_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def save_checkpoint(accelerator, run_dir: str | Path, step: int, keep: int) -> Path:
+    """Collective: every process must call it. Returns the checkpoint folder."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-step-*"):  # left by a killed save
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    if not final.exists():
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            tmp.rename(final)
+            for old in list_checkpoints(run_dir)[: -max(1, keep)]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final

@@ -1,0 +1,79 @@
+"""Per-sub-network optimizers and learning-rate schedules (the encoder and the decoder each get their own).
+
+    optimizer = build_optimizer(cfg.train.encoder, model.encoder.parameters())
+    schedule = build_schedule(cfg.train.encoder, optimizer, steps_per_epoch, epochs)
+    ... after every optimizer step: schedule.after_step();  at every epoch end: schedule.after_epoch()
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+from vaedist.config import OptimConfig
+
+
+def build_optimizer(cfg: OptimConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    params = list(params)
+    if cfg.name == "rmsprop":  # the seed: RMSprop(lr=1e-3, alpha=0.9, eps=1e-8, weight_decay=0, momentum=0)
+        return torch.optim.RMSprop(
+            params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, weight_decay=cfg.weight_decay, momentum=cfg.momentum
+        )
+    optimizer_class = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+    return optimizer_class(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+class WarmupCosine:
+    """LR factor at optimizer step t: linear warm-up from ~0 to 1, then cosine down to min_lr/lr.
+
+    A callable object (not a lambda) so LambdaLR's state_dict round-trips it.
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_factor: float):
+        self.warmup_steps, self.total_steps, self.min_factor = warmup_steps, max(1, total_steps), min_factor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        decay_steps = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / decay_steps)
+        return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class Schedule:
+    """An LR scheduler and when it advances: 'epoch' (the seed's ExponentialLR) or 'step' (cosine)."""
+
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    interval: str  # "epoch" | "step" | "none"
+
+    def after_step(self) -> None:
+        if self.interval == "step":
+            self.scheduler.step()
+
+    def after_epoch(self) -> None:
+        if self.interval == "epoch":
+            self.scheduler.step()
+
+    def lr(self, optimizer: torch.optim.Optimizer) -> float:
+        return optimizer.param_groups[0]["lr"]
+
+    # Checkpointed through accelerator.register_for_checkpointing
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict() if self.scheduler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state)
+
+
+def build_schedule(cfg: OptimConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int) -> Schedule:
+    if cfg.scheduler == "exponential":
+        return Schedule(torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma), "epoch")
+    if cfg.scheduler == "cosine":
+        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+        factor = WarmupCosine(warmup, steps_per_epoch * epochs, cfg.min_lr / cfg.lr if cfg.lr else 0.0)
+        return Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "step")
+    return Schedule(None, "none")
