@@ -247,6 +247,12 @@ class Tracker:
         self.accelerator.init_trackers(
             self.cfg.logging.project, config=to_dict(self.cfg), init_kwargs={"wandb": wandb_kwargs}
         )
+        self._data_dir_set = self.wandb_mode == "offline" and not os.environ.get("WANDB_DATA_DIR")
+        if self._data_dir_set:
+            # Tables are logged as artifacts whose files wait in a staging area until `wandb sync`; by
+            # default that is ~/.local/share/wandb, outside the run dir. Keep them with the run, so that
+            # syncing from another node of the cluster (or deleting the run) takes everything along.
+            os.environ["WANDB_DATA_DIR"] = str((self.run_dir / "wandb" / "data").resolve())
         self.run = self.accelerator.get_tracker("wandb", unwrap=True)
         # Our global step is the x axis of every chart; epoch is logged alongside so it can be chosen instead.
         self.run.define_metric("train/*", summary="last")
@@ -356,6 +362,9 @@ class Tracker:
             offline_dirs = _offline_run_dirs(self.run_dir, self.run.id)
         self.accelerator.end_training()
         self.run = None
+        if getattr(self, "_data_dir_set", False):  # leave the process as we found it
+            os.environ.pop("WANDB_DATA_DIR", None)
+            self._data_dir_set = False
         if offline_dirs:
             # A resumed run has one offline directory per session; syncing them in order rebuilds the run.
             print("W&B run saved offline; upload it with:\n  wandb sync " + " ".join(map(str, offline_dirs)), flush=True)

@@ -127,7 +127,7 @@ def kl_per_dim_plot(kl_per_dim: torch.Tensor, title: str = "") -> np.ndarray:
     ax.axhline(ACTIVE_UNIT_KL, color="tab:red", linewidth=1, linestyle="--", label=f"active: KL > {ACTIVE_UNIT_KL}")
     if ordered.size and ordered.max() > 0:
         ax.set_yscale("symlog", linthresh=ACTIVE_UNIT_KL)
-    ax.set_xlabel("latent dimension (sorted by KL)")
+    ax.set_xlabel("latent dimensions, sorted by KL")
     ax.set_ylabel("mean KL (nats)")
     ax.set_title(title or f"KL per latent dimension: {active}/{len(ordered)} active", fontsize=10)
     ax.legend(fontsize=8)

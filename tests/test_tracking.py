@@ -1,0 +1,440 @@
+"""The Tracker: a real offline W&B run read back with `wandb leet inspect --json`, the PNGs and metrics.jsonl
+in the run dir, online/offline detection, resume, the sweep definitions, and rank-0-only side effects.
+
+A small real VAE (vaedist.model, narrow widths) encodes real photographs (the embedded Food-101 sample);
+the EvalResult is computed from them here, so these tests do not depend on the trainer's evaluation loop.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from PIL import Image, ImageOps
+
+from vaedist import visualize
+from vaedist.config import Config, load_config
+from vaedist.evaluate import EvalResult
+from vaedist.model import VAE
+from vaedist.shard.manifest import Manifest
+from vaedist.tracking import (
+    IMAGE_KINDS,
+    RUN_ID_FILE,
+    Tracker,
+    has_wandb_credentials,
+    read_metrics,
+    resolve_wandb_mode,
+    run_identity,
+    sweep_run_dir,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE_SIZE = 32
+LATENT = 8
+SMALL = [
+    f"data.size={IMAGE_SIZE}",
+    f"model.latent_dim={LATENT}",
+    "model.encoder_channels=[8,16,32]",
+    "model.decoder_channels=[32,16,8]",
+    "model.hidden_dim=32",
+    "logging.num_reconstructions=6",
+    "logging.num_samples=9",
+    "logging.table_rows=10",
+    "logging.mode=offline",
+]
+
+
+# --- helpers shared with test_compare.py -----------------------------------------------------------
+
+
+def food_manifest(classes: list[str]) -> Manifest:
+    return Manifest(dataset="food101", root="sample", tool="test", options={}, classes=classes, splits={}, skipped=[])
+
+
+def load_food_photos(food_root: Path, per_class: int = 4) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Real test-split photographs: ([N, 3, S, S] in [-1, 1], labels [N], class names)."""
+    classes = (food_root / "meta" / "classes.txt").read_text().split()
+    images, labels, taken = [], [], {c: 0 for c in classes}
+    for line in (food_root / "meta" / "test.txt").read_text().split():
+        name = line.split("/")[0]
+        if taken[name] >= per_class:
+            continue
+        taken[name] += 1
+        with Image.open(food_root / "images" / f"{line}.jpg") as im:
+            im = ImageOps.fit(im.convert("RGB"), (IMAGE_SIZE, IMAGE_SIZE))
+            images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
+        labels.append(classes.index(name))
+    x = torch.stack(images).float() / 127.5 - 1
+    return x, torch.tensor(labels), classes
+
+
+@torch.no_grad()
+def evaluate_photos(model: VAE, x: torch.Tensor, labels: torch.Tensor | None, cfg: Config) -> EvalResult:
+    """What the trainer's evaluation hands over, computed directly from the model on real photographs."""
+    model.eval()
+    mu, logvar = model.encode(x)
+    recon = model.decode(mu)
+    kl_per_dim = (-0.5 * (1 + logvar - mu**2 - logvar.exp())).mean(dim=0)  # [latent]
+    to01 = lambda t: (t + 1) / 2  # noqa: E731
+    k = cfg.logging.num_reconstructions
+    mse = float(((to01(recon) - to01(x)) ** 2).mean())
+    return EvalResult(
+        metrics={"val/mse": mse, "val/psnr": float(-10 * np.log10(mse)), "val/kl": float(kl_per_dim.sum())},
+        kl_per_dim=kl_per_dim,
+        mu=mu.float(),
+        labels=labels,
+        thumbnails=(to01(x) * 255).round().to(torch.uint8)[: cfg.logging.table_rows],
+        originals=to01(x[:k]),
+        reconstructions=to01(recon[:k]).clamp(0, 1),
+    )
+
+
+def fresh_accelerator(**kwargs) -> Accelerator:
+    AcceleratorState._reset_state(reset_partial_state=True)  # several Accelerators in one pytest process
+    return Accelerator(cpu=True, **kwargs)
+
+
+def tracked_run(run_dir: Path, food_root: Path, overrides: list[str], epochs: int = 2) -> tuple[Tracker, VAE, list[EvalResult]]:
+    """A short "training" through the Tracker: 3 training rows and one evaluation per epoch."""
+    cfg = load_config(None, SMALL + [f"run.dir={run_dir}"] + overrides)
+    torch.manual_seed(0)
+    model = VAE(cfg.model, image_size=IMAGE_SIZE)
+    x, labels, classes = load_food_photos(food_root)
+    accelerator = fresh_accelerator(**Tracker.accelerator_kwargs(cfg))
+    tracker = Tracker(cfg, accelerator, run_dir, food_manifest(classes))
+    results = []
+    step = 0
+    for epoch in range(epochs):
+        for _ in range(3):
+            step += 10
+            tracker.log({"train/loss_encoder": 100.0 / step, "train/loss_decoder": 1e-3 / step, "train/kl": 2.0,
+                         "train/lr_encoder": 1e-3, "train/images_per_s": 500.0, "train/data_wait": 0.1,
+                         "epoch": epoch}, step)
+        result = evaluate_photos(model, x, labels, cfg)
+        tracker.log_evaluation(result, model, step=step, epoch=epoch)
+        results.append(result)
+    return tracker, model, results
+
+
+def inspect_records(offline_run: Path) -> list[dict]:
+    """`wandb leet inspect --json`: one JSON record per line of the run's .wandb transaction log."""
+    out = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(offline_run)],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def history(records: list[dict]) -> list[dict]:
+    return [r["history"]["item"] for r in records if r["type"] == "history"]
+
+
+# --- a real offline W&B run, read back ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def offline_run(sample_trees, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("tracked") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("WANDB_MODE", raising=False)  # logging.mode=offline must be enough on its own
+        mp.setenv("WANDB_SILENT", "true")
+        tracker, model, results = tracked_run(run_dir, sample_trees["food101"], ["train.kl_weight=one"])
+        run_id = tracker.run.id
+        tracker.finish()
+    (offline,) = sorted((run_dir / "wandb").glob("offline-run-*"))
+    return {"dir": run_dir, "offline": offline, "records": inspect_records(offline), "model": model,
+            "results": results, "tracker": tracker, "run_id": run_id}
+
+
+def test_offline_run_read_back_has_metrics_images_table_and_histogram(offline_run):
+    rows = history(offline_run["records"])
+    assert rows, "no history records in the .wandb log"
+    logged = {k.split(".")[0] for row in rows for k in row}
+    for key in ("train/loss_encoder", "train/loss_decoder", "train/kl", "train/lr_encoder", "train/images_per_s",
+                "train/data_wait", "val/mse", "val/psnr", "val/kl", "val/active_units", "epoch"):
+        assert key in logged, key
+    evals = [row for row in rows if "val/mse" in row]
+    assert len(evals) == 2  # one per evaluation, on the step of the last training row
+    assert [row["_step"] for row in evals] == [30, 60]
+    for row in evals:
+        for kind in IMAGE_KINDS:
+            assert row[f"images/{kind}._type"] == "image-file", kind
+            assert (offline_run["offline"] / "files" / row[f"images/{kind}.path"]).is_file()
+        assert row["latents/means._type"] == "table-file"
+        assert row["latents/means.nrows"] == 10  # bounded by logging.table_rows
+        assert row["latents/means.ncols"] == 3 + LATENT  # thumbnail, class, class_name, one per dimension
+        assert row["latents/kl_per_dim._type"] == "histogram"
+        assert sum(row["latents/kl_per_dim.values"]) == LATENT
+    # val/active_units is the count of dimensions whose KL exceeds 0.01 nats
+    result = offline_run["results"][-1]
+    assert evals[-1]["val/active_units"] == int((result.kl_per_dim > 0.01).sum())
+    assert evals[-1]["val/mse"] == pytest.approx(result.metrics["val/mse"])
+
+
+def test_latent_table_rows_hold_thumbnail_class_and_latent_means(offline_run):
+    """The table is logged as a run_table artifact; its JSON (staged inside the run dir) holds the rows."""
+    records = offline_run["records"]
+    (artifact,) = [r["artifact"] for r in records if r["type"] == "artifact" and "latentsmeans" in r["artifact"]["name"]][-1:]
+    files = {c["path"]: Path(c["local_path"]) for c in artifact["manifest"]["contents"]}
+    assert all(offline_run["dir"] / "wandb" in p.parents for p in files.values())  # staged with the run
+    table = json.loads(files["latents/means.table.json"].read_text())
+    assert table["columns"][:3] == ["thumbnail", "class", "class_name"]
+    assert table["columns"][3:] == [f"mu_{d:03d}" for d in range(LATENT)]
+    assert table["nrows"] == 10
+    first = table["data"][0]
+    assert first[0]["_type"] == "image-file" and first[0]["path"] in files  # the thumbnail travels with it
+    thumb = np.asarray(Image.open(files[first[0]["path"]]))
+    result = offline_run["results"][-1]
+    np.testing.assert_array_equal(thumb, result.thumbnails[0].permute(1, 2, 0).numpy())
+    assert first[1] == int(result.labels[0])
+    assert first[2] == offline_run["tracker"].class_names[first[1]]  # the class name from the manifest
+    assert first[3:] == pytest.approx(result.mu[0].tolist(), abs=1e-6)
+
+
+def test_offline_run_records_name_group_tags_and_nested_config(offline_run):
+    records = offline_run["records"]
+    (run,) = [r["run"] for r in records if r["type"] == "run"]
+    assert run["display_name"] == "food101-vae-kl-one-lmse1e-06"
+    assert run["run_group"] == "food101-vae"
+    assert {"food101", "vae", "kl_weight=one", "lambda_mse=1e-06"} <= set(run["tags"])
+    assert run["run_id"] == offline_run["run_id"] == (offline_run["dir"] / RUN_ID_FILE).read_text().strip()
+    config = {}
+    for r in records:
+        if r["type"] == "config":
+            config.update(r["config"].get("update", {}))
+    assert config["train"]["kl_weight"] == "one"  # nested, as W&B's run table filters on train.kl_weight
+    assert config["model"]["latent_dim"] == LATENT
+    # W&B's files live inside the run dir
+    assert offline_run["offline"].parent == offline_run["dir"] / "wandb"
+
+
+def test_finish_prints_the_wandb_sync_command(sample_trees, tmp_path, capfd):
+    run_dir = tmp_path / "run"
+    tracker, _, _ = tracked_run(run_dir, sample_trees["food101"], [], epochs=1)
+    tracker.finish()
+    out = capfd.readouterr().out
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    assert f"wandb sync {offline.resolve()}" in out
+
+
+def test_evaluation_pngs_per_epoch_and_latest(offline_run):
+    images = offline_run["dir"] / "images"
+    for kind in IMAGE_KINDS:
+        for name in (f"{kind}_e000.png", f"{kind}_e001.png", f"{kind}_latest.png"):
+            assert (images / name).is_file(), name
+        assert (images / f"{kind}_latest.png").read_bytes() == (images / f"{kind}_e001.png").read_bytes()
+    assert not list(images.glob("*.tmp"))
+
+
+def test_prior_samples_decode_the_same_noise_every_evaluation(offline_run):
+    images = offline_run["dir"] / "images"
+    # The model did not change between the two evaluations, so the same noise must give the same picture.
+    assert (images / "prior_samples_e000.png").read_bytes() == (images / "prior_samples_e001.png").read_bytes()
+    # ... and that noise is N(0, I) drawn from a generator seeded with train.seed: decode it ourselves.
+    tracker, model = offline_run["tracker"], offline_run["model"]
+    expected = torch.randn(9, LATENT, generator=torch.Generator().manual_seed(tracker.cfg.train.seed))
+    model.eval()
+    with torch.no_grad():
+        first = ((model.decode(expected[:1]) + 1) / 2)[0]
+    grid = np.asarray(Image.open(images / "prior_samples_e000.png"))
+    tile = grid[2 : 2 + IMAGE_SIZE, 2 : 2 + IMAGE_SIZE]  # make_grid's 2-pixel padding
+    np.testing.assert_allclose(tile, visualize.to_uint8_hwc(first), atol=1)
+    assert grid.shape[0] == grid.shape[1] == 3 * IMAGE_SIZE + 4 * 2  # 9 samples: 3 x 3
+
+
+def test_reconstruction_grid_puts_each_image_above_its_reconstruction(offline_run):
+    result = offline_run["results"][-1]
+    grid = np.asarray(Image.open(offline_run["dir"] / "images" / "reconstructions_e001.png"))
+    k = result.originals.shape[0]
+    step = IMAGE_SIZE + 2
+    assert grid.shape[:2] == (2 * step + 2, k * step + 2)  # one row of originals, one of reconstructions
+    for i in (0, k - 1):
+        top = grid[2 : 2 + IMAGE_SIZE, 2 + i * step : 2 + i * step + IMAGE_SIZE]
+        bottom = grid[2 + step : 2 + step + IMAGE_SIZE, 2 + i * step : 2 + i * step + IMAGE_SIZE]
+        np.testing.assert_allclose(top, visualize.to_uint8_hwc(result.originals[i]), atol=1)
+        np.testing.assert_allclose(bottom, visualize.to_uint8_hwc(result.reconstructions[i]), atol=1)
+
+
+def test_metrics_jsonl_has_one_row_per_log_call(offline_run):
+    rows = read_metrics(offline_run["dir"])
+    assert [r["step"] for r in rows] == [10, 20, 30, 30, 40, 50, 60, 60]
+    evals = [r for r in rows if "val/active_units" in r]
+    assert [r["epoch"] for r in evals] == [0, 1]
+    assert all("train/loss_encoder" in r for r in rows if "val/mse" not in r)
+
+
+# --- W&B off, auto mode, resume ---------------------------------------------------------------------
+
+
+def test_wandb_off_still_writes_metrics_and_pngs(sample_trees, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = load_config(None, ["logging.wandb=false"])
+    assert Tracker.accelerator_kwargs(cfg) == {}
+    tracker, _, _ = tracked_run(run_dir, sample_trees["food101"], ["logging.wandb=false"], epochs=1)
+    assert tracker.run is None
+    tracker.finish()
+    assert not (run_dir / "wandb").exists() and not (run_dir / RUN_ID_FILE).exists()
+    assert len(read_metrics(run_dir)) == 4
+    assert {p.name for p in (run_dir / "images").glob("*_latest.png")} == {f"{k}_latest.png" for k in IMAGE_KINDS}
+
+
+def test_auto_mode_is_online_only_with_credentials(tmp_path, monkeypatch):
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    netrc = tmp_path / "netrc"
+    monkeypatch.setenv("NETRC", str(netrc))
+    cfg = load_config(None, ["logging.mode=auto"])
+    assert not has_wandb_credentials() and resolve_wandb_mode(cfg) == "offline"
+    netrc.write_text("machine example.org\n  login user\n  password secret\n")
+    netrc.chmod(0o600)
+    assert resolve_wandb_mode(cfg) == "offline"  # an entry for another host is not a W&B login
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password " + "a" * 40 + "\n")
+    assert has_wandb_credentials() and resolve_wandb_mode(cfg) == "online"
+    netrc.unlink()
+    monkeypatch.setenv("WANDB_API_KEY", "b" * 40)
+    assert resolve_wandb_mode(cfg) == "online"
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the usual W&B switch wins over auto-detection
+    assert resolve_wandb_mode(cfg) == "offline"
+    assert resolve_wandb_mode(load_config(None, ["logging.mode=online"])) == "online"  # explicit setting wins
+    monkeypatch.delenv("WANDB_API_KEY")
+    assert resolve_wandb_mode(load_config(None, ["logging.mode=offline"])) == "offline"
+
+
+def test_resumed_tracker_continues_the_same_wandb_run_and_drops_rows_after_the_checkpoint(sample_trees, tmp_path):
+    run_dir = tmp_path / "run"
+    first, model, _ = tracked_run(run_dir, sample_trees["food101"], [], epochs=1)
+    first_id = first.run.id
+    first.finish()
+    # Killed after step 30 was logged; the last checkpoint was at step 20.
+    cfg = first.cfg
+    accelerator = fresh_accelerator(**Tracker.accelerator_kwargs(cfg))
+    second = Tracker(cfg, accelerator, run_dir, food_manifest(first.class_names), resumed_step=20)
+    assert [r["step"] for r in read_metrics(run_dir)] == [10, 20]
+    second.log({"train/loss_encoder": 1.0, "epoch": 0}, 30)
+    assert second.run.id == first_id
+    second.finish()
+    offline = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2
+    run_ids = [[r["run"]["run_id"] for r in inspect_records(d) if r["type"] == "run"][0] for d in offline]
+    assert run_ids == [first_id, first_id]
+    assert [r["step"] for r in read_metrics(run_dir)] == [10, 20, 30]
+
+
+def test_run_identity_separates_the_ablations():
+    vae_batch = run_identity(load_config(None, ["train.kl_weight=batch"]), food_manifest(["a"]))
+    vae_one = run_identity(load_config(None, ["train.kl_weight=one", "train.lambda_mse=0.01"]), food_manifest(["a"]))
+    beta = run_identity(load_config(None, ["train.mode=beta-vae", "train.beta=4"]), None)
+    assert vae_batch[0] != vae_one[0] and vae_batch[1] == vae_one[1] == "food101-vae"
+    assert "kl_weight=one" in vae_one[2] and "lambda_mse=0.01" in vae_one[2]
+    assert beta == ("coco-beta-vae-beta4-lmse1e-06", "coco-beta-vae", ["coco", "beta-vae", "beta=4", "lambda_mse=1e-06"])
+    named = run_identity(load_config(None, ["run.name=mine", "logging.group=g", "logging.tags=[x]"]), None)
+    assert named[0] == "mine" and named[1] == "g" and "x" in named[2]
+
+
+# --- sweeps -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["sweep.yaml", "sweep_beta.yaml"])
+def test_sweep_grid_points_are_valid_trainer_command_lines(name):
+    """Every grid point, turned into arguments the way wandb's agent does, must load as a vaedist config."""
+    import itertools
+
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    sweep = yaml.safe_load((REPO / "configs" / name).read_text())
+    assert sweep["command"][:6] == ["${env}", "accelerate", "launch", "${program}", "--config", "configs/food101.yaml"]
+    assert sweep["program"] == "launch/train.py" and sweep["command"][-1] == "${args_no_hyphens}"
+    assert sweep["metric"]["name"] == "val/mse"
+    params = sweep["parameters"]
+    keys = list(params)
+    choices = [p["values"] if "values" in p else [p["value"]] for p in params.values()]
+    seen = set()
+    for point in itertools.product(*choices):
+        args = create_sweep_command_args({"args": {k: {"value": v} for k, v in zip(keys, point)}})["args_no_hyphens"]
+        cfg = load_config(None, args)  # the trainer applies these after --config FILE
+        seen.add((cfg.train.mode, cfg.train.kl_weight if cfg.train.mode == "vae" else cfg.train.beta, cfg.train.lambda_mse))
+    if name == "sweep.yaml":
+        assert {m for m, _, _ in seen} == {"vae"} and {w for _, w, _ in seen} == {"batch", "one"}
+        assert 1e-6 in {lam for _, _, lam in seen}  # the seed's value is one of the points
+    else:
+        assert {m for m, _, _ in seen} == {"beta-vae"} and 1.0 in {b for _, b, _ in seen} and len({b for _, b, _ in seen}) > 2
+
+
+def test_sweep_agent_runs_get_their_own_run_dir_and_the_agents_run_id(tmp_path, monkeypatch):
+    from vaedist.tracking import _read_or_create_run_id
+
+    monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
+    assert sweep_run_dir(tmp_path / "runs") == tmp_path / "runs"
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sw33p")
+    monkeypatch.setenv("WANDB_RUN_ID", "abc123xy")
+    run_dir = sweep_run_dir(tmp_path / "runs")
+    assert run_dir == tmp_path / "runs" / "abc123xy"
+    run_dir.mkdir(parents=True)
+    assert _read_or_create_run_id(run_dir) == "abc123xy"
+    assert (run_dir / RUN_ID_FILE).read_text().strip() == "abc123xy"
+
+
+# --- several processes --------------------------------------------------------------------------------
+
+RANKS_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch
+    from pathlib import Path
+    from accelerate import Accelerator
+    from vaedist.config import load_config
+    from vaedist.evaluate import EvalResult
+    from vaedist.tracking import Tracker
+
+    run_dir = Path(sys.argv[1])
+    cfg = load_config(None, ["model.latent_dim=4", "logging.num_samples=4", "logging.mode=offline"])
+    accelerator = Accelerator(**Tracker.accelerator_kwargs(cfg))
+    assert accelerator.num_processes == 2, accelerator.num_processes
+    tracker = Tracker(cfg, accelerator, run_dir, None)
+
+    class Decoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3 * 8 * 8)
+        def decode(self, z):
+            return torch.tanh(self.fc(z)).view(-1, 3, 8, 8)
+
+    for step in (1, 2, 3):
+        tracker.log({"train/loss_encoder": float(step), "train/rank": float(accelerator.process_index)}, step)
+    images = torch.rand(4, 3, 8, 8)
+    result = EvalResult({"val/mse": 0.5}, torch.rand(4), torch.randn(6, 4), None,
+                        torch.zeros(6, 3, 8, 8, dtype=torch.uint8), images, images)
+    tracker.log_evaluation(result, Decoder(), step=3, epoch=0)
+    tracker.finish()
+    """
+)
+
+
+@pytest.mark.slow
+def test_only_the_main_process_writes_metrics_images_and_wandb(tmp_path):
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS_SCRIPT)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
+    env.pop("WANDB_MODE", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(run_dir)],
+        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3, 3]  # not doubled by the second process
+    assert {r["train/rank"] for r in rows if "train/rank" in r} == {0.0}
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+    assert proc.stdout.count("wandb sync ") == 1
+    assert {p.name for p in (run_dir / "images").glob("*_e000.png")} == {
+        "reconstructions_e000.png", "prior_samples_e000.png", "latent_pca_e000.png", "kl_per_dim_e000.png"}
