@@ -33,21 +33,22 @@ def plan_cache(mode: str, num_images: int, size: int, device: torch.device) -> C
     if mode == "off":
         return CachePlan("off", 0, "decode-once cache off (data.cache=off)")
     gib = nbytes / 2**30
+    amount = f"{gib:.2f} GiB" if gib >= 1 else f"{nbytes / 2**20:.1f} MiB"
     host_free = psutil.virtual_memory().available
     if device.type == "cuda" and mode in ("auto", "device"):
         gpu_free, _ = torch.cuda.mem_get_info(device)
         if nbytes <= DEVICE_SHARE * gpu_free:
-            return CachePlan("device", nbytes, f"decode-once cache: {num_images} images, {gib:.2f} GiB on {device}")
-        why = f"{gib:.2f} GiB does not fit in half of the {gpu_free / 2**30:.1f} GiB free on {device}"
+            return CachePlan("device", nbytes, f"decode-once cache: {num_images} images, {amount} on {device}")
+        why = f"{amount} does not fit in half of the {gpu_free / 2**30:.1f} GiB free on {device}"
     elif mode == "device" and device.type != "cuda":
         why = "no CUDA device"
     else:
         why = ""
     if nbytes <= HOST_SHARE * host_free:
         kind = "pinned host memory" if device.type == "cuda" else "host memory"
-        return CachePlan("host", nbytes, f"decode-once cache: {num_images} images, {gib:.2f} GiB in {kind}"
+        return CachePlan("host", nbytes, f"decode-once cache: {num_images} images, {amount} in {kind}"
                          + (f" ({why})" if why else ""))
-    return CachePlan("off", 0, f"decode-once cache off: {gib:.2f} GiB does not fit in half of the "
+    return CachePlan("off", 0, f"decode-once cache off: {amount} does not fit in half of the "
                      f"{host_free / 2**30:.1f} GiB of available host memory" + (f", and {why}" if why else ""))
 
 

@@ -5,7 +5,7 @@ Encoded JPEG bytes enter through `fn.external_source`, read at the .idx offsets 
 inside a buffer and by tar order, not globally per epoch, (b) cannot give exact equal-per-rank batch
 counts together with whole-split evaluation, and (c) cannot put each sample's ORIGINAL size (in its
 .json member) into the graph, which the --max-side crop scaling needs. `read_with_webdataset_reader`
-runs DALI's own reader over the same shards and index files (used by `vaedist.data.verify_decodes`).
+runs DALI's own reader over the same shards and index files (used by `vaedist.data.verify_split`).
 
 Decoding runs on the GPU (`mixed`: nvJPEG / the hardware JPEG engines) when training on CUDA, on CPU
 threads otherwise (`device_id=None`: no GPU needed).
@@ -114,15 +114,15 @@ def _to_torch(batch, device: torch.device) -> torch.Tensor:
 
 
 def read_with_webdataset_reader(paths: list[Path], index_paths: list[Path], exts: list[str],
-                                batch_size: int = 64) -> int:
-    """Read every sample through DALI's own `fn.readers.webdataset` with our index files; a sample that
-    lacks one of `exts` raises (missing_component_behavior="error"). Returns the number of samples read."""
+                                missing_component_behavior: str = "error", batch_size: int = 64) -> int:
+    """Read every sample through DALI's own `fn.readers.webdataset` with our index files. With "error" a
+    sample that lacks one of `exts` raises; "skip" drops it. Returns the number of samples in the epoch."""
 
     @pipeline_def(batch_size=batch_size, num_threads=1, device_id=None)
     def reader_pipeline():
         return tuple(fn.readers.webdataset(
             paths=[str(p) for p in paths], index_paths=[str(p) for p in index_paths], ext=exts,
-            missing_component_behavior="error", name="reader", pad_last_batch=False,
+            missing_component_behavior=missing_component_behavior, name="reader", pad_last_batch=False,
         ))
 
     pipe = reader_pipeline()

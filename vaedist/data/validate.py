@@ -1,7 +1,8 @@
 """Start-up checks of a split's shards: cheap (stat sizes, parse the .idx files), run before training starts,
 so a missing or truncated shard stops with one line naming it instead of a C++ error mid-epoch.
 
-`verify_split` is the expensive, optional check (SHA-256 of every tar against the manifest).
+`verify_split` is the expensive, optional check: SHA-256 of every tar against the manifest, then one pass
+of DALI's own `fn.readers.webdataset` over the tars and index files (missing_component_behavior="error").
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def validate_split(shard_dir: str | Path, manifest: Manifest, split: str) -> lis
     return indexes
 
 
-def verify_split(shard_dir: str | Path, manifest: Manifest, split: str) -> None:
+def verify_split(shard_dir: str | Path, manifest: Manifest, split: str, *, dali_reader: bool = True) -> None:
     """Hash every tar of `split` and compare with the manifest (slow: reads every byte)."""
     shard_dir = Path(shard_dir)
     validate_split(shard_dir, manifest, split)
@@ -69,3 +70,17 @@ def verify_split(shard_dir: str | Path, manifest: Manifest, split: str) -> None:
                 digest.update(chunk)
         if info.sha256 and digest.hexdigest() != info.sha256:
             raise UserError(f"shard '{shard_dir / info.name}' does not match its SHA-256 in the manifest; {RESHARD}")
+    if dali_reader:
+        from vaedist.data.loader import dali_available
+
+        if dali_available():
+            from vaedist.data.dali import read_with_webdataset_reader
+
+            infos = manifest.splits[split].shards
+            exts = [IMAGE_EXT, META_EXT] + ([LABEL_EXT] if manifest.labelled else [])
+            try:
+                read_with_webdataset_reader([shard_dir / s.name for s in infos], [shard_dir / s.index for s in infos], exts)
+            except RuntimeError as err:
+                last = [line for line in str(err).splitlines() if line.strip() and "pipeline" not in line]
+                raise UserError(f"DALI's webdataset reader rejects split '{split}' of '{shard_dir}': "
+                                f"{last[-1] if last else err}; {RESHARD}")
