@@ -34,8 +34,11 @@ class _HashingFile:
         self._fh = open(path, "wb")
         self.sha256 = hashlib.sha256()
         self.bytes = 0
+        self._discarded = False
 
     def write(self, data) -> int:
+        if self._discarded:  # the abandoned TarFile may still flush its buffer when garbage-collected
+            return len(data)
         self.sha256.update(data)
         self.bytes += len(data)
         return self._fh.write(data)
@@ -49,6 +52,7 @@ class _HashingFile:
         self._fh.close()
 
     def discard(self) -> None:
+        self._discarded = True
         self._fh.close()
 
 

@@ -1,0 +1,305 @@
+"""The sharder end to end, on the embedded photographs laid out as COCO, Food-101 and folder trees salted with
+every kind of bad input; shards read back with tarfile and with DALI's own CPU webdataset reader."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vaedist.errors import UserError
+from vaedist.sample import photo_paths
+from vaedist.shard import load_manifest, shard_dataset
+from vaedist.shard.manifest import Manifest
+
+LOWERED_PIXEL_LIMIT = 1_000_000  # above every sample photo (<= 640 px a side), below the salted bomb
+REPO = Path(__file__).resolve().parents[1]
+
+# Salted inputs and what must become of them: a reason prefix (rejected) or the stored JPEG's mode (kept).
+BAD = {
+    "bad_empty.jpg": "empty file",
+    "bad_truncated.jpg": "truncated",
+    "bad_text.jpg": "not an image",
+    "bad_corrupt.jpg": "corrupt",
+    "bad_bomb.png": "over the pixel limit",
+}
+CONVERTED = {"cmyk.jpg": "RGB", "palette.png": "RGB", "rgba.png": "RGB", "grey16.png": "L", "photo.webp": "RGB",
+             "rotated.jpg": "RGB"}
+COPIED = {"grey.jpg": "L"}
+IGNORED = ("notes.txt", "nested/000000999999.jpg")
+
+
+def salt(directory: Path) -> None:
+    """Write every kind of good-but-unusual and bad input into `directory` (see BAD, CONVERTED, COPIED, IGNORED)."""
+    with Image.open(photo_paths()[0]) as src:
+        photo = src.convert("RGB").crop((0, 0, 300, 180))
+    good = io.BytesIO()
+    photo.save(good, "JPEG", quality=90)
+    data = good.getvalue()
+    (directory / "bad_empty.jpg").write_bytes(b"")
+    (directory / "bad_truncated.jpg").write_bytes(data[: len(data) // 2])
+    (directory / "bad_text.jpg").write_text("not a picture\n")
+    noisy = bytearray(data)
+    noisy[len(data) // 3 : len(data) // 3 + 2000] = np.random.default_rng(0).integers(0, 256, 2000, np.uint8).tobytes()
+    (directory / "bad_corrupt.jpg").write_bytes(bytes(noisy))
+    Image.new("RGB", (2000, 2000), (30, 90, 200)).save(directory / "bad_bomb.png")
+    photo.convert("CMYK").save(directory / "cmyk.jpg", quality=95)
+    photo.convert("P", palette=Image.Palette.ADAPTIVE).save(directory / "palette.png")
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(200)
+    rgba.save(directory / "rgba.png")
+    Image.fromarray(np.asarray(photo.convert("L"), dtype=np.uint16) * 257).save(directory / "grey16.png")
+    photo.save(directory / "photo.webp", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # "rotate 90 CCW to display": stored 300x180, shown 180x300
+    photo.save(directory / "rotated.jpg", quality=92, exif=exif)
+    photo.convert("L").save(directory / "grey.jpg", quality=90)
+    (directory / "notes.txt").write_text("a README next to the images\n")
+    (directory / "nested").mkdir()
+    photo.save(directory / "nested" / "000000999999.jpg")
+
+
+def read_shards(out: Path, manifest: Manifest) -> dict[str, dict]:
+    """Every sample of every shard, read with tarfile: key -> {"split", "shard", "jpg", "cls"?, "json"}."""
+    samples: dict[str, dict] = {}
+    for split_name, split in manifest.splits.items():
+        for shard in split.shards:
+            with tarfile.open(out / shard.name) as tar:
+                members = tar.getmembers()
+                for member in members:
+                    key, ext = member.name.split(".", 1)
+                    entry = samples.setdefault(key, {"split": split_name, "shard": shard.name})
+                    assert entry["shard"] == shard.name, f"key {key} in two shards: a duplicate"
+                    assert ext not in entry, f"{member.name} twice"
+                    entry[ext] = tar.extractfile(member).read()
+            assert len({m.name.split(".")[0] for m in members}) == shard.samples
+    for entry in samples.values():
+        entry["meta"] = json.loads(entry["json"])
+    return samples
+
+
+def dali_read_all(out: Path, manifest: Manifest, split: str, ext: list[str]) -> list[tuple]:
+    """One epoch of `split` through DALI's CPU webdataset reader with our index files; decoded too."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    shards = manifest.splits[split].shards
+
+    @pipeline_def(batch_size=8, num_threads=2, device_id=None)
+    def read():
+        *components, = fn.readers.webdataset(
+            paths=[str(out / s.name) for s in shards], index_paths=[str(out / s.index) for s in shards], ext=ext,
+            missing_component_behavior="error", name="reader")
+        return (fn.decoders.image(components[0], device="cpu", output_type=types.RGB), *components[1:])
+
+    pipe = read()
+    pipe.build()
+    epoch = pipe.reader_meta("reader")["epoch_size"]
+    rows: list[tuple] = []
+    while len(rows) < epoch:  # the last batch wraps into the next epoch: keep the first `epoch` samples
+        outputs = pipe.run()
+        for i in range(len(outputs[0])):
+            if len(rows) < epoch:
+                rows.append(tuple(np.array(o.at(i)) for o in outputs))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def salted_coco(sample_trees, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("salted") / "coco"
+    shutil.copytree(sample_trees["coco"], root)
+    salt(root / "train2017")
+    return root
+
+
+@pytest.fixture(scope="module")
+def coco_shards(salted_coco, tmp_path_factory) -> tuple[Path, Manifest]:
+    out = tmp_path_factory.mktemp("coco_shards")
+    manifest = shard_dataset("coco", salted_coco, out, workers=2, shard_size="1MB", seed=3,
+                             max_pixels=LOWERED_PIXEL_LIMIT, progress=False)
+    return out, manifest
+
+
+def test_salted_coco_keeps_every_valid_image_and_reports_every_bad_one(salted_coco, coco_shards):
+    out, manifest = coco_shards
+    originals = {p.relative_to(salted_coco).as_posix() for d in ("train2017", "test2017", "val2017")
+                 for p in (salted_coco / d).glob("0*.jpg")}
+    kept = {f"train2017/{name}" for name in {**CONVERTED, **COPIED}}
+    samples = read_shards(out, manifest)
+    by_path = {s["meta"]["path"]: s for s in samples.values()}
+
+    assert set(by_path) == originals | kept
+    assert manifest.splits["train"].samples == 40 + 12 + len(kept)
+    assert manifest.splits["val"].samples == 16
+    assert {s["meta"]["split"] for s in by_path.values() if s["meta"]["path"].startswith("val2017/")} == {"val"}
+    assert {s["split"] for s in by_path.values() if s["meta"]["path"].startswith("val2017/")} == {"val"}
+    assert len(manifest.splits["train"].shards) >= 3  # 1 MB shards: the split is really cut
+    assert load_manifest(out) == manifest
+    # Every rejected input is listed once with its reason; ignored files are not inputs at all.
+    assert {s["path"]: s["reason"].split(" (")[0] for s in manifest.skipped} == {
+        f"train2017/{name}": reason for name, reason in BAD.items()}
+    # Keys: unique by construction of the dict above, and without dots; unlabelled: no cls component.
+    assert all("." not in key and "/" not in key for key in samples)
+    assert all(set(s) == {"split", "shard", "jpg", "json", "meta"} for s in samples.values())
+    assert manifest.classes is None
+    # What is stored is a JPEG Pillow decodes at the recorded (upright) size, in the expected mode.
+    for path, sample in by_path.items():
+        img = Image.open(io.BytesIO(sample["jpg"]))
+        assert img.format == "JPEG"
+        assert img.size == (sample["meta"]["width"], sample["meta"]["height"]), path
+        name = path.split("/")[-1]
+        if name.startswith("0") or name in COPIED:  # clean JPEGs (RGB or grey): the published bytes, unchanged
+            assert sample["jpg"] == (salted_coco / path).read_bytes()
+        else:
+            assert img.mode == CONVERTED[name]
+    assert by_path["train2017/rotated.jpg"]["meta"]["width"] == 180  # stored 300x180, orientation applied
+
+
+def test_dali_reads_every_shard_with_our_index_and_gets_the_manifest_count(coco_shards):
+    out, manifest = coco_shards
+    for split in ("train", "val"):
+        rows = dali_read_all(out, manifest, split, ["jpg", "json"])
+        assert len(rows) == manifest.splits[split].samples
+        metas = [json.loads(bytes(row[1])) for row in rows]
+        assert len({m["path"] for m in metas}) == len(rows)  # no duplicates in one epoch
+        for image, meta in zip((r[0] for r in rows), metas):
+            assert image.shape[:2] == (meta["height"], meta["width"]) and image.shape[2] == 3
+
+
+def test_samples_are_shuffled_across_shards_reproducibly(salted_coco, coco_shards, tmp_path):
+    out, manifest = coco_shards
+    again = shard_dataset("coco", salted_coco, tmp_path / "again", workers=1, shard_size="1MB", seed=3,
+                          max_pixels=LOWERED_PIXEL_LIMIT, progress=False)
+    assert [s.sha256 for s in again.splits["train"].shards] == [s.sha256 for s in manifest.splits["train"].shards]
+    with tarfile.open(out / manifest.splits["train"].shards[0].name) as tar:
+        paths = [json.loads(tar.extractfile(m).read())["path"] for m in tar.getmembers() if m.name.endswith(".json")]
+    assert paths != sorted(paths)
+    assert {p.split("/")[0] for p in paths} == {"train2017", "test2017"}  # both training folders mixed
+
+
+def test_seed_layout_gives_the_same_images_as_the_official_layout(sample_trees, tmp_path):
+    manifest = shard_dataset("coco", sample_trees["coco_seed"], tmp_path, workers=2, progress=False)
+    paths = {s["meta"]["path"] for s in read_shards(tmp_path, manifest).values()}
+    assert manifest.splits["train"].samples == 52 and manifest.splits["val"].samples == 16
+    assert {p.rsplit("/", 1)[0] for p in paths} == {"coco_train2017/train2017", "coco_test2017/test2017",
+                                                    "coco_valid2017/val2017"}
+    assert manifest.skipped == []
+
+
+def test_food101_label_is_the_line_index_in_classes_txt_and_missing_images_are_reported(sample_trees, tmp_path):
+    root = tmp_path / "food-101"
+    shutil.copytree(sample_trees["food101"], root)
+    classes = (root / "meta" / "classes.txt").read_text().split()
+    train_lines = (root / "meta" / "train.txt").read_text().split()
+    (root / "images" / f"{train_lines[0]}.jpg").unlink()  # listed in train.txt, missing on disk
+    with open(root / "meta" / "test.txt", "a") as fh:
+        fh.write(f"{classes[2]}/999999\n")
+    out = tmp_path / "out"
+    manifest = shard_dataset("food101", root, out, workers=2, shard_size="400KB", progress=False)
+
+    assert manifest.classes == classes
+    assert manifest.splits["train"].samples == 6 * 10 - 1 and manifest.splits["val"].samples == 6 * 4
+    assert {s["path"]: s["reason"] for s in manifest.skipped} == {
+        f"images/{train_lines[0]}.jpg": "listed in meta/train.txt but the image is missing",
+        f"images/{classes[2]}/999999.jpg": "listed in meta/test.txt but the image is missing",
+    }
+    samples = read_shards(out, manifest).values()
+    for sample in samples:
+        class_dir = sample["meta"]["path"].split("/")[1]
+        assert int(sample["cls"]) == classes.index(class_dir)
+        assert sample["meta"]["class"] == class_dir
+    dali_labels = [int(bytes(row[1])) for row in dali_read_all(out, manifest, "val", ["jpg", "cls"])]
+    assert sorted(dali_labels) == sorted(int(s["cls"]) for s in samples if s["split"] == "val")
+
+
+def test_folder_classes_are_sorted_subfolders_and_val_fraction_splits_each_class(sample_trees, tmp_path):
+    root = tmp_path / "photos"
+    for class_dir in sorted((sample_trees["food101"] / "images").iterdir(), reverse=True):
+        shutil.copytree(class_dir, root / f"z_{class_dir.name}" if class_dir.name == "astronaut" else
+                        root / class_dir.name)
+    (root / "empty_class").mkdir()  # no images: not a class
+    salt(root / "coffee")  # salted files inside a class (nested/ is a deeper folder of the same class there)
+    manifest = shard_dataset("folder", root, tmp_path / "out", workers=2, val_fraction=0.25,
+                             max_pixels=LOWERED_PIXEL_LIMIT, progress=False)
+    assert manifest.classes == ["chelsea", "coffee", "hubble", "retina", "rocket", "z_astronaut"]
+    samples = list(read_shards(tmp_path / "out", manifest).values())
+    per_class_val = {}
+    for s in samples:
+        assert manifest.classes[int(s["cls"])] == s["meta"]["path"].split("/")[0] == s["meta"]["class"]
+        per_class_val.setdefault(s["meta"]["class"], []).append(s["split"] == "val")
+    assert {c: sum(v) for c, v in per_class_val.items() if c != "coffee"} == {c: 4 for c in manifest.classes
+                                                                              if c != "coffee"}
+    assert len(per_class_val["coffee"]) == 14 + len(CONVERTED) + len(COPIED) + 1  # + nested/ photo
+    assert sorted(s["path"] for s in manifest.skipped) == sorted(f"coffee/{name}" for name in BAD)
+
+
+def test_max_side_stores_downscaled_images_with_original_size_in_meta(sample_trees, tmp_path):
+    manifest = shard_dataset("food101", sample_trees["food101"], tmp_path, workers=2, max_side=96, progress=False)
+    samples = read_shards(tmp_path, manifest).values()
+    assert len(samples) == 84
+    for sample in samples:
+        img = Image.open(io.BytesIO(sample["jpg"]))
+        width, height = sample["meta"]["width"], sample["meta"]["height"]
+        assert max(img.size) == min(96, max(width, height))
+        assert abs(img.size[0] / img.size[1] - width / height) < 0.05
+    assert manifest.options["max_side"] == 96
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vaedist.shard", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+
+
+def test_root_with_neither_coco_layout_is_a_one_line_error(tmp_path):
+    (tmp_path / "images").mkdir()
+    result = _run_cli("coco", "--root", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "train2017" in result.stderr and "coco_train2017/train2017" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_valid_image_is_an_error_and_leaves_nothing_behind(tmp_path):
+    root = tmp_path / "junk" / "only_class"
+    root.mkdir(parents=True)
+    (root / "a.jpg").write_bytes(b"")
+    (root / "b.png").write_text("not a png")
+    result = _run_cli("folder", "--root", str(tmp_path / "junk"), "--out", str(tmp_path / "out"), "--workers", "1",
+                      "--no-progress")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "no valid image" in result.stderr
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_rerun_on_complete_output_says_so_and_changes_nothing(sample_trees, tmp_path):
+    args = ("food101", "--root", str(sample_trees["food101"]), "--out", str(tmp_path), "--workers", "2",
+            "--shard-size", "500KB")
+    assert _run_cli(*args).returncode == 0
+    before = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in tmp_path.iterdir()}
+    assert sorted(before) == sorted(["manifest.json"] + [n for s in load_manifest(tmp_path).splits.values()
+                                                         for sh in s.shards for n in (sh.name, sh.index)])
+    again = _run_cli(*args)
+    assert again.returncode == 0 and "already complete" in again.stdout
+    assert {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in tmp_path.iterdir()} == before
+    other = _run_cli(*args[:-1], "1MB")  # other options: refuse rather than mix two runs
+    assert other.returncode != 0 and "--overwrite" in other.stderr
+    assert _run_cli(*args[:-1], "1MB", "--overwrite").returncode == 0
+    assert load_manifest(tmp_path).options["shard_size"] == 1_000_000
+
+
+def test_wrong_options_are_user_errors(sample_trees, tmp_path):
+    for bad in ({"shard_size": "12 parsecs"}, {"val_fraction": 1.5}, {"max_side": 0}, {"workers": 0}):
+        with pytest.raises(UserError):
+            shard_dataset("folder", sample_trees["food101"] / "images", tmp_path, progress=False, **bad)
+    with pytest.raises(UserError, match="coco-train-dirs"):
+        shard_dataset("coco", sample_trees["coco"], tmp_path, coco_train_dirs=("train2017", "test2015"),
+                      progress=False)
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,62 @@
+"""The tar + index writer: our index is byte-identical to DALI's own wds2idx, written in the same pass."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from vaedist.sample import photo_paths
+from vaedist.shard.writer import ShardWriter
+
+
+def _samples(count: int) -> list[dict]:
+    photos = photo_paths()
+    return [
+        {
+            "__key__": f"images_class{i % 3}_{100000 + i}",
+            "jpg": photos[i % len(photos)].read_bytes()[: 5000 + 37 * i],  # sizes that are not multiples of 512
+            "cls": str(i % 3).encode(),
+            "json": json.dumps({"path": f"images/class{i % 3}/{100000 + i}.jpg", "width": 1, "height": 1}).encode(),
+        }
+        for i in range(count)
+    ]
+
+
+def test_index_matches_dali_wds2idx_and_manifest_entry_matches_file(tmp_path):
+    samples = _samples(7)
+    with ShardWriter(tmp_path / "train-000000.tar") as writer:
+        for sample in samples:
+            writer.write(sample)
+        info = writer.commit()
+    tar = tmp_path / "train-000000.tar"
+    # DALI's own indexer, as shipped with nvidia-dali (console script wds2idx, module wds2idx.py)
+    wds2idx = shutil.which("wds2idx", path=str(Path(sys.executable).parent)) or "wds2idx"
+    subprocess.run([wds2idx, str(tar), str(tmp_path / "reference.idx")], check=True, capture_output=True)
+    assert (tmp_path / "train-000000.idx").read_text() == (tmp_path / "reference.idx").read_text()
+    assert info.samples == 7 and info.bytes == tar.stat().st_size
+    assert info.sha256 == hashlib.sha256(tar.read_bytes()).hexdigest()
+    with tarfile.open(tar) as archive:
+        names = archive.getnames()
+        assert names[:3] == [f"{samples[0]['__key__']}.{ext}" for ext in ("cls", "jpg", "json")]
+        assert archive.extractfile(f"{samples[6]['__key__']}.jpg").read() == samples[6]["jpg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reference.idx", "train-000000.idx", "train-000000.tar"]
+
+
+def test_unfinished_shard_leaves_no_file(tmp_path):
+    with pytest.raises(RuntimeError):
+        with ShardWriter(tmp_path / "val-000001.tar") as writer:
+            writer.write(_samples(1)[0])
+            raise RuntimeError("killed mid-shard")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keys_with_dots_are_refused(tmp_path):
+    with ShardWriter(tmp_path / "train-000000.tar") as writer:
+        with pytest.raises(ValueError):
+            writer.write({"__key__": "a.b", "jpg": b"x"})
