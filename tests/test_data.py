@@ -260,3 +260,51 @@ def test_training_split_smaller_than_one_batch_per_rank_is_a_user_error(shards):
         build_loader(cfg(shards["food"]), "train", train=True, batch_size=31, num_shards=2)
     with pytest.raises(UserError, match="split 'nope'"):
         build_loader(cfg(shards["food"]), "nope", train=False, batch_size=4)
+
+
+# --- real processes --------------------------------------------------------------------------------------
+
+RANK_SCRIPT = '''
+import json, sys
+import torch
+from accelerate import Accelerator
+from vaedist.config import DataConfig
+from vaedist.data import build_loader
+
+accelerator = Accelerator(cpu=True)
+cfg = DataConfig(shards=sys.argv[1], workers=1)
+report = {"rank": accelerator.process_index}
+for split, train in (("train", True), ("val", False)):
+    loader = build_loader(cfg, split, train=train, batch_size=4, accelerator=accelerator)
+    rows = []
+    for images, labels in loader:
+        # A collective per batch: a rank with more batches than the other would hang here.
+        rows.append(int(accelerator.gather(torch.tensor([images.shape[0]])).sum()))
+    report[split] = {"batches": len(rows), "len": len(loader), "rows": rows, "samples": loader.plan.order(0).tolist()}
+with open(f"{sys.argv[2]}/rank{accelerator.process_index}.json", "w") as fh:
+    json.dump(report, fh)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_two_accelerate_processes_split_the_data_without_waiting(shards, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_SCRIPT)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
+           str(shards["food"]), str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["train"]["batches"] == r1["train"]["batches"] == r0["train"]["len"] == (60 // 2) // 4
+    assert not set(r0["train"]["samples"]) & set(r1["train"]["samples"])
+    assert r0["val"]["batches"] == r1["val"]["batches"]
+    assert sum(r0["val"]["rows"]) == 24  # gathered per batch: the whole split once
+    assert sorted(r0["val"]["samples"] + r1["val"]["samples"]) == list(range(24))
