@@ -1,0 +1,91 @@
+"""kill -9 the sharder mid-run (twice), run it again: exactly the right samples, no duplicates, no stray files,
+byte-identical to an uninterrupted run."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_shard import dali_read_all, read_shards
+from vaedist.sample import build_full_size_jpegs
+from vaedist.shard import load_manifest, shard_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES = 200  # 640x480 photographs: ~1-2 s of decoding on one worker, so the kill lands mid-run
+ARGS = ("--workers", "1", "--shard-size", "300KB", "--seed", "7", "--val-fraction", "0.1", "--no-progress")
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory) -> Path:
+    return build_full_size_jpegs(tmp_path_factory.mktemp("full") / "photos", IMAGES)
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(c) for c in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _start_and_kill(root: Path, out: Path, after_shards: int) -> None:
+    """Start the CLI, SIGKILL it as soon as `after_shards` finished tars exist; its workers must die too."""
+    proc = subprocess.Popen([sys.executable, "-m", "vaedist.shard", "folder", "--root", str(root), "--out", str(out),
+                             *ARGS], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workers: set[int] = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        workers |= _children(proc.pid)
+        if out.is_dir() and len(list(out.glob("train-*.tar"))) >= after_shards:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, f"the sharder finished before it could be killed: {proc.stderr.read()}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    assert not (out / "manifest.json").exists()
+    assert workers, "no worker process seen"
+    deadline = time.monotonic() + 10
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers), "worker processes outlived the killed sharder"
+
+
+def test_killed_sharder_resumes_without_duplicates(photo_folder, tmp_path):
+    out = tmp_path / "out"
+    _start_and_kill(photo_folder, out, after_shards=1)
+    first_kill = len(list(out.glob("train-*.tar")))
+    _start_and_kill(photo_folder, out, after_shards=first_kill + 2)  # killed again, while resuming
+
+    finish = subprocess.run([sys.executable, "-m", "vaedist.shard", "folder", "--root", str(photo_folder), "--out",
+                             str(out), *ARGS[:-1]], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert finish.returncode == 0, finish.stderr
+    assert "resuming" in finish.stdout
+
+    manifest = load_manifest(out)
+    reference = shard_dataset("folder", photo_folder, tmp_path / "reference", workers=2, shard_size="300KB", seed=7,
+                              val_fraction=0.1, progress=False)
+    assert manifest.splits == reference.splits  # same shards, same bytes (sha256), same counts
+    assert manifest.splits["train"].samples + manifest.splits["val"].samples == IMAGES
+    assert len(manifest.splits["train"].shards) > 10
+    samples = read_shards(out, manifest)  # asserts every key is in one shard only
+    assert sorted(s["meta"]["path"] for s in samples.values()) == sorted(p.name for p in photo_folder.iterdir())
+    expected = {"manifest.json"} | {n for s in manifest.splits.values() for sh in s.shards for n in (sh.name, sh.index)}
+    assert {p.name for p in out.iterdir()} == expected  # no temporary, state or done files left
+    for split in ("train", "val"):
+        assert len(dali_read_all(out, manifest, split, ["jpg", "json"])) == manifest.splits[split].samples
