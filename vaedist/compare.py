@@ -174,6 +174,13 @@ def curves_svg(runs: list[RunRecord], key: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # Several SVGs share one HTML document: text as <text> (no glyph <defs> repeated under the same ids)
+    # and a per-figure salt for the clip-path ids matplotlib derives from a hash.
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"vaedist-{key}"}):
+        return _curves_svg(runs, key, plt)
+
+
+def _curves_svg(runs: list[RunRecord], key: str, plt) -> str:
     fig, ax = plt.subplots(figsize=(4.6, 3.0))
     for run in runs:
         steps, values = run.series(key)

@@ -96,7 +96,7 @@ def latent_scatter(
     fig, ax = plt.subplots(figsize=(6.4, 5.6))
     xs, ys = coords[:, 0].numpy(), coords[:, 1].numpy()
     if labels is None:
-        ax.scatter(xs, ys, s=6, alpha=0.6, color="tab:blue", linewidths=0)
+        ax.scatter(xs, ys, s=12, alpha=0.6, color="tab:blue", linewidths=0)
     else:
         lab = labels.cpu().numpy()
         present = np.unique(lab)
@@ -106,10 +106,10 @@ def latent_scatter(
             for c in present:
                 keep = lab == c
                 name = class_names[c] if class_names and 0 <= c < len(class_names) else str(c)
-                ax.scatter(xs[keep], ys[keep], s=8, alpha=0.7, color=cmap(int(c)), label=name, linewidths=0)
+                ax.scatter(xs[keep], ys[keep], s=14, alpha=0.7, color=cmap(int(c)), label=name, linewidths=0)
             ax.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         else:
-            points = ax.scatter(xs, ys, s=6, alpha=0.7, c=lab, cmap=cmap, vmin=0, vmax=n_classes - 1, linewidths=0)
+            points = ax.scatter(xs, ys, s=12, alpha=0.7, c=lab, cmap=cmap, vmin=0, vmax=n_classes - 1, linewidths=0)
             fig.colorbar(points, ax=ax, label="class index (manifest order)")
     ax.set_xlabel(f"PC 1 ({100 * ratio[0]:.1f}% of variance)")
     ax.set_ylabel(f"PC 2 ({100 * ratio[1]:.1f}% of variance)")
