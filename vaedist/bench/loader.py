@@ -1,0 +1,173 @@
+"""Loader benchmark: images/s side by side, in one run, on the same images.
+
+    python -m vaedist.bench loader [--shards DIR] [--images N] [--workers W] [--batch B]
+
+Rows: the seed's own pipeline (a folder of JPEGs -> Pillow -> CenterCrop -> Resize -> flip -> ToTensor ->
+Normalize in a torch DataLoader with W workers), DALI on CPU threads (and `mixed` GPU decoding where CUDA
+exists), the reference backend, DALI on `--max-side 160` shards, and the decode-once cache. Every row runs
+`--epochs` epochs over the same training split and reports its last epoch (the first warms caches and
+starts workers). Without --shards it writes N COCO-sized 640x480 JPEGs and shards them twice (full size
+and --max-side 160) in a temporary directory. With --shards, the seed reads the shards' JPEGs copied out
+to a folder, and the --max-side row needs --shards-max-side.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torchvision import transforms
+from torchvision.io import ImageReadMode  # noqa: F401  (keeps torchvision's image extension loaded early)
+
+from vaedist.config import DataConfig
+from vaedist.data import build_loader
+from vaedist.data.index import TarReader, load_split_index
+from vaedist.data.loader import dali_available
+from vaedist.data.validate import validate_split
+from vaedist.errors import UserError
+from vaedist.shard.manifest import load_manifest
+
+
+@dataclass
+class Row:
+    name: str
+    images: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds
+
+
+class SeedFolder(torch.utils.data.Dataset):
+    """The seed's data path: one JPEG file per item, its torchvision transform list."""
+
+    def __init__(self, files: list[Path], crop: int, size: int):
+        self.files = files
+        self.transform = transforms.Compose([
+            transforms.CenterCrop(crop), transforms.Resize(size), transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(self.files[i]) as img:
+            return self.transform(img.convert("RGB"))
+
+
+def time_epochs(batches_of_epoch, epochs: int) -> tuple[int, float]:
+    """Run `epochs` epochs; return (images, seconds) of the last one."""
+    images, seconds = 0, 0.0
+    for epoch in range(epochs):
+        start, images = time.perf_counter(), 0
+        for batch in batches_of_epoch(epoch):
+            images += batch.shape[0]
+        seconds = time.perf_counter() - start
+    return images, seconds
+
+
+def bench_seed(folder: Path, cfg: DataConfig, batch: int, epochs: int) -> Row:
+    files = sorted(folder.glob("*.jpg"))
+    loader = torch.utils.data.DataLoader(SeedFolder(files, cfg.crop, cfg.size), batch_size=batch, shuffle=True,
+                                         drop_last=True, num_workers=cfg.workers)
+    images, seconds = time_epochs(lambda epoch: iter(loader), epochs)
+    return Row(f"seed pipeline (Pillow + torchvision, {cfg.workers} workers)", images, seconds)
+
+
+def bench_loader(name: str, cfg: DataConfig, batch: int, epochs: int, device: torch.device) -> Row:
+    loader = build_loader(cfg, "train", train=True, batch_size=batch, device=device)
+
+    def epoch_batches(epoch):
+        loader.set_epoch(epoch)
+        for images, _ in loader:
+            if images.is_cuda:
+                torch.cuda.synchronize()
+            yield images
+
+    images, seconds = time_epochs(epoch_batches, epochs)
+    return Row(name, images, seconds)
+
+
+def copy_out_jpegs(shard_dir: Path, out: Path) -> Path:
+    """The stored JPEGs of the training split as a plain folder, for the seed pipeline."""
+    manifest = load_manifest(shard_dir)
+    index = load_split_index(shard_dir, manifest, "train", validate_split(shard_dir, manifest, "train"))
+    reader = TarReader(shard_dir, index.shards)
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(len(index)):
+        (out / f"{i:09d}.jpg").write_bytes(bytes(reader.view(index.shard[i], index.offset[i], index.size[i])))
+    return out
+
+
+def make_inputs(work: Path, count: int, workers: int) -> tuple[Path, Path, Path]:
+    from vaedist.sample import build_full_size_jpegs
+    from vaedist.shard import shard_dataset
+
+    folder = build_full_size_jpegs(work / "jpegs", count)
+    shard_dataset("folder", folder, work / "shards", workers=workers, progress=False)
+    shard_dataset("folder", folder, work / "shards160", workers=workers, max_side=160, progress=False)
+    return folder, work / "shards", work / "shards160"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vaedist.bench loader", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shards", type=Path, help="full-size shard directory (default: build one from 640x480 JPEGs)")
+    parser.add_argument("--shards-max-side", type=Path, help="the same images sharded with --max-side 160")
+    parser.add_argument("--images", type=int, default=1024, help="JPEGs to generate when --shards is not given")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers / DALI threads")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per row; the last one is timed")
+    parser.add_argument("--crop", type=int, default=375)
+    parser.add_argument("--size", type=int, default=64)
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or args.batch < 1 or args.workers < 0:
+        raise UserError("--epochs and --batch must be at least 1, --workers at least 0")
+
+    base = DataConfig(crop=args.crop, size=args.size, workers=args.workers, cache="off", seed=0)
+    cpu = torch.device("cpu")
+    with tempfile.TemporaryDirectory(prefix="vaedist-bench-loader-") as tmp:
+        work = Path(tmp)
+        if args.shards is None:
+            print(f"writing {args.images} 640x480 JPEGs and sharding them (full size, --max-side 160) ...", flush=True)
+            folder, full, small = make_inputs(work, args.images, max(1, args.workers))
+        else:
+            full, small = args.shards, args.shards_max_side
+            folder = copy_out_jpegs(full, work / "jpegs")
+        num = load_manifest(full).splits["train"].samples if "train" in load_manifest(full).splits else 0
+        print(f"{num} training images, batch {args.batch}, {args.workers} workers/threads, "
+              f"timing epoch {args.epochs} of {args.epochs}", flush=True)
+
+        rows = [bench_seed(folder, base, args.batch, args.epochs)]
+        print(f"  done: {rows[-1].name}", flush=True)
+        jobs: list[tuple[str, DataConfig, torch.device]] = []
+        if dali_available():
+            jobs.append(("DALI cpu", replace(base, shards=str(full), backend="dali"), cpu))
+            if torch.cuda.is_available():
+                jobs.append(("DALI mixed (GPU decode)", replace(base, shards=str(full), backend="dali"), torch.device("cuda")))
+        jobs.append(("reference backend", replace(base, shards=str(full), backend="reference"), cpu))
+        if small is not None:
+            if dali_available():
+                jobs.append(("DALI cpu, --max-side 160 shards", replace(base, shards=str(small), backend="dali"), cpu))
+            jobs.append(("reference, --max-side 160 shards", replace(base, shards=str(small), backend="reference"), cpu))
+        cached_device = torch.device("cuda") if torch.cuda.is_available() else cpu
+        jobs.append((f"decode-once cache ({cached_device.type})", replace(base, shards=str(full), cache="auto"), cached_device))
+        for name, cfg, device in jobs:
+            rows.append(bench_loader(name, cfg, args.batch, max(2, args.epochs) if cfg.cache != "off" else args.epochs, device))
+            print(f"  done: {name}", flush=True)
+
+    seed_rate = rows[0].rate
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
+    print(f"\nloader throughput ({device}, {time.strftime('%Y-%m-%d')}):")
+    width = max(len(r.name) for r in rows)
+    print(f"  {'pipeline':<{width}}  {'images/s':>10}  {'x seed':>7}")
+    for r in rows:
+        print(f"  {r.name:<{width}}  {r.rate:>10,.0f}  {r.rate / seed_rate:>6.1f}x")
+    return 0
