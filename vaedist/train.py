@@ -280,9 +280,26 @@ def train_epoch(t: Trainer, epoch: int) -> None:
         t.tracker.log(flush_window(t, window), p.step)  # also the last non-finite check before the checkpoint
 
 
+@torch.no_grad()
+def average_batchnorm_statistics(t: Trainer) -> None:
+    """Make the ranks' BatchNorm running statistics agree (their mean) before evaluating or saving weights.
+
+    Without SyncBatchNorm (CPU, or train.sync_batchnorm=false) each rank's running statistics follow its own
+    share of the batch, so the ranks would evaluate slightly different models. With equal shares the mean
+    of the ranks' running means is the global batch's; with SyncBatchNorm this changes nothing.
+    """
+    if t.accelerator.num_processes == 1:
+        return
+    for module in t.vae.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+            module.running_mean.copy_(t.accelerator.reduce(module.running_mean.clone(), "mean"))
+            module.running_var.copy_(t.accelerator.reduce(module.running_var.clone(), "mean"))
+
+
 def run_evaluation(t: Trainer, epoch: int) -> None:
     if t.val_loader is None:
         return
+    average_batchnorm_statistics(t)
     result = evaluate(t.model, t.val_loader, t.accelerator, t.cfg)
     t.tracker.log_evaluation(result, t.vae, step=t.progress.step, epoch=epoch)
     t.accelerator.print(f"epoch {epoch} step {t.progress.step}: " + "  ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
@@ -318,6 +335,7 @@ def _run(t: Trainer, evaluate_at_end: bool = True) -> int:
         checkpoint(t)
     if evaluate_at_end and evaluated_at != p.step:
         run_evaluation(t, max(p.epoch - 1, 0))
+    average_batchnorm_statistics(t)
     if t.accelerator.is_main_process:
         save_model(t.vae, t.cfg, t.run_dir / "final")
     t.accelerator.wait_for_everyone()

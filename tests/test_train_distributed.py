@@ -1,0 +1,70 @@
+"""The trainer with two real CPU processes (accelerate launch, gloo): DDP update rule and a whole run."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vaedist.shard import shard_dataset
+from vaedist.tracking import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def launch_two_processes(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def food_shards(sample_trees, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train_dist_shards") / "food101"
+    shard_dataset("food101", sample_trees["food101"], out, workers=2, seed=0, progress=False)
+    return out
+
+
+def test_two_processes_hold_identical_parameters_and_match_the_one_process_update(tmp_path):
+    """See tests/ddp_worker.py: per-step rank identity + equality with the autograd.grad reference."""
+    ok = tmp_path / "ok"
+    proc = launch_two_processes(["tests/ddp_worker.py", str(ok), str(tmp_path / "run")])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert ok.read_text().strip() == "OK 3"
+
+
+def test_two_process_run_writes_the_run_dir_and_its_evaluation_matches_one_process(food_shards, tmp_path):
+    run = tmp_path / "run"
+    proc = launch_two_processes(["launch/train.py", "--config", "configs/demo.yaml", f"data.shards={food_shards}",
+                                 f"run.dir={run}", "train.epochs=2", "train.log_every=1", "train.eval_every=1",
+                                 "train.batch_size=16", "logging.wandb=false"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    # 60 training images, 8 per process and batch, drop-last: 3 steps per epoch
+    assert (run / "config.yaml").is_file() and (run / "final" / "model.safetensors").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000003", "step-00000006"]
+    rows = read_metrics(run)
+    train_rows = [r for r in rows if "train/loss_encoder" in r]
+    val_rows = [r for r in rows if "val/psnr" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
+    for key in ("epoch", "train/loss_decoder", "train/kl", "train/mse", "train/lr_encoder", "train/lr_decoder",
+                "train/images_per_s", "train/data_wait"):
+        assert key in train_rows[0], key
+    assert train_rows[-1]["train/lr_encoder"] == pytest.approx(1e-3 * 0.9)  # ExponentialLR stepped once per epoch
+    assert len(val_rows) == 2 and val_rows[-1]["val/images"] == 24  # the whole val split (4 x 6 classes), once
+    assert any(p.name.startswith("reconstructions_e") for p in (run / "images").iterdir())
+
+    # The same weights evaluated by ONE process (standalone CLI) give the same numbers as the two ranks did
+    out = tmp_path / "eval.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "vaedist.evaluate", str(run), "--shards", str(food_shards),
+                             "--batch-size", "5", "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    one_process = json.loads(out.read_text())
+    for key in ("val/mse", "val/psnr", "val/ssim", "val/pcc", "val/kl", "val/images"):
+        assert one_process[key] == pytest.approx(val_rows[-1][key], rel=1e-4), key
