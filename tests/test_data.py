@@ -308,3 +308,37 @@ def test_two_accelerate_processes_split_the_data_without_waiting(shards, tmp_pat
     assert r0["val"]["batches"] == r1["val"]["batches"]
     assert sum(r0["val"]["rows"]) == 24  # gathered per batch: the whole split once
     assert sorted(r0["val"]["samples"] + r1["val"]["samples"]) == list(range(24))
+
+
+def test_loader_benchmark_prints_every_row_side_by_side(capsys):
+    from vaedist.bench.loader import main
+
+    assert main(["--images", "24", "--batch", "8", "--workers", "1", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    for row in ("seed pipeline", "DALI cpu", "reference backend", "--max-side 160", "decode-once cache"):
+        assert row in out
+    assert "1.0x" in out  # the seed row is the unit
+
+
+# --- GPU (skipped without CUDA) -------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_mixed_gpu_decoding_matches_cpu_decoding(shards):
+    gpu_x, gpu_y = collect(build_loader(cfg(shards["food"]), "val", train=False, batch_size=8, device=torch.device("cuda")))
+    cpu_x, cpu_y = collect(build_loader(cfg(shards["food"]), "val", train=False, batch_size=8))
+    assert gpu_x.is_cuda and gpu_y.is_cuda and gpu_x.is_contiguous()
+    assert torch.equal(gpu_y.cpu(), cpu_y)
+    diff = (gpu_x.cpu() - cpu_x).abs()
+    assert diff.mean() < 1.0 * LEVEL and diff.mean(dim=(1, 2, 3)).max() < 2.0 * LEVEL
+
+
+@pytest.mark.gpu
+def test_cache_lives_on_the_gpu_when_it_fits(shards):
+    loader = build_loader(cfg(shards["food"], cache="auto"), "train", train=True, batch_size=8, device=torch.device("cuda"))
+    plain = build_loader(cfg(shards["food"]), "train", train=True, batch_size=8, device=torch.device("cuda"))
+    assert loader.cache.plan.location == "device" and loader.cache.images.is_cuda
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        assert torch.equal(collect(loader)[0], collect(plain)[0])

@@ -25,7 +25,7 @@ from vaedist.data.transform import TransformSpec, centre_crop_window
 
 
 @pipeline_def
-def seed_transform_pipeline(source, spec: TransformSpec, decoder_device: str, fancy_upsampling: bool = True):
+def seed_transform_pipeline(source, spec: TransformSpec, decoder_device: str):
     """Outputs uint8 [N, 3, size, size] images and int64 [N] sample indices."""
     jpegs, orig_width, orig_height, index = fn.external_source(
         source=source, num_outputs=4, batch=True, cycle="raise",
@@ -34,20 +34,25 @@ def seed_transform_pipeline(source, spec: TransformSpec, decoder_device: str, fa
     # The crop window needs the stored size before decoding: read it from the JPEG header.
     stored = fn.peek_image_shape(jpegs, dtype=types.FLOAT)  # [H, W, C]
     x0, y0, w, h = centre_crop_window(stored[1], stored[0], orig_width, orig_height, spec.crop, floor=dmath.floor)
-    # Decode only the part of the window inside the image (libjpeg-turbo / nvJPEG skip the rest), then
-    # place it in the full window: the part outside the image is zero padding, like the seed's CenterCrop.
+    # The window may stick out of the image: that part is zero padding, like the seed's CenterCrop.
     inside_x0, inside_y0 = dmath.max(x0, 0.0), dmath.max(y0, 0.0)
     inside_w = dmath.min(x0 + w, stored[1]) - inside_x0
     inside_h = dmath.min(y0 + h, stored[0]) - inside_y0
-    images = fn.decoders.image_slice(
-        jpegs, fn.stack(inside_x0, inside_y0), fn.stack(inside_w, inside_h), axis_names="WH",
-        normalized_anchor=False, normalized_shape=False,  # pixels, not fractions of the image
+    decode_options = dict(
         device=decoder_device, output_type=types.RGB,  # grey/CMYK -> RGB, HWC
         adjust_orientation=False,  # the sharder wrote upright pixels; Pillow ignores EXIF too
-        jpeg_fancy_upsampling=fancy_upsampling,
+        jpeg_fancy_upsampling=True,  # GPU chroma upsampling like libjpeg-turbo's (CPU, Pillow)
     )
-    images = fn.slice(images, fn.stack(x0 - inside_x0, y0 - inside_y0), fn.stack(w, h), axis_names="WH",
-                      normalized_anchor=False, normalized_shape=False, out_of_bounds_policy="pad", fill_values=0)
+    if decoder_device == "cpu":  # libjpeg-turbo skips the rows and columns outside the region
+        images = fn.decoders.image_slice(jpegs, fn.stack(inside_x0, inside_y0), fn.stack(inside_w, inside_h),
+                                         axis_names="WH", normalized_anchor=False, normalized_shape=False,
+                                         **decode_options)
+        anchor = (x0 - inside_x0, y0 - inside_y0)  # the window, relative to the decoded region
+    else:  # whole images, so that the GPU's hardware JPEG engines take them
+        images = fn.decoders.image(jpegs, hw_decoder_load=0.9, **decode_options)
+        anchor = (x0, y0)
+    images = fn.slice(images, fn.stack(*anchor), fn.stack(w, h), axis_names="WH", normalized_anchor=False,
+                      normalized_shape=False, out_of_bounds_policy="pad", fill_values=0)
     images = fn.resize(images, size=[spec.size, spec.size], interp_type=types.INTERP_LINEAR, antialias=True)
     images = fn.transpose(images, perm=[2, 0, 1])  # HWC -> CHW
     return images, index
