@@ -60,6 +60,7 @@ class Trainer:
     run_dir: Path
     progress: Progress = field(default_factory=Progress)
     stop_signal: int = 0  # set by SIGTERM/SIGINT: save a checkpoint and exit at the next check
+    previous_handlers: dict = field(default_factory=dict)
     last_checkpoint: Path | None = None
 
     @property
@@ -139,8 +140,12 @@ def _install_signal_handlers(t: Trainer) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         print(f"[rank {t.accelerator.process_index}] {signal.Signals(signum).name}: saving a checkpoint, then exiting", file=sys.stderr, flush=True)
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    t.previous_handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_signal_handlers(t: Trainer) -> None:
+    for sig, handler in t.previous_handlers.items():
+        signal.signal(sig, handler)
 
 
 # --- the step ----------------------------------------------------------------------------------------
@@ -311,6 +316,7 @@ def train(cfg: Config, loaders: tuple | None = None, evaluate_at_end: bool = Tru
     try:
         return _run(t, evaluate_at_end)
     finally:
+        _restore_signal_handlers(t)
         t.tracker.finish()
 
 

@@ -1,0 +1,174 @@
+"""The trainer in one process: resume after SIGTERM and kill -9, non-finite loss, schedules, fp16 scaler."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vaedist.checkpoint import latest_checkpoint
+from vaedist.config import OptimConfig, load_config
+from vaedist.shard import shard_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+# 60 training images, batch 16, drop-last: 3 steps per epoch, 15 steps in all
+SMALL_RUN = ["--config", "configs/demo.yaml", "train.epochs=5", "train.batch_size=16", "train.log_every=1",
+             "train.checkpoint_every=2", "train.keep_checkpoints=3", "train.eval_every=0", "logging.wandb=false"]
+
+
+@pytest.fixture(scope="module")
+def food_shards(sample_trees, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train_shards") / "food101"
+    shard_dataset("food101", sample_trees["food101"], out, workers=2, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Tests that call train() in this process each build their own Accelerator."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def start_training(shards: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    return subprocess.Popen([sys.executable, "launch/train.py", *SMALL_RUN, f"data.shards={shards}", f"run.dir={run_dir}", *extra],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_checkpoint_after(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        latest = latest_checkpoint(run_dir)
+        if latest is not None and int(latest.name.split("-")[1]) > step:
+            return int(latest.name.split("-")[1])
+        assert proc.poll() is None, "training ended before it could be interrupted:\n" + proc.stdout.read()[-3000:]
+        time.sleep(0.01)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_run_stopped_by_sigterm_then_killed_resumes_to_the_same_steps_and_weights(food_shards, tmp_path):
+    straight = start_training(food_shards, tmp_path / "straight")
+    assert straight.wait(timeout=300) == 0, straight.stdout.read()[-3000:]
+
+    run = tmp_path / "interrupted"
+    proc = start_training(food_shards, run)
+    wait_for_checkpoint_after(proc, run, 2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    log = proc.stdout.read()
+    assert "stopped by SIGTERM at step" in log
+    stopped_at = int(log.split("stopped by SIGTERM at step ")[1].split(":")[0])
+    assert latest_checkpoint(run).name == f"step-{stopped_at:08d}"  # saved on the way out, mid-epoch or not
+
+    proc = start_training(food_shards, run)
+    wait_for_checkpoint_after(proc, run, stopped_at)
+    proc.kill()  # kill -9: no chance to save anything
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert not (run / "final").exists()
+
+    proc = start_training(food_shards, run)
+    assert proc.wait(timeout=300) == 0
+    log = proc.stdout.read()
+    assert "resuming from" in log and "done: 15 steps" in log
+    assert latest_checkpoint(run).name == latest_checkpoint(tmp_path / "straight").name == "step-00000015"
+    # Same data order, flips, noise and optimizer states: the interrupted run ends with the same weights
+    resumed, reference = load_file(run / "final" / "model.safetensors"), load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+class BatchesWithNaN:
+    """Random batches; batch `bad` holds a NaN pixel."""
+
+    manifest = None
+
+    def __init__(self, count: int, bad: int):
+        self.count, self.bad = count, bad
+
+    def __len__(self):
+        return self.count
+
+    def set_epoch(self, epoch):
+        pass
+
+    def __iter__(self):
+        for i in range(self.count):
+            x = torch.rand(4, 3, 16, 16) * 2 - 1
+            if i == self.bad:
+                x[0, 0, 0, 0] = float("nan")
+            yield x, None
+
+
+def test_non_finite_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path):
+    from vaedist.train import NonFiniteLoss, train
+
+    cfg = load_config(None, [f"run.dir={tmp_path}", "data.size=16", "model.latent_dim=4", "model.encoder_channels=[4, 8]",
+                             "model.hidden_dim=8", "model.decoder_channels=[8, 4]", "train.batch_size=4", "train.log_every=1",
+                             "train.checkpoint_every=2", "logging.wandb=false"])
+    with pytest.raises(NonFiniteLoss) as err:
+        train(cfg, loaders=(BatchesWithNaN(6, bad=4), None))
+    message = str(err.value)
+    assert "non-finite loss at step 5" in message and str(tmp_path / "checkpoints" / "step-00000004") in message
+    assert "\n" not in message
+    assert latest_checkpoint(tmp_path).name == "step-00000004"  # nothing saved after the bad step
+
+
+def test_schedules_follow_the_seed_per_epoch_and_cosine_with_warmup_per_step():
+    from vaedist.optim import build_optimizer, build_schedule
+
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    seed = OptimConfig()
+    opt = build_optimizer(seed, params)
+    schedule = build_schedule(seed, opt, steps_per_epoch=10, epochs=3)
+    for _ in range(10):
+        opt.step()
+        schedule.after_step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)  # unchanged within an epoch
+    schedule.after_epoch()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.75e-3)
+    assert isinstance(opt, torch.optim.RMSprop) and opt.defaults["alpha"] == 0.9 and opt.defaults["eps"] == 1e-8
+
+    cosine = OptimConfig(name="adamw", scheduler="cosine", warmup_epochs=1.0, min_lr=1e-5)
+    opt = build_optimizer(cosine, [torch.nn.Parameter(torch.zeros(1))])
+    schedule = build_schedule(cosine, opt, steps_per_epoch=4, epochs=3)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.after_step()
+    assert lrs[:4] == pytest.approx([0.25e-3, 0.5e-3, 0.75e-3, 1e-3])  # linear warm-up over one epoch
+    assert lrs[4] == pytest.approx(1e-3) and all(a > b for a, b in zip(lrs[4:], lrs[5:]))
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)  # cosine ends at min_lr
+
+
+@pytest.mark.gpu
+def test_fp16_one_scaler_skips_both_optimizers_together_and_backs_off_once(tmp_path):
+    """Accelerate's optimizer wrapper updates the scaler after EACH optimizer; ours updates it once per step."""
+    from vaedist.bench.train import SyntheticLoader
+    from vaedist.train import setup, train_step
+
+    cfg = load_config(None, [f"run.dir={tmp_path}", "train.precision=fp16", "train.batch_size=32", "logging.wandb=false"])
+    t = setup(cfg, loaders=(SyntheticLoader(32, 64, 4, torch.device("cuda")), None))
+    scaler = t.accelerator.scaler
+    assert scaler is not None
+    scaler.update(2.0**60)  # overflow guaranteed: the first step must be skipped by both optimizers
+    before = [p.detach().clone() for p in t.vae.parameters()]
+    x = next(iter(t.train_loader))[0]
+    train_step(t, x)
+    assert all(torch.equal(a, b) for a, b in zip(before, t.vae.parameters()))
+    assert scaler.get_scale() == 2.0**59  # backed off once, not once per optimizer
+    for _ in range(3):
+        train_step(t, x)
+    assert not torch.equal(before[0], next(t.vae.encoder.parameters()))
+    assert not torch.equal(before[-1], list(t.vae.decoder.parameters())[-1])
+    t.tracker.finish()
