@@ -8,6 +8,7 @@ at `jpeg_quality`.
 """
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import warnings
@@ -22,6 +23,7 @@ DEFAULT_JPEG_QUALITY = 95  # re-encoded images only; copied JPEGs keep their own
 EXIF_ORIENTATION = 0x0112
 
 
+@functools.lru_cache(maxsize=None)
 def image_extensions() -> frozenset[str]:
     """File extensions (lower case, with dot) of the formats Pillow can open: other files are ignored."""
     return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)

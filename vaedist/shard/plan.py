@@ -7,9 +7,10 @@ buffer of `initial_fill` samples, and each DDP rank reads a contiguous range of 
 global shuffle a rank would see whole classes (Food-101) or whole folders (COCO's test2017) at a time.
 
 Shard boundaries need the stored size of each sample, known only after decoding; we estimate it as the
-file's size on disk times `bytes_ratio` (stored output bytes / source bytes, measured on a seeded probe of
-a few images and saved in the resumable state, so it is the same number on every re-run) plus the tar
-overhead. For COCO and Food-101 without --max-side the ratio is 1: their JPEGs are copied byte for byte.
+file's size on disk times `bytes_ratio` plus the tar overhead. With --max-side, `bytes_ratio` (stored bytes
+/ source bytes) is measured on a seeded probe of a few images and saved in the resumable state, so it is
+the same number on every re-run; without it the ratio is 1, exact for COCO and Food-101, whose JPEGs are
+copied byte for byte.
 """
 from __future__ import annotations
 

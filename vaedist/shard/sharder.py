@@ -269,7 +269,13 @@ def _prepare_in_parallel(pool, workers: int, listing: SourceListing, shards: Seq
 
 
 def _measure_bytes_ratio(pool, listing: SourceListing, options: ShardOptions) -> float:
-    """Stored bytes / source bytes on a seeded probe: lets --shard-size mean stored bytes even with --max-side."""
+    """Stored bytes / source bytes on a seeded probe: lets --shard-size mean stored bytes even with --max-side.
+
+    Without --max-side the source size is the estimate (exact for clean JPEGs, which are copied; converted
+    PNGs etc. come out smaller), and the probe's extra decodes are saved.
+    """
+    if options.max_side is None:
+        return 1.0
     probe = probe_indices(listing, options.seed)
     tasks = [(i, str(listing.root / listing.samples[i].path)) for i in probe]
     stored = source = 0

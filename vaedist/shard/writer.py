@@ -8,11 +8,10 @@ component's data (its 512-byte header excluded). `tests/test_shard_writer.py` ch
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-from dataclasses import dataclass
+import tarfile
 from pathlib import Path
-
-import webdataset as wds
 
 from vaedist.shard.manifest import ShardInfo
 
@@ -43,6 +42,9 @@ class _HashingFile:
         self.bytes += len(data)
         return self._fh.write(data)
 
+    def tell(self) -> int:
+        return self.bytes
+
     def flush(self) -> None:
         self._fh.flush()
 
@@ -54,14 +56,6 @@ class _HashingFile:
     def discard(self) -> None:
         self._discarded = True
         self._fh.close()
-
-
-@dataclass
-class _Component:
-    ext: str
-    offset: int
-    size: int
-    member: str
 
 
 class ShardWriter:
@@ -77,9 +71,10 @@ class ShardWriter:
         self.index_path = self.tar_path.with_suffix(".idx")
         self._tmp_tar = temporary_name(self.tar_path)
         self._file = _HashingFile(self._tmp_tar)
-        # USTAR: every member has exactly one 512-byte header (names are limited to 100 bytes, keys are short),
-        # which is what lets us compute the index offsets while writing.
-        self._tar = wds.TarWriter(self._file, encoder=False, mtime=FIXED_MTIME, format="USTAR_FORMAT")
+        # tarfile's seekless "w" mode writes each member straight to the file; webdataset's TarWriter uses the
+        # stream mode "w|", whose re-buffering costs as much CPU as hashing and writing together, and this
+        # process must stay light: it is the one serial step next to the decoding workers.
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
         self._index_lines: list[str] = []
         self._committed = False
 
@@ -88,26 +83,30 @@ class ShardWriter:
         return len(self._index_lines)
 
     def write(self, sample: dict[str, str | bytes]) -> None:
-        """`sample`: "__key__" (str, no dots) and one bytes value per component ("jpg", "cls", "json")."""
+        """`sample`: "__key__" (str, no dots) and one bytes value per component ("jpg", "cls", "json").
+
+        Components are written in sorted order, like webdataset's TarWriter, each as `<key>.<ext>`.
+        """
         key = sample["__key__"]
         if "." in key or "/" in key:
             raise ValueError(f"sample key {key!r} must not contain dots or slashes")
-        position = self._tar.tarstream.offset
         components = []
-        for ext in sorted(k for k in sample if k != "__key__"):  # TarWriter writes components in this order
-            size = len(sample[ext])
-            components.append(_Component(ext, position + TAR_BLOCK, size, f"{key}.{ext}"))
-            position += TAR_BLOCK + -(-size // TAR_BLOCK) * TAR_BLOCK
-        self._tar.write(sample)
-        if self._tar.tarstream.offset != position:  # a long name needing an extra header would break the index
-            raise RuntimeError(f"tar layout differs from the computed index for sample {key!r}")
-        self._index_lines.append(" ".join(f"{c.ext} {c.offset} {c.size} {c.member}" for c in components))
+        for ext in sorted(k for k in sample if k != "__key__"):
+            data = sample[ext]
+            member = tarfile.TarInfo(f"{key}.{ext}")
+            member.size, member.mtime, member.mode = len(data), FIXED_MTIME, 0o444
+            start = self._tar.offset
+            self._tar.addfile(member, io.BytesIO(data))
+            padded = -(-len(data) // TAR_BLOCK) * TAR_BLOCK
+            header = self._tar.offset - start - padded  # 512 for USTAR names; measured, not assumed
+            components.append(f"{ext} {start + header} {len(data)} {member.name}")
+        self._index_lines.append(" ".join(components))
 
     def commit(self) -> ShardInfo:
         """Finish the tar, write the index, fsync both and rename them into place (index first)."""
         if not self._index_lines:
             raise ValueError(f"{self.tar_path.name}: a shard needs at least one sample (DALI rejects empty tars)")
-        self._tar.close()  # writes the end-of-archive blocks through _HashingFile
+        self._tar.close()  # writes the end-of-archive blocks through _HashingFile; leaves the file open
         self._file.close_synced()
         tmp_index = temporary_name(self.index_path)
         with open(tmp_index, "w") as fh:

@@ -1,0 +1,105 @@
+"""Sharder benchmark: the sharder's images/s with N workers against a single-process decode of the same files.
+
+    python -m vaedist.bench shard [--root DIR] [--dataset folder] [--images 400] [--workers N] [--repeats 2]
+
+Rows, side by side in one run, on the same files (read once beforehand, so both measure decoding, not the disk):
+  single process   prepare_image() on every file in this process, nothing written: the work itself
+  sharder          shard_dataset(..., workers=N) end to end: listing, plan, worker pool, tar + index
+                   writing, sha256, manifest
+Parallel efficiency = (sharder img/s / single-process img/s) / N; the goal is >= 80 % on all cores.
+Without --root it writes --images COCO-sized (640x480) JPEG photographs to a temporary folder.
+Each row is timed --repeats times, alternating, and the best is kept (other processes add noise). It also
+prints the CPU-time ratio (single-process CPU seconds / CPU seconds of all the sharder's processes): what
+the efficiency would be on otherwise idle cores, a figure that other processes on the machine don't skew.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vaedist.errors import UserError
+from vaedist.sample import build_full_size_jpegs
+from vaedist.shard import SOURCES, shard_dataset
+from vaedist.shard.images import ImageOptions, ImageRejected, configure_pillow, prepare_image
+from vaedist.shard.sharder import default_workers
+from vaedist.shard.sources import SourceOptions, list_source
+
+
+@dataclass
+class Timing:
+    wall: float  # seconds
+    cpu: float  # CPU seconds of every process involved (this one and the sharder's workers)
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def time_single_process(files: list[Path], options: ImageOptions) -> Timing:
+    configure_pillow()
+    cpu, start = _cpu_seconds(), time.perf_counter()
+    for path in files:
+        try:
+            prepare_image(path, options)
+        except ImageRejected:
+            pass
+    return Timing(time.perf_counter() - start, _cpu_seconds() - cpu)
+
+
+def time_sharder(dataset: str, root: Path, workers: int, max_side: int | None, out: Path) -> Timing:
+    cpu, start = _cpu_seconds(), time.perf_counter()
+    # the pool's workers are joined before shard_dataset returns, so their CPU time is in RUSAGE_CHILDREN
+    shard_dataset(dataset, root, out, workers=workers, max_side=max_side, progress=False, overwrite=True)
+    return Timing(time.perf_counter() - start, _cpu_seconds() - cpu)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vaedist.bench shard", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, help="dataset root (default: a temporary folder of 640x480 JPEGs)")
+    parser.add_argument("--dataset", choices=sorted(SOURCES), default="folder", help="layout of --root")
+    parser.add_argument("--images", type=int, default=400, help="JPEGs to write when no --root (default: 400)")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help=f"sharder worker processes (default: all cores, here {default_workers()})")
+    parser.add_argument("--max-side", type=int, default=None, help="passed to both rows")
+    parser.add_argument("--repeats", type=int, default=2, help="timings per row; the best is kept (default: 2)")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="vaedist-bench-shard-") as tmp:
+        scratch = Path(tmp)
+        root = args.root
+        if root is None:
+            print(f"writing {args.images} 640x480 JPEG photographs to {scratch / 'photos'} ...", flush=True)
+            root = build_full_size_jpegs(scratch / "photos", args.images)
+        listing = list_source(args.dataset, root, SourceOptions())
+        files = [listing.root / s.path for s in listing.samples]
+        if not files:
+            raise UserError(f"no image under {root}")
+        for path in files:  # page cache: both rows then measure decoding, not the disk
+            path.read_bytes()
+        options = ImageOptions(max_side=args.max_side)
+        load = os.getloadavg()[0]
+        single, sharder = [], []
+        for run in range(args.repeats):
+            single.append(time_single_process(files, options))
+            sharder.append(time_sharder(args.dataset, root, args.workers, args.max_side, scratch / "shards"))
+    n, workers = len(files), args.workers
+    best_single, best_sharder = min(single, key=lambda t: t.wall), min(sharder, key=lambda t: t.wall)
+    speedup = best_single.wall / best_sharder.wall
+    print(f"\n{n} images from {root}" + (f", --max-side {args.max_side}" if args.max_side else ""))
+    print(f"{'row':<30}{'img/s':>9}{'seconds':>9}{'CPU s':>8}")
+    print(f"{'single-process decode':<30}{n / best_single.wall:>9.1f}{best_single.wall:>9.2f}{best_single.cpu:>8.2f}")
+    print(f"{f'sharder, {workers} workers':<30}{n / best_sharder.wall:>9.1f}{best_sharder.wall:>9.2f}"
+          f"{best_sharder.cpu:>8.2f}")
+    print(f"speed-up {speedup:.2f}x on {workers} workers: parallel efficiency {speedup / workers:.0%} (goal >= 80%)")
+    # Other processes steal cores from the workers but not from the single-process row; the CPU-time ratio
+    # (work of the single process / work of all the sharder's processes) is the efficiency on idle cores.
+    print(f"CPU-time efficiency {best_single.cpu / best_sharder.cpu:.0%} (sharder overhead: tar, index, sha256, "
+          f"IPC); load average at start {load:.1f} on {default_workers()} cores"
+          + ("  <- busy machine: the wall-clock figure understates the sharder" if load > 0.5 else ""))
+    return 0
