@@ -1,0 +1,51 @@
+"""Config mistakes on the training command line: one line naming the key or file, exit code 2, no traceback.
+And the shipped seed configs hold the seed's hyper-parameters exactly (SPEC.md)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vaedist.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--config", "configs/demo.yaml", "train.epoch=3"], "train.epoch"),  # unknown key (typo)
+        (["--config", "configs/demo.yaml", "train.batch_size=big"], "train.batch_size"),  # wrong type
+        (["--config", "configs/nope.yaml"], "configs/nope.yaml"),  # missing file
+        (["--config", "configs/demo.yaml", "train.batch_size=3", "data.shards=/nonexistent/shards"], "/nonexistent/shards"),
+    ],
+)
+def test_training_command_reports_config_mistakes_in_one_line(args, named, tmp_path):
+    proc = subprocess.run([sys.executable, "launch/train.py", *args, f"run.dir={tmp_path / 'run'}", "logging.wandb=false"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("train: error: ") and named in lines[0], proc.stderr
+    if "shards" not in named:
+        assert proc.returncode == 2
+
+
+@pytest.mark.parametrize("name", ["seed_coco", "seed_food101"])
+def test_seed_configs_hold_the_seeds_hyper_parameters(name):
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    t = cfg.train
+    assert (t.mode, t.kl_weight, t.beta, t.lambda_mse, t.batch_size, t.epochs, t.seed) == ("vae", "batch", 1.0, 1e-6, 512, 100, 8)
+    for opt in (t.encoder, t.decoder):
+        assert (opt.name, opt.lr, opt.alpha, opt.eps, opt.weight_decay, opt.momentum) == ("rmsprop", 1e-3, 0.9, 1e-8, 0.0, 0.0)
+        assert (opt.scheduler, opt.gamma, opt.grad_clip) == ("exponential", 0.75, 0.0)
+    assert (cfg.data.crop, cfg.data.size, cfg.data.flip, cfg.data.seed) == (375, 64, True, 12345)
+    m = cfg.model
+    assert (m.latent_dim, m.encoder_channels, m.hidden_dim, m.decoder_channels, m.bn_momentum) == (128, [64, 128, 256], 1024, [256, 128, 32], 0.9)
+    assert t.precision == "no"
+
+
+@pytest.mark.parametrize("name", ["coco", "food101", "demo"])
+def test_shipped_configs_load(name):
+    load_config(REPO / "configs" / f"{name}.yaml", ["train.epochs=1"])
