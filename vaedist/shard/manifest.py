@@ -19,7 +19,8 @@ OUT_DIR/manifest.json
 
 Each sample in a tar: `<key>.jpg` (a JPEG every decoder renders the same, upright), `<key>.cls` (decimal
 class index, labelled datasets only), `<key>.json` ({"path", "width", "height", "split", "class"}: the
-source path relative to the root and the ORIGINAL width/height before any --max-side downscale).
+source path relative to the root and the ORIGINAL width/height before any --max-side downscale, upright:
+EXIF orientation applied, so they are the stored JPEG's size whenever no downscale was asked for).
 Keys are unique in the dataset and contain no dots.
 """
 from __future__ import annotations

@@ -13,6 +13,7 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import threading
 import time
 from collections import Counter
@@ -217,6 +218,9 @@ def _already_complete(output: OutputDir, dataset: str, listing: SourceListing, o
 
 def _init_worker(parent_pid: int) -> None:
     configure_pillow()
+    # Ctrl-C reaches the whole process group: the sharder handles it and stops the pool; a worker's own
+    # KeyboardInterrupt would only add a traceback per worker to the terminal.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A worker must not outlive a sharder killed with -9 (it would hold the pool's pipes and CPU forever).
     def watch_parent() -> None:
         while os.getppid() == parent_pid:
