@@ -353,3 +353,18 @@ def test_gpu_decoder_renders_every_stored_jpeg_like_pillow(coco_shards):
             assert decoded.shape == reference.shape == (meta["height"], meta["width"], 3), meta["path"]
             assert np.abs(decoded - reference).mean() < 2.0, meta["path"]
     assert seen == manifest.splits["train"].samples
+
+
+def test_unfinished_run_with_other_inputs_and_a_concurrent_sharder_are_refused(sample_trees, tmp_path):
+    from vaedist.shard.state import OutputDir
+
+    output = OutputDir.create(tmp_path)
+    with output.exclusive():  # another sharder holds the directory
+        with pytest.raises(UserError, match="another sharder"):
+            shard_dataset("food101", sample_trees["food101"], tmp_path, workers=1, progress=False)
+    output.write_state(fingerprint="inputs of some other run", bytes_ratio=1.0)
+    with pytest.raises(UserError, match="unfinished run with other inputs"):
+        shard_dataset("food101", sample_trees["food101"], tmp_path, workers=1, progress=False)
+    manifest = shard_dataset("food101", sample_trees["food101"], tmp_path, workers=1, progress=False, overwrite=True)
+    assert manifest.splits["train"].samples == 60
+    assert not (tmp_path / ".vaedist-shard-state.json").exists()

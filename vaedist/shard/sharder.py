@@ -120,11 +120,15 @@ def shard_dataset(
     options = _check_options(shard_size, max_side, seed, val_fraction, max_pixels, jpeg_quality, coco_train_dirs,
                              workers)
     listing = list_source(dataset, root, SourceOptions(tuple(coco_train_dirs), val_fraction, seed))
-    out = Path(out).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    output = OutputDir(out)
-    say = print if progress else (lambda *a, **k: None)
+    output = OutputDir.create(Path(out).expanduser().resolve())
+    with output.exclusive():
+        return _shard(dataset, listing, output, options, workers, overwrite, progress)
 
+
+def _shard(dataset: str, listing: SourceListing, output: OutputDir, options: ShardOptions, workers: int,
+           overwrite: bool, progress: bool) -> Manifest:
+    out = output.path
+    say = print if progress else (lambda *a, **k: None)
     if overwrite:
         output.remove_everything_we_wrote()
     elif manifest_path(out).is_file():

@@ -124,7 +124,7 @@ def list_food101(root: Path, options: SourceOptions) -> SourceListing:
     label_of = {name: i for i, name in enumerate(classes)}
     listing = SourceListing(root=root, samples=[], classes=classes)
     for split, meta_file in (("train", "train.txt"), ("val", "test.txt")):
-        for entry in sorted(_read_lines(meta / meta_file)):
+        for entry in sorted(set(_read_lines(meta / meta_file))):  # a line listed twice is one image
             class_name = entry.split("/", 1)[0]
             rel = f"images/{entry}.jpg"
             if class_name not in label_of:

@@ -10,12 +10,16 @@ Every file is written to a temporary name, fsynced and renamed, so each of them 
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterator
 
+from vaedist.errors import UserError
 from vaedist.shard.manifest import MANIFEST_NAME, ShardInfo
 from vaedist.shard.plan import PlannedShard
 
@@ -40,6 +44,33 @@ class OutputDir:
 
     def __init__(self, path: Path):
         self.path = path
+
+    @classmethod
+    def create(cls, path: Path) -> "OutputDir":
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create --out '{path}': {err.strerror or err}") from None
+        if not os.access(path, os.W_OK):
+            raise UserError(f"--out '{path}' is not writable")
+        return cls(path)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """One sharder per OUT_DIR: two writing the same shards would corrupt each other's output.
+
+        flock on the directory itself: no lock file to leave behind, released by the kernel even on kill -9.
+        """
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(f"another sharder is writing to '{self.path}': wait for it, or choose another "
+                                "--out") from None
+            yield
+        finally:
+            os.close(fd)
 
     @property
     def state_path(self) -> Path:
