@@ -61,6 +61,6 @@ def centre_crop_window(width: Any, height: Any, orig_width: Any, orig_height: An
 def flip_and_normalise(images: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
     """images: uint8 [N, 3, S, S]; flips: bool [N] or None -> float32 [N, 3, S, S] in [-1, 1], contiguous."""
     out = images.float().div_(255 * STD).sub_(MEAN / STD)
-    if flips is not None and bool(flips.any()):
+    if flips is not None:  # a select, not a data-dependent branch: no GPU -> CPU sync per batch
         out = torch.where(flips.view(-1, 1, 1, 1), out.flip(-1), out)
     return out.contiguous()
