@@ -212,8 +212,8 @@ def _string_keys(cls: type, prefix: str = "") -> set[str]:
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
             out |= _string_keys(tp, prefix + f.name + ".")
-        elif tp is str:
-            out.add(prefix + f.name)
+        elif tp is str or (typing.get_origin(tp) is Literal and all(isinstance(a, str) for a in typing.get_args(tp))):
+            out.add(prefix + f.name)  # also choices: YAML would read data.cache=off as False
     return out
 
 

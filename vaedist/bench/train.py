@@ -41,14 +41,22 @@ class SyntheticLoader:
             yield self.images, None
 
 
-def _images_per_s(run_dir: Path, warmup: int) -> float:
-    """Mean of the trainer's train/images_per_s rows after the warm-up steps."""
+def _images_per_s(run_dir: Path, warmup: int, batch_size: int) -> float:
+    """Images over seconds of the trainer's own train/images_per_s rows after the warm-up steps.
+
+    Rows cover different numbers of steps (epoch ends flush early), so weigh each by its steps.
+    """
     from vaedist.tracking import read_metrics
 
-    rows = [r for r in read_metrics(run_dir) if "train/images_per_s" in r and r["step"] > warmup]
-    if not rows:
-        return float("nan")
-    return sum(r["train/images_per_s"] for r in rows) / len(rows)
+    rows = [r for r in read_metrics(run_dir) if "train/images_per_s" in r]
+    images = seconds = 0.0
+    previous = 0
+    for row in rows:
+        steps, previous = row["step"] - previous, row["step"]
+        if row["step"] > warmup and steps > 0:
+            images += steps * batch_size
+            seconds += steps * batch_size / row["train/images_per_s"]
+    return images / seconds if seconds else float("nan")
 
 
 def run_variant(cfg: Config, variant: str, steps: int, warmup: int, out: Path) -> float:
@@ -58,8 +66,9 @@ def run_variant(cfg: Config, variant: str, steps: int, warmup: int, out: Path) -
 
     cfg = copy.deepcopy(cfg)
     cfg.run.dir = str(out / variant)
+    cfg.train.log_every = log_every = max(1, min(steps, 5))
+    warmup = -(-warmup // log_every) * log_every  # whole log windows: every timed row holds timed steps only
     cfg.train.max_steps = steps + warmup
-    cfg.train.log_every = max(1, min(steps, 10))
     cfg.train.eval_every = 0
     cfg.train.checkpoint_every = 0
     cfg.train.epochs = 1000  # max_steps stops it
@@ -74,7 +83,7 @@ def run_variant(cfg: Config, variant: str, steps: int, warmup: int, out: Path) -
     train(cfg, loaders=loaders, evaluate_at_end=False)
     AcceleratorState._reset_state(True)  # the next variant builds a fresh Accelerator
     GradientState._reset_state()
-    return _images_per_s(Path(cfg.run.dir), warmup)
+    return _images_per_s(Path(cfg.run.dir), warmup, cfg.train.batch_size)
 
 
 def main(argv: list[str]) -> int:
