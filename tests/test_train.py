@@ -151,6 +151,31 @@ def test_schedules_follow_the_seed_per_epoch_and_cosine_with_warmup_per_step():
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)  # cosine ends at min_lr
 
 
+def test_one_grad_scaler_skips_both_optimizers_together_and_backs_off_once(tmp_path):
+    """Accelerate's optimizer wrapper updates the scaler after EACH optimizer's step (so the second would be
+    unscaled with a changed scale); the trainer unscales both, steps both, updates once. fp16 autocast needs
+    CUDA, so on CPU the same path runs with a CPU GradScaler in place of Accelerate's (fp32 forward)."""
+    from vaedist.bench.train import SyntheticLoader
+    from vaedist.train import setup, train_step
+
+    cfg = load_config(None, [f"run.dir={tmp_path}", "train.batch_size=8", "logging.wandb=false", "data.size=16",
+                             "model.encoder_channels=[4, 8]", "model.decoder_channels=[8, 4]", "model.hidden_dim=16", "model.latent_dim=4"])
+    t = setup(cfg, loaders=(SyntheticLoader(8, 16, 4, torch.device("cpu")), None))
+    t.accelerator.scaler = scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # loss * scale overflows fp32
+    before = [p.detach().clone() for p in t.vae.parameters()]
+    x = next(iter(t.train_loader))[0]
+    train_step(t, x)
+    assert all(torch.equal(a, b) for a, b in zip(before, t.vae.parameters())), "an overflowing step must move nothing"
+    assert scaler.get_scale() == 2.0**126  # backed off once, not once per optimizer
+    scaler.update(2.0**8)
+    for _ in range(2):
+        train_step(t, x)
+    assert not torch.equal(before[0], next(t.vae.encoder.parameters()))
+    assert not torch.equal(before[-1], list(t.vae.decoder.parameters())[-1])
+    assert scaler.get_scale() == 2.0**8
+    t.tracker.finish()
+
+
 @pytest.mark.gpu
 def test_fp16_one_scaler_skips_both_optimizers_together_and_backs_off_once(tmp_path):
     """Accelerate's optimizer wrapper updates the scaler after EACH optimizer; ours updates it once per step."""

@@ -38,6 +38,8 @@ class NonFiniteLoss(UserError):
 
 def resolve_precision(precision: str) -> str:
     """'auto' -> bf16 where the GPU supports it, else full precision (CPU autocast is slower than fp32)."""
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("config key 'train.precision': fp16 needs a CUDA GPU (its loss scaler); use bf16 or no")
     if precision != "auto":
         return precision
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
