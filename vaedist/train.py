@@ -213,7 +213,8 @@ class Window:
     def add(self, losses: VAELosses, images: int, step: int) -> None:
         values = torch.stack([losses.loss_encoder, losses.loss_decoder, losses.kl, losses.mse]).detach()
         finite = torch.isfinite(values).all()
-        self.first_bad_step = torch.where(finite, self.first_bad_step, torch.minimum(self.first_bad_step, torch.tensor(float(step), device=self.device)))
+        # clamp with a Python number: no host-to-device copy, so no stream sync per step
+        self.first_bad_step = torch.where(finite, self.first_bad_step, self.first_bad_step.clamp(max=float(step)))
         self.sums[:4] += torch.nan_to_num(values)
         self.sums[4] += images
         self.steps += 1
