@@ -438,3 +438,28 @@ def test_only_the_main_process_writes_metrics_images_and_wandb(tmp_path):
     assert proc.stdout.count("wandb sync ") == 1
     assert {p.name for p in (run_dir / "images").glob("*_e000.png")} == {
         "reconstructions_e000.png", "prior_samples_e000.png", "latent_pca_e000.png", "kl_per_dim_e000.png"}
+
+
+@pytest.mark.slow
+def test_auto_mode_with_credentials_but_no_server_falls_back_to_offline(tmp_path, monkeypatch, capfd):
+    """A ~/.netrc on a shared home of an air-gapped cluster: online is tried, fails, and the run goes offline."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "c" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "5")
+    import wandb
+
+    wandb.teardown()  # wandb reads its environment once per process set-up: make it see the timeout
+    cfg = load_config(None, SMALL[:-1] + ["logging.mode=auto"])
+    assert resolve_wandb_mode(cfg) == "online"
+    try:
+        tracker = Tracker(cfg, fresh_accelerator(**Tracker.accelerator_kwargs(cfg)), tmp_path / "run", None)
+        assert tracker.wandb_mode == "offline"
+        tracker.log({"train/loss_encoder": 1.0}, 1)
+        tracker.finish()
+    finally:
+        wandb.teardown()  # later wandb users in this process set up again from the restored environment
+    out = capfd.readouterr().out
+    assert "logging offline instead" in out and "wandb sync" in out
+    (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    assert [r for r in history(inspect_records(offline)) if r.get("train/loss_encoder") == 1.0]

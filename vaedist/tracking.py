@@ -230,6 +230,8 @@ class Tracker:
             self._start_wandb()
 
     def _start_wandb(self) -> None:
+        import wandb
+
         self.wandb_mode = resolve_wandb_mode(self.cfg)
         name, group, tags = run_identity(self.cfg, self.manifest)
         wandb_kwargs = {
@@ -244,22 +246,41 @@ class Tracker:
         }
         if self.cfg.logging.entity:
             wandb_kwargs["entity"] = self.cfg.logging.entity
-        self.accelerator.init_trackers(
-            self.cfg.logging.project, config=to_dict(self.cfg), init_kwargs={"wandb": wandb_kwargs}
-        )
+        if self.wandb_mode == "offline" and self.cfg.logging.mode == "auto" and "WANDB_MODE" not in os.environ:
+            print(f"W&B: no credentials found (WANDB_API_KEY, ~/.netrc); logging offline to {self.run_dir / 'wandb'}", flush=True)
+        try:
+            self._init_wandb(wandb_kwargs)
+        except wandb.errors.Error as err:
+            # Credentials on a node that cannot reach the server (a shared home on an air-gapped cluster):
+            # in auto mode, train anyway and leave the run to `wandb sync`. An explicit mode=online fails.
+            if self.cfg.logging.mode != "auto" or self.wandb_mode != "online":
+                raise
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            print(f"W&B: cannot start an online run ({reason}); logging offline instead", flush=True)
+            self.accelerator.trackers = []
+            wandb.teardown()  # the service still holds the run id of the failed attempt
+            self.wandb_mode = wandb_kwargs["mode"] = "offline"
+            self._init_wandb(wandb_kwargs)
+
+    def _init_wandb(self, wandb_kwargs: dict) -> None:
         self._data_dir_set = self.wandb_mode == "offline" and not os.environ.get("WANDB_DATA_DIR")
         if self._data_dir_set:
             # Tables are logged as artifacts whose files wait in a staging area until `wandb sync`; by
             # default that is ~/.local/share/wandb, outside the run dir. Keep them with the run, so that
             # syncing from another node of the cluster (or deleting the run) takes everything along.
             os.environ["WANDB_DATA_DIR"] = str((self.run_dir / "wandb" / "data").resolve())
+        self.accelerator.init_trackers(
+            self.cfg.logging.project, config=to_dict(self.cfg), init_kwargs={"wandb": wandb_kwargs}
+        )
         self.run = self.accelerator.get_tracker("wandb", unwrap=True)
-        # Our global step is the x axis of every chart; epoch is logged alongside so it can be chosen instead.
+        # The global step is the x axis of every chart (wandb's own step); "epoch" is logged alongside so that
+        # W&B can plot against it instead. Summaries: the best value for metrics with a direction.
         self.run.define_metric("train/*", summary="last")
         self.run.define_metric("val/*", summary="last")
         self.run.define_metric("val/mse", summary="min")
         self.run.define_metric("val/ssim", summary="max")
         self.run.define_metric("val/psnr", summary="max")
+        self.run.define_metric("val/pcc", summary="max")
 
     # -- scalars --
 
