@@ -4,9 +4,9 @@
 
 Rows: the seed's own pipeline (a folder of JPEGs -> Pillow -> CenterCrop -> Resize -> flip -> ToTensor ->
 Normalize in a torch DataLoader with W workers), DALI on CPU threads (and `mixed` GPU decoding where CUDA
-exists), the reference backend, DALI on `--max-side 160` shards, and the decode-once cache. Every row runs
-`--epochs` epochs over the same training split; the first warms caches and starts workers, and the fastest
-of the others is reported. Without --shards it writes N COCO-sized 640x480 JPEGs and shards them twice
+exists), the reference backend, DALI on `--max-side 160` shards, and the decode-once cache. The rows take
+turns, one epoch each per round, for `--epochs` rounds over the same training split; the first round warms
+caches and starts workers, and each row's fastest later epoch is reported. Without --shards it writes N COCO-sized 640x480 JPEGs and shards them twice
 (full size and --max-side 160) in a temporary directory. With --shards, the seed reads the shards' JPEGs copied out
 to a folder, and the --max-side row needs --shards-max-side.
 """
@@ -16,8 +16,9 @@ import argparse
 import os
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 from torchvision import transforms
@@ -62,39 +63,45 @@ class SeedFolder(torch.utils.data.Dataset):
             return self.transform(img.convert("RGB"))
 
 
-def time_epochs(batches_of_epoch, epochs: int) -> tuple[int, float]:
-    """Run `epochs` epochs; return (images, seconds) of the fastest one after the first (which starts
-    workers, warms the page cache and fills the decode-once cache). On a shared machine the fastest
-    epoch is the one least disturbed by other processes."""
-    timings = []
-    for epoch in range(epochs):
+@dataclass
+class Contender:
+    """One row: `epoch(e)` iterates epoch e and yields image batches."""
+
+    name: str
+    epoch: Callable[[int], Iterator[torch.Tensor]]
+    timings: list[tuple[int, float]] = field(default_factory=list)  # (images, seconds) per epoch
+
+    def run_epoch(self, epoch: int) -> None:
         start, images = time.perf_counter(), 0
-        for batch in batches_of_epoch(epoch):
+        for batch in self.epoch(epoch):
             images += batch.shape[0]
-        timings.append((images, time.perf_counter() - start))
-    return min(timings[1:] or timings, key=lambda t: t[1] / max(t[0], 1))
+        self.timings.append((images, time.perf_counter() - start))
+
+    def best(self) -> Row:
+        """The fastest epoch after the first (which starts workers, warms the page cache and fills the
+        decode-once cache): on a shared machine, the one least disturbed by other processes."""
+        images, seconds = min(self.timings[1:] or self.timings, key=lambda t: t[1] / max(t[0], 1))
+        return Row(self.name, images, seconds)
 
 
-def bench_seed(folder: Path, cfg: DataConfig, batch: int, epochs: int) -> Row:
+def seed_contender(folder: Path, cfg: DataConfig, batch: int) -> Contender:
     files = sorted(folder.glob("*.jpg"))
     loader = torch.utils.data.DataLoader(SeedFolder(files, cfg.crop, cfg.size), batch_size=batch, shuffle=True,
                                          drop_last=True, num_workers=cfg.workers)
-    images, seconds = time_epochs(lambda epoch: iter(loader), epochs)
-    return Row(f"seed pipeline (Pillow + torchvision, {cfg.workers} workers)", images, seconds)
+    return Contender(f"seed pipeline (Pillow + torchvision, {cfg.workers} workers)", lambda epoch: iter(loader))
 
 
-def bench_loader(name: str, cfg: DataConfig, batch: int, epochs: int, device: torch.device) -> Row:
+def loader_contender(name: str, cfg: DataConfig, batch: int, device: torch.device) -> Contender:
     loader = build_loader(cfg, "train", train=True, batch_size=batch, device=device)
 
-    def epoch_batches(epoch):
+    def epoch_batches(epoch: int) -> Iterator[torch.Tensor]:
         loader.set_epoch(epoch)
         for images, _ in loader:
             if images.is_cuda:
                 torch.cuda.synchronize()
             yield images
 
-    images, seconds = time_epochs(epoch_batches, epochs)
-    return Row(name, images, seconds)
+    return Contender(name, epoch_batches)
 
 
 def copy_out_jpegs(shard_dir: Path, out: Path) -> Path:
@@ -125,13 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=1024, help="JPEGs to generate when --shards is not given")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers / DALI threads")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per row; the fastest after the first is timed")
+    parser.add_argument("--epochs", type=int, default=3, help="rounds (one epoch per row each); the fastest after the first is reported")
     parser.add_argument("--crop", type=int, default=375)
     parser.add_argument("--size", type=int, default=64)
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch < 1 or args.workers < 0:
         raise UserError("--epochs and --batch must be at least 1, --workers at least 0")
 
+    # The main process only hands batches on (DALI threads / DataLoader workers decode): intra-op threads
+    # there would fight the decoders for the same cores (measured: 20x slower cache rows on 2 busy cores).
+    torch.set_num_threads(1)
     base = DataConfig(crop=args.crop, size=args.size, workers=args.workers, cache="off", seed=0)
     cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory(prefix="vaedist-bench-loader-") as tmp:
@@ -146,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{num} training images, batch {args.batch}, {args.workers} workers/threads, "
               f"fastest of epochs 2..{args.epochs}" if args.epochs > 1 else "one epoch", flush=True)
 
-        rows = [bench_seed(folder, base, args.batch, args.epochs)]
-        print(f"  done: {rows[-1].name}", flush=True)
+        contenders = [seed_contender(folder, base, args.batch)]
         jobs: list[tuple[str, DataConfig, torch.device]] = []
         if dali_available():
             jobs.append(("DALI cpu", replace(base, shards=str(full), backend="dali"), cpu))
@@ -160,9 +169,13 @@ def main(argv: list[str] | None = None) -> int:
             jobs.append(("reference, --max-side 160 shards", replace(base, shards=str(small), backend="reference"), cpu))
         cached_device = torch.device("cuda") if torch.cuda.is_available() else cpu
         jobs.append((f"decode-once cache ({cached_device.type})", replace(base, shards=str(full), cache="auto"), cached_device))
-        for name, cfg, device in jobs:
-            rows.append(bench_loader(name, cfg, args.batch, max(2, args.epochs) if cfg.cache != "off" else args.epochs, device))
-            print(f"  done: {name}", flush=True)
+        contenders += [loader_contender(name, cfg, args.batch, device) for name, cfg, device in jobs]
+        # Round-robin, one epoch of each row per round: load from other processes hits every row alike.
+        for epoch in range(args.epochs):
+            for contender in contenders:
+                contender.run_epoch(epoch)
+            print(f"  round {epoch + 1}/{args.epochs} done", flush=True)
+        rows = [c.best() for c in contenders]
 
     seed_rate = rows[0].rate
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
