@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from vaedist.sample import photo_paths
-from vaedist.shard.writer import ShardWriter
+from vaedist.shard.writer import FIXED_MTIME, ShardWriter, ustar_header
 
 
 def _samples(count: int) -> list[dict]:
@@ -60,3 +60,11 @@ def test_keys_with_dots_are_refused(tmp_path):
     with ShardWriter(tmp_path / "train-000000.tar") as writer:
         with pytest.raises(ValueError):
             writer.write({"__key__": "a.b", "jpg": b"x"})
+
+
+@pytest.mark.parametrize("name, size", [("a.jpg", 0), ("train2017_000000000009.jpg", 160_123),
+                                        ("x" * 95 + ".json", 511), ("images_apple_pie_1005649.cls", 8**11 - 1)])
+def test_fast_header_is_the_header_tarfile_writes(name, size):
+    member = tarfile.TarInfo(name)
+    member.size, member.mtime, member.mode = size, FIXED_MTIME, 0o444
+    assert ustar_header(name, size) == member.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")

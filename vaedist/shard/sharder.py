@@ -10,19 +10,21 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import re
 import signal
 import threading
 import time
-from collections import Counter
+import zlib
+from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
+from itertools import islice
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from tqdm import tqdm
 
@@ -42,7 +44,8 @@ from vaedist.shard.writer import ShardWriter, sync_directory
 # contiguous ranges per DDP rank (shard_id/num_shards), so for DALI the count only bounds how much a rank
 # reads outside its own range; a killed run loses at most one shard of work per run.
 DEFAULT_SHARD_SIZE = 128_000_000
-CHUNKSIZE = 8  # images per task message to a worker: amortises the pipe round trip (~0.1 ms) over ~30 ms
+CHUNKSIZE = 16  # images per task sent to a worker: one message round trip per ~16-50 ms of decoding
+IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: keeps workers busy, bounds memory
 
 
 @dataclass(frozen=True)
@@ -234,49 +237,86 @@ def _init_worker(parent_pid: int) -> None:
     threading.Thread(target=watch_parent, daemon=True).start()
 
 
-def _worker_pool(workers: int):
+def _worker_pool(workers: int) -> ProcessPoolExecutor:
+    # Not multiprocessing.Pool: its worker-handler thread spins while results wait to be read, and on a busy
+    # machine that costs this process ~0.1 ms of CPU per image, CPU the decoding workers then lack.
     configure_pillow()  # for anything decoded in this process too
-    return multiprocessing.get_context().Pool(workers, initializer=_init_worker, initargs=(os.getpid(),))
+    return ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(os.getpid(),))
 
 
-def _prepare_one(task: tuple[int, str], options: ImageOptions) -> tuple[int, PreparedImage | str]:
-    """Runs in a worker: (index, path) -> (index, prepared image or the reason it was rejected)."""
+@dataclass(frozen=True)
+class CopiedImage:
+    """A clean JPEG that goes into the shard unchanged: the writer reads the file itself (from the page cache).
+
+    Sending its bytes back through the pool's pipe would cost this process several times more CPU than
+    reading them (pipe reads of large messages allocate and fault in fresh buffers); the size and CRC-32
+    make sure the file read is the file the worker checked.
+    """
+
+    width: int
+    height: int
+    size: int
+    crc32: int
+
+
+def _prepare_one(task: tuple[int, str], options: ImageOptions) -> tuple[int, PreparedImage | CopiedImage | str]:
+    """Runs in a worker: (index, path) -> (index, image to store, or the reason it was rejected)."""
     index, path = task
     try:
-        return index, prepare_image(path, options)
+        prepared = prepare_image(path, options)
     except ImageRejected as err:
         return index, str(err)
     except OSError as err:  # unreadable: permissions, a file removed while we run, I/O errors
         return index, f"unreadable ({type(err).__name__}: {err.strerror or err})"
     except Exception as err:  # a file that trips a Pillow plugin must not end a multi-hour run
         return index, f"could not be decoded ({type(err).__name__}: {str(err)[:120]})"
+    if prepared.copied:
+        return index, CopiedImage(prepared.width, prepared.height, len(prepared.jpeg), zlib.crc32(prepared.jpeg))
+    return index, prepared
 
 
-def _bounded(tasks: Iterable, slots: threading.Semaphore, stop: threading.Event) -> Iterator:
-    """Hand tasks to Pool.imap only as results are consumed: memory stays bounded whatever the dataset size."""
-    for task in tasks:
-        slots.acquire()
-        if stop.is_set():
-            return
-        yield task
-
-
-def _prepare_in_parallel(pool, workers: int, listing: SourceListing, shards: Sequence[PlannedShard],
-                         options: ImageOptions) -> Iterator[tuple[int, PreparedImage | str]]:
-    """Results in plan order (imap keeps order), at most a few chunks per worker in flight."""
-    tasks = ((i, str(listing.root / listing.samples[i].path)) for shard in shards for i in shard.samples)
-    slots, stop = threading.Semaphore(CHUNKSIZE * workers * 4), threading.Event()
+def _stored_jpeg(result: PreparedImage | CopiedImage, path: Path) -> bytes | str:
+    """The bytes that go into the shard, or a reason when a copied file changed after it was checked."""
+    if isinstance(result, PreparedImage):
+        return result.jpeg
     try:
-        for result in pool.imap(partial(_prepare_one, options=options), _bounded(tasks, slots, stop), CHUNKSIZE):
-            slots.release()
-            yield result
+        data = path.read_bytes()
+    except OSError as err:
+        return f"unreadable ({type(err).__name__}: {err.strerror or err})"
+    if len(data) != result.size or zlib.crc32(data) != result.crc32:
+        return "changed while being sharded (re-run to pick up the new file)"
+    return data
+
+
+def _prepare_chunk(tasks: list[tuple[int, str]],
+                   options: ImageOptions) -> list[tuple[int, PreparedImage | CopiedImage | str]]:
+    return [_prepare_one(task, options) for task in tasks]
+
+
+def _prepare_in_parallel(pool: ProcessPoolExecutor, workers: int, listing: SourceListing,
+                         shards: Sequence[PlannedShard], options: ImageOptions,
+                         ) -> Iterator[tuple[int, PreparedImage | CopiedImage | str]]:
+    """Results in plan order. At most IN_FLIGHT_PER_WORKER chunks per worker are queued or unread at any
+    time, so memory stays bounded whatever the dataset size."""
+    indices = [i for shard in shards for i in shard.samples]
+    chunks = (
+        [(i, str(listing.root / listing.samples[i].path)) for i in indices[start : start + CHUNKSIZE]]
+        for start in range(0, len(indices), CHUNKSIZE)
+    )
+    work = partial(_prepare_chunk, options=options)
+    in_flight: deque[Future] = deque(pool.submit(work, c) for c in islice(chunks, IN_FLIGHT_PER_WORKER * workers))
+    try:
+        while in_flight:
+            results = in_flight.popleft().result()
+            for chunk in islice(chunks, 1):
+                in_flight.append(pool.submit(work, chunk))
+            yield from results
     finally:
-        stop.set()  # unblock Pool's task-feeding thread so the pool can shut down
-        for _ in range(CHUNKSIZE + 1):  # its next chunk may be waiting for this many
-            slots.release()
+        for future in in_flight:  # stopped early (error, Ctrl-C): don't decode what nobody will read
+            future.cancel()
 
 
-def _measure_bytes_ratio(pool, listing: SourceListing, options: ShardOptions) -> float:
+def _measure_bytes_ratio(pool: ProcessPoolExecutor, listing: SourceListing, options: ShardOptions) -> float:
     """Stored bytes / source bytes on a seeded probe: lets --shard-size mean stored bytes even with --max-side.
 
     Without --max-side the source size is the estimate (exact for clean JPEGs, which are copied; converted
@@ -287,9 +327,9 @@ def _measure_bytes_ratio(pool, listing: SourceListing, options: ShardOptions) ->
     probe = probe_indices(listing, options.seed)
     tasks = [(i, str(listing.root / listing.samples[i].path)) for i in probe]
     stored = source = 0
-    for index, result in pool.imap(partial(_prepare_one, options=options.image), tasks, 1):
-        if isinstance(result, PreparedImage):
-            stored += len(result.jpeg)
+    for index, result in pool.map(partial(_prepare_one, options=options.image), tasks):
+        if not isinstance(result, str):
+            stored += result.size if isinstance(result, CopiedImage) else len(result.jpeg)
             source += listing.samples[index].size
     return round(stored / source, 6) if source else 1.0
 
@@ -298,7 +338,7 @@ def _measure_bytes_ratio(pool, listing: SourceListing, options: ShardOptions) ->
 
 
 def _write_shard(output: OutputDir, shard: PlannedShard, listing: SourceListing, keys: list[str],
-                 results: Iterator[tuple[int, PreparedImage | str]], bar: tqdm) -> dict:
+                 results: Iterator[tuple[int, PreparedImage | CopiedImage | str]], bar: tqdm) -> dict:
     classes = listing.classes
     skipped: list[dict] = []
     with ShardWriter(output.path / shard.name) as writer:
@@ -307,10 +347,11 @@ def _write_shard(output: OutputDir, shard: PlannedShard, listing: SourceListing,
             assert index == expected, "imap must return results in task order"
             source = listing.samples[index]
             bar.update(1)
-            if isinstance(result, str):
-                skipped.append({"path": source.path, "reason": result})
+            jpeg = result if isinstance(result, str) else _stored_jpeg(result, listing.root / source.path)
+            if isinstance(jpeg, str):
+                skipped.append({"path": source.path, "reason": jpeg})
                 continue
-            sample = {"__key__": keys[index], "jpg": result.jpeg}
+            sample = {"__key__": keys[index], "jpg": jpeg}
             meta = {"path": source.path, "width": result.width, "height": result.height, "split": source.split,
                     "class": classes[source.label] if source.label is not None else None}
             if source.label is not None:

@@ -51,21 +51,22 @@ def _is_image_file(entry: os.DirEntry | Path) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in image_extensions()
 
 
-def _image_files(directory: Path, recursive: bool) -> list[Path]:
-    """Files whose extension Pillow can open, sorted; directories and other files are ignored."""
-    found: list[Path] = []
+def _image_files(directory: Path | str, recursive: bool) -> list[str]:
+    """Paths (str: a dataset has ~10^5 of them) of the files Pillow can open, sorted; other files are ignored."""
+    found: list[str] = []
     with os.scandir(directory) as entries:
         for entry in entries:
             if entry.is_dir(follow_symlinks=True):
                 if recursive and not entry.name.startswith("."):
-                    found.extend(_image_files(Path(entry.path), recursive))
+                    found.extend(_image_files(entry.path, recursive))
             elif entry.is_file(follow_symlinks=True) and _is_image_file(entry):
-                found.append(Path(entry.path))
+                found.append(entry.path)
     return sorted(found)
 
 
-def _sample(root: Path, path: Path, split: str, label: int | None) -> SourceSample:
-    return SourceSample(path=path.relative_to(root).as_posix(), split=split, label=label, size=path.stat().st_size)
+def _sample(root: Path, path: str, split: str, label: int | None) -> SourceSample:
+    relative = os.path.relpath(path, root) if not path.startswith(f"{root}{os.sep}") else path[len(str(root)) + 1 :]
+    return SourceSample(path=relative.replace(os.sep, "/"), split=split, label=label, size=os.stat(path).st_size)
 
 
 # --- COCO 2017 ----------------------------------------------------------------------------------------
@@ -132,7 +133,7 @@ def list_food101(root: Path, options: SourceOptions) -> SourceListing:
             elif not (root / rel).is_file():
                 listing.skipped.append({"path": rel, "reason": f"listed in meta/{meta_file} but the image is missing"})
             else:
-                listing.samples.append(_sample(root, root / rel, split, label_of[class_name]))
+                listing.samples.append(_sample(root, str(root / rel), split, label_of[class_name]))
     return listing
 
 
@@ -153,7 +154,7 @@ def list_folder(root: Path, options: SourceOptions) -> SourceListing:
     listing = SourceListing(root=root, samples=[])
     if per_class:
         listing.classes = [name for name, _ in per_class]
-        listing.skipped = [{"path": p.name, "reason": "not in a class sub-folder"} for p in top_level]
+        listing.skipped = [{"path": os.path.basename(p), "reason": "not in a class sub-folder"} for p in top_level]
         groups = [(label, files) for label, (_, files) in enumerate(per_class)]
     else:
         groups = [(None, top_level)]
@@ -163,7 +164,7 @@ def list_folder(root: Path, options: SourceOptions) -> SourceListing:
     return listing
 
 
-def _val_pick(files: Sequence[Path], fraction: float, seed: str) -> set[Path]:
+def _val_pick(files: Sequence[str], fraction: float, seed: str) -> set[str]:
     count = round(len(files) * fraction)
     return set(random.Random(seed).sample(list(files), count)) if count else set()
 
