@@ -213,6 +213,7 @@ def test_offline_run_records_name_group_tags_and_nested_config(offline_run):
             config.update(r["config"].get("update", {}))
     assert config["train"]["kl_weight"] == "one"  # nested, as W&B's run table filters on train.kl_weight
     assert config["model"]["latent_dim"] == LATENT
+    assert config["dataset"]["name"] == "food101" and config["dataset"]["classes"] == 6
     # W&B's files live inside the run dir
     assert offline_run["offline"].parent == offline_run["dir"] / "wandb"
 

@@ -269,9 +269,9 @@ class Tracker:
             # default that is ~/.local/share/wandb, outside the run dir. Keep them with the run, so that
             # syncing from another node of the cluster (or deleting the run) takes everything along.
             os.environ["WANDB_DATA_DIR"] = str((self.run_dir / "wandb" / "data").resolve())
-        self.accelerator.init_trackers(
-            self.cfg.logging.project, config=to_dict(self.cfg), init_kwargs={"wandb": wandb_kwargs}
-        )
+        if "wandb" not in [str(kind) for kind in self.accelerator.log_with]:
+            raise ValueError("logging.wandb is on: build the Accelerator with **Tracker.accelerator_kwargs(cfg)")
+        self.accelerator.init_trackers(self.cfg.logging.project, config=self._run_config(), init_kwargs={"wandb": wandb_kwargs})
         self.run = self.accelerator.get_tracker("wandb", unwrap=True)
         # The global step is the x axis of every chart (wandb's own step); "epoch" is logged alongside so that
         # W&B can plot against it instead. Summaries: the best value for metrics with a direction.
@@ -281,6 +281,17 @@ class Tracker:
         self.run.define_metric("val/ssim", summary="max")
         self.run.define_metric("val/psnr", summary="max")
         self.run.define_metric("val/pcc", summary="max")
+
+    def _run_config(self) -> dict:
+        """The whole config, nested (W&B shows train.kl_weight etc. as run-table columns), plus the dataset."""
+        config = to_dict(self.cfg)
+        if self.manifest is not None:
+            config["dataset"] = {
+                "name": self.manifest.dataset,
+                "classes": len(self.manifest.classes or []),
+                "samples": {split: info.samples for split, info in self.manifest.splits.items()},
+            }
+        return config
 
     # -- scalars --
 
@@ -303,8 +314,8 @@ class Tracker:
         was_training = model.training
         model.eval()
         try:
-            device = next(model.parameters()).device
-            decoded = model.decode(self.prior_noise.to(device)).float().cpu()
+            weight = next(model.parameters())
+            decoded = model.decode(self.prior_noise.to(device=weight.device, dtype=weight.dtype)).float().cpu()
         finally:
             model.train(was_training)
         return (decoded + 1) / 2  # the decoder's tanh range [-1, 1] -> [0, 1]
