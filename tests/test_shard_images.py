@@ -56,9 +56,10 @@ def test_bad_input_is_rejected_with_its_reason(tmp_path, photo, kind, reason):
     else:  # a tiny file that would decode to 9 megapixels
         Image.new("RGB", (3000, 3000), (200, 10, 10)).save(path)
         assert path.stat().st_size < 100_000
-    with pytest.raises(ImageRejected) as err:
-        prepare_image(path, ImageOptions(max_pixels=1_000_000))
-    assert str(err.value).startswith(reason)
+    for max_side in (None, 64):  # the downscaling decode (JPEG draft mode) must catch the same faults
+        with pytest.raises(ImageRejected) as err:
+            prepare_image(path, ImageOptions(max_pixels=1_000_000, max_side=max_side))
+        assert str(err.value).startswith(reason)
 
 
 def test_clean_rgb_and_grey_jpegs_are_copied_byte_for_byte(tmp_path, photo):
