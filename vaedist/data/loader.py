@@ -78,11 +78,11 @@ class Loader:
         if self.cache is not None and self.cache.complete:
             images = (self.cache.take(b) for b in batches)
         else:
-            images = self._decode_and_fill(batches, epoch)
+            images = self._decode_and_fill(batches)
         for i, uint8 in enumerate(images):
             yield self._finish(batches[i], uint8, flips)
 
-    def _decode_and_fill(self, batches: list[np.ndarray], epoch: int) -> Iterator[torch.Tensor]:
+    def _decode_and_fill(self, batches: list[np.ndarray]) -> Iterator[torch.Tensor]:
         nonempty = [b for b in batches if len(b)]
         # Iterate the decoder itself to its end (not zip) so that it finishes its epoch cleanly.
         for i, uint8 in enumerate(self._decoder.decode(nonempty)):
