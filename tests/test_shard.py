@@ -215,6 +215,13 @@ def test_food101_label_is_the_line_index_in_classes_txt_and_missing_images_are_r
         class_dir = sample["meta"]["path"].split("/")[1]
         assert int(sample["cls"]) == classes.index(class_dir)
         assert sample["meta"]["class"] == class_dir
+    # webdataset's own reader (the reference loader's) groups the members into the same samples
+    import webdataset as wds
+
+    urls = [str(out / s.name) for s in manifest.splits["train"].shards]
+    read_back = list(wds.WebDataset(urls, shardshuffle=False))
+    assert len(read_back) == manifest.splits["train"].samples
+    assert all({"jpg", "cls", "json"} <= set(sample) for sample in read_back)
     dali_labels = [int(bytes(row[1])) for row in dali_read_all(out, manifest, "val", ["jpg", "cls"])]
     assert sorted(dali_labels) == sorted(int(s["cls"]) for s in samples if s["split"] == "val")
 
