@@ -328,6 +328,11 @@ def test_resumed_tracker_continues_the_same_wandb_run_and_drops_rows_after_the_c
     run_ids = [[r["run"]["run_id"] for r in inspect_records(d) if r["type"] == "run"][0] for d in offline]
     assert run_ids == [first_id, first_id]
     assert [r["step"] for r in read_metrics(run_dir)] == [10, 20, 30]
+    # No checkpoint to resume from (a fresh start in the same dir): a new W&B run and a new metrics file.
+    third = Tracker(cfg, fresh_accelerator(**Tracker.accelerator_kwargs(cfg)), run_dir, None, resumed_step=0)
+    assert third.run.id != first_id and (run_dir / RUN_ID_FILE).read_text().strip() == third.run.id
+    assert read_metrics(run_dir) == []
+    third.finish()
 
 
 def test_run_identity_separates_the_ablations():

@@ -111,16 +111,18 @@ def run_identity(cfg: Config, manifest: Manifest | None) -> tuple[str, str, list
     return name, group, [tag[:64] for tag in tags]  # W&B rejects tags longer than 64 characters
 
 
-def _read_or_create_run_id(run_dir: Path) -> str:
+def _read_or_create_run_id(run_dir: Path, resuming: bool = True) -> str:
     """The W&B run id of this run dir: stored on first start, reused on resume.
 
-    Under a sweep agent, W&B has already chosen the id (WANDB_RUN_ID) and the run must use it.
+    A training that starts from step 0 gets a new id even when the file exists: the earlier attempt died
+    before its first checkpoint, and its W&B steps would shadow the new ones. Under a sweep agent, W&B
+    has already chosen the id (WANDB_RUN_ID) and the run must use it.
     """
     path = run_dir / RUN_ID_FILE
     agent_id = os.environ.get("WANDB_RUN_ID", "").strip() if os.environ.get("WANDB_SWEEP_ID") else ""
     if agent_id:
         run_id = agent_id
-    elif path.is_file() and re.fullmatch(r"[A-Za-z0-9_-]+", path.read_text().strip()):
+    elif resuming and path.is_file() and re.fullmatch(r"[A-Za-z0-9_-]+", path.read_text().strip()):
         return path.read_text().strip()
     else:
         # W&B's own ids are 8 characters of [a-z0-9]; its generator is not public API, so make one alike.
@@ -175,7 +177,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def _truncate_metrics_after(run_dir: Path, step: int) -> None:
-    """On resume, drop rows logged after the checkpoint we resume from: they will be logged again."""
+    """Drop rows logged after `step` (the checkpoint a training resumes from, 0 for a fresh start)."""
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return
@@ -224,8 +226,9 @@ class Tracker:
         if not self.active:
             return
         (self.run_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
-        if resumed_step > 0:
-            _truncate_metrics_after(self.run_dir, resumed_step)
+        self.resumed_step = resumed_step
+        # Rows logged after the checkpoint we resume from will be logged again (all of them on a fresh start).
+        _truncate_metrics_after(self.run_dir, resumed_step)
         if cfg.logging.wandb:
             self._start_wandb()
 
@@ -236,7 +239,7 @@ class Tracker:
         name, group, tags = run_identity(self.cfg, self.manifest)
         wandb_kwargs = {
             "dir": str(self.run_dir),
-            "id": _read_or_create_run_id(self.run_dir),
+            "id": _read_or_create_run_id(self.run_dir, resuming=self.resumed_step > 0),
             "resume": "allow",  # a resumed training continues the same W&B run
             "name": name,
             "group": group,
