@@ -12,7 +12,7 @@ sample plan (ranks, order, flips) -> decoder backend (DALI or reference) -> opti
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import numpy as np
 import torch
@@ -46,10 +46,16 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
+class Decoder(Protocol):
+    """A backend: batches of global sample indices -> uint8 [n, 3, size, size] on the device, in order."""
+
+    def decode(self, batches: list[np.ndarray]) -> Iterator[torch.Tensor]: ...
+
+
 class Loader:
     """Iterable of (images float32 [N, 3, S, S] in [-1, 1], labels int64 [N] | None) on the device."""
 
-    def __init__(self, manifest: Manifest, index: SplitIndex, plan: SamplePlan, spec: TransformSpec, decoder,
+    def __init__(self, manifest: Manifest, index: SplitIndex, plan: SamplePlan, spec: TransformSpec, decoder: Decoder,
                  backend: str, device: torch.device, cache: DecodeOnceCache | None, cache_info: str):
         self.manifest, self.index, self.plan, self.spec = manifest, index, plan, spec
         self.backend = backend
@@ -134,6 +140,7 @@ def build_loader(cfg: DataConfig, split: str, *, train: bool, batch_size: int, a
     spec = TransformSpec.from_config(cfg)
 
     backend = resolve_backend(cfg.backend)
+    decoder: Decoder
     if backend == "dali":
         from vaedist.data.dali import DaliDecoder
 
