@@ -5,7 +5,11 @@
     for each unfinished shard:                 state.py     finished shards of a killed run are kept
         worker processes: prepare_image()      images.py    full decode, checks, clean JPEG bytes
         this process:     ShardWriter          writer.py    tar + DALI index, temp name -> rename
+        a worker:         sha256_file()        writer.py    then the shard's done file (state.py)
     write_manifest(...)                        manifest.py  the output is complete once this exists
+
+This process is the only serial step, so it only writes: workers decode (and re-encode where needed),
+clean JPEGs go from their file to the tar by `copy_file_range`, and finished shards are hashed by a worker.
 """
 from __future__ import annotations
 
@@ -15,7 +19,6 @@ import re
 import signal
 import threading
 import time
-import zlib
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import closing
@@ -36,7 +39,7 @@ from vaedist.shard.manifest import Manifest, ShardInfo, SplitInfo, load_manifest
 from vaedist.shard.plan import PlannedShard, listing_fingerprint, plan_shards, probe_indices
 from vaedist.shard.sources import DEFAULT_COCO_TRAIN_DIRS, SourceListing, SourceOptions, list_source, sample_keys
 from vaedist.shard.state import OutputDir
-from vaedist.shard.writer import ShardWriter, sync_directory
+from vaedist.shard.writer import ShardWriter, SourceChanged, SourceFile, WrittenShard, sha256_file, sync_directory
 
 # 128 MB (decimal): large sequential reads (each shard is read front to back), and enough shards for
 # readers that split by file: COCO 2017 (train2017+test2017 ~24 GB, val2017 ~0.8 GB) gives ~190 train and
@@ -164,9 +167,16 @@ def _shard(dataset: str, listing: SourceListing, output: OutputDir, options: Sha
         done_before = sum(len(s.samples) for s in plan if records[s.name] is not None)
         with tqdm(total=len(listing.samples), initial=done_before, unit="img", disable=not progress,
                   desc=f"shard {dataset}", smoothing=0.05) as bar:
+            finishing: deque[tuple] = deque()  # written shards whose sha256 a worker is computing
             with closing(_prepare_in_parallel(pool, workers, listing, todo, options.image)) as results:
                 for shard in todo:
-                    records[shard.name] = _write_shard(output, shard, listing, keys, results, bar)
+                    written, skipped = _write_shard(output, shard, listing, keys, results, bar)
+                    digest = pool.submit(sha256_file, str(out / written.name)) if written else None
+                    finishing.append((shard, written, skipped, digest))
+                    while finishing and (finishing[0][3] is None or finishing[0][3].done()):
+                        _finish_shard(output, records, *finishing.popleft())
+            while finishing:
+                _finish_shard(output, records, *finishing.popleft())
         elapsed = time.perf_counter() - started
 
     manifest = _manifest(dataset, listing, options, plan, records)
@@ -246,17 +256,15 @@ def _worker_pool(workers: int) -> ProcessPoolExecutor:
 
 @dataclass(frozen=True)
 class CopiedImage:
-    """A clean JPEG that goes into the shard unchanged: the writer reads the file itself (from the page cache).
+    """A clean JPEG that goes into the shard unchanged: the writer copies the file itself (kernel to kernel).
 
-    Sending its bytes back through the pool's pipe would cost this process several times more CPU than
-    reading them (pipe reads of large messages allocate and fault in fresh buffers); the size and CRC-32
-    make sure the file read is the file the worker checked.
+    Sending its bytes back through the pool's pipe would cost this process several times more CPU than the
+    copy; the size lets the writer notice a file changed after the worker checked it.
     """
 
     width: int
     height: int
     size: int
-    crc32: int
 
 
 def _prepare_one(task: tuple[int, str], options: ImageOptions) -> tuple[int, PreparedImage | CopiedImage | str]:
@@ -271,21 +279,8 @@ def _prepare_one(task: tuple[int, str], options: ImageOptions) -> tuple[int, Pre
     except Exception as err:  # a file that trips a Pillow plugin must not end a multi-hour run
         return index, f"could not be decoded ({type(err).__name__}: {str(err)[:120]})"
     if prepared.copied:
-        return index, CopiedImage(prepared.width, prepared.height, len(prepared.jpeg), zlib.crc32(prepared.jpeg))
+        return index, CopiedImage(prepared.width, prepared.height, len(prepared.jpeg))
     return index, prepared
-
-
-def _stored_jpeg(result: PreparedImage | CopiedImage, path: Path) -> bytes | str:
-    """The bytes that go into the shard, or a reason when a copied file changed after it was checked."""
-    if isinstance(result, PreparedImage):
-        return result.jpeg
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        return f"unreadable ({type(err).__name__}: {err.strerror or err})"
-    if len(data) != result.size or zlib.crc32(data) != result.crc32:
-        return "changed while being sharded (re-run to pick up the new file)"
-    return data
 
 
 def _prepare_chunk(tasks: list[tuple[int, str]],
@@ -338,28 +333,41 @@ def _measure_bytes_ratio(pool: ProcessPoolExecutor, listing: SourceListing, opti
 
 
 def _write_shard(output: OutputDir, shard: PlannedShard, listing: SourceListing, keys: list[str],
-                 results: Iterator[tuple[int, PreparedImage | CopiedImage | str]], bar: tqdm) -> dict:
+                 results: Iterator[tuple[int, PreparedImage | CopiedImage | str]],
+                 bar: tqdm) -> tuple[WrittenShard | None, list[dict]]:
+    """Write one planned shard from the workers' results; None when every one of its inputs was rejected."""
     classes = listing.classes
     skipped: list[dict] = []
     with ShardWriter(output.path / shard.name) as writer:
         for expected in shard.samples:
             index, result = next(results)
-            assert index == expected, "imap must return results in task order"
+            assert index == expected, "results must come in task order"
             source = listing.samples[index]
             bar.update(1)
-            jpeg = result if isinstance(result, str) else _stored_jpeg(result, listing.root / source.path)
-            if isinstance(jpeg, str):
-                skipped.append({"path": source.path, "reason": jpeg})
+            if isinstance(result, str):
+                skipped.append({"path": source.path, "reason": result})
                 continue
-            sample = {"__key__": keys[index], "jpg": jpeg}
             meta = {"path": source.path, "width": result.width, "height": result.height, "split": source.split,
                     "class": classes[source.label] if source.label is not None else None}
+            sample = {
+                "__key__": keys[index],
+                "jpg": (SourceFile(str(listing.root / source.path), result.size)
+                        if isinstance(result, CopiedImage) else result.jpeg),
+                "json": json.dumps(meta).encode(),
+            }
             if source.label is not None:
                 sample["cls"] = str(source.label).encode()
-            sample["json"] = json.dumps(meta).encode()
-            writer.write(sample)
-        info = writer.commit() if writer.samples else None
-    return output.mark_finished(shard, info, skipped)
+            try:
+                writer.write(sample)
+            except (SourceChanged, OSError) as err:
+                skipped.append({"path": source.path, "reason": f"changed or unreadable while being sharded ({err})"})
+        return (writer.commit() if writer.samples else None), skipped
+
+
+def _finish_shard(output: OutputDir, records: dict[str, dict], shard: PlannedShard, written: WrittenShard | None,
+                  skipped: list[dict], digest: Future | None) -> None:
+    """Record a shard as finished (its done file) once its sha256 is known."""
+    records[shard.name] = output.mark_finished(shard, written.info(digest.result()) if written else None, skipped)
 
 
 def _manifest(dataset: str, listing: SourceListing, options: ShardOptions, plan: list[PlannedShard],

@@ -8,9 +8,9 @@ component's data (its 512-byte header excluded). `tests/test_shard_writer.py` ch
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from vaedist.shard.manifest import ShardInfo
@@ -53,45 +53,60 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
-class _HashingFile:
-    """A write-only file that keeps a sha256 and a byte count of what passes through (no second read)."""
+@dataclass(frozen=True)
+class SourceFile:
+    """A component stored unchanged from a file: copied into the tar by the kernel, not through this process."""
 
-    def __init__(self, path: Path):
-        self._fh = open(path, "wb")
-        self.sha256 = hashlib.sha256()
-        self.bytes = 0
+    path: str
+    size: int  # as checked by the worker: a file of another size was changed meanwhile
 
-    def write(self, data) -> int:
-        self.sha256.update(data)
-        self.bytes += len(data)
-        return self._fh.write(data)
 
-    def close_synced(self) -> None:
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
+class SourceChanged(Exception):
+    """A SourceFile no longer has the size it had when it was checked."""
 
-    def discard(self) -> None:
-        self._fh.close()
+
+@dataclass(frozen=True)
+class WrittenShard:
+    name: str
+    index: str
+    samples: int
+    bytes: int
+
+    def info(self, sha256: str) -> ShardInfo:
+        return ShardInfo(name=self.name, index=self.index, samples=self.samples, bytes=self.bytes, sha256=sha256)
+
+
+def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
+    """sha256 of a finished shard; run by a worker process, so the writing process stays light."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class ShardWriter:
     """Write samples {"__key__", "jpg", "cls"?, "json"} to `<dir>/<name>.tar` + `.idx`, renamed into place on `commit()`.
 
         with ShardWriter(out_dir / "train-000000.tar") as shard:
-            shard.write({"__key__": "train2017_000000000009", "jpg": b"...", "json": b"{...}"})
-            info = shard.commit()      # tar and idx renamed into place; ShardInfo for the manifest
+            shard.write({"__key__": "train2017_000000000009", "jpg": SourceFile(path, size), "json": b"{...}"})
+            written = shard.commit()      # tar and idx fsynced and renamed into place
+            info = written.info(sha256_file(shard.tar_path))
 
-    Members get tarfile's USTAR headers but are written without TarFile or webdataset's TarWriter: their
-    per-member copying and re-buffering double the CPU this process spends per image, and this process is
-    the one serial step next to the decoding workers.
+    This process is the one serial step next to the decoding workers, so it does as little as it can per
+    image: members get tarfile's USTAR headers (from a template) but are written without TarFile or
+    webdataset's TarWriter, whose per-member copies and re-buffering cost more than the rest together;
+    JPEGs stored unchanged go from the source file to the tar with `os.copy_file_range` (no copy through
+    Python); and the sha256 is computed afterwards, by a worker (`sha256_file`).
     """
 
     def __init__(self, tar_path: Path):
         self.tar_path = Path(tar_path)
         self.index_path = self.tar_path.with_suffix(".idx")
         self._tmp_tar = temporary_name(self.tar_path)
-        self._file = _HashingFile(self._tmp_tar)
+        self._fd = os.open(self._tmp_tar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._pending = bytearray()  # headers, padding and small members, written out before the next copy
+        self._bytes = 0
         self._index_lines: list[str] = []
         self._committed = False
 
@@ -99,32 +114,86 @@ class ShardWriter:
     def samples(self) -> int:
         return len(self._index_lines)
 
-    def write(self, sample: dict[str, str | bytes]) -> None:
-        """`sample`: "__key__" (str, no dots) and one bytes value per component ("jpg", "cls", "json").
+    def write(self, sample: dict[str, str | bytes | SourceFile]) -> None:
+        """`sample`: "__key__" (str, no dots) and per component ("jpg", "cls", "json") bytes or a SourceFile.
 
         Components are written in sorted order, like webdataset's TarWriter, each as `<key>.<ext>`.
+        Raises SourceChanged (and writes nothing of the sample) when a SourceFile changed size.
         """
         key = sample["__key__"]
         if "." in key or "/" in key:
             raise ValueError(f"sample key {key!r} must not contain dots or slashes")
-        components = []
-        for ext in sorted(k for k in sample if k != "__key__"):
-            data, name = sample[ext], f"{key}.{ext}"
-            # what TarFile.addfile writes: header, data, zero padding to a 512-byte block
-            start = self._file.bytes
-            self._file.write(ustar_header(name, len(data)))
-            self._file.write(data)
-            self._file.write(b"\0" * (-len(data) % TAR_BLOCK))
-            components.append(f"{ext} {start + TAR_BLOCK} {len(data)} {name}")
+        sources: dict[str, int] = {}
+        rollback = self._bytes + len(self._pending)  # where this sample starts
+        try:
+            for ext in sorted(k for k in sample if k != "__key__"):
+                value = sample[ext]
+                if isinstance(value, SourceFile):
+                    sources[ext] = os.open(value.path, os.O_RDONLY)
+                    if os.fstat(sources[ext]).st_size != value.size:
+                        raise SourceChanged(value.path)
+            components = []
+            for ext in sorted(k for k in sample if k != "__key__"):
+                value, name = sample[ext], f"{key}.{ext}"
+                size = value.size if isinstance(value, SourceFile) else len(value)
+                # what TarFile.addfile writes: header, data, zero padding to a 512-byte block
+                self._pending += ustar_header(name, size)
+                components.append(f"{ext} {self._bytes + len(self._pending)} {size} {name}")
+                if isinstance(value, SourceFile):
+                    self._flush()
+                    self._copy(sources[ext], size)
+                else:
+                    self._pending += value
+                self._pending += b"\0" * (-size % TAR_BLOCK)
+        except BaseException:  # leave the tar as it was before this sample
+            if self._bytes <= rollback:
+                del self._pending[rollback - self._bytes :]
+            else:
+                os.ftruncate(self._fd, rollback)
+                os.lseek(self._fd, rollback, os.SEEK_SET)
+                self._bytes = rollback
+                self._pending.clear()
+            raise
+        finally:
+            for fd in sources.values():
+                os.close(fd)
         self._index_lines.append(" ".join(components))
 
-    def commit(self) -> ShardInfo:
+    def _flush(self) -> None:
+        written = 0
+        while written < len(self._pending):
+            written += os.write(self._fd, memoryview(self._pending)[written:])
+        self._bytes += written
+        self._pending.clear()
+
+    def _copy(self, source_fd: int, size: int) -> None:
+        copied = 0
+        try:
+            while copied < size:
+                n = os.copy_file_range(source_fd, self._fd, size - copied)
+                if n == 0:
+                    break
+                copied += n
+        except (AttributeError, OSError):  # no copy_file_range (old kernel, other OS, some filesystems)
+            os.lseek(self._fd, self._bytes + copied, os.SEEK_SET)
+            while copied < size and (chunk := os.pread(source_fd, min(1 << 20, size - copied), copied)):
+                written = 0
+                while written < len(chunk):
+                    written += os.write(self._fd, chunk[written:])
+                copied += len(chunk)
+        if copied != size:
+            raise SourceChanged(f"short read: {copied} of {size} bytes")
+        self._bytes += size
+
+    def commit(self) -> WrittenShard:
         """Finish the tar, write the index, fsync both and rename them into place (index first)."""
         if not self._index_lines:
             raise ValueError(f"{self.tar_path.name}: a shard needs at least one sample (DALI rejects empty tars)")
-        end = self._file.bytes + 2 * TAR_BLOCK
-        self._file.write(b"\0" * (2 * TAR_BLOCK + -end % RECORD))
-        self._file.close_synced()
+        end = self._bytes + len(self._pending) + 2 * TAR_BLOCK
+        self._pending += b"\0" * (2 * TAR_BLOCK + -end % RECORD)
+        self._flush()
+        os.fsync(self._fd)
+        os.close(self._fd)
         tmp_index = temporary_name(self.index_path)
         with open(tmp_index, "w") as fh:
             fh.write(f"{INDEX_VERSION} {len(self._index_lines)}\n")
@@ -134,20 +203,15 @@ class ShardWriter:
         os.replace(tmp_index, self.index_path)
         os.replace(self._tmp_tar, self.tar_path)
         self._committed = True
-        return ShardInfo(
-            name=self.tar_path.name,
-            index=self.index_path.name,
-            samples=len(self._index_lines),
-            bytes=self._file.bytes,
-            sha256=self._file.sha256.hexdigest(),
-        )
+        return WrittenShard(self.tar_path.name, self.index_path.name, len(self._index_lines), self._bytes)
 
     def abort(self) -> None:
         """Drop a shard that will not be finished (e.g. every sample rejected): no file is left behind."""
         if self._committed:
             return
-        self._file.discard()
+        os.close(self._fd)
         self._tmp_tar.unlink(missing_ok=True)
+        self._committed = True
 
     def __enter__(self) -> "ShardWriter":
         return self
