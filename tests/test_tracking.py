@@ -469,3 +469,16 @@ def test_auto_mode_with_credentials_but_no_server_falls_back_to_offline(tmp_path
     assert "logging offline instead" in out and "wandb sync" in out
     (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
     assert [r for r in history(inspect_records(offline)) if r.get("train/loss_encoder") == 1.0]
+
+
+def test_non_finite_latent_means_are_left_out_of_the_projection(sample_trees, tmp_path):
+    cfg = load_config(None, SMALL + ["logging.wandb=false"])
+    model = VAE(cfg.model, image_size=IMAGE_SIZE)
+    x, labels, classes = load_food_photos(sample_trees["food101"], per_class=2)
+    result = evaluate_photos(model, x, labels, cfg)
+    result.mu[0, 0] = float("nan")
+    result.mu[1, 3] = float("inf")
+    tracker = Tracker(cfg, fresh_accelerator(), tmp_path / "run", food_manifest(classes))
+    tracker.log_evaluation(result, model, step=1, epoch=0)
+    tracker.finish()
+    assert (tmp_path / "run" / "images" / "latent_pca_latest.png").is_file()

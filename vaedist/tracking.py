@@ -24,6 +24,7 @@ import netrc
 import os
 import re
 import secrets
+import shutil
 import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -158,6 +159,12 @@ def save_png(image: np.ndarray, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     Image.fromarray(image).save(tmp, format="PNG")
     os.replace(tmp, path)
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -334,16 +341,19 @@ class Tracker:
             "prior_samples": visualize.sample_grid(self.decode_prior_samples(model)),
             "kl_per_dim": visualize.kl_per_dim_plot(kl_per_dim),
         }
-        if result.mu.shape[0] >= 2:
-            points = result.mu[: self.cfg.logging.projection_points]
-            labels = result.labels[: points.shape[0]] if result.labels is not None else None
+        points = result.mu[: self.cfg.logging.projection_points].float().cpu()
+        labels = result.labels[: points.shape[0]].cpu() if result.labels is not None else None
+        finite = torch.isfinite(points).all(dim=1)  # an fp16 overflow must not take the whole evaluation down
+        points, labels = points[finite], (labels[finite] if labels is not None else None)
+        if points.shape[0] >= 2:
             pictures["latent_pca"] = visualize.latent_scatter(
                 points, labels, self.class_names, title=f"Latent means, PCA, epoch {epoch} ({points.shape[0]} images)"
             )
         images_dir = self.run_dir / IMAGES_DIR
         for kind, image in pictures.items():
-            save_png(image, images_dir / f"{kind}_e{epoch:03d}.png")
-            save_png(image, images_dir / f"{kind}_latest.png")
+            per_epoch = images_dir / f"{kind}_e{epoch:03d}.png"
+            save_png(image, per_epoch)
+            _copy_atomic(per_epoch, images_dir / f"{kind}_latest.png")
 
         scalars = {**result.metrics, "val/active_units": units, "epoch": epoch}
         self.log(scalars, step)
