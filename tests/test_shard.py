@@ -374,3 +374,32 @@ def test_unfinished_run_with_other_inputs_and_a_concurrent_sharder_are_refused(s
     manifest = shard_dataset("food101", sample_trees["food101"], tmp_path, workers=1, progress=False, overwrite=True)
     assert manifest.splits["train"].samples == 60
     assert not (tmp_path / ".vaedist-shard-state.json").exists()
+
+
+def test_decoding_runs_at_most_a_few_chunks_ahead_of_the_writer(sample_trees):
+    """Memory stays bounded whatever the dataset size: workers never race ahead of the tar writer."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from vaedist.shard import sharder
+    from vaedist.shard.images import ImageOptions
+    from vaedist.shard.plan import plan_shards
+    from vaedist.shard.sources import SourceOptions, list_source
+
+    class CountingPool(ProcessPoolExecutor):
+        submitted = 0
+
+        def submit(self, *args, **kwargs):
+            CountingPool.submitted += 1
+            return super().submit(*args, **kwargs)
+
+    listing = list_source("food101", sample_trees["food101"], SourceOptions())
+    plan = plan_shards(listing, seed=0, shard_size=10**9, bytes_ratio=1.0)
+    window = sharder.IN_FLIGHT_PER_WORKER * 1
+    with CountingPool(1) as pool:
+        results = sharder._prepare_in_parallel(pool, 1, listing, plan, ImageOptions())
+        consumed = 0
+        for _ in results:
+            consumed += 1
+            chunks_read = -(-consumed // sharder.CHUNKSIZE)
+            assert CountingPool.submitted <= chunks_read + window
+        assert consumed == len(listing.samples) > window * sharder.CHUNKSIZE
