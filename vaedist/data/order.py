@@ -63,10 +63,6 @@ class SamplePlan:
         order = self.order(epoch)
         return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(self.num_batches)]
 
-    def leftover(self, epoch: int) -> np.ndarray:
-        """Owned samples that `epoch` does not yield (training's drop-last remainder)."""
-        return np.setdiff1d(self.owned, self.order(epoch))
-
     def flips(self, epoch: int) -> np.ndarray:
         """bool [num_total]: whether each sample is mirrored in `epoch` (same on every rank)."""
         return np.random.default_rng([self.seed, epoch, 0xF119]).random(self.num_total) < 0.5
