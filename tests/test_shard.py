@@ -30,7 +30,7 @@ BAD = {
     "bad_corrupt.jpg": "corrupt",
     "bad_bomb.png": "over the pixel limit",
 }
-CONVERTED = {"cmyk.jpg": "RGB", "palette.png": "RGB", "rgba.png": "RGB", "grey16.png": "L", "photo.webp": "RGB",
+CONVERTED = {"cmyk.jpg": "RGB", "palette.png": "RGB", "rgba.png": "RGB", "grey16.png": "RGB", "photo.webp": "RGB",
              "rotated.jpg": "RGB"}
 COPIED = {"grey.jpg": "L"}
 IGNORED = ("notes.txt", "nested/000000999999.jpg")

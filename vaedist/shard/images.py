@@ -1,9 +1,9 @@
-"""Image checking: every input is fully decoded and becomes a clean, upright RGB or grey JPEG (or is rejected).
+"""Image checking: every input is fully decoded and becomes a clean, upright JPEG (or is rejected).
 
 `prepare_image(path, options)` is the one function the worker processes run. Clean baseline JPEGs (RGB or
 grey, no EXIF rotation, no downscale asked for) are stored byte for byte, so the shards hold exactly what
 the dataset authors published; everything a decoder could render differently — CMYK, palette, alpha,
-16-bit, PNG/WebP/other formats, EXIF orientation — is converted to RGB (or grey) and re-encoded as a JPEG
+16-bit, PNG/WebP/other formats, EXIF orientation — is converted to 8-bit RGB and re-encoded as a JPEG
 at `jpeg_quality`.
 """
 from __future__ import annotations
@@ -86,7 +86,7 @@ def prepare_image(path: str | Path, options: ImageOptions) -> PreparedImage:
         upright_w, upright_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
         if _is_clean_jpeg(img, orientation) and not scale_to:
             return PreparedImage(jpeg=data, width=width, height=height, copied=True)
-        clean = _to_rgb_or_grey(ImageOps.exif_transpose(img) if orientation != 1 else img)
+        clean = _to_rgb(ImageOps.exif_transpose(img) if orientation != 1 else img)
         if scale_to:
             clean = clean.resize(scale_to, Image.Resampling.LANCZOS)
         out = io.BytesIO()
@@ -130,30 +130,30 @@ def _is_clean_jpeg(img: Image.Image, orientation: int) -> bool:
     return img.format == "JPEG" and img.mode in ("RGB", "L") and orientation == 1
 
 
-def _to_rgb_or_grey(img: Image.Image) -> Image.Image:
-    """8-bit RGB, or 8-bit grey for single-channel images (the loader replicates grey to 3 channels)."""
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB, whatever the mode (grey, grey+alpha and 16-bit grey included: one layout for every re-encoded
+    image; a grey picture stays grey, its chroma planes are flat and cost almost nothing in the JPEG)."""
     mode = img.mode
-    if mode in ("RGB", "L"):
+    if mode == "RGB":
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         # Pillow's convert("L") clips 16-bit values at 255; scale the full range down instead.
         pixels = np.asarray(img, dtype=np.float64)
         peak = 65535.0 if mode.startswith("I;16") or pixels.max(initial=0) > 255 else 255.0
-        return Image.fromarray(np.clip(pixels * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8), mode="L")
-    if mode == "1":
-        return img.convert("L")
+        grey = np.clip(pixels * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
         mode = img.mode
-    if mode in ("LA", "La", "PA"):
+    if mode in ("LA", "La", "PA", "RGBa"):
         img = img.convert("RGBA")
         mode = "RGBA"
-    if mode in ("RGBA", "RGBa"):
+    if mode == "RGBA":
         # Transparent pixels hold arbitrary colours (often black): composite on white, as viewers show them.
         background = Image.new("RGB", img.size, (255, 255, 255))
-        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        background.paste(img, mask=img.getchannel("A"))
         return background
-    return img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX, ...
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV, RGBX, ...
 
 
 def _short(err: BaseException) -> str:
