@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from vaedist.sample import photo_paths
-from vaedist.shard.writer import FIXED_MTIME, ShardWriter, SourceChanged, SourceFile, sha256_file, ustar_header
+from vaedist.shard.writer import FIXED_MTIME, ShardWriter, SourceChanged, SourceFile, publish_shard, ustar_header
 
 
 def _samples(count: int) -> list[dict]:
@@ -37,7 +37,9 @@ def test_index_matches_dali_wds2idx_and_manifest_entry_matches_file(tmp_path):
     with ShardWriter(tmp_path / "train-000000.tar") as writer:
         for sample in samples:
             writer.write(sample)
-        info = writer.commit().info(sha256_file(tmp_path / "train-000000.tar"))
+        closed = writer.close()
+    assert sorted(p.name for p in tmp_path.glob(".*")) == [".train-000000.idx.tmp", ".train-000000.tar.tmp"]
+    info = publish_shard(closed)
     for i in (1, 4):
         (tmp_path / f"source{i}.jpg").unlink()
     tar = tmp_path / "train-000000.tar"
@@ -81,7 +83,7 @@ def test_a_source_file_that_changed_size_is_refused_and_leaves_the_tar_as_it_was
         with pytest.raises(SourceChanged):
             writer.write({**second, "jpg": SourceFile(str(source), 1234)})  # the worker saw 1234 bytes
         writer.write(second)
-        writer.commit()
+        publish_shard(writer.close())
     with tarfile.open(tmp_path / "val-000000.tar") as archive:
         assert [m.name.split(".")[0] for m in archive.getmembers()] == [first["__key__"]] * 3 + [second["__key__"]] * 3
 

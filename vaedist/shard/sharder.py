@@ -5,14 +5,16 @@
     for each unfinished shard:                 state.py     finished shards of a killed run are kept
         worker processes: prepare_image()      images.py    full decode, checks, clean JPEG bytes
         this process:     ShardWriter          writer.py    tar + DALI index, temp name -> rename
-        a worker:         sha256_file()        writer.py    then the shard's done file (state.py)
+        a worker:         publish_shard()      writer.py    sha256, fsync, rename; then the done file (state.py)
     write_manifest(...)                        manifest.py  the output is complete once this exists
 
 This process is the only serial step, so it only writes: workers decode (and re-encode where needed),
-clean JPEGs go from their file to the tar by `copy_file_range`, and finished shards are hashed by a worker.
+clean JPEGs go from their file to the tar by `copy_file_range`, and a worker hashes, syncs and renames each
+finished shard.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -39,7 +41,7 @@ from vaedist.shard.manifest import Manifest, ShardInfo, SplitInfo, load_manifest
 from vaedist.shard.plan import PlannedShard, listing_fingerprint, plan_shards, probe_indices
 from vaedist.shard.sources import DEFAULT_COCO_TRAIN_DIRS, SourceListing, SourceOptions, list_source, sample_keys
 from vaedist.shard.state import OutputDir
-from vaedist.shard.writer import ShardWriter, SourceChanged, SourceFile, WrittenShard, sha256_file, sync_directory
+from vaedist.shard.writer import ClosedShard, ShardWriter, SourceChanged, SourceFile, publish_shard, sync_directory
 
 # 128 MB (decimal): large sequential reads (each shard is read front to back), and enough shards for
 # readers that split by file: COCO 2017 (train2017+test2017 ~24 GB, val2017 ~0.8 GB) gives ~190 train and
@@ -128,7 +130,13 @@ def shard_dataset(
     listing = list_source(dataset, root, SourceOptions(tuple(coco_train_dirs), val_fraction, seed))
     output = OutputDir.create(Path(out).expanduser().resolve())
     with output.exclusive():
-        return _shard(dataset, listing, output, options, workers, overwrite, progress)
+        try:
+            return _shard(dataset, listing, output, options, workers, overwrite, progress)
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            raise UserError(f"cannot write to '{output.path}': {err.strerror} ({err.filename or 'shard'}); fix "
+                            "that and run the same command again: finished shards are kept") from None
 
 
 def _shard(dataset: str, listing: SourceListing, output: OutputDir, options: ShardOptions, workers: int,
@@ -167,13 +175,13 @@ def _shard(dataset: str, listing: SourceListing, output: OutputDir, options: Sha
         done_before = sum(len(s.samples) for s in plan if records[s.name] is not None)
         with tqdm(total=len(listing.samples), initial=done_before, unit="img", disable=not progress,
                   desc=f"shard {dataset}", smoothing=0.05) as bar:
-            finishing: deque[tuple] = deque()  # written shards whose sha256 a worker is computing
+            finishing: deque[tuple] = deque()  # written shards a worker is hashing, syncing, renaming
             with closing(_prepare_in_parallel(pool, workers, listing, todo, options.image)) as results:
                 for shard in todo:
-                    written, skipped = _write_shard(output, shard, listing, keys, results, bar)
-                    digest = pool.submit(sha256_file, str(out / written.name)) if written else None
-                    finishing.append((shard, written, skipped, digest))
-                    while finishing and (finishing[0][3] is None or finishing[0][3].done()):
+                    closed, skipped = _write_shard(output, shard, listing, keys, results, bar)
+                    published = pool.submit(publish_shard, closed) if closed else None
+                    finishing.append((shard, skipped, published))
+                    while finishing and (finishing[0][2] is None or finishing[0][2].done()):
                         _finish_shard(output, records, *finishing.popleft())
             while finishing:
                 _finish_shard(output, records, *finishing.popleft())
@@ -334,7 +342,7 @@ def _measure_bytes_ratio(pool: ProcessPoolExecutor, listing: SourceListing, opti
 
 def _write_shard(output: OutputDir, shard: PlannedShard, listing: SourceListing, keys: list[str],
                  results: Iterator[tuple[int, PreparedImage | CopiedImage | str]],
-                 bar: tqdm) -> tuple[WrittenShard | None, list[dict]]:
+                 bar: tqdm) -> tuple[ClosedShard | None, list[dict]]:
     """Write one planned shard from the workers' results; None when every one of its inputs was rejected."""
     classes = listing.classes
     skipped: list[dict] = []
@@ -361,13 +369,13 @@ def _write_shard(output: OutputDir, shard: PlannedShard, listing: SourceListing,
                 writer.write(sample)
             except (SourceChanged, OSError) as err:
                 skipped.append({"path": source.path, "reason": f"changed or unreadable while being sharded ({err})"})
-        return (writer.commit() if writer.samples else None), skipped
+        return (writer.close() if writer.samples else None), skipped
 
 
-def _finish_shard(output: OutputDir, records: dict[str, dict], shard: PlannedShard, written: WrittenShard | None,
-                  skipped: list[dict], digest: Future | None) -> None:
-    """Record a shard as finished (its done file) once its sha256 is known."""
-    records[shard.name] = output.mark_finished(shard, written.info(digest.result()) if written else None, skipped)
+def _finish_shard(output: OutputDir, records: dict[str, dict], shard: PlannedShard, skipped: list[dict],
+                  published: Future | None) -> None:
+    """Record a shard as finished (its done file) once a worker has published it."""
+    records[shard.name] = output.mark_finished(shard, published.result() if published else None, skipped)
 
 
 def _manifest(dataset: str, listing: SourceListing, options: ShardOptions, plan: list[PlannedShard],

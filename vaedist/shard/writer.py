@@ -66,38 +66,48 @@ class SourceChanged(Exception):
 
 
 @dataclass(frozen=True)
-class WrittenShard:
-    name: str
+class ClosedShard:
+    """A shard whose tar and index are fully written under their temporary names, not yet durable or in place."""
+
+    tar: str  # final paths
     index: str
     samples: int
     bytes: int
 
-    def info(self, sha256: str) -> ShardInfo:
-        return ShardInfo(name=self.name, index=self.index, samples=self.samples, bytes=self.bytes, sha256=sha256)
 
+def publish_shard(shard: ClosedShard) -> ShardInfo:
+    """sha256 the tar, fsync tar and index, rename both into place (index first); run by a worker process.
 
-def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
-    """sha256 of a finished shard; run by a worker process, so the writing process stays light."""
+    This is the slow, I/O-bound end of a shard (reading it back, waiting for the disk): done by a worker it
+    never stalls the writing process, which meanwhile fills the next shard.
+    """
+    tar, index = Path(shard.tar), Path(shard.index)
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
+    with open(temporary_name(tar), "rb") as fh:
+        while chunk := fh.read(1 << 20):
             digest.update(chunk)
-    return digest.hexdigest()
+        os.fsync(fh.fileno())
+    with open(temporary_name(index), "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(temporary_name(index), index)
+    os.replace(temporary_name(tar), tar)
+    return ShardInfo(name=tar.name, index=index.name, samples=shard.samples, bytes=shard.bytes,
+                     sha256=digest.hexdigest())
 
 
 class ShardWriter:
-    """Write samples {"__key__", "jpg", "cls"?, "json"} to `<dir>/<name>.tar` + `.idx`, renamed into place on `commit()`.
+    """Write samples {"__key__", "jpg", "cls"?, "json"} to `<dir>/<name>.tar` + `.idx` (temporary names first).
 
         with ShardWriter(out_dir / "train-000000.tar") as shard:
             shard.write({"__key__": "train2017_000000000009", "jpg": SourceFile(path, size), "json": b"{...}"})
-            written = shard.commit()      # tar and idx fsynced and renamed into place
-            info = written.info(sha256_file(shard.tar_path))
+            closed = shard.close()          # .train-000000.tar.tmp, .train-000000.idx.tmp
+        info = publish_shard(closed)        # in a worker: sha256, fsync, renamed into place
 
     This process is the one serial step next to the decoding workers, so it does as little as it can per
     image: members get tarfile's USTAR headers (from a template) but are written without TarFile or
     webdataset's TarWriter, whose per-member copies and re-buffering cost more than the rest together;
     JPEGs stored unchanged go from the source file to the tar with `os.copy_file_range` (no copy through
-    Python); and the sha256 is computed afterwards, by a worker (`sha256_file`).
+    Python); and the sha256, fsync and rename happen afterwards, in a worker (`publish_shard`).
     """
 
     def __init__(self, tar_path: Path):
@@ -108,7 +118,7 @@ class ShardWriter:
         self._pending = bytearray()  # headers, padding and small members, written out before the next copy
         self._bytes = 0
         self._index_lines: list[str] = []
-        self._committed = False
+        self._closed = False
 
     @property
     def samples(self) -> int:
@@ -185,39 +195,33 @@ class ShardWriter:
             raise SourceChanged(f"short read: {copied} of {size} bytes")
         self._bytes += size
 
-    def commit(self) -> WrittenShard:
-        """Finish the tar, write the index, fsync both and rename them into place (index first)."""
+    def close(self) -> ClosedShard:
+        """Finish the tar (end-of-archive blocks) and write the index, both under their temporary names."""
         if not self._index_lines:
             raise ValueError(f"{self.tar_path.name}: a shard needs at least one sample (DALI rejects empty tars)")
         end = self._bytes + len(self._pending) + 2 * TAR_BLOCK
         self._pending += b"\0" * (2 * TAR_BLOCK + -end % RECORD)
         self._flush()
-        os.fsync(self._fd)
         os.close(self._fd)
-        tmp_index = temporary_name(self.index_path)
-        with open(tmp_index, "w") as fh:
+        with open(temporary_name(self.index_path), "w") as fh:
             fh.write(f"{INDEX_VERSION} {len(self._index_lines)}\n")
             fh.write("\n".join(self._index_lines) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_index, self.index_path)
-        os.replace(self._tmp_tar, self.tar_path)
-        self._committed = True
-        return WrittenShard(self.tar_path.name, self.index_path.name, len(self._index_lines), self._bytes)
+        self._closed = True
+        return ClosedShard(str(self.tar_path), str(self.index_path), len(self._index_lines), self._bytes)
 
     def abort(self) -> None:
         """Drop a shard that will not be finished (e.g. every sample rejected): no file is left behind."""
-        if self._committed:
+        if self._closed:
             return
         os.close(self._fd)
         self._tmp_tar.unlink(missing_ok=True)
-        self._committed = True
+        self._closed = True
 
     def __enter__(self) -> "ShardWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if not self._committed:
+        if not self._closed:
             self.abort()
 
 
