@@ -52,15 +52,20 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, keep: int) -> P
     tmp = root / f".tmp-step-{step:08d}"
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(".tmp-step-*"):  # left by a killed save
+        for stale in [*root.glob(".tmp-step-*"), *root.glob(".old-step-*")]:  # left by a killed save
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
-    if not final.exists():
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():  # e.g. a mid-epoch checkpoint at the epoch's last step: the epoch-end state wins
+            replaced = root / f".old-step-{step:08d}"
+            final.rename(replaced)  # dot-folders are never resumed from; a kill here falls back one checkpoint
             tmp.rename(final)
-            for old in list_checkpoints(run_dir)[: -max(1, keep)]:
-                shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(replaced, ignore_errors=True)
+        else:
+            tmp.rename(final)
+        for old in list_checkpoints(run_dir)[: -max(1, keep)]:
+            shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final

@@ -61,7 +61,8 @@ class Trainer:
     tracker: object
     run_dir: Path
     progress: Progress = field(default_factory=Progress)
-    stop_signal: int = 0  # set by SIGTERM/SIGINT: save a checkpoint and exit at the next check
+    stop_requested: int = 0  # set on this rank by SIGTERM/SIGINT
+    stop_signal: int = 0  # agreed by all ranks at the next log row: save a checkpoint and exit
     previous_handlers: dict = field(default_factory=dict)
     last_checkpoint: Path | None = None
 
@@ -137,7 +138,7 @@ def setup(cfg: Config, loaders: tuple | None = None) -> Trainer:
 
 def _install_signal_handlers(t: Trainer) -> None:
     def request_stop(signum, _frame):
-        t.stop_signal = signum
+        t.stop_requested = signum
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C aborts at once
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         print(f"[rank {t.accelerator.process_index}] {signal.Signals(signum).name}: saving a checkpoint, then exiting", file=sys.stderr, flush=True)
@@ -223,7 +224,7 @@ class Window:
 def flush_window(t: Trainer, window: Window) -> dict[str, float]:
     """Collective. Raises NonFiniteLoss (on every rank) when any rank saw a non-finite loss.
     Also agrees on a stop request across ranks (a signal may reach only some of them)."""
-    local = torch.cat([window.sums, window.first_bad_step.view(1), torch.tensor([float(t.stop_signal)], device=window.device)])
+    local = torch.cat([window.sums, window.first_bad_step.view(1), torch.tensor([float(t.stop_requested)], device=window.device)])
     gathered = t.accelerator.gather(local.view(1, -1)).view(-1, local.numel()).cpu()  # [world, 7]
     bad_step = gathered[:, 5].min().item()
     t.stop_signal = int(gathered[:, 6].max().item())
