@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vaedist.checkpoint import latest_checkpoint
+from vaedist.checkpoint import latest_checkpoint, list_checkpoints
 from vaedist.config import OptimConfig, load_config
 from vaedist.shard import shard_dataset
 
@@ -59,6 +59,7 @@ def wait_for_checkpoint_after(proc: subprocess.Popen, run_dir: Path, step: int, 
 def test_run_stopped_by_sigterm_then_killed_resumes_to_the_same_steps_and_weights(food_shards, tmp_path):
     straight = start_training(food_shards, tmp_path / "straight")
     assert straight.wait(timeout=300) == 0, straight.stdout.read()[-3000:]
+    assert [p.name for p in list_checkpoints(tmp_path / "straight")] == ["step-00000012", "step-00000014", "step-00000015"]  # last 3
 
     run = tmp_path / "interrupted"
     proc = start_training(food_shards, run)
