@@ -376,14 +376,15 @@ def test_unfinished_run_with_other_inputs_and_a_concurrent_sharder_are_refused(s
     assert not (tmp_path / ".vaedist-shard-state.json").exists()
 
 
-def test_decoding_runs_at_most_a_few_chunks_ahead_of_the_writer(sample_trees):
+def test_decoding_runs_at_most_a_few_chunks_ahead_of_the_writer(sample_trees, tmp_path):
     """Memory stays bounded whatever the dataset size: workers never race ahead of the tar writer."""
     from concurrent.futures import ProcessPoolExecutor
 
     from vaedist.shard import sharder
     from vaedist.shard.images import ImageOptions
     from vaedist.shard.plan import plan_shards
-    from vaedist.shard.sources import SourceOptions, list_source
+    from vaedist.shard.sources import SourceOptions, list_source, sample_keys
+    from vaedist.shard.state import OutputDir
 
     class CountingPool(ProcessPoolExecutor):
         submitted = 0
@@ -394,12 +395,14 @@ def test_decoding_runs_at_most_a_few_chunks_ahead_of_the_writer(sample_trees):
 
     listing = list_source("food101", sample_trees["food101"], SourceOptions())
     plan = plan_shards(listing, seed=0, shard_size=10**9, bytes_ratio=1.0)
+    tasks = sharder._chunk_tasks(OutputDir(tmp_path), listing, sample_keys([s.path for s in listing.samples]), plan)
     window = sharder.IN_FLIGHT_PER_WORKER * 1
+    chunks = images = 0
     with CountingPool(1) as pool:
-        results = sharder._prepare_in_parallel(pool, 1, listing, plan, ImageOptions())
-        consumed = 0
-        for _ in results:
-            consumed += 1
-            chunks_read = -(-consumed // sharder.CHUNKSIZE)
-            assert CountingPool.submitted <= chunks_read + window
-        assert consumed == len(listing.samples) > window * sharder.CHUNKSIZE
+        for chunk in sharder._pack_in_parallel(pool, 1, tasks, ImageOptions()):
+            chunks += 1
+            images += len(chunk.samples) + len(chunk.skipped)
+            assert CountingPool.submitted <= chunks + window
+            assert len(list(tmp_path.glob(".*.part*.tmp"))) <= window + 1  # parts on disk are bounded too
+            Path(chunk.part).unlink()
+    assert images == len(listing.samples) and chunks > window + 1

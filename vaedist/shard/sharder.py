@@ -4,13 +4,15 @@
     plan    = plan_shards(listing, seed, ...)  plan.py      seeded global shuffle, cut into shards
     for each unfinished shard:                 state.py     finished shards of a killed run are kept
         worker processes: prepare_image()      images.py    full decode, checks, clean JPEG bytes
-        this process:     ShardWriter          writer.py    tar + DALI index, temp name -> rename
+                          encode_sample()      writer.py    tar members of CHUNKSIZE images -> a part file
+        this process:     ShardWriter          writer.py    parts -> tar + DALI index, temporary names
         a worker:         publish_shard()      writer.py    sha256, fsync, rename; then the done file (state.py)
     write_manifest(...)                        manifest.py  the output is complete once this exists
 
-This process is the only serial step, so it only writes: workers decode (and re-encode where needed),
-clean JPEGs go from their file to the tar by `copy_file_range`, and a worker hashes, syncs and renames each
-finished shard.
+This process is the only serial step, so it does next to nothing per image: workers decode, check and
+re-encode the images and encode their tar members into part files (CHUNKSIZE images each); this process
+appends the parts to the shard with `copy_file_range` and shifts their index entries; a worker hashes,
+syncs and renames each finished shard.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ from vaedist.shard.manifest import Manifest, ShardInfo, SplitInfo, load_manifest
 from vaedist.shard.plan import PlannedShard, listing_fingerprint, plan_shards, probe_indices
 from vaedist.shard.sources import DEFAULT_COCO_TRAIN_DIRS, SourceListing, SourceOptions, list_source, sample_keys
 from vaedist.shard.state import OutputDir
-from vaedist.shard.writer import ClosedShard, ShardWriter, SourceChanged, SourceFile, publish_shard, sync_directory
+from vaedist.shard.writer import ClosedShard, Component, ShardWriter, encode_sample, publish_shard, sync_directory
 
 # 128 MB (decimal): large sequential reads (each shard is read front to back), and enough shards for
 # readers that split by file: COCO 2017 (train2017+test2017 ~24 GB, val2017 ~0.8 GB) gives ~190 train and
@@ -49,7 +51,7 @@ from vaedist.shard.writer import ClosedShard, ShardWriter, SourceChanged, Source
 # contiguous ranges per DDP rank (shard_id/num_shards), so for DALI the count only bounds how much a rank
 # reads outside its own range; a killed run loses at most one shard of work per run.
 DEFAULT_SHARD_SIZE = 128_000_000
-CHUNKSIZE = 16  # images per task sent to a worker: one message round trip per ~16-50 ms of decoding
+CHUNKSIZE = 16  # images per task (and part file): one message and one copy per ~16-50 ms of decoding
 IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: keeps workers busy, bounds memory
 
 
@@ -176,9 +178,10 @@ def _shard(dataset: str, listing: SourceListing, output: OutputDir, options: Sha
         with tqdm(total=len(listing.samples), initial=done_before, unit="img", disable=not progress,
                   desc=f"shard {dataset}", smoothing=0.05) as bar:
             finishing: deque[tuple] = deque()  # written shards a worker is hashing, syncing, renaming
-            with closing(_prepare_in_parallel(pool, workers, listing, todo, options.image)) as results:
+            tasks = _chunk_tasks(output, listing, keys, todo)
+            with closing(_pack_in_parallel(pool, workers, tasks, options.image)) as packed:
                 for shard in todo:
-                    closed, skipped = _write_shard(output, shard, listing, keys, results, bar)
+                    closed, skipped = _write_shard(shard, output, listing, packed, bar)
                     published = pool.submit(publish_shard, closed) if closed else None
                     finishing.append((shard, skipped, published))
                     while finishing and (finishing[0][2] is None or finishing[0][2].done()):
@@ -263,65 +266,104 @@ def _worker_pool(workers: int) -> ProcessPoolExecutor:
 
 
 @dataclass(frozen=True)
-class CopiedImage:
-    """A clean JPEG that goes into the shard unchanged: the writer copies the file itself (kernel to kernel).
+class ChunkItem:
+    """One image for a worker to pack: everything its tar members need."""
 
-    Sending its bytes back through the pool's pipe would cost this process several times more CPU than the
-    copy; the size lets the writer notice a file changed after the worker checked it.
-    """
+    index: int  # into listing.samples
+    path: str  # absolute
+    key: str
+    label: int | None
+    meta: dict  # {"path", "split", "class"}; the worker adds "width" and "height"
 
-    width: int
-    height: int
+
+@dataclass(frozen=True)
+class PackedChunk:
+    """A worker's result: the encoded samples of a chunk in the part file `part` (absent when size is 0)."""
+
+    part: str
     size: int
+    samples: list[list[Component]]  # index entries of the packed samples, offsets relative to the part
+    skipped: list[tuple[int, str]]  # (index, reason) of the rejected inputs
 
 
-def _prepare_one(task: tuple[int, str], options: ImageOptions) -> tuple[int, PreparedImage | CopiedImage | str]:
-    """Runs in a worker: (index, path) -> (index, image to store, or the reason it was rejected)."""
-    index, path = task
+def _prepare_one(path: str, options: ImageOptions) -> PreparedImage | str:
+    """The image to store, or the reason it was rejected."""
     try:
-        prepared = prepare_image(path, options)
+        return prepare_image(path, options)
     except ImageRejected as err:
-        return index, str(err)
+        return str(err)
     except OSError as err:  # unreadable: permissions, a file removed while we run, I/O errors
-        return index, f"unreadable ({type(err).__name__}: {err.strerror or err})"
+        return f"unreadable ({type(err).__name__}: {err.strerror or err})"
     except Exception as err:  # a file that trips a Pillow plugin must not end a multi-hour run
-        return index, f"could not be decoded ({type(err).__name__}: {str(err)[:120]})"
-    if prepared.copied:
-        return index, CopiedImage(prepared.width, prepared.height, len(prepared.jpeg))
-    return index, prepared
+        return f"could not be decoded ({type(err).__name__}: {str(err)[:120]})"
 
 
-def source_path(listing: SourceListing, index: int) -> str:
-    # str concatenation, not pathlib: ~30 us less per image in the one serial process
-    return f"{listing.root}/{listing.samples[index].path}"
+def _pack_chunk(part: str, items: list[ChunkItem], options: ImageOptions) -> PackedChunk:
+    """Runs in a worker: decode and check each image, encode the tar members of the good ones into `part`.
+
+    The worker writes the bytes it checked (no second read of the source, so no race with a file changing),
+    and only a few numbers per image go back to the writing process.
+    """
+    packed = bytearray()
+    samples: list[list[Component]] = []
+    skipped: list[tuple[int, str]] = []
+    for item in items:
+        result = _prepare_one(item.path, options)
+        if isinstance(result, str):
+            skipped.append((item.index, result))
+            continue
+        meta = {"path": item.meta["path"], "width": result.width, "height": result.height,
+                "split": item.meta["split"], "class": item.meta["class"]}
+        sample = {"__key__": item.key, "jpg": result.jpeg, "json": json.dumps(meta).encode()}
+        if item.label is not None:
+            sample["cls"] = str(item.label).encode()
+        data, components = encode_sample(sample)
+        samples.append([(ext, len(packed) + offset, size, name) for ext, offset, size, name in components])
+        packed += data
+    if packed:
+        with open(part, "wb") as fh:
+            fh.write(packed)
+    return PackedChunk(part, len(packed), samples, skipped)
 
 
-def _prepare_chunk(tasks: list[tuple[int, str]],
-                   options: ImageOptions) -> list[tuple[int, PreparedImage | CopiedImage | str]]:
-    return [_prepare_one(task, options) for task in tasks]
+def _chunk_tasks(output: OutputDir, listing: SourceListing, keys: list[str],
+                 shards: Sequence[PlannedShard]) -> Iterator[tuple[str, list[ChunkItem]]]:
+    """(part file, items) for each CHUNKSIZE images of each shard, in plan order; chunks never span shards."""
+    root, classes = str(listing.root), listing.classes
+    for shard in shards:
+        for number, start in enumerate(range(0, len(shard.samples), CHUNKSIZE)):
+            items = []
+            for i in shard.samples[start : start + CHUNKSIZE]:
+                s = listing.samples[i]
+                meta = {"path": s.path, "split": s.split, "class": classes[s.label] if s.label is not None else None}
+                items.append(ChunkItem(i, f"{root}/{s.path}", keys[i], s.label, meta))
+            yield str(output.path / f".{shard.stem}.part{number:05d}.tmp"), items
 
 
-def _prepare_in_parallel(pool: ProcessPoolExecutor, workers: int, listing: SourceListing,
-                         shards: Sequence[PlannedShard], options: ImageOptions,
-                         ) -> Iterator[tuple[int, PreparedImage | CopiedImage | str]]:
-    """Results in plan order. At most IN_FLIGHT_PER_WORKER chunks per worker are queued or unread at any
-    time, so memory stays bounded whatever the dataset size."""
-    indices = [i for shard in shards for i in shard.samples]
-    chunks = (
-        [(i, source_path(listing, i)) for i in indices[start : start + CHUNKSIZE]]
-        for start in range(0, len(indices), CHUNKSIZE)
-    )
-    work = partial(_prepare_chunk, options=options)
-    in_flight: deque[Future] = deque(pool.submit(work, c) for c in islice(chunks, IN_FLIGHT_PER_WORKER * workers))
+def _chunks_of(shard: PlannedShard) -> int:
+    return -(-len(shard.samples) // CHUNKSIZE)
+
+
+def _pack_in_parallel(pool: ProcessPoolExecutor, workers: int, tasks: Iterator[tuple[str, list[ChunkItem]]],
+                      options: ImageOptions) -> Iterator[PackedChunk]:
+    """Packed chunks in plan order. At most IN_FLIGHT_PER_WORKER chunks per worker are queued or unread at
+    any time, so memory (and part files on disk) stay bounded whatever the dataset size."""
+    work = partial(_pack_chunk, options=options)
+    in_flight: deque[Future] = deque(pool.submit(work, *task) for task in islice(tasks, IN_FLIGHT_PER_WORKER * workers))
     try:
         while in_flight:
-            results = in_flight.popleft().result()
-            for chunk in islice(chunks, 1):
-                in_flight.append(pool.submit(work, chunk))
-            yield from results
+            packed = in_flight.popleft().result()
+            for task in islice(tasks, 1):
+                in_flight.append(pool.submit(work, *task))
+            yield packed
     finally:
         for future in in_flight:  # stopped early (error, Ctrl-C): don't decode what nobody will read
             future.cancel()
+
+
+def _stored_size(path: str, options: ImageOptions) -> tuple[int, int] | None:
+    result = _prepare_one(path, options)
+    return None if isinstance(result, str) else (len(result.jpeg), os.stat(path).st_size)
 
 
 def _measure_bytes_ratio(pool: ProcessPoolExecutor, listing: SourceListing, options: ShardOptions) -> float:
@@ -332,48 +374,27 @@ def _measure_bytes_ratio(pool: ProcessPoolExecutor, listing: SourceListing, opti
     """
     if options.max_side is None:
         return 1.0
-    probe = probe_indices(listing, options.seed)
-    tasks = [(i, source_path(listing, i)) for i in probe]
-    stored = source = 0
-    for index, result in pool.map(partial(_prepare_one, options=options.image), tasks):
-        if not isinstance(result, str):
-            stored += result.size if isinstance(result, CopiedImage) else len(result.jpeg)
-            source += listing.samples[index].size
+    paths = [f"{listing.root}/{listing.samples[i].path}" for i in probe_indices(listing, options.seed)]
+    sizes = [size for size in pool.map(partial(_stored_size, options=options.image), paths) if size]
+    stored, source = sum(s for s, _ in sizes), sum(s for _, s in sizes)
     return round(stored / source, 6) if source else 1.0
 
 
 # --- writing ------------------------------------------------------------------------------------------------
 
 
-def _write_shard(output: OutputDir, shard: PlannedShard, listing: SourceListing, keys: list[str],
-                 results: Iterator[tuple[int, PreparedImage | CopiedImage | str]],
+def _write_shard(shard: PlannedShard, output: OutputDir, listing: SourceListing, packed: Iterator[PackedChunk],
                  bar: tqdm) -> tuple[ClosedShard | None, list[dict]]:
-    """Write one planned shard from the workers' results; None when every one of its inputs was rejected."""
-    classes = listing.classes
+    """Append the shard's packed chunks (parts) in order; None when every one of its inputs was rejected."""
     skipped: list[dict] = []
     with ShardWriter(output.path / shard.name) as writer:
-        for expected in shard.samples:
-            index, result = next(results)
-            assert index == expected, "results must come in task order"
-            source = listing.samples[index]
-            bar.update(1)
-            if isinstance(result, str):
-                skipped.append({"path": source.path, "reason": result})
-                continue
-            meta = {"path": source.path, "width": result.width, "height": result.height, "split": source.split,
-                    "class": classes[source.label] if source.label is not None else None}
-            sample = {
-                "__key__": keys[index],
-                "jpg": (SourceFile(source_path(listing, index), result.size)
-                        if isinstance(result, CopiedImage) else result.jpeg),
-                "json": json.dumps(meta).encode(),
-            }
-            if source.label is not None:
-                sample["cls"] = str(source.label).encode()
-            try:
-                writer.write(sample)
-            except (SourceChanged, OSError) as err:
-                skipped.append({"path": source.path, "reason": f"changed or unreadable while being sharded ({err})"})
+        for _ in range(_chunks_of(shard)):
+            chunk = next(packed)
+            if chunk.size:
+                writer.append_part(chunk.part, chunk.size, chunk.samples)
+                os.unlink(chunk.part)
+            skipped += [{"path": listing.samples[i].path, "reason": reason} for i, reason in chunk.skipped]
+            bar.update(len(chunk.samples) + len(chunk.skipped))
         return (writer.close() if writer.samples else None), skipped
 
 

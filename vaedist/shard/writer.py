@@ -53,16 +53,28 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
-@dataclass(frozen=True)
-class SourceFile:
-    """A component stored unchanged from a file: copied into the tar by the kernel, not through this process."""
-
-    path: str
-    size: int  # as checked by the worker: a file of another size was changed meanwhile
+Component = tuple[str, int, int, str]  # (ext, data offset, size, member name): one index entry
 
 
-class SourceChanged(Exception):
-    """A SourceFile no longer has the size it had when it was checked."""
+def encode_sample(sample: dict[str, str | bytes]) -> tuple[bytes, list[Component]]:
+    """Tar members of one sample, as TarFile.addfile writes them (header, data, zero padding to 512 bytes).
+
+    `sample`: "__key__" (no dots, no slashes) and one bytes value per component ("jpg", "cls", "json"),
+    written in sorted order like webdataset's TarWriter, each as `<key>.<ext>`. Returns the bytes and the
+    index entries, offsets relative to the start of those bytes.
+    """
+    key = sample["__key__"]
+    if "." in key or "/" in key:
+        raise ValueError(f"sample key {key!r} must not contain dots or slashes")
+    out = bytearray()
+    components = []
+    for ext in sorted(k for k in sample if k != "__key__"):
+        data, name = sample[ext], f"{key}.{ext}"
+        out += ustar_header(name, len(data))
+        components.append((ext, len(out), len(data), name))
+        out += data
+        out += b"\0" * (-len(data) % TAR_BLOCK)
+    return bytes(out), components
 
 
 @dataclass(frozen=True)
@@ -96,18 +108,17 @@ def publish_shard(shard: ClosedShard) -> ShardInfo:
 
 
 class ShardWriter:
-    """Write samples {"__key__", "jpg", "cls"?, "json"} to `<dir>/<name>.tar` + `.idx` (temporary names first).
+    """Write a tar + `.idx` under temporary names, from samples or from parts encoded elsewhere.
 
         with ShardWriter(out_dir / "train-000000.tar") as shard:
-            shard.write({"__key__": "train2017_000000000009", "jpg": SourceFile(path, size), "json": b"{...}"})
+            shard.write({"__key__": "train2017_000000000009", "jpg": b"...", "json": b"{...}"})
+            shard.append_part(".train-000000.part00001.tmp", size, [[("jpg", 512, 1234, "k.jpg"), ...], ...])
             closed = shard.close()          # .train-000000.tar.tmp, .train-000000.idx.tmp
-        info = publish_shard(closed)        # in a worker: sha256, fsync, renamed into place
+        info = publish_shard(closed)        # (in a worker) sha256, fsync, renamed into place
 
-    This process is the one serial step next to the decoding workers, so it does as little as it can per
-    image: members get tarfile's USTAR headers (from a template) but are written without TarFile or
-    webdataset's TarWriter, whose per-member copies and re-buffering cost more than the rest together;
-    JPEGs stored unchanged go from the source file to the tar with `os.copy_file_range` (no copy through
-    Python); and the sha256, fsync and rename happen afterwards, in a worker (`publish_shard`).
+    The sharder's workers encode the members of a chunk of images into a part file (`encode_sample`); this
+    process only appends each part with `os.copy_file_range` (the kernel copies, not Python) and shifts its
+    index entries: it is the one serial step of the sharder, so it must cost next to nothing per image.
     """
 
     def __init__(self, tar_path: Path):
@@ -115,7 +126,6 @@ class ShardWriter:
         self.index_path = self.tar_path.with_suffix(".idx")
         self._tmp_tar = temporary_name(self.tar_path)
         self._fd = os.open(self._tmp_tar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._pending = bytearray()  # headers, padding and small members, written out before the next copy
         self._bytes = 0
         self._index_lines: list[str] = []
         self._closed = False
@@ -124,84 +134,48 @@ class ShardWriter:
     def samples(self) -> int:
         return len(self._index_lines)
 
-    def write(self, sample: dict[str, str | bytes | SourceFile]) -> None:
-        """`sample`: "__key__" (str, no dots) and per component ("jpg", "cls", "json") bytes or a SourceFile.
+    def write(self, sample: dict[str, str | bytes]) -> None:
+        """Append one sample (see `encode_sample`)."""
+        data, components = encode_sample(sample)
+        self._write_all(data)
+        self._add_index(self._bytes, [components])
+        self._bytes += len(data)
 
-        Components are written in sorted order, like webdataset's TarWriter, each as `<key>.<ext>`.
-        Raises SourceChanged (and writes nothing of the sample) when a SourceFile changed size.
-        """
-        key = sample["__key__"]
-        if "." in key or "/" in key:
-            raise ValueError(f"sample key {key!r} must not contain dots or slashes")
-        sources: dict[str, int] = {}
-        rollback = self._bytes + len(self._pending)  # where this sample starts
-        try:
-            for ext in sorted(k for k in sample if k != "__key__"):
-                value = sample[ext]
-                if isinstance(value, SourceFile):
-                    sources[ext] = os.open(value.path, os.O_RDONLY)
-                    if os.fstat(sources[ext]).st_size != value.size:
-                        raise SourceChanged(value.path)
-            components = []
-            for ext in sorted(k for k in sample if k != "__key__"):
-                value, name = sample[ext], f"{key}.{ext}"
-                size = value.size if isinstance(value, SourceFile) else len(value)
-                # what TarFile.addfile writes: header, data, zero padding to a 512-byte block
-                self._pending += ustar_header(name, size)
-                components.append(f"{ext} {self._bytes + len(self._pending)} {size} {name}")
-                if isinstance(value, SourceFile):
-                    self._flush()
-                    self._copy(sources[ext], size)
-                else:
-                    self._pending += value
-                self._pending += b"\0" * (-size % TAR_BLOCK)
-        except BaseException:  # leave the tar as it was before this sample
-            if self._bytes <= rollback:
-                del self._pending[rollback - self._bytes :]
-            else:
-                os.ftruncate(self._fd, rollback)
-                os.lseek(self._fd, rollback, os.SEEK_SET)
-                self._bytes = rollback
-                self._pending.clear()
-            raise
-        finally:
-            for fd in sources.values():
-                os.close(fd)
-        self._index_lines.append(" ".join(components))
-
-    def _flush(self) -> None:
-        written = 0
-        while written < len(self._pending):
-            written += os.write(self._fd, memoryview(self._pending)[written:])
-        self._bytes += written
-        self._pending.clear()
-
-    def _copy(self, source_fd: int, size: int) -> None:
-        copied = 0
-        try:
-            while copied < size:
-                n = os.copy_file_range(source_fd, self._fd, size - copied)
-                if n == 0:
-                    break
-                copied += n
-        except (AttributeError, OSError):  # no copy_file_range (old kernel, other OS, some filesystems)
-            os.lseek(self._fd, self._bytes + copied, os.SEEK_SET)
-            while copied < size and (chunk := os.pread(source_fd, min(1 << 20, size - copied), copied)):
-                written = 0
-                while written < len(chunk):
-                    written += os.write(self._fd, chunk[written:])
-                copied += len(chunk)
+    def append_part(self, part: str | Path, size: int, samples: list[list[Component]]) -> None:
+        """Append `size` bytes of encoded samples from the file `part`; their index entries are part-relative."""
+        with open(part, "rb") as source:
+            copied = 0
+            try:
+                while copied < size and (n := os.copy_file_range(source.fileno(), self._fd, size - copied)):
+                    copied += n
+            except (AttributeError, OSError):  # no copy_file_range (old kernel, other OS, some filesystems)
+                os.lseek(self._fd, self._bytes + copied, os.SEEK_SET)
+                source.seek(copied)
+                while copied < size and (chunk := source.read(min(1 << 20, size - copied))):
+                    self._write_all(chunk)
+                    copied += len(chunk)
         if copied != size:
-            raise SourceChanged(f"short read: {copied} of {size} bytes")
+            raise OSError(f"part file {part} has {copied} bytes, expected {size}")
+        self._add_index(self._bytes, samples)
         self._bytes += size
+
+    def _add_index(self, base: int, samples: list[list[Component]]) -> None:
+        for components in samples:
+            self._index_lines.append(" ".join(f"{ext} {base + offset} {size} {name}"
+                                              for ext, offset, size, name in components))
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
 
     def close(self) -> ClosedShard:
         """Finish the tar (end-of-archive blocks) and write the index, both under their temporary names."""
         if not self._index_lines:
             raise ValueError(f"{self.tar_path.name}: a shard needs at least one sample (DALI rejects empty tars)")
-        end = self._bytes + len(self._pending) + 2 * TAR_BLOCK
-        self._pending += b"\0" * (2 * TAR_BLOCK + -end % RECORD)
-        self._flush()
+        end = self._bytes + 2 * TAR_BLOCK
+        self._write_all(b"\0" * (2 * TAR_BLOCK + -end % RECORD))
+        self._bytes = end + -end % RECORD
         os.close(self._fd)
         with open(temporary_name(self.index_path), "w") as fh:
             fh.write(f"{INDEX_VERSION} {len(self._index_lines)}\n")
