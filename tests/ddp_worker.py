@@ -9,6 +9,7 @@ global batch split over the ranks, and checks after every step:
 BatchNorm: SyncBatchNorm has no CPU kernel, so on CPU each rank normalises over its own half; the
 reference therefore runs its forward pass per half (same halves, same noise) and sums the losses. That is
 exactly the global-batch loss of the 2-process run, so the comparison is valid.
+Also: evaluation's FirstRows gathers the split's first rows in split order across the ranks.
 Writes "OK <steps>" to the file given as argv[1] on success (rank 0).
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import torch
 
 from vaedist.config import Config, ModelConfig
+from vaedist.evaluate import FirstRows
 from vaedist.losses import loss_weights, vae_losses
 from vaedist.optim import build_optimizer
 from vaedist.train import setup, train_step
@@ -97,6 +99,14 @@ def main() -> None:
         torch.testing.assert_close(mine, flat_params(reference), rtol=1e-4, atol=1e-6,
                                    msg=lambda m: f"step {step}: 2-process update differs from the reference: {m}")
     assert not torch.allclose(initial, flat_params(t.vae)), "the parameters did not move"
+
+    # Evaluation keeps the split's first rows in split order although rank r holds samples r, r+W, ...
+    for total, count in ((7, 5), (3, 5)):
+        keep = FirstRows(count, world)
+        for chunk in torch.arange(rank, total, world).float().split(2):
+            keep.add(chunk.view(-1, 1))
+        got = keep.gather(acc, torch.zeros(1), total).view(-1).tolist()
+        assert got == list(range(min(count, total))), (total, count, got)
     if acc.is_main_process:
         with open(out_file, "w") as fh:
             fh.write(f"OK {STEPS}\n")
