@@ -198,3 +198,18 @@ def test_fp16_one_scaler_skips_both_optimizers_together_and_backs_off_once(tmp_p
     assert not torch.equal(before[0], next(t.vae.encoder.parameters()))
     assert not torch.equal(before[-1], list(t.vae.decoder.parameters())[-1])
     t.tracker.finish()
+
+
+@pytest.mark.gpu
+def test_gpu_run_with_dali_bf16_and_channels_last_learns(food_shards, tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, "launch/train.py", "--config", "configs/demo.yaml", f"data.shards={food_shards}",
+                           f"run.dir={tmp_path}", "train.epochs=4", "train.batch_size=16", "train.precision=bf16",
+                           "train.channels_last=true", "train.log_every=3", "logging.wandb=false"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from vaedist.tracking import read_metrics
+
+    mse = [r["train/mse"] for r in read_metrics(tmp_path) if "train/mse" in r]
+    assert all(v == v for v in mse) and mse[-1] < mse[0]
+    assert load_config(tmp_path / "config.yaml").train.precision == "bf16"
