@@ -182,7 +182,9 @@ def step_optimizers(t: Trainer) -> None:
         if cfg.grad_clip > 0:  # gradients are already all-reduced, so every rank clips alike
             torch.nn.utils.clip_grad_norm_(sub.parameters(), cfg.grad_clip)
     if scaler is not None:
-        scaler.step(opt_encoder)  # skipped (both) when the fp16 gradients overflowed
+        # Each skips when its own gradients overflowed; an overflow in the decoder's backward reaches the
+        # encoder's gradients through z, so in practice both skip together (tests/test_train.py).
+        scaler.step(opt_encoder)
         scaler.step(opt_decoder)
         scaler.update()
     else:
