@@ -2,10 +2,12 @@
 
     python -m vaedist.bench shard [--root DIR] [--dataset folder] [--images 400] [--workers N] [--repeats 2]
 
-Rows, side by side in one run, on the same files (read once beforehand, so both measure decoding, not the disk):
+Rows, side by side in one run, on the same files (read once beforehand, so all measure decoding, not the disk):
   single process   prepare_image() on every file in this process, nothing written: the work itself
   sharder          shard_dataset(..., workers=N) end to end: listing, plan, worker pool, tar + index
                    writing, sha256, manifest
+  ceiling          N plain processes, each decoding 1/N of the files: what this machine gives N decoders
+                   right now (other processes, shared caches), so a shared machine's noise is visible
 Parallel efficiency = (sharder img/s / single-process img/s) / N; the goal is >= 80 % on all cores.
 Without --root it writes --images COCO-sized (640x480) JPEG photographs to a temporary folder.
 Each row is timed --repeats times, alternating, and the best is kept (other processes add noise). It also
@@ -15,6 +17,7 @@ the efficiency would be on otherwise idle cores, a figure that other processes o
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import resource
 import tempfile
@@ -34,6 +37,7 @@ from vaedist.shard.sources import SourceOptions, list_source
 class Timing:
     wall: float  # seconds
     cpu: float  # CPU seconds of every process involved (this one and the sharder's workers)
+    others: float  # CPU seconds other processes on the machine used meanwhile (noise, from /proc/stat)
 
 
 def _cpu_seconds() -> float:
@@ -41,22 +45,58 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def time_single_process(files: list[Path], options: ImageOptions) -> Timing:
+def _machine_busy_seconds() -> float:
+    """CPU seconds all processes on the machine have used (Linux /proc/stat), or 0 where unavailable."""
+    try:
+        fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class _Stopwatch:
+    def __enter__(self) -> "_Stopwatch":
+        self._cpu, self._busy, self._start = _cpu_seconds(), _machine_busy_seconds(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall, cpu = time.perf_counter() - self._start, _cpu_seconds() - self._cpu
+        self.timing = Timing(wall, cpu, max(0.0, _machine_busy_seconds() - self._busy - cpu))
+
+
+def _decode_all(files: list[Path], options: ImageOptions) -> None:
     configure_pillow()
-    cpu, start = _cpu_seconds(), time.perf_counter()
     for path in files:
         try:
             prepare_image(path, options)
         except ImageRejected:
             pass
-    return Timing(time.perf_counter() - start, _cpu_seconds() - cpu)
+
+
+def time_single_process(files: list[Path], options: ImageOptions) -> Timing:
+    with _Stopwatch() as watch:
+        _decode_all(files, options)
+    return watch.timing
+
+
+def time_plain_processes(files: list[Path], options: ImageOptions, workers: int) -> Timing:
+    """The machine's own ceiling: N processes each decoding 1/N of the files, nothing else (no sharder)."""
+    with _Stopwatch() as watch:
+        processes = [multiprocessing.Process(target=_decode_all, args=(files[i::workers], options))
+                     for i in range(workers)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join()
+    return watch.timing
 
 
 def time_sharder(dataset: str, root: Path, workers: int, max_side: int | None, out: Path) -> Timing:
-    cpu, start = _cpu_seconds(), time.perf_counter()
     # the pool's workers are joined before shard_dataset returns, so their CPU time is in RUSAGE_CHILDREN
-    shard_dataset(dataset, root, out, workers=workers, max_side=max_side, progress=False, overwrite=True)
-    return Timing(time.perf_counter() - start, _cpu_seconds() - cpu)
+    with _Stopwatch() as watch:
+        shard_dataset(dataset, root, out, workers=workers, max_side=max_side, progress=False, overwrite=True)
+    return watch.timing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,26 +123,33 @@ def main(argv: list[str] | None = None) -> int:
         for path in files:  # page cache: both rows then measure decoding, not the disk
             path.read_bytes()
         options = ImageOptions(max_side=args.max_side)
-        load = os.getloadavg()[0]
-        single, sharder = [], []
+        single, plain, sharder = [], [], []
         for run in range(args.repeats):
             single.append(time_single_process(files, options))
+            plain.append(time_plain_processes(files, options, args.workers))
             sharder.append(time_sharder(args.dataset, root, args.workers, args.max_side, scratch / "shards"))
     n, workers = len(files), args.workers
     best_single, best_sharder = min(single, key=lambda t: t.wall), min(sharder, key=lambda t: t.wall)
+    best_plain = min(plain, key=lambda t: t.wall)
     speedup = best_single.wall / best_sharder.wall
     print(f"\n{n} images from {root}" + (f", --max-side {args.max_side}" if args.max_side else ""))
     print(f"{'row':<30}{'img/s':>9}{'seconds':>9}{'CPU s':>8}")
     print(f"{'single-process decode':<30}{n / best_single.wall:>9.1f}{best_single.wall:>9.2f}{best_single.cpu:>8.2f}")
     print(f"{f'sharder, {workers} workers':<30}{n / best_sharder.wall:>9.1f}{best_sharder.wall:>9.2f}"
           f"{best_sharder.cpu:>8.2f}")
-    print(f"speed-up {speedup:.2f}x on {workers} workers: parallel efficiency {speedup / workers:.0%} (goal >= 80%)")
+    print(f"{f'ceiling: {workers} plain decoders':<30}{n / best_plain.wall:>9.1f}{best_plain.wall:>9.2f}"
+          f"{best_plain.cpu:>8.2f}")
+    print(f"speed-up {speedup:.2f}x on {workers} workers: parallel efficiency {speedup / workers:.0%} (goal >= 80%); "
+          f"this machine's ceiling (plain decoders, no sharding) {best_single.wall / best_plain.wall / workers:.0%}")
     # Other processes steal cores from the workers but not from the single-process row; the CPU-time ratio
     # (work of the single process / work of all the sharder's processes) is the efficiency on idle cores.
     print(f"CPU-time efficiency {best_single.cpu / best_sharder.cpu:.0%} (the sharder's extra work: tar members, "
-          f"index, sha256, IPC); load average at start {load:.1f} on {default_workers()} cores")
-    share = best_single.cpu / best_single.wall
-    if share < 0.9:
-        print(f"busy machine: the single-process row got {share:.0%} of a core; other processes take cores from "
-              "the sharder's workers too, so its wall-clock efficiency is understated")
+          f"index, sha256, IPC)")
+    # Other processes take cores from the sharder's workers, not from the single process (one core of many):
+    # say how much, so that a low wall-clock figure on a shared machine is read for what it is.
+    cores = default_workers()
+    print(f"other processes meanwhile: {best_single.others / best_single.wall:.1f} of {cores} cores busy during the "
+          f"single-process row, {best_sharder.others / best_sharder.wall:.1f} during the sharder row"
+          + ("  <- shared machine: the wall-clock efficiency is understated"
+             if best_sharder.others / best_sharder.wall > 0.1 * cores else ""))
     return 0
