@@ -244,12 +244,16 @@ def _already_complete(output: OutputDir, dataset: str, listing: SourceListing, o
 # --- parallel decoding ------------------------------------------------------------------------------------
 
 
-def _init_worker(parent_pid: int) -> None:
+def _init_worker() -> None:
     configure_pillow()
     # Ctrl-C reaches the whole process group: the sharder handles it and stops the pool; a worker's own
     # KeyboardInterrupt would only add a traceback per worker to the terminal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A worker must not outlive a sharder killed with -9 (it would hold the pool's pipes and CPU forever).
+    # Its parent is the sharder (fork) or the forkserver, which exits with the sharder: either way, when the
+    # parent dies the worker is re-parented and its parent pid changes.
+    parent_pid = os.getppid()
+
     def watch_parent() -> None:
         while os.getppid() == parent_pid:
             time.sleep(0.5)
@@ -262,7 +266,7 @@ def _worker_pool(workers: int) -> ProcessPoolExecutor:
     # Not multiprocessing.Pool: its worker-handler thread spins while results wait to be read, and on a busy
     # machine that costs this process ~0.1 ms of CPU per image, CPU the decoding workers then lack.
     configure_pillow()  # for anything decoded in this process too
-    return ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(os.getpid(),))
+    return ProcessPoolExecutor(workers, initializer=_init_worker)
 
 
 @dataclass(frozen=True)
