@@ -259,6 +259,12 @@ def checkpoint(t: Trainer) -> None:
     t.last_checkpoint = save_checkpoint(t.accelerator, t.run_dir, t.progress.step, t.cfg.train.keep_checkpoints)
 
 
+def epoch_bar(t: Trainer, epoch: int) -> tqdm:
+    """Main process only; shows images/s and the encoder loss at every log row."""
+    return tqdm(total=len(t.train_loader), initial=t.progress.batch_in_epoch, desc=f"epoch {epoch}", unit="batch",
+                disable=not t.accelerator.is_main_process, dynamic_ncols=True)
+
+
 def train_epoch(t: Trainer, epoch: int) -> None:
     """Train over one epoch from `t.progress.batch_in_epoch` (non-zero when resumed mid-epoch)."""
     cfg, p = t.cfg.train, t.progress
@@ -267,26 +273,25 @@ def train_epoch(t: Trainer, epoch: int) -> None:
     for _ in range(p.batch_in_epoch):  # the data position of a mid-epoch checkpoint: same order, same flips
         next(batches)
     window = Window(t.accelerator.device)
-    bar = tqdm(total=len(t.train_loader), initial=p.batch_in_epoch, desc=f"epoch {epoch}", unit="batch", disable=not t.accelerator.is_main_process, dynamic_ncols=True)
-    while not (cfg.max_steps and p.step >= cfg.max_steps):
-        wait_start = time.perf_counter()
-        batch = next(batches, None)
-        window.data_wait += time.perf_counter() - wait_start
-        if batch is None:
-            break
-        losses = train_step(t, batch[0])
-        p.step, p.batch_in_epoch = p.step + 1, p.batch_in_epoch + 1
-        window.add(losses, batch[0].shape[0], p.step)
-        bar.update(1)
-        if p.step % cfg.log_every == 0 or (cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0):
-            row = flush_window(t, window)
-            t.tracker.log(row, p.step)
-            bar.set_postfix(img_s=f"{row['train/images_per_s']:.0f}", loss=f"{row['train/loss_encoder']:.4g}")
-            if t.stop_signal:
+    with epoch_bar(t, epoch) as bar:
+        while not (cfg.max_steps and p.step >= cfg.max_steps):
+            wait_start = time.perf_counter()
+            batch = next(batches, None)
+            window.data_wait += time.perf_counter() - wait_start
+            if batch is None:
                 break
-            if cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0:
-                checkpoint(t)
-    bar.close()
+            losses = train_step(t, batch[0])
+            p.step, p.batch_in_epoch = p.step + 1, p.batch_in_epoch + 1
+            window.add(losses, batch[0].shape[0], p.step)
+            bar.update(1)
+            if p.step % cfg.log_every == 0 or (cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0):
+                row = flush_window(t, window)
+                t.tracker.log(row, p.step)
+                bar.set_postfix(img_s=f"{row['train/images_per_s']:.0f}", loss=f"{row['train/loss_encoder']:.4g}")
+                if t.stop_signal:
+                    break
+                if cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0:
+                    checkpoint(t)
     if window.steps:
         t.tracker.log(flush_window(t, window), p.step)  # also the last non-finite check before the checkpoint
 
