@@ -177,17 +177,7 @@ def _shard(dataset: str, listing: SourceListing, output: OutputDir, options: Sha
         done_before = sum(len(s.samples) for s in plan if records[s.name] is not None)
         with tqdm(total=len(listing.samples), initial=done_before, unit="img", disable=not progress,
                   desc=f"shard {dataset}", smoothing=0.05) as bar:
-            finishing: deque[tuple] = deque()  # written shards a worker is hashing, syncing, renaming
-            tasks = _chunk_tasks(output, listing, keys, todo)
-            with closing(_pack_in_parallel(pool, workers, tasks, options.image)) as packed:
-                for shard in todo:
-                    closed, skipped = _write_shard(shard, output, listing, packed, bar)
-                    published = pool.submit(publish_shard, closed) if closed else None
-                    finishing.append((shard, skipped, published))
-                    while finishing and (finishing[0][2] is None or finishing[0][2].done()):
-                        _finish_shard(output, records, *finishing.popleft())
-            while finishing:
-                _finish_shard(output, records, *finishing.popleft())
+            _write_shards(pool, workers, output, listing, keys, todo, options.image, records, bar)
         elapsed = time.perf_counter() - started
 
     manifest = _manifest(dataset, listing, options, plan, records)
@@ -385,6 +375,23 @@ def _measure_bytes_ratio(pool: ProcessPoolExecutor, listing: SourceListing, opti
 
 
 # --- writing ------------------------------------------------------------------------------------------------
+
+
+def _write_shards(pool: ProcessPoolExecutor, workers: int, output: OutputDir, listing: SourceListing,
+                  keys: list[str], todo: list[PlannedShard], options: ImageOptions, records: dict[str, dict],
+                  bar: tqdm) -> None:
+    """Workers pack chunks; here they are appended shard by shard; a worker publishes each finished shard."""
+    finishing: deque[tuple] = deque()  # written shards a worker is hashing, syncing, renaming
+    tasks = _chunk_tasks(output, listing, keys, todo)
+    with closing(_pack_in_parallel(pool, workers, tasks, options)) as packed:
+        for shard in todo:
+            closed, skipped = _write_shard(shard, output, listing, packed, bar)
+            published = pool.submit(publish_shard, closed) if closed else None
+            finishing.append((shard, skipped, published))
+            while finishing and (finishing[0][2] is None or finishing[0][2].done()):
+                _finish_shard(output, records, *finishing.popleft())
+    while finishing:
+        _finish_shard(output, records, *finishing.popleft())
 
 
 def _write_shard(shard: PlannedShard, output: OutputDir, listing: SourceListing, packed: Iterator[PackedChunk],

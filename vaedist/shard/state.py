@@ -2,7 +2,8 @@
 
     .vaedist-shard-state.json      written first: the inputs' fingerprint and the measured bytes ratio
     .train-000003.done.json        one per finished shard: its ShardInfo and the inputs it rejected
-    .train-000004.tar.tmp          the shard being written (swept away at the next start)
+    .train-000004.tar.tmp, .idx.tmp   the shard being written (swept away at the next start, like every .tmp)
+    .train-000004.part00012.tmp    16 images a worker packed, not yet appended to the shard
     train-000003.tar / .idx        finished shards
     manifest.json                  written last; then the state and done files are removed
 
