@@ -1,6 +1,6 @@
 """Image checking: every input is fully decoded and becomes a clean, upright JPEG (or is rejected).
 
-`prepare_image(path, options)` is the one function the worker processes run. Clean baseline JPEGs (RGB or
+`prepare_image(path, options)` is the one function the worker processes run. Clean JPEGs (8-bit RGB or
 grey, no EXIF rotation, no downscale asked for) are stored byte for byte, so the shards hold exactly what
 the dataset authors published; everything a decoder could render differently — CMYK, palette, alpha,
 16-bit, PNG/WebP/other formats, EXIF orientation — is converted to 8-bit RGB and re-encoded as a JPEG
