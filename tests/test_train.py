@@ -1,6 +1,7 @@
 """The trainer in one process: resume after SIGTERM and kill -9, non-finite loss, schedules, fp16 scaler."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -175,6 +176,19 @@ def test_one_grad_scaler_skips_both_optimizers_together_and_backs_off_once(tmp_p
     assert not torch.equal(before[-1], list(t.vae.decoder.parameters())[-1])
     assert scaler.get_scale() == 2.0**8
     t.tracker.finish()
+
+
+def test_train_benchmark_prints_the_three_variants_side_by_side(food_shards, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "vaedist.bench", "train", "--shards", str(food_shards), "--config", "configs/demo.yaml",
+                           "--rounds", "1", "--json", str(out), "train.batch_size=16"],
+                          cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = proc.stdout.split("images/s")[-1]
+    for variant in ("synthetic", "pipeline", "pipeline+cache"):
+        assert f"\n{variant} " in table
+    figures = json.loads(out.read_text())["best"]
+    assert set(figures) == {"synthetic", "pipeline", "pipeline+cache"} and all(v > 0 for v in figures.values())
 
 
 @pytest.mark.gpu
