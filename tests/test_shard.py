@@ -380,7 +380,7 @@ def test_decoding_runs_at_most_a_few_chunks_ahead_of_the_writer(sample_trees, tm
     """Memory stays bounded whatever the dataset size: workers never race ahead of the tar writer."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from vaedist.shard import sharder
+    from vaedist.shard import workers
     from vaedist.shard.images import ImageOptions
     from vaedist.shard.plan import plan_shards
     from vaedist.shard.sources import SourceOptions, list_source, sample_keys
@@ -395,11 +395,11 @@ def test_decoding_runs_at_most_a_few_chunks_ahead_of_the_writer(sample_trees, tm
 
     listing = list_source("food101", sample_trees["food101"], SourceOptions())
     plan = plan_shards(listing, seed=0, shard_size=10**9, bytes_ratio=1.0)
-    tasks = sharder._chunk_tasks(OutputDir(tmp_path), listing, sample_keys([s.path for s in listing.samples]), plan)
-    window = sharder.IN_FLIGHT_PER_WORKER * 1
+    tasks = workers.chunk_tasks(OutputDir(tmp_path), listing, sample_keys([s.path for s in listing.samples]), plan)
+    window = workers.IN_FLIGHT_PER_WORKER * 1
     chunks = images = 0
     with CountingPool(1) as pool:
-        for chunk in sharder._pack_in_parallel(pool, 1, tasks, ImageOptions()):
+        for chunk in workers.pack_in_parallel(pool, 1, tasks, ImageOptions()):
             chunks += 1
             images += len(chunk.samples) + len(chunk.skipped)
             assert CountingPool.submitted <= chunks + window

@@ -3,8 +3,9 @@
     listing = SOURCES[dataset](root)           sources.py   (path, split, label) per image, sorted
     plan    = plan_shards(listing, seed, ...)  plan.py      seeded global shuffle, cut into shards
     for each unfinished shard:                 state.py     finished shards of a killed run are kept
-        worker processes: prepare_image()      images.py    full decode, checks, clean JPEG bytes
-                          encode_sample()      writer.py    tar members of CHUNKSIZE images -> a part file
+        worker processes: pack_in_parallel()   workers.py   chunks of CHUNKSIZE images -> part files:
+                            prepare_image()    images.py      full decode, checks, clean JPEG bytes
+                            encode_sample()    writer.py      their tar members
         this process:     ShardWriter          writer.py    parts -> tar + DALI index, temporary names
         a worker:         publish_shard()      writer.py    sha256, fsync, rename; then the done file (state.py)
     write_manifest(...)                        manifest.py  the output is complete once this exists
@@ -20,16 +21,12 @@ import errno
 import json
 import os
 import re
-import signal
-import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import partial
-from itertools import islice
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -37,13 +34,13 @@ from tqdm import tqdm
 
 from vaedist import __version__
 from vaedist.errors import UserError
-from vaedist.shard.images import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, ImageOptions, ImageRejected, PreparedImage
-from vaedist.shard.images import configure_pillow, prepare_image
+from vaedist.shard.images import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, ImageOptions
 from vaedist.shard.manifest import Manifest, ShardInfo, SplitInfo, load_manifest, manifest_path, write_manifest
-from vaedist.shard.plan import PlannedShard, listing_fingerprint, plan_shards, probe_indices
+from vaedist.shard.plan import PlannedShard, listing_fingerprint, plan_shards
 from vaedist.shard.sources import DEFAULT_COCO_TRAIN_DIRS, SourceListing, SourceOptions, list_source, sample_keys
 from vaedist.shard.state import OutputDir
-from vaedist.shard.writer import ClosedShard, Component, ShardWriter, encode_sample, publish_shard, sync_directory
+from vaedist.shard.workers import PackedChunk, chunk_tasks, chunks_of, measure_bytes_ratio, pack_in_parallel, worker_pool
+from vaedist.shard.writer import ClosedShard, ShardWriter, publish_shard, sync_directory
 
 # 128 MB (decimal): large sequential reads (each shard is read front to back), and enough shards for
 # readers that split by file: COCO 2017 (train2017+test2017 ~24 GB, val2017 ~0.8 GB) gives ~190 train and
@@ -51,8 +48,6 @@ from vaedist.shard.writer import ClosedShard, Component, ShardWriter, encode_sam
 # contiguous ranges per DDP rank (shard_id/num_shards), so for DALI the count only bounds how much a rank
 # reads outside its own range; a killed run loses at most one shard of work per run.
 DEFAULT_SHARD_SIZE = 128_000_000
-CHUNKSIZE = 16  # images per task (and part file): one message and one copy per ~16-50 ms of decoding
-IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: keeps workers busy, bounds memory
 
 
 @dataclass(frozen=True)
@@ -161,9 +156,9 @@ def _shard(dataset: str, listing: SourceListing, output: OutputDir, options: Sha
                         "pass --overwrite to replace them, or choose another --out")
 
     keys = sample_keys([s.path for s in listing.samples])
-    with _worker_pool(workers) as pool:
+    with worker_pool(workers) as pool:
         if state is None:
-            bytes_ratio = _measure_bytes_ratio(pool, listing, options)
+            bytes_ratio = measure_bytes_ratio(pool, listing, options.seed, options.image)
             output.write_state(fingerprint, bytes_ratio)  # before any shard: it fixes the plan for re-runs
         else:
             bytes_ratio = state["bytes_ratio"]
@@ -231,149 +226,6 @@ def _already_complete(output: OutputDir, dataset: str, listing: SourceListing, o
     return manifest
 
 
-# --- parallel decoding ------------------------------------------------------------------------------------
-
-
-def _init_worker() -> None:
-    configure_pillow()
-    # Ctrl-C reaches the whole process group: the sharder handles it and stops the pool; a worker's own
-    # KeyboardInterrupt would only add a traceback per worker to the terminal.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A worker must not outlive a sharder killed with -9 (it would hold the pool's pipes and CPU forever).
-    # Its parent is the sharder (fork) or the forkserver, which exits with the sharder: either way, when the
-    # parent dies the worker is re-parented and its parent pid changes.
-    parent_pid = os.getppid()
-
-    def watch_parent() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch_parent, daemon=True).start()
-
-
-def _worker_pool(workers: int) -> ProcessPoolExecutor:
-    # Not multiprocessing.Pool: its worker-handler thread spins while results wait to be read, and on a busy
-    # machine that costs this process ~0.1 ms of CPU per image, CPU the decoding workers then lack.
-    configure_pillow()  # for anything decoded in this process too
-    return ProcessPoolExecutor(workers, initializer=_init_worker)
-
-
-@dataclass(frozen=True)
-class ChunkItem:
-    """One image for a worker to pack: everything its tar members need."""
-
-    index: int  # into listing.samples
-    path: str  # absolute
-    key: str
-    label: int | None
-    meta: dict  # {"path", "split", "class"}; the worker adds "width" and "height"
-
-
-@dataclass(frozen=True)
-class PackedChunk:
-    """A worker's result: the encoded samples of a chunk in the part file `part` (absent when size is 0)."""
-
-    part: str
-    size: int
-    samples: list[list[Component]]  # index entries of the packed samples, offsets relative to the part
-    skipped: list[tuple[int, str]]  # (index, reason) of the rejected inputs
-
-
-def _prepare_one(path: str, options: ImageOptions) -> PreparedImage | str:
-    """The image to store, or the reason it was rejected."""
-    try:
-        return prepare_image(path, options)
-    except ImageRejected as err:
-        return str(err)
-    except OSError as err:  # unreadable: permissions, a file removed while we run, I/O errors
-        return f"unreadable ({type(err).__name__}: {err.strerror or err})"
-    except Exception as err:  # a file that trips a Pillow plugin must not end a multi-hour run
-        return f"could not be decoded ({type(err).__name__}: {str(err)[:120]})"
-
-
-def _pack_chunk(part: str, items: list[ChunkItem], options: ImageOptions) -> PackedChunk:
-    """Runs in a worker: decode and check each image, encode the tar members of the good ones into `part`.
-
-    The worker writes the bytes it checked (no second read of the source, so no race with a file changing),
-    and only a few numbers per image go back to the writing process.
-    """
-    packed = bytearray()
-    samples: list[list[Component]] = []
-    skipped: list[tuple[int, str]] = []
-    for item in items:
-        result = _prepare_one(item.path, options)
-        if isinstance(result, str):
-            skipped.append((item.index, result))
-            continue
-        meta = {"path": item.meta["path"], "width": result.width, "height": result.height,
-                "split": item.meta["split"], "class": item.meta["class"]}
-        sample = {"__key__": item.key, "jpg": result.jpeg, "json": json.dumps(meta).encode()}
-        if item.label is not None:
-            sample["cls"] = str(item.label).encode()
-        data, components = encode_sample(sample)
-        samples.append([(ext, len(packed) + offset, size, name) for ext, offset, size, name in components])
-        packed += data
-    if packed:
-        with open(part, "wb") as fh:
-            fh.write(packed)
-    return PackedChunk(part, len(packed), samples, skipped)
-
-
-def _chunk_tasks(output: OutputDir, listing: SourceListing, keys: list[str],
-                 shards: Sequence[PlannedShard]) -> Iterator[tuple[str, list[ChunkItem]]]:
-    """(part file, items) for each CHUNKSIZE images of each shard, in plan order; chunks never span shards."""
-    root, classes = str(listing.root), listing.classes
-    for shard in shards:
-        for number, start in enumerate(range(0, len(shard.samples), CHUNKSIZE)):
-            items = []
-            for i in shard.samples[start : start + CHUNKSIZE]:
-                s = listing.samples[i]
-                meta = {"path": s.path, "split": s.split, "class": classes[s.label] if s.label is not None else None}
-                items.append(ChunkItem(i, f"{root}/{s.path}", keys[i], s.label, meta))
-            yield str(output.path / f".{shard.stem}.part{number:05d}.tmp"), items
-
-
-def _chunks_of(shard: PlannedShard) -> int:
-    return -(-len(shard.samples) // CHUNKSIZE)
-
-
-def _pack_in_parallel(pool: ProcessPoolExecutor, workers: int, tasks: Iterator[tuple[str, list[ChunkItem]]],
-                      options: ImageOptions) -> Iterator[PackedChunk]:
-    """Packed chunks in plan order. At most IN_FLIGHT_PER_WORKER chunks per worker are queued or unread at
-    any time, so memory (and part files on disk) stay bounded whatever the dataset size."""
-    work = partial(_pack_chunk, options=options)
-    in_flight: deque[Future] = deque(pool.submit(work, *task) for task in islice(tasks, IN_FLIGHT_PER_WORKER * workers))
-    try:
-        while in_flight:
-            packed = in_flight.popleft().result()
-            for task in islice(tasks, 1):
-                in_flight.append(pool.submit(work, *task))
-            yield packed
-    finally:
-        for future in in_flight:  # stopped early (error, Ctrl-C): don't decode what nobody will read
-            future.cancel()
-
-
-def _stored_size(path: str, options: ImageOptions) -> tuple[int, int] | None:
-    result = _prepare_one(path, options)
-    return None if isinstance(result, str) else (len(result.jpeg), os.stat(path).st_size)
-
-
-def _measure_bytes_ratio(pool: ProcessPoolExecutor, listing: SourceListing, options: ShardOptions) -> float:
-    """Stored bytes / source bytes on a seeded probe: lets --shard-size mean stored bytes even with --max-side.
-
-    Without --max-side the source size is the estimate (exact for clean JPEGs, which are copied; converted
-    PNGs etc. come out smaller), and the probe's extra decodes are saved.
-    """
-    if options.max_side is None:
-        return 1.0
-    paths = [f"{listing.root}/{listing.samples[i].path}" for i in probe_indices(listing, options.seed)]
-    sizes = [size for size in pool.map(partial(_stored_size, options=options.image), paths) if size]
-    stored, source = sum(s for s, _ in sizes), sum(s for _, s in sizes)
-    return round(stored / source, 6) if source else 1.0
-
-
 # --- writing ------------------------------------------------------------------------------------------------
 
 
@@ -382,8 +234,8 @@ def _write_shards(pool: ProcessPoolExecutor, workers: int, output: OutputDir, li
                   bar: tqdm) -> None:
     """Workers pack chunks; here they are appended shard by shard; a worker publishes each finished shard."""
     finishing: deque[tuple] = deque()  # written shards a worker is hashing, syncing, renaming
-    tasks = _chunk_tasks(output, listing, keys, todo)
-    with closing(_pack_in_parallel(pool, workers, tasks, options)) as packed:
+    tasks = chunk_tasks(output, listing, keys, todo)
+    with closing(pack_in_parallel(pool, workers, tasks, options)) as packed:
         for shard in todo:
             closed, skipped = _write_shard(shard, output, listing, packed, bar)
             published = pool.submit(publish_shard, closed) if closed else None
@@ -399,7 +251,7 @@ def _write_shard(shard: PlannedShard, output: OutputDir, listing: SourceListing,
     """Append the shard's packed chunks (parts) in order; None when every one of its inputs was rejected."""
     skipped: list[dict] = []
     with ShardWriter(output.path / shard.name) as writer:
-        for _ in range(_chunks_of(shard)):
+        for _ in range(chunks_of(shard)):
             chunk = next(packed)
             if chunk.size:
                 writer.append_part(chunk.part, chunk.size, chunk.samples)
