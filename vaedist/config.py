@@ -131,6 +131,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}' must be a mapping of keys, got {value!r}")
         return _build(tp, value, key + ".")
     if origin is Literal:
+        # YAML 1.1 reads a bare off/on as a boolean: `cache: off` means the choice "off".
+        if isinstance(value, bool) and ("on" if value else "off") in typing.get_args(tp):
+            value = "on" if value else "off"
         if value not in typing.get_args(tp):
             raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
         return value

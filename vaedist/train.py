@@ -30,6 +30,7 @@ from vaedist.evaluate import evaluate
 from vaedist.losses import LossWeights, VAELosses, loss_weights, scale_decoder_gradients, vae_losses
 from vaedist.model import VAE, save_model
 from vaedist.optim import Schedule, build_optimizer, build_schedule
+from vaedist.tracking import sweep_run_dir
 
 
 class NonFiniteLoss(UserError):
@@ -115,6 +116,9 @@ def setup(cfg: Config, loaders: tuple | None = None) -> Trainer:
     progress = Progress()
     accelerator.register_for_checkpointing(progress, *schedules)  # order is part of the checkpoint format
 
+    # Under a W&B sweep every run gets the same command line: give each its own run dir, or the second
+    # run would resume the first one's checkpoints.
+    cfg.run.dir = str(sweep_run_dir(cfg.run.dir))
     run_dir = Path(cfg.run.dir)
     resume_from = latest_checkpoint(run_dir)
     if resume_from is not None:
