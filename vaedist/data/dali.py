@@ -26,7 +26,8 @@ from vaedist.data.transform import TransformSpec, centre_crop_window
 
 @pipeline_def
 def seed_transform_pipeline(source, spec: TransformSpec, decoder_device: str):
-    """Outputs uint8 [N, 3, size, size] images and int64 [N] sample indices."""
+    """Outputs int64 [N] sample indices and images: on `mixed`, uint8 [N, 3, size, size]; on `cpu`, the
+    uint8 [h, w, 3] crop windows, which `resize_windows` resizes in torch (see there why)."""
     jpegs, orig_width, orig_height, index = fn.external_source(
         source=source, num_outputs=4, batch=True, cycle="raise",
         dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT64], ndim=[1, 0, 0, 0],
@@ -53,6 +54,8 @@ def seed_transform_pipeline(source, spec: TransformSpec, decoder_device: str):
         anchor = (x0, y0)
     images = fn.slice(images, fn.stack(*anchor), fn.stack(w, h), axis_names="WH", normalized_anchor=False,
                       normalized_shape=False, out_of_bounds_policy="pad", fill_values=0)
+    if decoder_device == "cpu":
+        return images, index
     images = fn.resize(images, size=[spec.size, spec.size], interp_type=types.INTERP_LINEAR, antialias=True)
     images = fn.transpose(images, perm=[2, 0, 1])  # HWC -> CHW
     return images, index
@@ -79,6 +82,7 @@ class DaliDecoder:
     def __init__(self, index: SplitIndex, spec: TransformSpec, batch_size: int, device: torch.device,
                  workers: int, prefetch: int, seed: int):
         self.device = device
+        self._size = spec.size
         self._source = _EpochSource(index)
         cuda = device.type == "cuda"
         self._args = dict(
@@ -107,13 +111,33 @@ class DaliDecoder:
                 except StopIteration:
                     finished = True
                     break
-                yield _to_torch(images, self.device)
+                if self._args["decoder_device"] == "cpu":
+                    yield resize_windows(images, self._size)
+                else:
+                    yield _to_torch(images, self.device)
         finally:
             if finished:
                 pipe.reset()
             else:  # left mid-epoch: prefetched batches would leak into the next epoch, so start afresh
                 self._pipe = None
                 del pipe
+
+
+def resize_windows(windows, size: int) -> torch.Tensor:
+    """DALI batch of uint8 [h, w, 3] crop windows -> uint8 [N, 3, size, size], antialiased bilinear.
+
+    On CPU, torch's uint8 antialiased resize (AVX2, channels-last) takes ~0.1 ms for a 375x375 window
+    against ~0.45 ms for DALI's `fn.resize` or Pillow's (measured, one thread): a third of DALI's whole
+    per-image CPU time. It follows Pillow's BILINEAR filter, the reference backend's.
+    """
+    if windows.is_dense_tensor():  # every window the same size (always on full-size shards): one call
+        # A view of DALI's buffer, read before the next `run()` reuses it: [N, h, w, 3] -> channels-last NCHW
+        groups = [torch.from_numpy(np.asarray(windows.as_tensor())).permute(0, 3, 1, 2)]
+    else:  # window sizes differ by a pixel or so (--max-side shards of mixed aspect ratios)
+        groups = [torch.from_numpy(windows.at(i)).permute(2, 0, 1)[None] for i in range(len(windows))]
+    resized = [torch.nn.functional.interpolate(g, size=(size, size), mode="bilinear", antialias=True,
+                                               align_corners=False) for g in groups]
+    return torch.cat(resized).contiguous()
 
 
 def _to_torch(batch, device: torch.device) -> torch.Tensor:
