@@ -6,14 +6,16 @@
         worker processes: pack_in_parallel()   workers.py   chunks of CHUNKSIZE images -> part files:
                             prepare_image()    images.py      full decode, checks, clean JPEG bytes
                             encode_sample()    writer.py      their tar members
-        this process:     ShardWriter          writer.py    parts -> tar + DALI index, temporary names
-        a worker:         publish_shard()      writer.py    sha256, fsync, rename; then the done file (state.py)
+        this process:     ShardWriter          writer.py    parts -> tar + DALI index + sha256, temporary names
+        a thread:         publish_shard()      writer.py    fsync, rename; then the done file (state.py)
     write_manifest(...)                        manifest.py  the output is complete once this exists
 
 This process is the only serial step, so it does next to nothing per image: workers decode, check and
 re-encode the images and encode their tar members into part files (CHUNKSIZE images each); this process
-appends the parts to the shard with `copy_file_range` and shifts their index entries; a worker hashes,
-syncs and renames each finished shard.
+appends the parts to the shard, hashing them on the way, and shifts their index entries; a thread of this
+process syncs and renames each finished shard, so that waiting for the disk stalls neither this
+process's writing nor a decoding worker. While the workers decode, this process sleeps in a blocking
+wait for the next chunk in plan order (no polling: on N cores, a busy writer would take a decoder's CPU).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import os
 import re
 import time
 from collections import Counter, deque
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -232,18 +234,21 @@ def _already_complete(output: OutputDir, dataset: str, listing: SourceListing, o
 def _write_shards(pool: ProcessPoolExecutor, workers: int, output: OutputDir, listing: SourceListing,
                   keys: list[str], todo: list[PlannedShard], options: ImageOptions, records: dict[str, dict],
                   bar: tqdm) -> None:
-    """Workers pack chunks; here they are appended shard by shard; a worker publishes each finished shard."""
-    finishing: deque[tuple] = deque()  # written shards a worker is hashing, syncing, renaming
+    """Workers pack chunks; here they are appended shard by shard; a thread publishes each finished shard."""
+    finishing: deque[tuple] = deque()  # written shards the publisher thread is syncing and renaming
     tasks = chunk_tasks(output, listing, keys, todo)
-    with closing(pack_in_parallel(pool, workers, tasks, options)) as packed:
+    # fsync only waits for the disk (it releases the GIL): in a thread, not in a worker process, where it
+    # would idle one decoder for as long as the disk takes.
+    with ThreadPoolExecutor(1, thread_name_prefix="vaedist-publish") as publisher, \
+            closing(pack_in_parallel(pool, workers, tasks, options)) as packed:
         for shard in todo:
             closed, skipped = _write_shard(shard, output, listing, packed, bar)
-            published = pool.submit(publish_shard, closed) if closed else None
+            published = publisher.submit(publish_shard, closed) if closed else None
             finishing.append((shard, skipped, published))
             while finishing and (finishing[0][2] is None or finishing[0][2].done()):
                 _finish_shard(output, records, *finishing.popleft())
-    while finishing:
-        _finish_shard(output, records, *finishing.popleft())
+        while finishing:
+            _finish_shard(output, records, *finishing.popleft())
 
 
 def _write_shard(shard: PlannedShard, output: OutputDir, listing: SourceListing, packed: Iterator[PackedChunk],
@@ -263,7 +268,7 @@ def _write_shard(shard: PlannedShard, output: OutputDir, listing: SourceListing,
 
 def _finish_shard(output: OutputDir, records: dict[str, dict], shard: PlannedShard, skipped: list[dict],
                   published: Future | None) -> None:
-    """Record a shard as finished (its done file) once a worker has published it."""
+    """Record a shard as finished (its done file) once the publisher thread has put it in place."""
     records[shard.name] = output.mark_finished(shard, published.result() if published else None, skipped)
 
 

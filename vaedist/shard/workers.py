@@ -10,6 +10,7 @@ on disk stay bounded whatever the dataset size.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from vaedist.shard.images import ImageOptions, ImageRejected, PreparedImage, con
 from vaedist.shard.plan import PlannedShard, probe_indices
 from vaedist.shard.sources import SourceListing
 from vaedist.shard.state import OutputDir
-from vaedist.shard.writer import Component, encode_sample
+from vaedist.shard.writer import Component, sample_members, write_pieces
 
 CHUNKSIZE = 16  # images per task (and part file): one message and one copy per ~16-50 ms of decoding
 IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: keeps workers busy, bounds memory
@@ -34,6 +35,9 @@ IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: keeps workers busy, bounds
 
 def _init_worker() -> None:
     configure_pillow()
+    # A forked worker shares the sharder's memory copy-on-write; the collector's full passes would walk
+    # (and so copy) every object it inherited. Freezing them keeps those pages shared and the passes short.
+    gc.freeze()
     # Ctrl-C reaches the whole process group: the sharder handles it and stops the pool; a worker's own
     # KeyboardInterrupt would only add a traceback per worker to the terminal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -94,9 +98,11 @@ def _pack_chunk(part: str, items: list[ChunkItem], options: ImageOptions) -> Pac
     """Runs in a worker: decode and check each image, encode the tar members of the good ones into `part`.
 
     The worker writes the bytes it checked (no second read of the source, so no race with a file changing),
-    and only a few numbers per image go back to the writing process.
+    and only a few numbers per image go back to the writing process. The pieces (headers, the JPEG bytes as
+    read or encoded, padding) go to the file with one `writev`, never joined into a copy in memory.
     """
-    packed = bytearray()
+    pieces: list[bytes] = []
+    packed = 0  # bytes in `pieces`
     samples: list[list[Component]] = []
     skipped: list[tuple[int, str]] = []
     for item in items:
@@ -109,13 +115,17 @@ def _pack_chunk(part: str, items: list[ChunkItem], options: ImageOptions) -> Pac
         sample = {"__key__": item.key, "jpg": result.jpeg, "json": json.dumps(meta).encode()}
         if item.label is not None:
             sample["cls"] = str(item.label).encode()
-        data, components = encode_sample(sample)
-        samples.append([(ext, len(packed) + offset, size, name) for ext, offset, size, name in components])
-        packed += data
+        members, size, components = sample_members(sample)
+        samples.append([(ext, packed + offset, length, name) for ext, offset, length, name in components])
+        pieces += members
+        packed += size
     if packed:
-        with open(part, "wb") as fh:
-            fh.write(packed)
-    return PackedChunk(part, len(packed), samples, skipped)
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_pieces(fd, pieces)
+        finally:
+            os.close(fd)
+    return PackedChunk(part, packed, samples, skipped)
 
 
 def chunk_tasks(output: OutputDir, listing: SourceListing, keys: list[str],
