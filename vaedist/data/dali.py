@@ -26,8 +26,9 @@ from vaedist.data.transform import TransformSpec, centre_crop_window
 
 @pipeline_def
 def seed_transform_pipeline(source, spec: TransformSpec, decoder_device: str):
-    """Outputs int64 [N] sample indices and images: on `mixed`, uint8 [N, 3, size, size]; on `cpu`, the
-    uint8 [h, w, 3] crop windows, which `resize_windows` resizes in torch (see there why)."""
+    """On `mixed`: uint8 [N, 3, size, size] images and int64 [N] sample indices. On `cpu`: the part of each
+    crop window inside the image, uint8 [h, w, 3], its zero padding, int32 [4] (left, right, top, bottom),
+    and the indices; `finish_windows` pads and resizes them in torch (see there why)."""
     jpegs, orig_width, orig_height, index = fn.external_source(
         source=source, num_outputs=4, batch=True, cycle="raise",
         dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT64], ndim=[1, 0, 0, 0],
@@ -45,17 +46,18 @@ def seed_transform_pipeline(source, spec: TransformSpec, decoder_device: str):
         jpeg_fancy_upsampling=True,  # GPU chroma upsampling like libjpeg-turbo's (CPU, Pillow)
     )
     if decoder_device == "cpu":  # libjpeg-turbo skips the rows and columns outside the region
-        images = fn.decoders.image_slice(jpegs, fn.stack(inside_x0, inside_y0), fn.stack(inside_w, inside_h),
+        inside = fn.decoders.image_slice(jpegs, fn.stack(inside_x0, inside_y0), fn.stack(inside_w, inside_h),
                                          axis_names="WH", normalized_anchor=False, normalized_shape=False,
                                          **decode_options)
-        anchor = (x0 - inside_x0, y0 - inside_y0)  # the window, relative to the decoded region
-    else:  # whole images, so that the GPU's hardware JPEG engines take them
-        images = fn.decoders.image(jpegs, hw_decoder_load=0.9, **decode_options)
-        anchor = (x0, y0)
-    images = fn.slice(images, fn.stack(*anchor), fn.stack(w, h), axis_names="WH", normalized_anchor=False,
+        # No fn.slice to pad here: it costs as much as decoding a --max-side 160 JPEG, and is a plain copy
+        # for every window that lies inside its image (all of them on COCO-like images at crop 375).
+        left, top = inside_x0 - x0, inside_y0 - y0
+        padding = fn.cast(fn.stack(left, w - inside_w - left, top, h - inside_h - top), dtype=types.INT32)
+        return inside, padding, index
+    # whole images, so that the GPU's hardware JPEG engines take them
+    images = fn.decoders.image(jpegs, hw_decoder_load=0.9, **decode_options)
+    images = fn.slice(images, fn.stack(x0, y0), fn.stack(w, h), axis_names="WH", normalized_anchor=False,
                       normalized_shape=False, out_of_bounds_policy="pad", fill_values=0)
-    if decoder_device == "cpu":
-        return images, index
     images = fn.resize(images, size=[spec.size, spec.size], interp_type=types.INTERP_LINEAR, antialias=True)
     images = fn.transpose(images, perm=[2, 0, 1])  # HWC -> CHW
     return images, index
@@ -107,14 +109,14 @@ class DaliDecoder:
         try:
             while True:
                 try:
-                    images, _ = pipe.run()
+                    outputs = pipe.run()
                 except StopIteration:
                     finished = True
                     break
                 if self._args["decoder_device"] == "cpu":
-                    yield resize_windows(images, self._size)
+                    yield finish_windows(outputs[0], outputs[1], self._size)
                 else:
-                    yield _to_torch(images, self.device)
+                    yield _to_torch(outputs[0], self.device)
         finally:
             if finished:
                 pipe.reset()
@@ -123,20 +125,26 @@ class DaliDecoder:
                 del pipe
 
 
-def resize_windows(windows, size: int) -> torch.Tensor:
-    """DALI batch of uint8 [h, w, 3] crop windows -> uint8 [N, 3, size, size], antialiased bilinear.
+def finish_windows(inside, padding, size: int) -> torch.Tensor:
+    """DALI batches of uint8 [h, w, 3] decoded regions and int32 [4] zero padding (left, right, top, bottom)
+    -> uint8 [N, 3, size, size]: each crop window, zero-padded, resized antialiased bilinear.
 
     On CPU, torch's uint8 antialiased resize (AVX2, channels-last) takes ~0.1 ms for a 375x375 window
     against ~0.45 ms for DALI's `fn.resize` or Pillow's (measured, one thread): a third of DALI's whole
     per-image CPU time. It follows Pillow's BILINEAR filter, the reference backend's.
     """
-    if windows.is_dense_tensor():  # every window the same size (always on full-size shards): one call
+    pads = np.asarray(padding.as_tensor())  # [N, 4]
+    same_padding = bool((pads == pads[0]).all())
+    if inside.is_dense_tensor() and same_padding:  # always on full-size COCO-like shards: one call
         # A view of DALI's buffer, read before the next `run()` reuses it: [N, h, w, 3] -> channels-last NCHW
-        groups = [torch.from_numpy(np.asarray(windows.as_tensor())).permute(0, 3, 1, 2)]
-    else:  # window sizes differ by a pixel or so (--max-side shards of mixed aspect ratios)
-        groups = [torch.from_numpy(windows.at(i)).permute(2, 0, 1)[None] for i in range(len(windows))]
-    resized = [torch.nn.functional.interpolate(g, size=(size, size), mode="bilinear", antialias=True,
-                                               align_corners=False) for g in groups]
+        groups = [(torch.from_numpy(np.asarray(inside.as_tensor())).permute(0, 3, 1, 2), pads[0])]
+    else:  # window sizes differ by a pixel or so (--max-side shards of mixed aspect ratios), or padding does
+        groups = [(torch.from_numpy(inside.at(i)).permute(2, 0, 1)[None], pads[i]) for i in range(len(inside))]
+    resized = []
+    for region, pad in groups:  # region: uint8 [n, 3, h, w]
+        window = torch.nn.functional.pad(region, tuple(int(p) for p in pad)) if pad.any() else region
+        resized.append(torch.nn.functional.interpolate(window, size=(size, size), mode="bilinear",
+                                                       antialias=True, align_corners=False))
     return torch.cat(resized).contiguous()
 
 
