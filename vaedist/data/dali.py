@@ -18,7 +18,6 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
-import nvidia.dali.math as dmath
 
 from vaedist.data.index import SplitIndex, TarReader
 from vaedist.data.transform import TransformSpec, centre_crop_window
@@ -26,56 +25,65 @@ from vaedist.data.transform import TransformSpec, centre_crop_window
 
 @pipeline_def
 def seed_transform_pipeline(source, spec: TransformSpec, decoder_device: str):
-    """On `mixed`: uint8 [N, 3, size, size] images and int64 [N] sample indices. On `cpu`: the part of each
-    crop window inside the image, uint8 [h, w, 3], its zero padding, int32 [4] (left, right, top, bottom),
-    and the indices; `finish_windows` pads and resizes them in torch (see there why)."""
-    jpegs, orig_width, orig_height, index = fn.external_source(
-        source=source, num_outputs=4, batch=True, cycle="raise",
-        dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT64], ndim=[1, 0, 0, 0],
+    """Outputs the images, int32 [N, 4] zero padding and int64 [N] sample indices. On `mixed`: uint8
+    [N, 3, size, size] images (padding is all zeros). On `cpu`: the part of each crop window inside the image,
+    uint8 [h, w, 3], and its zero padding (left, right, top, bottom); `finish_windows` pads and resizes
+    them in torch (see there why). `source` gives the region to decode per sample (see `_EpochSource`)."""
+    jpegs, anchor, shape, padding, index = fn.external_source(
+        source=source, num_outputs=5, batch=True, cycle="raise",
+        dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT32, types.INT64], ndim=[1, 1, 1, 1, 0],
     )
-    # The crop window needs the stored size before decoding: read it from the JPEG header.
-    stored = fn.peek_image_shape(jpegs, dtype=types.FLOAT)  # [H, W, C]
-    x0, y0, w, h = centre_crop_window(stored[1], stored[0], orig_width, orig_height, spec.crop, floor=dmath.floor)
-    # The window may stick out of the image: that part is zero padding, like the seed's CenterCrop.
-    inside_x0, inside_y0 = dmath.max(x0, 0.0), dmath.max(y0, 0.0)
-    inside_w = dmath.min(x0 + w, stored[1]) - inside_x0
-    inside_h = dmath.min(y0 + h, stored[0]) - inside_y0
     decode_options = dict(
         device=decoder_device, output_type=types.RGB,  # grey/CMYK -> RGB, HWC
         adjust_orientation=False,  # the sharder wrote upright pixels; Pillow ignores EXIF too
         jpeg_fancy_upsampling=True,  # GPU chroma upsampling like libjpeg-turbo's (CPU, Pillow)
     )
     if decoder_device == "cpu":  # libjpeg-turbo skips the rows and columns outside the region
-        inside = fn.decoders.image_slice(jpegs, fn.stack(inside_x0, inside_y0), fn.stack(inside_w, inside_h),
-                                         axis_names="WH", normalized_anchor=False, normalized_shape=False,
-                                         **decode_options)
         # No fn.slice to pad here: it costs as much as decoding a --max-side 160 JPEG, and is a plain copy
         # for every window that lies inside its image (all of them on COCO-like images at crop 375).
-        left, top = inside_x0 - x0, inside_y0 - y0
-        padding = fn.cast(fn.stack(left, w - inside_w - left, top, h - inside_h - top), dtype=types.INT32)
+        inside = fn.decoders.image_slice(jpegs, anchor, shape, axis_names="WH", normalized_anchor=False,
+                                         normalized_shape=False, **decode_options)
         return inside, padding, index
-    # whole images, so that the GPU's hardware JPEG engines take them
+    # whole images, so that the GPU's hardware JPEG engines take them; the window may stick out of the
+    # image: that part is zero padding, like the seed's CenterCrop
     images = fn.decoders.image(jpegs, hw_decoder_load=0.9, **decode_options)
-    images = fn.slice(images, fn.stack(x0, y0), fn.stack(w, h), axis_names="WH", normalized_anchor=False,
+    images = fn.slice(images, anchor, shape, axis_names="WH", normalized_anchor=False,
                       normalized_shape=False, out_of_bounds_policy="pad", fill_values=0)
     images = fn.resize(images, size=[spec.size, spec.size], interp_type=types.INTERP_LINEAR, antialias=True)
     images = fn.transpose(images, perm=[2, 0, 1])  # HWC -> CHW
-    return images, index
+    return images, padding, index
 
 
 class _EpochSource:
-    """An iterable that DALI re-iterates after each `reset()`: it serves whatever batches are queued."""
+    """An iterable that DALI re-iterates after each `reset()`: it serves whatever batches are queued, as
+    (JPEG bytes, region anchor float32 [N, 2] and shape [N, 2] in (x, y) stored pixels, padding int32 [N, 4],
+    indices). The region is the crop window (`mixed`: decoded whole, then sliced with zero padding) or, with
+    `inside_only` (`cpu`), the window's part inside the image plus the padding that completes it."""
 
-    def __init__(self, index: SplitIndex):
-        self.index = index
+    def __init__(self, index: SplitIndex, crop: int, inside_only: bool):
+        self.index, self.crop, self.inside_only = index, crop, inside_only
         self.reader = TarReader(index.shard_dir, index.shards)
         self.batches: Iterable[np.ndarray] = ()
 
     def __iter__(self):
+        ix = self.index
         for batch in self.batches:
-            jpegs = [np.frombuffer(self.reader.view(self.index.shard[i], self.index.offset[i], self.index.size[i]),
-                                   dtype=np.uint8) for i in batch]
-            yield jpegs, self.index.orig_width[batch], self.index.orig_height[batch], batch.astype(np.int64)
+            jpegs = [np.frombuffer(self.reader.view(ix.shard[i], ix.offset[i], ix.size[i]), dtype=np.uint8) for i in batch]
+            # float64 numpy, the same formula and precision as the reference backend's Python numbers
+            width, height = ix.stored_width[batch].astype(np.float64), ix.stored_height[batch].astype(np.float64)
+            x0, y0, w, h = centre_crop_window(width, height, ix.orig_width[batch].astype(np.float64),
+                                              ix.orig_height[batch].astype(np.float64), self.crop, floor=np.floor)
+            if self.inside_only:
+                inside_x0, inside_y0 = np.maximum(x0, 0), np.maximum(y0, 0)
+                inside_w = np.minimum(x0 + w, width) - inside_x0
+                inside_h = np.minimum(y0 + h, height) - inside_y0
+                left, top = inside_x0 - x0, inside_y0 - y0
+                anchor, shape = np.stack([inside_x0, inside_y0], 1), np.stack([inside_w, inside_h], 1)
+                padding = np.stack([left, w - inside_w - left, top, h - inside_h - top], 1)
+            else:
+                anchor, shape, padding = np.stack([x0, y0], 1), np.stack([w, h], 1), np.zeros((len(batch), 4))
+            yield (jpegs, anchor.astype(np.float32), shape.astype(np.float32), padding.astype(np.int32),
+                   batch.astype(np.int64))
 
 
 class DaliDecoder:
@@ -85,8 +93,8 @@ class DaliDecoder:
                  workers: int, prefetch: int, seed: int):
         self.device = device
         self._size = spec.size
-        self._source = _EpochSource(index)
         cuda = device.type == "cuda"
+        self._source = _EpochSource(index, spec.crop, inside_only=not cuda)
         self._args = dict(
             source=self._source, spec=spec, decoder_device="mixed" if cuda else "cpu",
             batch_size=batch_size, num_threads=max(1, workers), prefetch_queue_depth=max(1, prefetch),
