@@ -2,6 +2,7 @@
 --max-side views, rank splits, epoch order, the decode-once cache and start-up validation."""
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from vaedist.config import DataConfig
 from vaedist.data import build_loader, validate_split, verify_split
 from vaedist.data.cache import plan_cache
 from vaedist.data.dali import read_with_webdataset_reader
-from vaedist.data.index import parse_index
+from vaedist.data.index import jpeg_size, load_split_index, parse_index
 from vaedist.errors import UserError
 from vaedist.shard import load_manifest, shard_dataset
 
@@ -79,6 +80,30 @@ def test_max_side_shards_give_the_same_view_as_full_size_shards(shards):
     # Control: the unscaled window (375 stored pixels of a 160-px image) would be a different view.
     unscaled, _ = collect(build_loader(cfg(shards["food160"], crop=375 * 160 // 512 * 4), "val", train=False, batch_size=8))
     assert (full - unscaled).abs().mean() > 3 * per_image.mean()
+
+
+def test_stored_sizes_come_from_the_jpeg_headers_as_pillow_reads_them(shards):
+    from PIL import Image
+
+    jpegs = {}
+    for name in ("food", "food160"):
+        manifest = load_manifest(shards[name])
+        index = load_split_index(shards[name], manifest, "val", validate_split(shards[name], manifest, "val"))
+        tar = (shards[name] / index.shards[0].name).read_bytes()
+        jpegs[name] = [tar[index.offset[i] : index.offset[i] + index.size[i]] for i in np.flatnonzero(index.shard == 0)]
+        for i, jpeg in zip(np.flatnonzero(index.shard == 0), jpegs[name]):
+            with Image.open(io.BytesIO(jpeg)) as img:
+                assert (index.stored_width[i], index.stored_height[i]) == img.size
+        if name == "food160":
+            assert index.stored_width.max() <= 160 < index.orig_width.max()
+    # Progressive (SOF2), greyscale, a large APP segment before the frame header, and not a JPEG at all.
+    photo = Image.open(io.BytesIO(jpegs["food"][0])).convert("RGB").crop((0, 0, 301, 217))
+    variants = [(photo, dict(format="JPEG", progressive=True)), (photo, dict(format="JPEG", icc_profile=b"\0" * 60000)),
+                (photo.convert("L"), dict(format="JPEG")), (photo, dict(format="PNG"))]
+    for image, options in variants:
+        out = io.BytesIO()
+        image.save(out, **options)
+        assert jpeg_size(memoryview(out.getvalue())) == (301, 217), options
 
 
 def test_unlabelled_dataset_yields_no_labels(shards):
