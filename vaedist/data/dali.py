@@ -8,7 +8,10 @@ counts together with whole-split evaluation, and (c) cannot put each sample's OR
 runs DALI's own reader over the same shards and index files (used by `vaedist.data.verify_split`).
 
 Decoding runs on the GPU (`mixed`: nvJPEG / the hardware JPEG engines) when training on CUDA, on CPU
-threads otherwise (`device_id=None`: no GPU needed).
+threads otherwise (`device_id=None`: no GPU needed). Each sample's crop window is computed on the host
+(numpy, from the sizes `index` read once from the JPEG headers): per-sample scalar operators in the graph
+cost more than decoding a small JPEG. On CPU, DALI decodes only the window's part inside the image and
+torch pads and resizes it (`finish_windows`); on the GPU, DALI does all of it.
 """
 from __future__ import annotations
 
@@ -143,10 +146,10 @@ def finish_windows(inside, padding, size: int) -> torch.Tensor:
     """
     pads = np.asarray(padding.as_tensor())  # [N, 4]
     same_padding = bool((pads == pads[0]).all())
-    if inside.is_dense_tensor() and same_padding:  # always on full-size COCO-like shards: one call
+    if inside.is_dense_tensor() and same_padding:  # e.g. 640x480 images at crop 375, full size or --max-side
         # A view of DALI's buffer, read before the next `run()` reuses it: [N, h, w, 3] -> channels-last NCHW
         groups = [(torch.from_numpy(np.asarray(inside.as_tensor())).permute(0, 3, 1, 2), pads[0])]
-    else:  # window sizes differ by a pixel or so (--max-side shards of mixed aspect ratios), or padding does
+    else:  # sizes differ (images narrower than the crop are padded; --max-side rounding): one call per image
         groups = [(torch.from_numpy(inside.at(i)).permute(2, 0, 1)[None], pads[i]) for i in range(len(inside))]
     resized = []
     for region, pad in groups:  # region: uint8 [n, 3, h, w]
