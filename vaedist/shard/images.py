@@ -15,7 +15,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000x8000: above any photo in COCO/Food-101 (<= 640 px); ~190 MB as RGB
@@ -138,6 +137,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         # Pillow's convert("L") clips 16-bit values at 255; scale the full range down instead.
+        # numpy is imported here, for these rare images only: importing it starts OpenBLAS's thread pool, and
+        # in the sharder's writing process its idle threads took ~30 ms of CPU per run from the decoders.
+        import numpy as np
+
         pixels = np.asarray(img, dtype=np.float64)
         peak = 65535.0 if mode.startswith("I;16") or pixels.max(initial=0) > 255 else 255.0
         grey = np.clip(pixels * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8)
