@@ -61,11 +61,15 @@ def centre_crop_window(width: Any, height: Any, orig_width: Any, orig_height: An
 
 
 def flip_and_normalise(images: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
-    """images: uint8 [N, 3, S, S]; flips: bool [N] or None -> float32 [N, 3, S, S] in [-1, 1], contiguous."""
+    """images: uint8 [N, 3, S, S] (any memory layout); flips: bool [N] or None -> float32 [N, 3, S, S] in
+    [-1, 1], contiguous."""
     if flips is not None:
         # Row i of [images; mirrored images] or row N + i: a gather, not a data-dependent branch (no GPU -> CPU
         # sync per batch), on uint8 before the 4x larger floats. 40x faster on CPU than torch.where on floats.
         n = images.shape[0]
         both = torch.cat([images, images.flip(-1)])  # [2N, 3, S, S]
         images = both.index_select(0, torch.arange(n, device=images.device) + n * flips.long())
-    return images.float().div_(255 * STD).sub_(MEAN / STD).contiguous()
+    # Converting into a new contiguous NCHW float tensor also undoes a channels-last input's layout, 3-7x
+    # faster on CPU than `.contiguous()` on the uint8 or the float images.
+    out = torch.empty(images.shape, dtype=torch.float32, device=images.device).copy_(images)
+    return out.div_(255 * STD).sub_(MEAN / STD)
