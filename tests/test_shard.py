@@ -183,6 +183,23 @@ def test_samples_are_shuffled_across_shards_reproducibly(salted_coco, coco_shard
     assert {p.split("/")[0] for p in paths} == {"train2017", "test2017"}  # both training folders mixed
 
 
+def test_hashing_in_a_thread_writes_the_same_shards_and_their_true_sha256(sample_trees, tmp_path, monkeypatch):
+    """Many workers: the writer hashes in a thread of its own; byte-identical shards, manifest sha256 exact."""
+    import hashlib
+
+    from vaedist.shard import sharder
+
+    root = sample_trees["food101"]
+    inline = shard_dataset("food101", root, tmp_path / "inline", workers=2, shard_size="400KB", progress=False)
+    monkeypatch.setattr(sharder, "HASH_THREAD_FROM_WORKERS", 2)
+    threaded = shard_dataset("food101", root, tmp_path / "threaded", workers=2, shard_size="400KB", progress=False)
+    assert len(threaded.splits["train"].shards) > 1
+    for split in ("train", "val"):
+        assert threaded.splits[split].shards == inline.splits[split].shards  # names, counts, bytes, sha256
+        for shard in threaded.splits[split].shards:
+            assert shard.sha256 == hashlib.sha256((tmp_path / "threaded" / shard.name).read_bytes()).hexdigest()
+
+
 def test_seed_layout_gives_the_same_images_as_the_official_layout(sample_trees, tmp_path):
     manifest = shard_dataset("coco", sample_trees["coco_seed"], tmp_path, workers=2, progress=False)
     paths = {s["meta"]["path"] for s in read_shards(tmp_path, manifest).values()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from vaedist.sample import photo_paths
-from vaedist.shard.writer import FIXED_MTIME, ShardWriter, encode_sample, publish_shard, ustar_header
+from vaedist.shard import writer as shard_writer
+from vaedist.shard.writer import FIXED_MTIME, ShardWriter, encode_sample, publish_shard, ustar_header, write_pieces
 
 
 def _samples(count: int) -> list[dict]:
@@ -29,7 +31,8 @@ def _samples(count: int) -> list[dict]:
     ]
 
 
-def test_index_matches_dali_wds2idx_and_manifest_entry_matches_file(tmp_path):
+@pytest.mark.parametrize("hash_in_thread", [False, True], ids=["hash-inline", "hash-in-thread"])
+def test_index_matches_dali_wds2idx_and_manifest_entry_matches_file(tmp_path, hash_in_thread):
     samples = _samples(7)
     # samples 2..5 arrive as a part file encoded elsewhere (as the sharder's workers do), the others one by one
     part = tmp_path / ".train-000000.part00000.tmp"
@@ -39,7 +42,7 @@ def test_index_matches_dali_wds2idx_and_manifest_entry_matches_file(tmp_path):
         entries.append([(ext, len(encoded) + offset, size, name) for ext, offset, size, name in components])
         encoded += data
     part.write_bytes(encoded)
-    with ShardWriter(tmp_path / "train-000000.tar") as writer:
+    with ShardWriter(tmp_path / "train-000000.tar", hash_in_thread) as writer:
         writer.write(samples[0])
         writer.write(samples[1])
         writer.append_part(part, len(encoded), entries)
@@ -89,3 +92,26 @@ def test_fast_header_is_the_header_tarfile_writes(name, size):
     member = tarfile.TarInfo(name)
     member.size, member.mtime, member.mode = size, FIXED_MTIME, 0o444
     assert ustar_header(name, size) == member.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+
+def test_write_pieces_writes_every_piece_in_order_through_short_writes(tmp_path, monkeypatch):
+    """A worker hands a chunk's pieces to writev in batches of at most IOV_MAX, resuming after short writes."""
+    pieces = [bytes([i % 251]) * (i % 700) for i in range(3 * shard_writer._IOV_MAX + 5)]  # empty pieces too
+    real_writev = os.writev
+    calls = []
+
+    def short_writev(fd, buffers):  # what a signal or a full disk can do: write only part of what was asked
+        calls.append(len(buffers))
+        assert len(buffers) <= shard_writer._IOV_MAX
+        return real_writev(fd, [b"".join(bytes(b) for b in buffers)[:4093]])
+
+    for name, writev in (("whole", real_writev), ("short", short_writev)):
+        monkeypatch.setattr(os, "writev", writev)
+        path = tmp_path / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+        try:
+            write_pieces(fd, pieces)
+        finally:
+            os.close(fd)
+        assert path.read_bytes() == b"".join(pieces)
+    assert len(calls) > 100  # the short path really resumed many times

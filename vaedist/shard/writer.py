@@ -12,6 +12,7 @@ import hashlib
 import os
 import sys
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,57 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     """
     if _SYNC_FILE_RANGE is not None:
         _SYNC_FILE_RANGE(fd, offset, length, SYNC_FILE_RANGE_WRITE)  # an error only loses the head start
+
+
+class _TarHasher:
+    """sha256 of a tar being written, in a thread of its own that reads back each range once it is appended.
+
+    The ranges come straight from the page cache. hashlib and pread release the GIL, so on a machine with
+    cores to spare the hash (~35 us per 58 KB image, the largest per-image cost of the writing process)
+    runs beside the appending instead of inside the sharder's one serial step; and the hash is complete a
+    moment after the last byte is written, where hashing the finished tar added a full re-read at the end
+    of every shard. Ranges are hashed in the order they were added (one thread, first in first out).
+    """
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self._digest = hashlib.sha256()
+        self._buffer = memoryview(bytearray(1 << 20))
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="vaedist-sha256")
+        self._error: BaseException | None = None
+
+    def add(self, offset: int, length: int) -> None:
+        self._thread.submit(self._hash, offset, length)
+
+    def _hash(self, offset: int, length: int) -> None:
+        if self._error is not None:  # a range missed: every later update would be wrong anyway
+            return
+        try:
+            end = offset + length
+            while offset < end:
+                view = self._buffer[: min(len(self._buffer), end - offset)]
+                if hasattr(os, "preadv"):  # into the one buffer: no allocation per range
+                    read = os.preadv(self._fd, [view], offset)
+                else:
+                    data = os.pread(self._fd, len(view), offset)
+                    read = len(data)
+                    view[:read] = data
+                if read == 0:
+                    raise OSError(f"the tar ends at {offset} bytes, before the {end} written to it")
+                self._digest.update(view[:read])
+                offset += read
+        except BaseException as err:  # reported by hexdigest(), in the writing thread
+            self._error = err
+
+    def hexdigest(self) -> str:
+        """Wait for every range added so far, then the sha256 of all of them."""
+        self._thread.shutdown(wait=True)
+        if self._error is not None:
+            raise self._error
+        return self._digest.hexdigest()
+
+    def stop(self) -> None:
+        self._thread.shutdown(wait=True, cancel_futures=True)
 
 
 def temporary_name(path: Path) -> Path:
@@ -174,20 +226,25 @@ class ShardWriter:
 
     The sharder's workers encode the members of a chunk of images into a part file (`sample_members`); this
     process only appends each part and shifts its index entries: it is the one serial step of the sharder,
-    so it must cost next to nothing per image. The sha256 is computed from the bytes as they are appended
-    (read into one reused buffer, hashed, written: one pass, where appending with the kernel's
-    copy_file_range and hashing the finished tar read every byte twice and put that second read at the
-    end of the shard, where nothing runs in parallel with it).
+    so it must cost next to nothing per image. The sha256 is computed as the bytes are appended, never by
+    re-reading the finished tar (that put a whole second read at the end of every shard), in one of two ways:
+
+      hash_in_thread=False  each part is read once into a reused buffer, hashed, written: the least CPU
+                            in all (the sharder's choice on few cores, where every CPU second is a decoder's)
+      hash_in_thread=True   the kernel copies each part (`os.copy_file_range`, no byte through Python) and
+                            a thread of its own hashes it (`_TarHasher`): more CPU in all, but less in
+                            this serial step (the choice on many cores, where that step caps the run)
     """
 
-    def __init__(self, tar_path: Path):
+    def __init__(self, tar_path: Path, hash_in_thread: bool = False):
         self.tar_path = Path(tar_path)
         self.index_path = self.tar_path.with_suffix(".idx")
         self._tmp_tar = temporary_name(self.tar_path)
-        self._fd = os.open(self._tmp_tar, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._fd = os.open(self._tmp_tar, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)  # read: the hasher
         self._bytes = 0
-        self._digest = hashlib.sha256()
-        self._buffer = bytearray()  # one part at a time; grows to the largest part
+        self._hasher = _TarHasher(self._fd) if hash_in_thread else None
+        self._digest = hashlib.sha256()  # hash_in_thread=False: updated by _write_all
+        self._buffer = bytearray()  # hash_in_thread=False: one part at a time; grows to the largest part
         self._index_lines: list[str] = []
         self._closed = False
 
@@ -200,10 +257,17 @@ class ShardWriter:
         data, components = encode_sample(sample)
         self._write_all(data)
         self._add_index(self._bytes, [components])
-        self._bytes += len(data)
+        self._appended(len(data))
 
     def append_part(self, part: str | Path, size: int, samples: list[list[Component]]) -> None:
         """Append `size` bytes of encoded samples from the file `part`; their index entries are part-relative."""
+        copied = self._copy_part(part, size) if self._hasher else self._read_hash_write_part(part, size)
+        if copied != size:
+            raise OSError(f"part file {part} has {copied} bytes, expected {size}")
+        self._add_index(self._bytes, samples)
+        self._appended(size)
+
+    def _read_hash_write_part(self, part: str | Path, size: int) -> int:
         if len(self._buffer) < size:
             self._buffer = bytearray(size)
         view = memoryview(self._buffer)[:size]
@@ -211,10 +275,28 @@ class ShardWriter:
             copied = 0
             while copied < size and (n := source.readinto(view[copied:])):
                 copied += n
-        if copied != size:
-            raise OSError(f"part file {part} has {copied} bytes, expected {size}")
-        self._write_all(view)
-        self._add_index(self._bytes, samples)
+        self._write_all(view[:copied])
+        return copied
+
+    def _copy_part(self, part: str | Path, size: int) -> int:
+        with open(part, "rb") as source:
+            copied = 0
+            try:
+                while copied < size and (n := os.copy_file_range(source.fileno(), self._fd, size - copied)):
+                    copied += n
+            except (AttributeError, OSError):  # no copy_file_range (old kernel, other OS, some filesystems)
+                os.lseek(self._fd, self._bytes + copied, os.SEEK_SET)
+                source.seek(copied)
+                while copied < size and (chunk := source.read(min(1 << 20, size - copied))):
+                    self._write_all(chunk)
+                    copied += len(chunk)
+        return copied
+
+    def _appended(self, size: int) -> None:
+        """`size` bytes were appended at self._bytes: start their writeback, have them hashed, move the end."""
+        start_writeback(self._fd, self._bytes, size)
+        if self._hasher:
+            self._hasher.add(self._bytes, size)
         self._bytes += size
 
     def _add_index(self, base: int, samples: list[list[Component]]) -> None:
@@ -223,32 +305,34 @@ class ShardWriter:
                                               for ext, offset, size, name in components))
 
     def _write_all(self, data: bytes | memoryview) -> None:
-        """Append at the end of the tar (self._bytes is where `data` starts), hashing it on the way."""
-        self._digest.update(data)
+        if not self._hasher:
+            self._digest.update(data)
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
-        start_writeback(self._fd, self._bytes, len(data))
 
     def close(self) -> ClosedShard:
         """Finish the tar (end-of-archive blocks) and write the index, both under their temporary names."""
         if not self._index_lines:
             raise ValueError(f"{self.tar_path.name}: a shard needs at least one sample (DALI rejects empty tars)")
-        end = self._bytes + 2 * TAR_BLOCK
-        self._write_all(b"\0" * (2 * TAR_BLOCK + -end % RECORD))
-        self._bytes = end + -end % RECORD
+        end_of_archive = b"\0" * (2 * TAR_BLOCK + -(self._bytes + 2 * TAR_BLOCK) % RECORD)
+        self._write_all(end_of_archive)
+        self._appended(len(end_of_archive))
+        # the thread's hash waits for the thread: at most a part or two behind
+        sha256 = self._hasher.hexdigest() if self._hasher else self._digest.hexdigest()
         os.close(self._fd)
         with open(temporary_name(self.index_path), "w") as fh:
             fh.write(f"{INDEX_VERSION} {len(self._index_lines)}\n")
             fh.write("\n".join(self._index_lines) + "\n")
         self._closed = True
-        return ClosedShard(str(self.tar_path), str(self.index_path), len(self._index_lines), self._bytes,
-                           self._digest.hexdigest())
+        return ClosedShard(str(self.tar_path), str(self.index_path), len(self._index_lines), self._bytes, sha256)
 
     def abort(self) -> None:
         """Drop a shard that will not be finished (e.g. every sample rejected): no file is left behind."""
         if self._closed:
             return
+        if self._hasher:
+            self._hasher.stop()
         os.close(self._fd)
         self._tmp_tar.unlink(missing_ok=True)
         self._closed = True
