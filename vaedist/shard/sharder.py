@@ -52,9 +52,10 @@ from vaedist.shard.writer import ClosedShard, ShardWriter, publish_shard, sync_d
 # reads outside its own range; a killed run loses at most one shard of work per run.
 DEFAULT_SHARD_SIZE = 128_000_000
 # From this many workers on, the writing process hashes in a thread of its own (ShardWriter(hash_in_thread)).
-# Inline, its serial work is ~85 us per 58 KB image (read, sha256, write; ~12k img/s at most): below ~8
-# workers at ~1k img/s each that is slack, and inline costs the least CPU (4 % faster end to end than the
-# thread on 2 cores); with more workers it would cap the run, so the kernel copies and a thread hashes.
+# Inline, its serial work is ~80-110 us per 58 KB image (read, sha256, write, index, IPC: ~9-12k img/s at
+# most): below ~8 workers at ~1k img/s each that is slack, and inline costs the least CPU (4 % faster end to
+# end than the thread on 2 cores); with more workers it would cap the run, so the kernel copies and a
+# thread hashes (reasoned from the per-image costs measured here; not measured on many cores).
 HASH_THREAD_FROM_WORKERS = 8
 
 
