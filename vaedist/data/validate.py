@@ -24,11 +24,16 @@ def check_split_name(manifest: Manifest, split: str, shard_dir: Path) -> None:
         raise UserError(f"split '{split}' of '{shard_dir}' has no samples; {RESHARD}")
 
 
+def required_members(manifest: Manifest) -> list[str]:
+    """The extensions every sample of `manifest`'s shards must have (.cls only on labelled datasets)."""
+    return [IMAGE_EXT, META_EXT] + ([LABEL_EXT] if manifest.labelled else [])
+
+
 def validate_split(shard_dir: str | Path, manifest: Manifest, split: str) -> list[ShardIndex]:
     """Check every shard of `split` against its index and the manifest; return the parsed indexes."""
     shard_dir = Path(shard_dir)
     check_split_name(manifest, split, shard_dir)
-    required = [IMAGE_EXT, META_EXT] + ([LABEL_EXT] if manifest.labelled else [])
+    required = required_members(manifest)
     indexes = []
     for info in manifest.splits[split].shards:
         tar, idx_path = shard_dir / info.name, shard_dir / info.index
@@ -77,9 +82,9 @@ def verify_split(shard_dir: str | Path, manifest: Manifest, split: str, *, dali_
             from vaedist.data.dali import read_with_webdataset_reader
 
             infos = manifest.splits[split].shards
-            exts = [IMAGE_EXT, META_EXT] + ([LABEL_EXT] if manifest.labelled else [])
             try:
-                read_with_webdataset_reader([shard_dir / s.name for s in infos], [shard_dir / s.index for s in infos], exts)
+                read_with_webdataset_reader([shard_dir / s.name for s in infos], [shard_dir / s.index for s in infos],
+                                            required_members(manifest))
             except RuntimeError as err:
                 last = [line for line in str(err).splitlines() if line.strip() and "pipeline" not in line]
                 raise UserError(f"DALI's webdataset reader rejects split '{split}' of '{shard_dir}': "
