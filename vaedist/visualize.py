@@ -121,7 +121,7 @@ def kl_per_dim_plot(kl_per_dim: torch.Tensor, title: str = "") -> np.ndarray:
     """Bar chart of the mean KL of each latent dimension, sorted, with the active-unit threshold -> uint8 image."""
     kl = kl_per_dim.detach().double().cpu()
     ordered = torch.sort(kl, descending=True).values.numpy()
-    active = int((kl > ACTIVE_UNIT_KL).sum())
+    active = active_units(kl)
     fig, ax = plt.subplots(figsize=(6.4, 3.2))
     ax.bar(np.arange(len(ordered)), ordered, width=1.0, color="tab:blue")
     ax.axhline(ACTIVE_UNIT_KL, color="tab:red", linewidth=1, linestyle="--", label=f"active: KL > {ACTIVE_UNIT_KL}")
