@@ -75,16 +75,21 @@ def manifest_path(shard_dir: str | Path) -> Path:
     return Path(shard_dir) / MANIFEST_NAME
 
 
-def write_manifest(manifest: Manifest, shard_dir: str | Path) -> Path:
-    """Write atomically (temporary name, fsync, rename): the manifest's presence means the output is complete."""
-    path = manifest_path(shard_dir)
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write `payload` as JSON to `path.tmp`, fsync it, rename it: the file is either absent or whole."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as fh:
-        json.dump(manifest.to_json(), fh, indent=1)
+        json.dump(payload, fh, indent=1)
         fh.write("\n")
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def write_manifest(manifest: Manifest, shard_dir: str | Path) -> Path:
+    """Write atomically: the manifest's presence means the output is complete."""
+    path = manifest_path(shard_dir)
+    write_json_atomic(path, manifest.to_json())
     return path
 
 

@@ -21,23 +21,13 @@ from pathlib import Path
 from typing import Iterator
 
 from vaedist.errors import UserError
-from vaedist.shard.manifest import MANIFEST_NAME, ShardInfo
+from vaedist.shard.manifest import MANIFEST_NAME, ShardInfo, write_json_atomic
 from vaedist.shard.plan import PlannedShard
 
 STATE_NAME = ".vaedist-shard-state.json"
 STATE_VERSION = 1
 SHARD_FILE = re.compile(r"^(train|val)-\d{6}\.(tar|idx)$")
 DONE_FILE = re.compile(r"^\.(train|val)-\d{6}\.done\.json$")
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp" if not path.name.startswith(".") else f"{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=1)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class OutputDir:
