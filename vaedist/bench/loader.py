@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             full, small = args.shards, args.shards_max_side
             folder = copy_out_jpegs(full, work / "jpegs")
-        num = load_manifest(full).splits["train"].samples if "train" in load_manifest(full).splits else 0
+        splits = load_manifest(full).splits
+        num = splits["train"].samples if "train" in splits else 0
         print(f"{num} training images, batch {args.batch}, {args.workers} workers/threads, "
               f"fastest of epochs 2..{args.epochs}" if args.epochs > 1 else "one epoch", flush=True)
 
