@@ -144,7 +144,7 @@ def load_split_index(shard_dir: str | Path, manifest: Manifest, split: str, shar
     shard_dir = Path(shard_dir)
     shards = manifest.splits[split].shards
     reader = TarReader(shard_dir, shards)
-    rows: list[tuple[int, int, int, int, float, float, str]] = []
+    rows: list[tuple[int, int, int, int, float, float, int, int, str]] = []
     for s, idx in enumerate(shard_indexes):
         for members, key in zip(idx.members, idx.keys):
             off, size = members[IMAGE_EXT]

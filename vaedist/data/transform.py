@@ -51,7 +51,8 @@ def centre_crop_window(width: Any, height: Any, orig_width: Any, orig_height: An
     """(x0, y0, w, h) of the centre crop in stored pixels; x0/y0 < 0 means zero padding on that side.
 
     Written with plain arithmetic so that the same function runs on Python numbers (reference loader) and
-    on DALI graph nodes (pass `floor=nvidia.dali.math.floor`): one formula for both backends.
+    on float64 numpy arrays of a whole batch (DALI backend, on the host: pass `floor=np.floor`): one formula
+    for both backends.
     """
     w = floor(crop * width / orig_width + 0.5)  # `crop` original pixels, in stored pixels
     h = floor(crop * height / orig_height + 0.5)
