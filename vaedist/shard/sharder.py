@@ -21,7 +21,6 @@ wait for the next chunk in plan order (no polling: on N cores, a busy writer wou
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 import time
@@ -223,7 +222,7 @@ def _already_complete(output: OutputDir, dataset: str, listing: SourceListing, o
     """A complete output: same run -> say so and change nothing; another run -> refuse without --overwrite."""
     manifest = load_manifest(output.path)
     same = (manifest.dataset == dataset and manifest.root == str(listing.root)
-            and json.loads(json.dumps(manifest.options)) == json.loads(json.dumps(options.to_json())))
+            and manifest.options == options.to_json())  # to_json(): JSON types only (lists, not tuples)
     if not same:
         raise UserError(f"'{output.path}' already holds shards of another run ({manifest.dataset} from "
                         f"{manifest.root}, options {manifest.options}): pass --overwrite to replace them, "
@@ -244,12 +243,12 @@ def _write_shards(pool: ProcessPoolExecutor, workers: int, output: OutputDir, li
     """Workers pack chunks; here they are appended shard by shard; a thread publishes each finished shard."""
     finishing: deque[tuple] = deque()  # written shards the publisher thread is syncing and renaming
     tasks = chunk_tasks(output, listing, keys, todo)
+    hash_in_thread = workers >= HASH_THREAD_FROM_WORKERS
     # fsync only waits for the disk (it releases the GIL): in a thread, not in a worker process, where it
     # would idle one decoder for as long as the disk takes.
     with ThreadPoolExecutor(1, thread_name_prefix="vaedist-publish") as publisher, \
             closing(pack_in_parallel(pool, workers, tasks, options)) as packed:
         for shard in todo:
-            hash_in_thread = workers >= HASH_THREAD_FROM_WORKERS
             closed, skipped = _write_shard(shard, output, listing, packed, bar, hash_in_thread)
             published = publisher.submit(publish_shard, closed) if closed else None
             finishing.append((shard, skipped, published))
