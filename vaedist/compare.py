@@ -15,7 +15,6 @@ import base64
 import html
 import io
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from vaedist.errors import UserError, run_cli
-from vaedist.tracking import IMAGE_KINDS, IMAGES_DIR, METRICS_FILE, read_metrics
+from vaedist.tracking import IMAGE_KINDS, IMAGES_DIR, METRICS_FILE, read_metrics, write_text_atomic
 
 CONFIG_FILE = "config.yaml"
 MAX_POINTS_PER_CURVE = 1500  # keeps the inline SVGs small for long runs
@@ -303,10 +302,7 @@ def compare(run_dirs: list[str | Path], output: str | Path, title: str = "vaedis
     output = Path(output)
     if output.parent and not output.parent.is_dir():
         raise UserError(f"output directory '{output.parent}' does not exist")
-    text = render_report(runs, title)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, output)
+    write_text_atomic(output, render_report(runs, title))
     return output
 
 

@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     from vaedist.config import load_config
     from vaedist.data import build_loader
     from vaedist.model import load_model
+    from vaedist.tracking import write_text_atomic
     from vaedist.train import resolve_precision
 
     model = load_model(args.weights)
@@ -203,9 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator.is_main_process:
         print(f"{split}: " + "  ".join(f"{k}={v:.5g}" for k, v in result.metrics.items()), flush=True)
         if args.out is not None:
-            tmp = args.out.with_name(args.out.name + ".tmp")
-            tmp.write_text(json.dumps(result.metrics, indent=1) + "\n")
-            tmp.replace(args.out)
+            write_text_atomic(args.out, json.dumps(result.metrics, indent=1) + "\n")
     return 0
 
 

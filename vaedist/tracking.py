@@ -128,7 +128,7 @@ def _read_or_create_run_id(run_dir: Path, resuming: bool = True) -> str:
     else:
         # W&B's own ids are 8 characters of [a-z0-9]; its generator is not public API, so make one alike.
         run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-    _write_text_atomic(path, run_id + "\n")
+    write_text_atomic(path, run_id + "\n")
     return run_id
 
 
@@ -148,9 +148,10 @@ def sweep_run_dir(run_dir: str | Path) -> Path:
 # --- files -----------------------------------------------------------------------------------------
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 text to a temporary name, then rename it over `path` (no half-written file)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -189,7 +190,7 @@ def _truncate_metrics_after(run_dir: Path, step: int) -> None:
     if not path.is_file():
         return
     kept = [row for row in read_metrics(run_dir) if int(row.get("step", 0)) <= step]
-    _write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in kept))
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in kept))
 
 
 def _jsonable(value: Any) -> Any:
