@@ -288,13 +288,14 @@ def train_epoch(t: Trainer, epoch: int) -> None:
             p.step, p.batch_in_epoch = p.step + 1, p.batch_in_epoch + 1
             window.add(losses, batch[0].shape[0], p.step)
             bar.update(1)
-            if p.step % cfg.log_every == 0 or (cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0):
+            checkpoint_due = bool(cfg.checkpoint_every) and p.step % cfg.checkpoint_every == 0
+            if p.step % cfg.log_every == 0 or checkpoint_due:  # a checkpoint follows a log row (non-finite check)
                 row = flush_window(t, window)
                 t.tracker.log(row, p.step)
                 bar.set_postfix(img_s=f"{row['train/images_per_s']:.0f}", loss=f"{row['train/loss_encoder']:.4g}")
                 if t.stop_signal:
                     break
-                if cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0:
+                if checkpoint_due:
                     checkpoint(t)
     if window.steps:
         t.tracker.log(flush_window(t, window), p.step)  # also the last non-finite check before the checkpoint
