@@ -37,6 +37,17 @@ def sample_trees(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="session")
+def food_shards(sample_trees, tmp_path_factory) -> Path:
+    """Food-101 sample shards for the trainer tests, built once per session. Read-only: training never writes
+    into the shard directory (the decode-once cache lives in memory)."""
+    from vaedist.shard import shard_dataset
+
+    out = tmp_path_factory.mktemp("train_shards") / "food101"
+    shard_dataset("food101", sample_trees["food101"], out, workers=2, seed=0, progress=False)
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _no_wandb_network(monkeypatch):
     # Tests never talk to W&B's servers: runs are offline and read back from disk.

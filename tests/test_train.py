@@ -15,19 +15,11 @@ from safetensors.torch import load_file
 
 from vaedist.checkpoint import latest_checkpoint, list_checkpoints
 from vaedist.config import OptimConfig, load_config
-from vaedist.shard import shard_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 # 60 training images, batch 16, drop-last: 3 steps per epoch, 15 steps in all
 SMALL_RUN = ["--config", "configs/demo.yaml", "train.epochs=5", "train.batch_size=16", "train.log_every=1",
              "train.checkpoint_every=2", "train.keep_checkpoints=3", "train.eval_every=0", "logging.wandb=false"]
-
-
-@pytest.fixture(scope="module")
-def food_shards(sample_trees, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("train_shards") / "food101"
-    shard_dataset("food101", sample_trees["food101"], out, workers=2, seed=0, progress=False)
-    return out
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from vaedist.shard import shard_dataset
 from vaedist.tracking import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,13 +20,6 @@ def launch_two_processes(args: list[str], timeout: int = 300) -> subprocess.Comp
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def food_shards(sample_trees, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("train_dist_shards") / "food101"
-    shard_dataset("food101", sample_trees["food101"], out, workers=2, seed=0, progress=False)
-    return out
 
 
 def test_two_processes_hold_identical_parameters_and_match_the_one_process_update(tmp_path):
