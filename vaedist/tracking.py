@@ -99,11 +99,11 @@ def run_identity(cfg: Config, manifest: Manifest | None) -> tuple[str, str, list
     dataset = dataset_name(cfg, manifest)
     t = cfg.train
     if t.mode == "vae":
-        weighting = f"kl-{t.kl_weight}"  # kl-batch: KL times 1/batch (seed README); kl-one: times 1
-        tags = [dataset, t.mode, f"kl_weight={t.kl_weight}", f"lambda_mse={_short_number(t.lambda_mse)}"]
+        # kl-batch: KL times 1/batch (seed README); kl-one: times 1
+        weighting, weighting_tag = f"kl-{t.kl_weight}", f"kl_weight={t.kl_weight}"
     else:
-        weighting = f"beta{_short_number(t.beta)}"
-        tags = [dataset, t.mode, f"beta={_short_number(t.beta)}", f"lambda_mse={_short_number(t.lambda_mse)}"]
+        weighting, weighting_tag = f"beta{_short_number(t.beta)}", f"beta={_short_number(t.beta)}"
+    tags = [dataset, t.mode, weighting_tag, f"lambda_mse={_short_number(t.lambda_mse)}"]
     name = cfg.run.name or f"{dataset}-{t.mode}-{weighting}-lmse{_short_number(t.lambda_mse)}"
     group = cfg.logging.group or f"{dataset}-{t.mode}"
     for tag in cfg.logging.tags:
