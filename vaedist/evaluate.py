@@ -188,13 +188,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from vaedist.config import load_config
     from vaedist.data import build_loader
-    from vaedist.model import load_model
+    from vaedist.model import load_model, model_files
     from vaedist.tracking import write_text_atomic
     from vaedist.train import resolve_precision
 
     model = load_model(args.weights)
-    config_file = args.weights if args.weights.is_dir() else args.weights.parent
-    config_file = next(p for p in (config_file / "config.yaml", config_file / "final" / "config.yaml") if p.is_file())
+    _, config_file = model_files(args.weights)  # the config saved with the weights
     cfg = load_config(config_file, [f"data.shards={args.shards}"])
     accelerator = Accelerator(mixed_precision=resolve_precision(cfg.train.precision))
     model = model.to(accelerator.device)

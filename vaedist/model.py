@@ -155,14 +155,8 @@ def save_model(model: VAE, cfg, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> VAE:
-    """Load a VAE from a `final/` folder, a run folder (uses its `final/`), or a `model.safetensors` file.
-
-    The model comes back in eval mode: `encode`, `decode`, `reconstruct(x)`, `sample(n)`.
-    """
-    from safetensors.torch import load_file
-
-    from vaedist.config import load_config
+def model_files(path: str | Path) -> tuple[Path, Path]:
+    """(weights, config) of a `final/` folder, a run folder (its `final/`), or a `model.safetensors` file."""
     from vaedist.errors import UserError
 
     path = Path(path)
@@ -174,6 +168,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VAE:
     config_file = weights.parent / CONFIG_NAME
     if not config_file.is_file():
         raise UserError(f"'{config_file}' is missing: it holds the model's widths next to {WEIGHTS_NAME}")
+    return weights, config_file
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> VAE:
+    """Load a VAE from a `final/` folder, a run folder (uses its `final/`), or a `model.safetensors` file.
+
+    The model comes back in eval mode: `encode`, `decode`, `reconstruct(x)`, `sample(n)`.
+    """
+    from safetensors.torch import load_file
+
+    from vaedist.config import load_config
+
+    weights, config_file = model_files(path)
     cfg = load_config(config_file)
     model = VAE(cfg.model, image_size=cfg.data.size)
     model.load_state_dict(load_file(str(weights)))
