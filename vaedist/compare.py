@@ -23,9 +23,9 @@ from pathlib import Path
 import yaml
 
 from vaedist.errors import UserError, run_cli
+from vaedist.model import CONFIG_NAME
 from vaedist.tracking import IMAGE_KINDS, IMAGES_DIR, METRICS_FILE, read_metrics, write_text_atomic
 
-CONFIG_FILE = "config.yaml"
 MAX_POINTS_PER_CURVE = 1500  # keeps the inline SVGs small for long runs
 # Keys that identify a run rather than describe an experiment: always different, never interesting.
 IGNORED_CONFIG_KEYS = {"run.dir"}
@@ -87,10 +87,10 @@ def load_run(run_dir: str | Path) -> RunRecord:
     path = Path(run_dir)
     if not path.is_dir():
         raise UserError(f"run directory '{path}' does not exist (pass the run.dir of a training run)")
-    config_path, metrics_path = path / CONFIG_FILE, path / METRICS_FILE
+    config_path, metrics_path = path / CONFIG_NAME, path / METRICS_FILE
     if not config_path.is_file() and not metrics_path.is_file():
         raise UserError(
-            f"'{path}' is not a vaedist run directory: it has neither {CONFIG_FILE} nor {METRICS_FILE} "
+            f"'{path}' is not a vaedist run directory: it has neither {CONFIG_NAME} nor {METRICS_FILE} "
             "(pass the run.dir of a training run)"
         )
     config: dict = {}

@@ -28,7 +28,7 @@ from vaedist.config import Config, load_config, save_config
 from vaedist.errors import ConfigError, UserError
 from vaedist.evaluate import evaluate
 from vaedist.losses import LossWeights, VAELosses, loss_weights, scale_decoder_gradients, vae_losses
-from vaedist.model import VAE, save_model
+from vaedist.model import CONFIG_NAME, VAE, save_model
 from vaedist.optim import Schedule, build_optimizer, build_schedule
 from vaedist.tracking import sweep_run_dir
 
@@ -126,7 +126,7 @@ def setup(cfg: Config, loaders: tuple | None = None) -> Trainer:
         accelerator.print(f"resuming from {resume_from} (step {progress.step}, epoch {progress.epoch}, batch {progress.batch_in_epoch})")
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(cfg, run_dir / CONFIG_NAME)
     accelerator.wait_for_everyone()
     manifest = getattr(train_loader, "manifest", None)
     trainer = Trainer(
