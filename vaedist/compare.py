@@ -181,8 +181,10 @@ def curves_svg(runs: list[RunRecord], key: str) -> str:
 
 def _curves_svg(runs: list[RunRecord], key: str, plt) -> str:
     fig, ax = plt.subplots(figsize=(4.6, 3.0))
+    every_value: list[float] = []
     for run in runs:
         steps, values = run.series(key)
+        every_value += values
         if not steps:
             continue
         stride = max(1, math.ceil(len(steps) / MAX_POINTS_PER_CURVE))
@@ -190,8 +192,7 @@ def _curves_svg(runs: list[RunRecord], key: str, plt) -> str:
     ax.set_title(key, fontsize=10)
     ax.set_xlabel("step", fontsize=8)
     ax.tick_params(labelsize=7)
-    values = [v for run in runs for v in run.series(key)[1]]
-    if values and min(values) > 0 and max(values) / min(values) > 100:
+    if every_value and min(every_value) > 0 and max(every_value) / min(every_value) > 100:
         ax.set_yscale("log")  # losses spanning decades
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
