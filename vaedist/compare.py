@@ -24,7 +24,8 @@ import yaml
 
 from vaedist.errors import UserError, run_cli
 from vaedist.model import CONFIG_NAME
-from vaedist.tracking import IMAGE_KINDS, IMAGES_DIR, METRICS_FILE, read_metrics, write_text_atomic
+from vaedist.files import write_text_atomic
+from vaedist.tracking import IMAGE_KINDS, IMAGES_DIR, METRICS_FILE, read_metrics
 
 MAX_POINTS_PER_CURVE = 1500  # keeps the inline SVGs small for long runs
 # Keys that identify a run rather than describe an experiment: always different, never interesting.

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from vaedist.errors import ConfigError
+from vaedist.files import write_text_atomic
 
 
 @dataclass
@@ -261,7 +262,4 @@ def validate(cfg: Config) -> None:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically), so a run records exactly what it ran with."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     from vaedist.config import load_config
     from vaedist.data import build_loader
     from vaedist.model import load_model, model_files
-    from vaedist.tracking import write_text_atomic
+    from vaedist.files import write_text_atomic
     from vaedist.train import resolve_precision
 
     model = load_model(args.weights)

@@ -37,6 +37,7 @@ from PIL import Image
 from vaedist import visualize
 from vaedist.config import Config, to_dict
 from vaedist.evaluate import EvalResult
+from vaedist.files import write_text_atomic
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -146,13 +147,6 @@ def sweep_run_dir(run_dir: str | Path) -> Path:
 
 
 # --- files -----------------------------------------------------------------------------------------
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write UTF-8 text to a temporary name, then rename it over `path` (no half-written file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def save_png(image: np.ndarray, path: Path) -> None:

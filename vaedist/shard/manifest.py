@@ -26,11 +26,11 @@ Keys are unique in the dataset and contain no dots.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vaedist.errors import UserError
+from vaedist.files import write_text_atomic
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -77,13 +77,7 @@ def manifest_path(shard_dir: str | Path) -> Path:
 
 def write_json_atomic(path: Path, payload: dict) -> None:
     """Write `payload` as JSON to `path.tmp`, fsync it, rename it: the file is either absent or whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=1)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=1) + "\n", fsync=True)
 
 
 def write_manifest(manifest: Manifest, shard_dir: str | Path) -> Path:
