@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             folder = copy_out_jpegs(full, work / "jpegs")
         splits = load_manifest(full).splits
         num = splits["train"].samples if "train" in splits else 0
-        print(f"{num} training images, batch {args.batch}, {args.workers} workers/threads, "
-              f"fastest of epochs 2..{args.epochs}" if args.epochs > 1 else "one epoch", flush=True)
+        epochs = f"fastest of epochs 2..{args.epochs}" if args.epochs > 1 else "one epoch"
+        print(f"{num} training images, batch {args.batch}, {args.workers} workers/threads, {epochs}", flush=True)
 
         contenders = [seed_contender(folder, base, args.batch)]
         jobs: list[tuple[str, DataConfig, torch.device]] = []
