@@ -400,9 +400,6 @@ class Tracker:
         offline_dirs: list[Path] = []
         if self.active and self.run is not None and self.wandb_mode == "offline":
             offline_dirs = _offline_run_dirs(self.run_dir, self.run.id)
-        # Every rank leaves its last collective before any rank tears the process group down: a gloo
-        # group destroyed while a peer is still finishing aborts that peer ("terminate called ...").
-        self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         self.run = None
         if getattr(self, "_data_dir_set", False):  # leave the process as we found it
