@@ -23,7 +23,7 @@ from vaedist.config import Config, ModelConfig
 from vaedist.evaluate import FirstRows
 from vaedist.losses import loss_weights, vae_losses
 from vaedist.optim import build_optimizer
-from vaedist.train import setup, train_step
+from vaedist.train import close, setup, train_step
 
 GLOBAL_BATCH, SIZE, STEPS = 8, 16, 3
 
@@ -110,7 +110,7 @@ def main() -> None:
     if acc.is_main_process:
         with open(out_file, "w") as fh:
             fh.write(f"OK {STEPS}\n")
-    t.tracker.finish()
+    close(t)
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ def test_one_grad_scaler_skips_both_optimizers_together_and_backs_off_once(tmp_p
     unscaled with a changed scale); the trainer unscales both, steps both, updates once. fp16 autocast needs
     CUDA, so on CPU the same path runs with a CPU GradScaler in place of Accelerate's (fp32 forward)."""
     from vaedist.bench.train import SyntheticLoader
-    from vaedist.train import setup, train_step
+    from vaedist.train import close, setup, train_step
 
     cfg = load_config(None, [f"run.dir={tmp_path}", "train.batch_size=8", "logging.wandb=false", "data.size=16",
                              "model.encoder_channels=[4, 8]", "model.decoder_channels=[8, 4]", "model.hidden_dim=16", "model.latent_dim=4"])
@@ -167,7 +167,7 @@ def test_one_grad_scaler_skips_both_optimizers_together_and_backs_off_once(tmp_p
     assert not torch.equal(before[0], next(t.vae.encoder.parameters()))
     assert not torch.equal(before[-1], list(t.vae.decoder.parameters())[-1])
     assert scaler.get_scale() == 2.0**8
-    t.tracker.finish()
+    close(t)
 
 
 def test_train_benchmark_prints_the_three_variants_side_by_side(food_shards, tmp_path):
@@ -187,7 +187,7 @@ def test_train_benchmark_prints_the_three_variants_side_by_side(food_shards, tmp
 def test_fp16_one_scaler_skips_both_optimizers_together_and_backs_off_once(tmp_path):
     """Accelerate's optimizer wrapper updates the scaler after EACH optimizer; ours updates it once per step."""
     from vaedist.bench.train import SyntheticLoader
-    from vaedist.train import setup, train_step
+    from vaedist.train import close, setup, train_step
 
     cfg = load_config(None, [f"run.dir={tmp_path}", "train.precision=fp16", "train.batch_size=32", "logging.wandb=false"])
     t = setup(cfg, loaders=(SyntheticLoader(32, 64, 4, torch.device("cuda")), None))
@@ -203,7 +203,7 @@ def test_fp16_one_scaler_skips_both_optimizers_together_and_backs_off_once(tmp_p
         train_step(t, x)
     assert not torch.equal(before[0], next(t.vae.encoder.parameters()))
     assert not torch.equal(before[-1], list(t.vae.decoder.parameters())[-1])
-    t.tracker.finish()
+    close(t)
 
 
 @pytest.mark.gpu

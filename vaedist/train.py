@@ -150,9 +150,18 @@ def _install_signal_handlers(t: Trainer) -> None:
     t.previous_handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
-def _restore_signal_handlers(t: Trainer) -> None:
+def close(t: Trainer) -> None:
+    """End what `setup` started: give the signals back, then finish the tracker (every rank).
+
+    The signal handlers hold the Trainer, hence the DDP model and its gloo/NCCL process group; left
+    installed, they keep the group alive until the interpreter's final garbage collection, where a gloo
+    thread finishing its work cannot take the GIL and aborts the process ("terminate called without an
+    active exception") after a successful run.
+    """
     for sig, handler in t.previous_handlers.items():
         signal.signal(sig, handler)
+    t.previous_handlers = {}
+    t.tracker.finish()
 
 
 # --- the step ----------------------------------------------------------------------------------------
@@ -332,8 +341,7 @@ def train(cfg: Config, loaders: tuple | None = None, evaluate_at_end: bool = Tru
     try:
         return _run(t, evaluate_at_end)
     finally:
-        _restore_signal_handlers(t)
-        t.tracker.finish()
+        close(t)
 
 
 def _run(t: Trainer, evaluate_at_end: bool = True) -> int:

@@ -72,7 +72,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from vaedist.data import build_loader
-    from vaedist.train import resolve_precision, setup
+    from vaedist.train import close, resolve_precision, setup
 
     with tempfile.TemporaryDirectory(prefix="vaedist-bench-train-") as tmp:
         cfg = load_config(args.config, [*args.overrides, f"data.shards={args.shards}", f"run.dir={tmp}", "logging.wandb=false"])
@@ -91,7 +91,7 @@ def main(argv: list[str]) -> int:
                 rate = time_epoch(trainer, loader, round_)
                 if round_ > 0:
                     rates[variant].append(rate)
-        trainer.tracker.finish()
+        close(trainer)
 
     best = {v: max(r) for v, r in rates.items()}
     ceiling = best["synthetic"]
