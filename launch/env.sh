@@ -16,6 +16,16 @@ if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
   python -m pip install -q --upgrade pip
   # torch and torchvision must match; this pair is the newest that pip finds on the project's machines.
   if ! python -c "import torch, torchvision" 2>/dev/null; then
+    # The CUDA build of torch with its libraries takes ~6.7 GB in the venv; pip fails half-way with
+    # "No space left on device" otherwise, so say it up front, in one line, with what to do.
+    need_kb=$((8 * 1024 * 1024))
+    free_kb=$(df -Pk "$venv" | awk 'NR == 2 { print $4 }')
+    if [ -n "$free_kb" ] && [ "$free_kb" -lt "$need_kb" ]; then
+      free_gb=$(awk -v kb="$free_kb" 'BEGIN { printf "%.1f", kb / 1024 / 1024 }')
+      echo "[vaedist] error: installing torch into $venv needs about 8 GB free there, only $free_gb GB is;" \
+           "free some space or set VAEDIST_VENV to a folder on a disk with room" >&2
+      return 1 2>/dev/null || exit 1  # sourced (the usual way): don't close the caller's shell
+    fi
     python -m pip install -q "torch==${VAEDIST_TORCH:-2.14.1}" "torchvision==${VAEDIST_TORCHVISION:-0.29.1}"
   fi
   python -m pip install -q -e "$repo[dev]"
