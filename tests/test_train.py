@@ -20,6 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 # 60 training images, batch 16, drop-last: 3 steps per epoch, 15 steps in all
 SMALL_RUN = ["--config", "configs/demo.yaml", "train.epochs=5", "train.batch_size=16", "train.log_every=1",
              "train.checkpoint_every=2", "train.keep_checkpoints=3", "train.eval_every=0", "logging.wandb=false"]
+# in-process runs on RandomBatches: a 16x16 model that trains in milliseconds
+TINY_MODEL = ["data.size=16", "model.latent_dim=4", "model.encoder_channels=[4, 8]", "model.hidden_dim=8",
+              "model.decoder_channels=[8, 4]", "train.batch_size=4", "logging.wandb=false"]
 
 
 @pytest.fixture(autouse=True)
@@ -81,13 +84,13 @@ def test_run_stopped_by_sigterm_then_killed_resumes_to_the_same_steps_and_weight
         torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-class BatchesWithNaN:
-    """Random batches; batch `bad` holds a NaN pixel."""
+class RandomBatches:
+    """Random 16x16 batches of 4; batch number `nan_at` (if any) holds a NaN pixel."""
 
     manifest = None
 
-    def __init__(self, count: int, bad: int):
-        self.count, self.bad = count, bad
+    def __init__(self, count: int, nan_at: int | None = None):
+        self.count, self.nan_at = count, nan_at
 
     def __len__(self):
         return self.count
@@ -98,7 +101,7 @@ class BatchesWithNaN:
     def __iter__(self):
         for i in range(self.count):
             x = torch.rand(4, 3, 16, 16) * 2 - 1
-            if i == self.bad:
+            if i == self.nan_at:
                 x[0, 0, 0, 0] = float("nan")
             yield x, None
 
@@ -106,15 +109,51 @@ class BatchesWithNaN:
 def test_non_finite_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path):
     from vaedist.train import NonFiniteLoss, train
 
-    cfg = load_config(None, [f"run.dir={tmp_path}", "data.size=16", "model.latent_dim=4", "model.encoder_channels=[4, 8]",
-                             "model.hidden_dim=8", "model.decoder_channels=[8, 4]", "train.batch_size=4", "train.log_every=1",
-                             "train.checkpoint_every=2", "logging.wandb=false"])
+    cfg = load_config(None, [f"run.dir={tmp_path}", *TINY_MODEL, "train.log_every=1", "train.checkpoint_every=2"])
     with pytest.raises(NonFiniteLoss) as err:
-        train(cfg, loaders=(BatchesWithNaN(6, bad=4), None))
+        train(cfg, loaders=(RandomBatches(6, nan_at=4), None))
     message = str(err.value)
     assert "non-finite loss at step 5" in message and str(tmp_path / "checkpoints" / "step-00000004") in message
     assert "\n" not in message
     assert latest_checkpoint(tmp_path).name == "step-00000004"  # nothing saved after the bad step
+
+
+def test_resume_keeps_the_position_and_takes_learning_rates_and_epochs_from_the_new_config(tmp_path):
+    """A run resumed with more epochs or a lower lr follows the new config, not the checkpoint's values."""
+    from vaedist.optim import WarmupCosine
+    from vaedist.train import close, setup, train
+
+    first = [f"run.dir={tmp_path}", *TINY_MODEL, "train.epochs=2", "train.encoder.name=adamw",
+             "train.encoder.scheduler=cosine", "train.decoder.gamma=0.5"]
+    assert train(load_config(None, first), loaders=(RandomBatches(6), None), evaluate_at_end=False) == 0
+    # 12 steps done: the cosine over 2 epochs ended at 0, the decoder's lr halved twice
+    resumed = load_config(None, [*first, "train.epochs=4", "train.encoder.lr=5e-4", "train.encoder.betas=[0.5, 0.9]",
+                                 "train.encoder.weight_decay=0.125", "train.decoder.lr=2e-3"])
+    t = setup(resumed, loaders=(RandomBatches(6), None))
+    try:
+        assert t.progress.step == 12 and t.progress.epoch == 2
+        encoder_group, decoder_group = t.optimizers[0].param_groups[0], t.optimizers[1].param_groups[0]
+        assert encoder_group["lr"] == pytest.approx(5e-4 * WarmupCosine(0, 24, 0.0)(12)) == pytest.approx(2.5e-4)
+        assert encoder_group["betas"] == (0.5, 0.9) and encoder_group["weight_decay"] == 0.125
+        assert decoder_group["lr"] == pytest.approx(2e-3 * 0.5**2)
+        assert len(t.optimizers[0].state) > 0  # Adam's running averages still come from the checkpoint
+        t.schedules[0].after_step()  # the cosine continues over the new 24 steps
+        assert encoder_group["lr"] == pytest.approx(5e-4 * WarmupCosine(0, 24, 0.0)(13))
+        t.schedules[1].after_epoch()
+        assert decoder_group["lr"] == pytest.approx(2e-3 * 0.5**3)
+    finally:
+        close(t)
+
+
+def test_resume_with_a_different_model_is_refused_naming_the_key(tmp_path):
+    from vaedist.errors import ConfigError
+    from vaedist.train import train
+
+    base = [f"run.dir={tmp_path}", *TINY_MODEL, "train.epochs=1"]
+    assert train(load_config(None, base), loaders=(RandomBatches(2), None), evaluate_at_end=False) == 0
+    with pytest.raises(ConfigError) as err:
+        train(load_config(None, [*base, "model.latent_dim=6"]), loaders=(RandomBatches(2), None))
+    assert "model.latent_dim=4" in str(err.value) and "model.latent_dim=6" in str(err.value) and str(tmp_path) in str(err.value)
 
 
 def test_schedules_follow_the_seed_per_epoch_and_cosine_with_warmup_per_step():

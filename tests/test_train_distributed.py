@@ -60,3 +60,12 @@ def test_two_process_run_writes_the_run_dir_and_its_evaluation_matches_one_proce
     one_process = json.loads(out.read_text())
     for key in ("val/mse", "val/psnr", "val/ssim", "val/pcc", "val/kl", "val/images"):
         assert one_process[key] == pytest.approx(val_rows[-1][key], rel=1e-4), key
+
+
+def test_a_config_mistake_under_two_processes_is_one_line_once(tmp_path):
+    """Every rank reads the same bad config: rank 0 alone prints the line (the launcher adds its own report)."""
+    proc = launch_two_processes(["launch/train.py", "--config", "configs/demo.yaml", "model.latent_dim=many",
+                                 f"run.dir={tmp_path / 'run'}"], timeout=120)
+    assert proc.returncode != 0
+    ours = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("train: error: ")]
+    assert ours == ["train: error: config key 'model.latent_dim' must be an integer, got 'many'"], proc.stderr[-3000:]

@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 CHECKPOINTS_DIR = "checkpoints"
+# Config keys a checkpoint fixes: they decide the shapes of the weights and of the optimizers' states.
+# Everything else (epochs, learning rates, batch size, data, logging) may change between resumes.
+FIXED_BY_CHECKPOINT = ("model.", "data.size", "train.encoder.name", "train.decoder.name")
 _NAME = re.compile(r"^step-(\d{8,})$")
 
 
@@ -29,6 +32,33 @@ class Progress:
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+
+
+def check_resumable(saved_config: dict, config: dict, run_dir: str | Path) -> None:
+    """Refuse, in one line naming the key, a config that the run's checkpoints cannot be loaded into.
+
+    `saved_config` is the run's config.yaml as written when it last started, `config` this run's; both as
+    nested dicts (vaedist.config.to_dict).
+    """
+    from vaedist.errors import ConfigError
+
+    saved, wanted = _flatten(saved_config), _flatten(config)
+    for key, value in wanted.items():
+        if key.startswith(FIXED_BY_CHECKPOINT) and key in saved and saved[key] != value:
+            raise ConfigError(
+                f"run.dir '{run_dir}' holds checkpoints of a run with {key}={saved[key]}, this config has "
+                f"{key}={value}: set it back to resume, or give the new run its own run.dir"
+            )
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:

@@ -6,6 +6,7 @@ still shows its traceback.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, NoReturn
 
@@ -14,12 +15,16 @@ class UserError(Exception):
     """A problem the user can fix. `str(err)` is the one line shown to them."""
 
     exit_code = 1
+    # True where every process of a multi-process run raises the same error (a config mistake, a collective
+    # check): only rank 0 then prints it. False (default) where one rank may hit it alone (a corrupt shard).
+    every_rank = False
 
 
 class ConfigError(UserError):
     """Unknown key, wrong type or missing file in a config: exit code 2 (like argparse)."""
 
     exit_code = 2
+    every_rank = True  # every process reads the same config
 
 
 def fail(message: str, exit_code: int = 1) -> NoReturn:
@@ -33,7 +38,8 @@ def run_cli(main: Callable[[], int | None], prog: str = "vaedist") -> NoReturn:
     try:
         code = main()
     except UserError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
+        if not (err.every_rank and os.environ.get("RANK", "0") != "0"):
+            print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)

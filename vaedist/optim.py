@@ -66,6 +66,10 @@ class Schedule:
 
     def load_state_dict(self, state: dict) -> None:
         if self.scheduler is not None:
+            if "lr_lambdas" in state:
+                # The cosine factor's shape (warm-up, total steps, floor) stays the one this run's config built:
+                # the checkpoint's would keep a resumed run with more epochs at min_lr. Only the position loads.
+                state = {**state, "lr_lambdas": [None] * len(state["lr_lambdas"])}
             self.scheduler.load_state_dict(state)
 
 
@@ -77,3 +81,31 @@ def build_schedule(cfg: OptimConfig, optimizer: torch.optim.Optimizer, steps_per
         factor = WarmupCosine(warmup, steps_per_epoch * epochs, cfg.min_lr / cfg.lr if cfg.lr else 0.0)
         return Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "step")
     return Schedule(None, "none")
+
+
+def apply_config_after_resume(cfg: OptimConfig, optimizer: torch.optim.Optimizer, schedule: Schedule) -> None:
+    """After a checkpoint is loaded: keep its position and the optimizer's running averages, take every
+    hyper-parameter from this run's config.
+
+    The checkpoint holds the learning rate and betas/eps/weight decay it ran with; without this, a run resumed
+    with a lower `lr` (the advice after a non-finite loss) or more epochs would silently go on with the old
+    values. The learning rate becomes the one this config's schedule gives at the checkpoint's position.
+    """
+    settings: dict = {"eps": cfg.eps, "weight_decay": cfg.weight_decay}
+    if cfg.name == "rmsprop":
+        settings.update(alpha=cfg.alpha, momentum=cfg.momentum)
+    else:
+        settings["betas"] = tuple(cfg.betas)
+    scheduler = schedule.scheduler
+    if scheduler is None:
+        lr = cfg.lr
+    else:
+        scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
+        if isinstance(scheduler, torch.optim.lr_scheduler.ExponentialLR):
+            scheduler.gamma = cfg.gamma
+            lr = cfg.lr * cfg.gamma ** scheduler.last_epoch
+        else:  # LambdaLR with this config's WarmupCosine (load_state_dict kept it)
+            lr = cfg.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
+        scheduler._last_lr = [lr] * len(optimizer.param_groups)  # what get_last_lr() reports until the next step
+    for group in optimizer.param_groups:
+        group.update(settings, lr=lr, initial_lr=cfg.lr)

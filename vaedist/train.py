@@ -19,22 +19,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from vaedist.checkpoint import Progress, latest_checkpoint, save_checkpoint
-from vaedist.config import Config, load_config, save_config
+from vaedist.checkpoint import Progress, check_resumable, latest_checkpoint, save_checkpoint
+from vaedist.config import Config, load_config, save_config, to_dict
 from vaedist.errors import ConfigError, UserError
 from vaedist.evaluate import evaluate
 from vaedist.losses import LossWeights, VAELosses, loss_weights, scale_decoder_gradients, vae_losses
 from vaedist.model import CONFIG_NAME, VAE, save_model
-from vaedist.optim import Schedule, build_optimizer, build_schedule
+from vaedist.optim import Schedule, apply_config_after_resume, build_optimizer, build_schedule
 from vaedist.tracking import sweep_run_dir
 
 
 class NonFiniteLoss(UserError):
-    pass
+    every_rank = True  # raised by the collective check in flush_window, on every rank alike
 
 
 def resolve_precision(precision: str) -> str:
@@ -122,7 +123,11 @@ def setup(cfg: Config, loaders: tuple | None = None) -> Trainer:
     run_dir = Path(cfg.run.dir)
     resume_from = latest_checkpoint(run_dir)
     if resume_from is not None:
+        if (run_dir / CONFIG_NAME).is_file():
+            check_resumable(yaml.safe_load((run_dir / CONFIG_NAME).read_text()) or {}, to_dict(cfg), run_dir)
         accelerator.load_state(str(resume_from))
+        for optim_cfg, optimizer, schedule in zip((cfg.train.encoder, cfg.train.decoder), (opt_encoder, opt_decoder), schedules):
+            apply_config_after_resume(optim_cfg, optimizer, schedule)
         accelerator.print(f"resuming from {resume_from} (step {progress.step}, epoch {progress.epoch}, batch {progress.batch_in_epoch})")
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
