@@ -32,6 +32,14 @@ def test_training_command_reports_config_mistakes_in_one_line(args, named, tmp_p
         assert proc.returncode == 2
 
 
+def test_an_override_changes_only_its_own_key_when_the_yaml_shares_a_section_by_anchor():
+    shared = (REPO / "configs" / "demo.yaml").read_text()
+    assert "encoder: &optimizer" in shared and "decoder: *optimizer" in shared
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["train.encoder.lr=1e-4", "train.decoder.betas=[0.5, 0.6]"])
+    assert cfg.train.encoder.lr == 1e-4 and cfg.train.decoder.lr == 1e-3
+    assert cfg.train.decoder.betas == [0.5, 0.6] and cfg.train.encoder.betas == [0.9, 0.999]
+
+
 @pytest.mark.parametrize("name", ["seed_coco", "seed_food101"])
 def test_seed_configs_hold_the_seeds_hyper_parameters(name):
     cfg = load_config(REPO / "configs" / f"{name}.yaml")

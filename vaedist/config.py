@@ -221,6 +221,14 @@ def _string_keys(cls: type, prefix: str = "") -> set[str]:
     return out
 
 
+def _unshared(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {key: _unshared(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_unshared(value) for value in node]
+    return node
+
+
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML config (or only defaults when `path` is None), apply `key=value` overrides, validate."""
     tree: dict = {}
@@ -238,7 +246,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping of sections (data:, train:, ...)")
-        tree = loaded
+        # YAML anchors (`encoder: &optimizer` ... `decoder: *optimizer`) load as one shared dict: copy every
+        # node, so that an override of train.encoder.lr doesn't change the decoder's too.
+        tree = _unshared(loaded)
     strings = _string_keys(Config)
     for text in overrides:
         keys, value = _parse_override(text)
