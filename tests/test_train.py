@@ -84,6 +84,20 @@ def test_run_stopped_by_sigterm_then_killed_resumes_to_the_same_steps_and_weight
         torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+@pytest.mark.parametrize("name", ["coco", "food101", "seed_coco", "seed_food101"])
+def test_every_shipped_config_trains_and_evaluates_as_written(name, food_shards, tmp_path):
+    """Only the sizes shrink (the sample's 60 images); precision, channels_last, cache, schedules stay as shipped."""
+    from vaedist.train import train
+
+    cfg = load_config(REPO / "configs" / f"{name}.yaml", [f"data.shards={food_shards}", f"run.dir={tmp_path}",
+                                                          "train.batch_size=16", "train.epochs=1", "logging.wandb=false"])
+    assert train(cfg) == 0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    final = [row for row in rows if "val/ssim" in row][-1]
+    assert final["val/images"] == 24 and 0 < final["val/pcc"] <= 1 and final["val/mse"] > 0
+    assert (tmp_path / "final" / "model.safetensors").is_file()
+
+
 class RandomBatches:
     """Random 16x16 batches of 4; batch number `nan_at` (if any) holds a NaN pixel."""
 

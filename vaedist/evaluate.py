@@ -75,6 +75,8 @@ class SplitMetrics:
         """x01, rec01: [n, 3, S, S] in [0, 1]; kl_rows: [n, latent]."""
         if x01.shape[0] == 0:  # a rank's share of the split can end with an empty batch
             return
+        # torchmetrics' MSE/PSNR flatten with .view(-1), which a channels_last tensor refuses
+        x01, rec01 = x01.contiguous(), rec01.contiguous()
         self.metrics.update(rec01, x01)
         self.pcc.update(rec01.flatten(), x01.flatten())  # Pearson over all values, like the seed
         self.kl.update(kl_rows.sum(1))
