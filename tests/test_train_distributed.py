@@ -1,14 +1,17 @@
-"""The trainer with two real CPU processes (accelerate launch, gloo): DDP update rule and a whole run."""
+"""The trainer with two real CPU processes (accelerate launch, gloo): DDP update rule, a whole run, errors, SLURM."""
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from vaedist.checkpoint import latest_checkpoint
 from vaedist.tracking import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,3 +72,59 @@ def test_a_config_mistake_under_two_processes_is_one_line_once(tmp_path):
     assert proc.returncode != 0
     ours = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("train: error: ")]
     assert ours == ["train: error: config key 'model.latent_dim' must be an integer, got 'many'"], proc.stderr[-3000:]
+
+
+FAKE_SRUN = """#!/bin/bash
+# srun's part here: run the task in its own process group and forward SIGTERM to it, as slurmstepd does.
+while [[ "$1" == --* ]]; do shift; done
+setsid "$@" &
+task=$!
+trap 'kill -TERM -- -$task 2>/dev/null' TERM
+wait $task; status=$?
+while kill -0 $task 2>/dev/null; do wait $task; status=$?; done
+exit $status
+"""
+FAKE_SCONTROL = """#!/bin/bash
+case "$1" in
+  show) echo 127.0.0.1 ;;                       # scontrol show hostnames NODELIST: the first node
+  requeue) echo "requeue $2" >> "$SCONTROL_LOG" ;;
+esac
+"""
+
+
+def test_slurm_script_checkpoints_on_the_time_limit_signal_requeues_and_resumes(food_shards, tmp_path):
+    """launch/slurm.sbatch with the real launcher and two CPU processes; only SLURM's srun and scontrol are
+    stand-ins. SLURM's `--signal=B:TERM@180` is a SIGTERM to the batch script alone."""
+    if not (Path(sys.prefix) / ".vaedist-installed").is_file():
+        pytest.skip("the script sources launch/env.sh: run the tests from the environment it made (launch/test.sh)")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+        (fake_bin / name).write_text(text)
+        (fake_bin / name).chmod(0o755)
+    run, log = tmp_path / "run", tmp_path / "scontrol.log"
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "VAEDIST_VENV": sys.prefix, "SCONTROL_LOG": str(log),
+           "SLURM_JOB_ID": "42", "SLURM_JOB_NODELIST": "node[1]", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
+           "SLURM_SUBMIT_DIR": str(REPO), "GPUS_PER_NODE": "2", "MAIN_PORT": "29517", "ACCELERATE_USE_CPU": "true",
+           "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    args = ["--config", "configs/demo.yaml", f"data.shards={food_shards}", f"run.dir={run}", "train.batch_size=16",
+            "logging.wandb=false"]
+    job = subprocess.Popen(["bash", "launch/slurm.sbatch", *args, "train.epochs=200"], cwd=REPO, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while latest_checkpoint(run) is None:
+        assert job.poll() is None and time.monotonic() < deadline, job.stdout.read()[-3000:]
+        time.sleep(0.2)
+    job.send_signal(signal.SIGTERM)  # the time limit is near
+    out = job.communicate(timeout=120)[0]
+    assert job.returncode == 0, out[-3000:]
+    assert log.read_text() == "requeue 42\n" and "stopped by SIGTERM at step" in out, out[-3000:]
+    stopped_at = int(out.split("stopped by SIGTERM at step ")[1].split(":")[0])
+    assert latest_checkpoint(run).name == f"step-{stopped_at:08d}"
+
+    # The requeued job: the same command resumes from that checkpoint (here capped a few steps later)
+    again = subprocess.run(["bash", "launch/slurm.sbatch", *args, "train.epochs=200", f"train.max_steps={stopped_at + 3}"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"resuming from {run / 'checkpoints' / f'step-{stopped_at:08d}'}" in again.stdout + again.stderr
+    assert log.read_text() == "requeue 42\n"  # finished normally: not queued again
