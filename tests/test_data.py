@@ -309,6 +309,7 @@ for split, train in (("train", True), ("val", False)):
     report[split] = {"batches": len(rows), "len": len(loader), "rows": rows, "samples": loader.plan.order(0).tolist()}
 with open(f"{sys.argv[2]}/rank{accelerator.process_index}.json", "w") as fh:
     json.dump(report, fh)
+accelerator.end_training()  # the gloo group closed before interpreter shutdown, where it can abort the process
 '''
 
 
@@ -367,4 +368,9 @@ def test_cache_lives_on_the_gpu_when_it_fits(shards):
     for epoch in (0, 1):
         loader.set_epoch(epoch)
         plain.set_epoch(epoch)
-        assert torch.equal(collect(loader)[0], collect(plain)[0])
+        (cached_x, cached_y), (plain_x, plain_y) = collect(loader), collect(plain)
+        assert torch.equal(cached_y, plain_y)  # same order (a flip shows in the pixel bounds below)
+        # Not bit for bit: which JPEGs go to the hardware decoder and which to the CUDA one depends on the
+        # batch (hw_decoder_load), and the two round a little differently.
+        diff = (cached_x - plain_x).abs()
+        assert diff.mean() < 0.5 * LEVEL and diff.mean(dim=(1, 2, 3)).max() < 2.0 * LEVEL

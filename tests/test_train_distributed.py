@@ -56,7 +56,7 @@ def test_two_process_run_writes_the_run_dir_and_its_evaluation_matches_one_proce
 
     # The same weights evaluated by ONE process (standalone CLI) give the same numbers as the two ranks did
     out = tmp_path / "eval.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}  # like the ranks, on a GPU host too
     single = subprocess.run([sys.executable, "-m", "vaedist.evaluate", str(run), "--shards", str(food_shards),
                              "--batch-size", "5", "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]

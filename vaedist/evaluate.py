@@ -125,7 +125,7 @@ def evaluate(model: torch.nn.Module, loader, accelerator, cfg) -> EvalResult:
     """Collective: every process calls it with its share of the split (the evaluation loader's)."""
     from vaedist.losses import per_dim_kl
 
-    vae = accelerator.unwrap_model(model)
+    vae = accelerator.unwrap_model(model, keep_torch_compile=False)  # the plain VAE: its own encode/decode
     was_training = vae.training
     vae.eval()
     metrics = SplitMetrics(vae.latent_dim, accelerator.device)
@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{split}: " + "  ".join(f"{k}={v:.5g}" for k, v in result.metrics.items()), flush=True)
         if args.out is not None:
             write_text_atomic(args.out, json.dumps(result.metrics, indent=1) + "\n")
+    # Under a multi-process launch: close the process group now; left to interpreter shutdown, a gloo thread
+    # can abort the process after a successful run ("terminate called without an active exception").
+    accelerator.end_training()
     return 0
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import parse_flag_from_env, set_seed
 from tqdm.auto import tqdm
 
 from vaedist.checkpoint import Progress, check_resumable, latest_checkpoint, save_checkpoint
@@ -39,12 +39,15 @@ class NonFiniteLoss(UserError):
 
 
 def resolve_precision(precision: str) -> str:
-    """'auto' -> bf16 where the GPU supports it, else full precision (CPU autocast is slower than fp32)."""
-    if precision == "fp16" and not torch.cuda.is_available():
+    """'auto' -> bf16 where the GPU supports it natively, else full precision (CPU autocast, and bf16 emulated
+    on pre-Ampere GPUs, are slower than fp32)."""
+    # The device Accelerate will train on: ACCELERATE_USE_CPU=true keeps a GPU host's run on the CPU.
+    cuda = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
+    if precision == "fp16" and not cuda:
         raise ConfigError("config key 'train.precision': fp16 needs a CUDA GPU (its loss scaler); use bf16 or no")
     if precision != "auto":
         return precision
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cuda and torch.cuda.is_bf16_supported(including_emulation=False) else "no"
 
 
 @dataclass
@@ -135,7 +138,7 @@ def setup(cfg: Config, loaders: tuple | None = None) -> Trainer:
     accelerator.wait_for_everyone()
     manifest = getattr(train_loader, "manifest", None)
     trainer = Trainer(
-        cfg=cfg, accelerator=accelerator, model=prepared, vae=accelerator.unwrap_model(prepared),
+        cfg=cfg, accelerator=accelerator, model=prepared, vae=accelerator.unwrap_model(prepared, keep_torch_compile=False),
         optimizers=(opt_encoder, opt_decoder), schedules=schedules, weights=loss_weights(cfg.train),
         train_loader=train_loader, val_loader=val_loader,
         tracker=Tracker(cfg, accelerator, run_dir, manifest, resumed_step=progress.step),

@@ -37,6 +37,7 @@ def reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, 
     """
     if originals.shape != reconstructions.shape:
         raise ValueError(f"originals {tuple(originals.shape)} and reconstructions {tuple(reconstructions.shape)} differ")
+    originals, reconstructions = originals.cpu(), reconstructions.cpu()  # callers may pass device tensors
     count = originals.shape[0]
     per_row = max(1, min(per_row, count))
     rows = []
@@ -64,7 +65,7 @@ def pca_2d(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Returns (coords [M, 2], explained variance ratio [2]). Signs are fixed so that the largest-magnitude
     loading of each axis is positive: the picture does not flip between evaluations for no reason.
     """
-    x = points.double()
+    x = points.detach().cpu().double()
     x = x - x.mean(dim=0, keepdim=True)
     # Full SVD of the centred data: exact, and cheap for M <= a few thousand, D = 128.
     _, s, vh = torch.linalg.svd(x, full_matrices=False)
