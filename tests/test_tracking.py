@@ -482,3 +482,35 @@ def test_non_finite_latent_means_are_left_out_of_the_projection(sample_trees, tm
     tracker.log_evaluation(result, model, step=1, epoch=0)
     tracker.finish()
     assert (tmp_path / "run" / "images" / "latent_pca_latest.png").is_file()
+
+
+def test_an_infinite_kl_is_logged_without_ending_the_wandb_run(sample_trees, tmp_path, monkeypatch):
+    """Early in training a log-variance can explode: val/kl=inf must not take the run down with W&B on."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = load_config(None, SMALL + [f"run.dir={tmp_path / 'run'}", "logging.mode=offline"])
+    model = VAE(cfg.model, image_size=IMAGE_SIZE)
+    x, labels, classes = load_food_photos(sample_trees["food101"], per_class=2)
+    result = evaluate_photos(model, x, labels, cfg)
+    result.kl_per_dim[0] = float("inf")
+    result.metrics["val/kl"] = float("inf")
+    result.mu[1, 3] = float("inf")
+    tracker = Tracker(cfg, fresh_accelerator(**Tracker.accelerator_kwargs(cfg)), tmp_path / "run", food_manifest(classes))
+    tracker.log_evaluation(result, model, step=1, epoch=0)
+    tracker.finish()
+    (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    logged = {key.split(".")[0] for row in history(inspect_records(offline)) for key in row}  # "x._type" -> "x"
+    assert {"val/kl", "images/kl_per_dim", "latents/kl_per_dim"} <= logged, logged
+    assert (tmp_path / "run" / "images" / "kl_per_dim_latest.png").is_file()
+
+
+def test_a_single_latent_dimension_evaluates_and_plots(tmp_path):
+    from vaedist.evaluate import SplitMetrics
+
+    metrics = SplitMetrics(latent_dim=1, device=torch.device("cpu"))
+    x = torch.rand(4, 3, 16, 16)
+    metrics.update(x, x.flip(0), torch.rand(4, 1))
+    _, kl_per_dim = metrics.compute()
+    assert kl_per_dim.shape == (1,)
+    from vaedist import visualize
+
+    assert visualize.kl_per_dim_plot(kl_per_dim).ndim == 3

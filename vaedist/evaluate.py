@@ -86,7 +86,8 @@ class SplitMetrics:
         values = {f"val/{k}": float(v) for k, v in self.metrics.compute().items()}
         values["val/pcc"] = float(self.pcc.compute())
         values["val/kl"] = float(self.kl.compute())
-        return values, self.kl_per_dim.compute().cpu()
+        # reshape: torchmetrics returns a one-element result as a 0-d tensor (model.latent_dim=1)
+        return values, self.kl_per_dim.compute().reshape(-1).cpu()
 
 
 class FirstRows:

@@ -20,6 +20,7 @@ What lands where (the run dir is the record; W&B is a view of it):
 from __future__ import annotations
 
 import json
+import math
 import netrc
 import os
 import re
@@ -356,19 +357,23 @@ class Tracker:
             return
         import wandb
 
+        # An infinite KL (an exploding log-variance early in training) is logged as val/kl=inf, but
+        # wandb.Histogram refuses a non-finite range and would end the run: chart the finite dimensions only.
+        finite_kl = [(d, float(v)) for d, v in enumerate(kl_per_dim) if math.isfinite(float(v))]
         media = {
             "images/reconstructions": wandb.Image(pictures["reconstructions"], caption="top: validation, below: reconstruction"),
             "images/prior_samples": wandb.Image(pictures["prior_samples"], caption="decoded z ~ N(0, I), fixed noise"),
             "images/kl_per_dim": wandb.Image(pictures["kl_per_dim"]),
-            "latents/kl_per_dim": wandb.Histogram(kl_per_dim.numpy()),
-            "latents/kl_per_dim_bars": wandb.plot.bar(
-                wandb.Table(columns=["dimension", "kl"], data=[[d, float(v)] for d, v in enumerate(kl_per_dim)]),
+            "latents/means": self.latent_table(result),
+        }
+        if finite_kl:
+            media["latents/kl_per_dim"] = wandb.Histogram([v for _, v in finite_kl])
+            media["latents/kl_per_dim_bars"] = wandb.plot.bar(
+                wandb.Table(columns=["dimension", "kl"], data=[[d, v] for d, v in finite_kl]),
                 "dimension",
                 "kl",
                 title="Mean KL per latent dimension (nats)",
-            ),
-            "latents/means": self.latent_table(result),
-        }
+            )
         if "latent_pca" in pictures:
             media["images/latent_pca"] = wandb.Image(pictures["latent_pca"])
         self.accelerator.log(media, step=int(step))
