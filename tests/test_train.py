@@ -174,6 +174,17 @@ def test_compiled_run_saves_plain_weights_and_resumes(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step-00000004"
 
 
+def test_resume_inside_an_epoch_with_another_batch_size_is_refused(tmp_path):
+    """The data position is a count of batches: another batch size would skip or repeat samples."""
+    from vaedist.errors import ConfigError
+    from vaedist.train import train
+
+    base = [f"run.dir={tmp_path}", *TINY_MODEL, "train.epochs=2", "train.checkpoint_every=2"]
+    assert train(load_config(None, [*base, "train.max_steps=2"]), loaders=(RandomBatches(6), None), evaluate_at_end=False) == 0
+    with pytest.raises(ConfigError, match=r"inside epoch 0 \(after batch 2\) with train.batch_size=4 on 1 process"):
+        train(load_config(None, [*base, "train.batch_size=8"]), loaders=(RandomBatches(6), None))
+
+
 def test_resume_with_a_different_model_is_refused_naming_the_key(tmp_path):
     from vaedist.errors import ConfigError
     from vaedist.train import train

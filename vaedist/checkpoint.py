@@ -26,12 +26,17 @@ class Progress:
     step: int = 0  # optimizer steps done
     epoch: int = 0  # current epoch (0-based)
     batch_in_epoch: int = 0  # batches of `epoch` already trained on: the data position to skip to on resume
+    # What a batch meant when the checkpoint was written: `batch_in_epoch` counts batches of this global size
+    # split over this many processes (None: a checkpoint from before these were recorded).
+    batch_size: int | None = None
+    processes: int | None = None
 
     def state_dict(self) -> dict:
         return asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.batch_size, self.processes = state.get("batch_size"), state.get("processes")
 
 
 def check_resumable(saved_config: dict, config: dict, run_dir: str | Path) -> None:
@@ -49,6 +54,21 @@ def check_resumable(saved_config: dict, config: dict, run_dir: str | Path) -> No
                 f"run.dir '{run_dir}' holds checkpoints of a run with {key}={saved[key]}, this config has "
                 f"{key}={value}: set it back to resume, or give the new run its own run.dir"
             )
+
+
+def check_mid_epoch_resume(progress: Progress, batch_size: int, processes: int, checkpoint: str | Path) -> None:
+    """Refuse to resume inside an epoch with another global batch size or process count: the data position
+    is a count of batches, and batches of another size would skip or repeat samples of that epoch."""
+    from vaedist.errors import ConfigError
+
+    saved = (progress.batch_size, progress.processes)
+    if progress.batch_in_epoch == 0 or None in saved or saved == (batch_size, processes):
+        return
+    raise ConfigError(
+        f"checkpoint '{checkpoint}' stopped inside epoch {progress.epoch} (after batch {progress.batch_in_epoch}) with "
+        f"train.batch_size={saved[0]} on {saved[1]} process(es), this run has train.batch_size={batch_size} on "
+        f"{processes}: resume with the same to finish the epoch, then change them at the epoch's end"
+    )
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
