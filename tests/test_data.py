@@ -262,6 +262,50 @@ def test_verify_hashes_every_shard(salted):
         verify_split(salted, manifest, "val")
 
 
+def damage_member(shard_dir: Path, ext: str, edit) -> tuple[str, str]:
+    """Rewrite, in place and at the same size, the .`ext` member of sample 3 of the second training shard
+    (damage after sharding: the sizes still match, so only the content is wrong); return (tar name, key)."""
+    info = load_manifest(shard_dir).splits["train"].shards[1]
+    tar = shard_dir / info.name
+    idx = parse_index(tar, shard_dir / info.index)
+    off, size = idx.members[3][ext]
+    data = bytearray(tar.read_bytes())
+    damaged = edit(bytes(data[off : off + size]))
+    assert len(damaged) == size
+    data[off : off + size] = damaged
+    tar.write_bytes(bytes(data))
+    return info.name, idx.keys[3]
+
+
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_damaged_jpeg_header_stops_with_one_line_naming_shard_key_and_member(salted, backend):
+    name, key = damage_member(salted, "jpg", lambda jpg: b"\0" * 64 + jpg[64:])
+    with pytest.raises(UserError) as err:
+        build_loader(cfg(salted, backend=backend), "train", train=True, batch_size=4)
+    message = str(err.value)
+    assert "\n" not in message
+    assert name in message and f"'{key}'" in message and ".jpg member" in message and "not a readable JPEG" in message
+    assert message.endswith("re-run python -m vaedist.shard with --overwrite")
+
+
+def test_damaged_label_stops_with_one_line_naming_shard_key_and_member(salted):
+    name, key = damage_member(salted, "cls", lambda cls: b"Z" * len(cls))
+    message = one_line_error(salted)
+    assert name in message and f"'{key}'" in message and ".cls member" in message and "not a class index" in message
+    assert "is damaged" in message and "--overwrite" in message
+
+
+def test_damaged_metadata_stops_with_one_line_naming_shard_key_and_member(salted):
+    name, key = damage_member(salted, "json", lambda js: b"}" + js[1:])  # not JSON any more
+    message = one_line_error(salted)
+    assert name in message and f"'{key}'" in message and ".json member" in message and "not valid JSON" in message
+    assert "is damaged" in message and "--overwrite" in message
+
+    damage_member(salted, "json", lambda js: b"{" + js[1:].replace(b'"width"', b'"wjdth"'))  # valid JSON, no width
+    message = one_line_error(salted)
+    assert name in message and f"'{key}'" in message and '.json member that lacks a "width"' in message
+
+
 def test_dali_webdataset_reader_reads_our_index_files_and_errors_on_missing_members(shards, salted):
     manifest = load_manifest(shards["food"])
     infos = manifest.splits["val"].shards

@@ -24,6 +24,8 @@ IMAGE_EXT = "jpg"
 LABEL_EXT = "cls"
 META_EXT = "json"
 
+RESHARD = "re-run python -m vaedist.shard with --overwrite"
+
 
 @dataclass
 class ShardIndex:
@@ -40,7 +42,7 @@ def parse_index(tar: Path, index: Path) -> ShardIndex:
     try:
         lines = index.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"index '{index}' cannot be read ({err}); re-run python -m vaedist.shard with --overwrite")
+        raise UserError(f"index '{index}' cannot be read ({err}); {RESHARD}")
     try:
         version, count = lines[0].split()
         if version not in ("v1.1", "v1.2"):
@@ -61,7 +63,7 @@ def parse_index(tar: Path, index: Path) -> ShardIndex:
         if len(members) != int(count):
             raise ValueError(f"header says {count} samples, the file lists {len(members)}")
     except (ValueError, IndexError) as err:
-        raise UserError(f"index '{index}' is malformed ({err}); re-run python -m vaedist.shard with --overwrite")
+        raise UserError(f"index '{index}' is malformed ({err}); {RESHARD}")
     return ShardIndex(tar=tar, index=index, members=members, keys=keys)
 
 
@@ -140,23 +142,38 @@ def jpeg_size(data: memoryview | bytes) -> tuple[int, int]:
 
 
 def load_split_index(shard_dir: str | Path, manifest: Manifest, split: str, shard_indexes: list[ShardIndex]) -> SplitIndex:
-    """Flatten validated shard indexes into arrays and read each sample's label and original size."""
+    """Flatten validated shard indexes into arrays and read each sample's label and original size.
+
+    A member whose content was damaged after sharding (same size, other bytes: only `verify_split`'s hash
+    sees that) stops here with one line naming the tar, the sample and the member.
+    """
     shard_dir = Path(shard_dir)
     shards = manifest.splits[split].shards
     reader = TarReader(shard_dir, shards)
     rows: list[tuple[int, int, int, int, float, float, int, int, str]] = []
     for s, idx in enumerate(shard_indexes):
+        first = len(rows)
         for members, key in zip(idx.members, idx.keys):
-            off, size = members[IMAGE_EXT]
-            label = -1
-            if manifest.labelled and LABEL_EXT in members:
-                label = int(bytes(reader.view(s, *members[LABEL_EXT])).decode().strip())
-            meta_off, meta_size = members[META_EXT]
-            meta = json.loads(bytes(reader.view(s, meta_off, meta_size)))
-            # The stored size too, once here, so that batches' crop windows are plain numpy on the host
-            # (in the DALI graph, peeking the size and ~30 scalar operators cost ~40 % of a small JPEG's time).
-            stored_w, stored_h = jpeg_size(reader.view(s, off, size))
-            rows.append((s, off, size, label, float(meta["width"]), float(meta["height"]), stored_w, stored_h, key))
+            try:
+                off, size = members[IMAGE_EXT]
+                label = -1
+                if manifest.labelled and LABEL_EXT in members:
+                    label = int(bytes(reader.view(s, *members[LABEL_EXT])).decode().strip())
+                meta_off, meta_size = members[META_EXT]
+                meta = json.loads(bytes(reader.view(s, meta_off, meta_size)))
+                # The stored size too, once here, so that batches' crop windows are plain numpy on the host
+                # (in the DALI graph, peeking the size and ~30 scalar operators cost ~40 % of a small JPEG's time).
+                stored_w, stored_h = jpeg_size(reader.view(s, off, size))
+                rows.append((s, off, size, label, float(meta["width"]), float(meta["height"]), stored_w, stored_h, key))
+            except Exception as err:  # zero cost until it fires; the slow path below finds the damaged member
+                problem = _damaged_member(reader, s, members, manifest.labelled)
+                if problem is None:  # not the shard's content: a bug, keep its traceback
+                    raise
+                ext, what = problem
+                raise UserError(
+                    f"shard '{idx.tar}' is damaged: sample {len(rows) - first} ('{key}') has a .{ext} member that {what}; "
+                    f"{RESHARD}"
+                ) from err
     cols = list(zip(*rows)) if rows else [[]] * 9
     return SplitIndex(
         shard_dir=shard_dir,
@@ -171,3 +188,40 @@ def load_split_index(shard_dir: str | Path, manifest: Manifest, split: str, shar
         stored_height=np.asarray(cols[7], dtype=np.float32),
         keys=list(cols[8]),
     )
+
+
+def _damaged_member(reader: TarReader, shard: int, members: dict[str, tuple[int, int]], labelled: bool) -> tuple[str, str] | None:
+    """(extension, what is wrong) for the first member of a sample that `load_split_index` cannot read,
+    checked in the order it reads them; None when every member reads (the failure was something else)."""
+
+    def shown(raw: bytes) -> str:
+        return repr(raw[:24]) + ("..." if len(raw) > 24 else "")
+
+    if labelled and LABEL_EXT in members:
+        raw = bytes(reader.view(shard, *members[LABEL_EXT]))
+        try:
+            int(raw.decode().strip())
+        except ValueError:
+            return LABEL_EXT, f"is not a class index ({shown(raw)})"
+    if META_EXT in members:
+        raw = bytes(reader.view(shard, *members[META_EXT]))
+        try:
+            meta = json.loads(raw)
+        except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+            return META_EXT, f"is not valid JSON ({err}: {shown(raw)})"
+        if not isinstance(meta, dict) or "width" not in meta or "height" not in meta:
+            return META_EXT, f'lacks a "width" or "height" ({shown(raw)})'
+        try:
+            float(meta["width"]), float(meta["height"])
+        except (TypeError, ValueError):
+            return META_EXT, f'has a "width" or "height" that is not a number ({shown(raw)})'
+    if IMAGE_EXT in members:
+        from PIL import Image
+
+        try:
+            jpeg_size(reader.view(shard, *members[IMAGE_EXT]))
+        except Image.UnidentifiedImageError:
+            return IMAGE_EXT, "is not a readable JPEG (no frame header, and Pillow cannot identify it)"
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            return IMAGE_EXT, f"is not a readable JPEG ({type(err).__name__}: {err})"
+    return None

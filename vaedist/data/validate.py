@@ -9,11 +9,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from vaedist.data.index import IMAGE_EXT, LABEL_EXT, META_EXT, ShardIndex, parse_index
+from vaedist.data.index import IMAGE_EXT, LABEL_EXT, META_EXT, RESHARD, ShardIndex, parse_index
 from vaedist.errors import UserError
 from vaedist.shard.manifest import Manifest
-
-RESHARD = "re-run python -m vaedist.shard with --overwrite"
 
 
 def check_split_name(manifest: Manifest, split: str, shard_dir: Path) -> None:
