@@ -169,3 +169,27 @@ def test_cli_writes_the_report(two_runs, tmp_path, capsys):
     assert main([str(d) for d in two_runs] + ["-o", str(out)]) == 0
     assert out.is_file() and "wrote" in capsys.readouterr().out
     assert parse(out).tables["config-diff"]["train.kl_weight"] == ["batch", "one"]
+
+
+@pytest.mark.parametrize("where", ["missing-folder/report.html", "."])
+def test_an_output_in_a_missing_folder_or_on_a_folder_is_refused_before_any_work(two_runs, tmp_path, where):
+    with pytest.raises(UserError, match="-o/--output .*(does not exist|is a folder)"):
+        compare(two_runs, tmp_path / where)
+    assert not list(tmp_path.parent.glob(f"{tmp_path.name}*.tmp")) and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_the_atomic_writer_leaves_no_temporary_file_when_the_rename_fails(tmp_path):
+    from vaedist.files import write_text_atomic
+
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    with pytest.raises(OSError):  # os.replace of a file over a folder
+        write_text_atomic(folder, "text")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-folder"]
+
+
+def test_evaluate_refuses_a_bad_out_path_before_evaluating(tmp_path):
+    from vaedist.evaluate import main as evaluate_main
+
+    with pytest.raises(UserError, match="--out .*folder .* does not exist"):
+        evaluate_main([str(tmp_path / "no-run"), "--shards", str(tmp_path), "--out", str(tmp_path / "nodir" / "m.json")])

@@ -24,7 +24,7 @@ import yaml
 
 from vaedist.errors import UserError, run_cli
 from vaedist.model import CONFIG_NAME
-from vaedist.files import write_text_atomic
+from vaedist.files import check_output_file, write_text_atomic
 from vaedist.tracking import IMAGE_KINDS, IMAGES_DIR, METRICS_FILE, read_metrics
 
 MAX_POINTS_PER_CURVE = 1500  # keeps the inline SVGs small for long runs
@@ -301,9 +301,7 @@ def compare(run_dirs: list[str | Path], output: str | Path, title: str = "vaedis
         raise UserError("give at least one run directory")
     runs = [load_run(d) for d in run_dirs]
     _unique_labels(runs)
-    output = Path(output)
-    if output.parent and not output.parent.is_dir():
-        raise UserError(f"output directory '{output.parent}' does not exist")
+    output = check_output_file(output, "-o/--output")
     write_text_atomic(output, render_report(runs, title))
     return output
 

@@ -192,9 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     from vaedist.config import load_config
     from vaedist.data import build_loader
     from vaedist.model import load_model, model_files
-    from vaedist.files import write_text_atomic
+    from vaedist.files import check_output_file, write_text_atomic
     from vaedist.train import resolve_precision
 
+    if args.out is not None:
+        check_output_file(args.out, "--out")  # now, not after the whole evaluation
     model = load_model(args.weights)
     _, config_file = model_files(args.weights)  # the config saved with the weights
     cfg = load_config(config_file, [f"data.shards={args.shards}"])

@@ -17,9 +17,25 @@ def write_text_atomic(path: str | Path, text: str, *, fsync: bool = False) -> No
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        if fsync:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # nothing half-written left behind, whatever stopped us
+        raise
+
+
+def check_output_file(path: str | Path, option: str) -> Path:
+    """Refuse, before any work is done, an output path whose folder is missing or that is a folder itself."""
+    from vaedist.errors import UserError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} '{path}' is a folder; give a file name, e.g. {path / 'out.json'}")
+    if not path.parent.is_dir():
+        raise UserError(f"{option} '{path}': folder '{path.parent}' does not exist; create it first")
+    return path
