@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 
 from vaedist import visualize
 from vaedist.config import Config, load_config
+from vaedist.errors import UserError
 from vaedist.evaluate import EvalResult
 from vaedist.model import VAE
 from vaedist.shard.manifest import Manifest
@@ -514,3 +515,18 @@ def test_a_single_latent_dimension_evaluates_and_plots(tmp_path):
     from vaedist import visualize
 
     assert visualize.kl_per_dim_plot(kl_per_dim).ndim == 3
+
+
+def test_online_mode_without_credentials_is_a_one_line_error(tmp_path, monkeypatch):
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # no login anywhere
+    import wandb
+
+    wandb.teardown()
+    cfg = load_config(None, SMALL[:-1] + ["logging.mode=online"])
+    try:
+        with pytest.raises(UserError, match=r"W&B could not start its run in online mode .*logging.mode=online.*wandb login"):
+            Tracker(cfg, fresh_accelerator(**Tracker.accelerator_kwargs(cfg)), tmp_path / "run", None)
+    finally:
+        wandb.teardown()

@@ -37,6 +37,7 @@ from PIL import Image
 
 from vaedist import visualize
 from vaedist.config import Config, to_dict
+from vaedist.errors import UserError
 from vaedist.evaluate import EvalResult
 from vaedist.files import write_text_atomic
 
@@ -259,9 +260,12 @@ class Tracker:
         except wandb.errors.Error as err:
             # Credentials on a node that cannot reach the server (a shared home on an air-gapped cluster):
             # in auto mode, train anyway and leave the run to `wandb sync`. An explicit mode=online fails.
-            if self.cfg.logging.mode != "auto" or self.wandb_mode != "online":
-                raise
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if self.cfg.logging.mode != "auto" or self.wandb_mode != "online":
+                raise UserError(
+                    f"W&B could not start its run in {self.wandb_mode} mode ({reason}); with logging.mode={self.cfg.logging.mode} "
+                    "that is fatal: log in (wandb login, or WANDB_API_KEY), or use logging.mode=auto or offline"
+                ) from err
             print(f"W&B: cannot start an online run ({reason}); logging offline instead", flush=True)
             self.accelerator.trackers = []
             wandb.teardown()  # the service still holds the run id of the failed attempt
