@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from vaedist.config import load_config
+from vaedist.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,6 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
         (["--config", "configs/demo.yaml", "train.batch_size=big"], "train.batch_size"),  # wrong type
         (["--config", "configs/nope.yaml"], "configs/nope.yaml"),  # missing file
         (["--config", "configs/demo.yaml", "train.batch_size=3", "data.shards=/nonexistent/shards"], "/nonexistent/shards"),
+        (["--config", "configs/demo.yaml", "train.log_every=0"], "train.log_every"),  # out of range (validate)
+        (["--config", "configs/demo.yaml", "data.size=63"], "data.size"),  # not a multiple of 8 (model)
     ],
 )
 def test_training_command_reports_config_mistakes_in_one_line(args, named, tmp_path):
@@ -30,6 +33,45 @@ def test_training_command_reports_config_mistakes_in_one_line(args, named, tmp_p
     assert len(lines) == 1 and lines[0].startswith("train: error: ") and named in lines[0], proc.stderr
     if "shards" not in named:
         assert proc.returncode == 2
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("train.log_every=0", "train.log_every"),
+        ("train.batch_size=1", "train.batch_size"),
+        ("train.max_steps=-1", "train.max_steps"),
+        ("model.latent_dim=0", "model.latent_dim"),
+        ("model.hidden_dim=0", "model.hidden_dim"),
+        ("model.encoder_channels=[0,8,8]", "model.encoder_channels[0]"),
+        ("model.decoder_channels=[]", "model.decoder_channels"),
+        ("model.bn_momentum=1.5", "model.bn_momentum"),
+        ("train.encoder.lr=-1", "train.encoder.lr"),
+        ("train.decoder.lr=-1", "train.decoder.lr"),
+        ("train.decoder.eps=0", "train.decoder.eps"),
+        ("train.encoder.alpha=1", "train.encoder.alpha"),
+        ("train.encoder.betas=[0.9]", "train.encoder.betas"),
+        ("train.decoder.betas=[0.9, 1.0]", "train.decoder.betas[1]"),
+        ("train.encoder.gamma=.nan", "train.encoder.gamma"),  # NaN fails every range
+        ("data.workers=-1", "data.workers"),
+        ("data.prefetch=0", "data.prefetch"),
+        ("train.keep_checkpoints=0", "train.keep_checkpoints"),
+        ("logging.num_samples=-1", "logging.num_samples"),
+    ],
+)
+def test_values_out_of_range_are_refused_naming_the_key(override, named):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    message = str(err.value)
+    assert f"'{named}'" in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("override, named, other", [("data.size=0", "data.size", "data.crop"),
+                                                    ("data.crop=0", "data.crop", "data.size")])
+def test_data_size_and_crop_are_checked_apart(override, named, other):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert named in str(err.value) and other not in str(err.value)
 
 
 def test_an_override_changes_only_its_own_key_when_the_yaml_shares_a_section_by_anchor():

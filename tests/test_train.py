@@ -100,6 +100,18 @@ def test_every_shipped_config_trains_and_evaluates_as_written(name, food_shards,
     assert (tmp_path / "final" / "model.safetensors").is_file()
 
 
+def test_starting_a_finished_run_again_exports_the_weights_without_a_second_evaluation(food_shards, tmp_path):
+    from vaedist.train import train
+
+    cfg = [f"data.shards={food_shards}", f"run.dir={tmp_path}", "train.batch_size=16", "train.epochs=1", "logging.wandb=false"]
+    assert train(load_config(REPO / "configs" / "demo.yaml", cfg)) == 0
+    (tmp_path / "final" / "model.safetensors").unlink()
+    assert train(load_config(REPO / "configs" / "demo.yaml", cfg)) == 0
+    assert (tmp_path / "final" / "model.safetensors").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len([row for row in rows if "val/mse" in row]) == 1
+
+
 class RandomBatches:
     """Random 16x16 batches of 4; batch number `nan_at` (if any) holds a NaN pixel."""
 

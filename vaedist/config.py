@@ -260,14 +260,69 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     return cfg
 
 
+def _at_least(low: float) -> tuple[Any, str]:
+    return (lambda v: v >= low), f"at least {low}"
+
+
+_POSITIVE = ((lambda v: v > 0), "greater than 0")
+_UNIT = ((lambda v: 0 <= v <= 1), "between 0 and 1")  # BatchNorm momentum
+_UNIT_BELOW_1 = ((lambda v: 0 <= v < 1), "at least 0 and below 1")  # RMSprop alpha, Adam betas
+
+
 def validate(cfg: Config) -> None:
-    """Checks that involve values, not only types."""
-    if cfg.train.batch_size < 1:
-        raise ConfigError("config key 'train.batch_size' must be at least 1")
-    if cfg.train.epochs < 1:
-        raise ConfigError("config key 'train.epochs' must be at least 1")
-    if cfg.data.size < 8 or cfg.data.crop < 1:
-        raise ConfigError("config keys 'data.size' (>= 8) and 'data.crop' (>= 1) are out of range")
+    """Checks that involve values, not only types: one line naming the first key out of range.
+
+    Conditions are written as what must hold, so NaN fails them too.
+    """
+    d, m, t, log = cfg.data, cfg.model, cfg.train, cfg.logging
+    checks: list[tuple[str, Any, tuple[Any, str]]] = [
+        ("data.crop", d.crop, _at_least(1)),
+        ("data.size", d.size, _at_least(8)),
+        ("data.workers", d.workers, _at_least(0)),
+        ("data.prefetch", d.prefetch, _at_least(1)),
+        ("model.latent_dim", m.latent_dim, _at_least(1)),
+        ("model.hidden_dim", m.hidden_dim, _at_least(1)),
+        ("model.bn_momentum", m.bn_momentum, _UNIT),
+        ("train.epochs", t.epochs, _at_least(1)),
+        # BatchNorm needs two images per process; train.setup also checks the share of each process.
+        ("train.batch_size", t.batch_size, _at_least(2)),
+        ("train.beta", t.beta, _at_least(0)),
+        ("train.lambda_mse", t.lambda_mse, _at_least(0)),
+        ("train.log_every", t.log_every, _at_least(1)),
+        ("train.eval_every", t.eval_every, _at_least(0)),
+        ("train.checkpoint_every", t.checkpoint_every, _at_least(0)),
+        ("train.keep_checkpoints", t.keep_checkpoints, _at_least(1)),
+        ("train.max_steps", t.max_steps, _at_least(0)),
+        ("logging.num_reconstructions", log.num_reconstructions, _at_least(0)),
+        ("logging.num_samples", log.num_samples, _at_least(0)),
+        ("logging.table_rows", log.table_rows, _at_least(0)),
+        ("logging.projection_points", log.projection_points, _at_least(0)),
+    ]
+    for key in ("encoder_channels", "decoder_channels"):
+        channels = getattr(m, key)
+        if not channels:
+            raise ConfigError(f"config key 'model.{key}' must list at least one channel count, got []")
+        checks += [(f"model.{key}[{i}]", c, _at_least(1)) for i, c in enumerate(channels)]
+    for part in ("encoder", "decoder"):
+        opt: OptimConfig = getattr(t, part)
+        name = f"train.{part}"
+        if len(opt.betas) != 2:
+            raise ConfigError(f"config key '{name}.betas' must hold exactly 2 values (e.g. [0.9, 0.999]), got {opt.betas!r}")
+        checks += [
+            (f"{name}.lr", opt.lr, _at_least(0)),
+            (f"{name}.alpha", opt.alpha, _UNIT_BELOW_1),
+            (f"{name}.eps", opt.eps, _POSITIVE),
+            (f"{name}.weight_decay", opt.weight_decay, _at_least(0)),
+            (f"{name}.momentum", opt.momentum, _at_least(0)),
+            *[(f"{name}.betas[{i}]", b, _UNIT_BELOW_1) for i, b in enumerate(opt.betas)],
+            (f"{name}.gamma", opt.gamma, _POSITIVE),
+            (f"{name}.warmup_epochs", opt.warmup_epochs, _at_least(0)),
+            (f"{name}.min_lr", opt.min_lr, _at_least(0)),
+            (f"{name}.grad_clip", opt.grad_clip, _at_least(0)),
+        ]
+    for key, value, (holds, text) in checks:
+        if not holds(value):
+            raise ConfigError(f"config key '{key}' must be {text}, got {value!r}")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -101,8 +101,10 @@ class VAE(nn.Module):
         if image_size % 2 ** len(cfg.encoder_channels) or image_size % 2 ** len(cfg.decoder_channels):
             from vaedist.errors import ConfigError
 
+            n_enc, n_dec = len(cfg.encoder_channels), len(cfg.decoder_channels)
             raise ConfigError(
-                f"config key 'data.size' ({image_size}) must be divisible by 2**(number of model channels)"
+                f"config key 'data.size' ({image_size}) must be a multiple of {2 ** max(n_enc, n_dec)} "
+                f"for the {n_enc} encoder and {n_dec} decoder layers (each halves or doubles the side)"
             )
         self.cfg = cfg
         self.image_size = image_size

@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import parse_flag_from_env, set_seed
 from tqdm.auto import tqdm
 
-from vaedist.checkpoint import Progress, check_resumable, latest_checkpoint, save_checkpoint
+from vaedist.checkpoint import Progress, check_mid_epoch_resume, check_resumable, latest_checkpoint, save_checkpoint
 from vaedist.config import Config, load_config, save_config, to_dict
 from vaedist.errors import ConfigError, UserError
 from vaedist.evaluate import evaluate
@@ -99,6 +99,9 @@ def setup(cfg: Config, loaders: tuple | None = None) -> Trainer:
     world = accelerator.num_processes
     if cfg.train.batch_size % world:
         raise ConfigError(f"config key 'train.batch_size' ({cfg.train.batch_size}) must be divisible by the {world} processes")
+    if cfg.train.batch_size // world < 2:  # BatchNorm needs two images per process
+        raise ConfigError(f"config key 'train.batch_size' ({cfg.train.batch_size}) must be at least 2 per process, "
+                          f"i.e. at least {2 * world} for the {world} processes")
     set_seed(cfg.train.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
 
     model = VAE(cfg.model, image_size=cfg.data.size)
@@ -129,9 +132,11 @@ def setup(cfg: Config, loaders: tuple | None = None) -> Trainer:
         if (run_dir / CONFIG_NAME).is_file():
             check_resumable(yaml.safe_load((run_dir / CONFIG_NAME).read_text()) or {}, to_dict(cfg), run_dir)
         accelerator.load_state(str(resume_from))
+        check_mid_epoch_resume(progress, cfg.train.batch_size, world, resume_from)
         for optim_cfg, optimizer, schedule in zip((cfg.train.encoder, cfg.train.decoder), (opt_encoder, opt_decoder), schedules):
             apply_config_after_resume(optim_cfg, optimizer, schedule)
         accelerator.print(f"resuming from {resume_from} (step {progress.step}, epoch {progress.epoch}, batch {progress.batch_in_epoch})")
+    progress.batch_size, progress.processes = cfg.train.batch_size, world
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / CONFIG_NAME)
@@ -354,7 +359,8 @@ def train(cfg: Config, loaders: tuple | None = None, evaluate_at_end: bool = Tru
 
 def _run(t: Trainer, evaluate_at_end: bool = True) -> int:
     cfg, p = t.cfg.train, t.progress
-    evaluated_at = -1
+    # A finished run started again: its last evaluation is already logged; only the weights are exported again.
+    evaluated_at = p.step if _evaluated_at_step(t, p.step) else -1
     while p.epoch < cfg.epochs and not (cfg.max_steps and p.step >= cfg.max_steps):
         epoch = p.epoch
         train_epoch(t, epoch)
@@ -381,6 +387,20 @@ def _run(t: Trainer, evaluate_at_end: bool = True) -> int:
     return 0
 
 
+def _evaluated_at_step(t: Trainer, step: int) -> bool:
+    """Collective: does metrics.jsonl already hold an evaluation at `step`? (Rank 0 reads, everyone agrees.)"""
+    from accelerate.utils import broadcast_object_list
+
+    from vaedist.tracking import read_metrics
+
+    answer = [False]
+    if step > 0 and t.accelerator.is_main_process:
+        answer[0] = any(row.get("step") == step and "val/mse" in row for row in read_metrics(t.run_dir))
+    if t.accelerator.num_processes > 1:
+        broadcast_object_list(answer)
+    return answer[0]
+
+
 def parse_args(argv: list[str]) -> tuple[Path | None, list[str]]:
     parser = argparse.ArgumentParser(prog="launch/train.py", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, help="YAML config (configs/*.yaml); defaults when omitted")
@@ -392,7 +412,22 @@ def parse_args(argv: list[str]) -> tuple[Path | None, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     config_path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     cfg = load_config(config_path, overrides)
+    _show_info_messages()
     return train(cfg)
+
+
+def _show_info_messages() -> None:
+    """vaedist's own INFO lines (where the decode-once cache went, and why) on the console, from rank 0 only."""
+    import logging
+    import os
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("vaedist")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 if __name__ == "__main__":  # pragma: no cover
