@@ -290,6 +290,15 @@ def test_root_with_neither_coco_layout_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_val_fraction_outside_the_folder_layout_is_refused_not_ignored(sample_trees, tmp_path):
+    from vaedist.errors import UserError
+    from vaedist.shard import shard_dataset
+
+    with pytest.raises(UserError, match="--val-fraction is for the folder layout; food101 has its own"):
+        shard_dataset("food101", sample_trees["food101"], tmp_path / "out", val_fraction=0.2, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_no_valid_image_is_an_error_and_leaves_nothing_behind(tmp_path):
     root = tmp_path / "junk" / "only_class"
     root.mkdir(parents=True)

@@ -9,11 +9,12 @@ Data flows one way, and so does the package:
 __version__ = "0.1.0"
 
 
-def load_model(path):
-    """Load a trained VAE from a run's `final/` folder (or the run folder itself); see vaedist.model."""
+def load_model(path, device="cpu"):
+    """Load a trained VAE (eval mode, on `device`) from a run's `final/` folder, the run folder itself or a
+    model.safetensors file; see vaedist.model.load_model."""
     from vaedist.model import load_model as _load
 
-    return _load(path)
+    return _load(path, device=device)
 
 
 __all__ = ["__version__", "load_model"]

@@ -7,8 +7,14 @@ COMMANDS = {"shard": "vaedist.bench.shard", "loader": "vaedist.bench.loader", "t
 
 
 def main() -> int:
+    usage = f"usage: python -m vaedist.bench {{{','.join(COMMANDS)}}} [--help]"
+    if len(sys.argv) >= 2 and sys.argv[1] in ("-h", "--help"):
+        print(usage + "\n\n  shard   the sharder's images/s against one process decoding the same files\n"
+              "  loader  DALI, the reference loader and the cache against the seed's pipeline, side by side\n"
+              "  train   the training step on synthetic data, through the loader, and through the cache")
+        return 0
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
-        print(f"usage: python -m vaedist.bench {{{','.join(COMMANDS)}}} [--help]", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[sys.argv[1]])
     return module.main(sys.argv[2:])

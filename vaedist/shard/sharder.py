@@ -130,7 +130,7 @@ def shard_dataset(
     was found; bad images are not errors, they are listed in the manifest's `skipped`.
     """
     workers = default_workers() if workers is None else workers
-    options = _check_options(shard_size, max_side, seed, val_fraction, max_pixels, jpeg_quality, coco_train_dirs,
+    options = _check_options(dataset, shard_size, max_side, seed, val_fraction, max_pixels, jpeg_quality, coco_train_dirs,
                              workers)
     listing = list_source(dataset, root, SourceOptions(tuple(coco_train_dirs), val_fraction, seed))
     output = OutputDir.create(Path(out).expanduser().resolve())
@@ -199,7 +199,7 @@ def _shard(dataset: str, listing: SourceListing, output: OutputDir, options: Sha
 # --- options and a complete output -------------------------------------------------------------------------
 
 
-def _check_options(shard_size, max_side, seed, val_fraction, max_pixels, jpeg_quality, coco_train_dirs,
+def _check_options(dataset, shard_size, max_side, seed, val_fraction, max_pixels, jpeg_quality, coco_train_dirs,
                    workers) -> ShardOptions:
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
@@ -207,6 +207,8 @@ def _check_options(shard_size, max_side, seed, val_fraction, max_pixels, jpeg_qu
         raise UserError(f"--max-side must be a positive number of pixels, got {max_side}")
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction and dataset != "folder":
+        raise UserError(f"--val-fraction is for the folder layout; {dataset} has its own validation split (drop the option)")
     if max_pixels < 1:
         raise UserError(f"--max-pixels must be positive, got {max_pixels}")
     if not 1 <= jpeg_quality <= 100:
