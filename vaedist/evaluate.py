@@ -205,10 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     split = args.split or cfg.data.val_split
     loader = build_loader(cfg.data, split, train=False, batch_size=args.batch_size, accelerator=accelerator)
     result = evaluate(model, loader, accelerator, cfg)
+    # named after the split evaluated: train/mse for --split train (the trainer logs val/ for its val split)
+    metrics = {f"{split}/{key.split('/', 1)[1]}": value for key, value in result.metrics.items()}
     if accelerator.is_main_process:
-        print(f"{split}: " + "  ".join(f"{k}={v:.5g}" for k, v in result.metrics.items()), flush=True)
+        print("  ".join(f"{k}={v:.5g}" for k, v in metrics.items()), flush=True)
         if args.out is not None:
-            write_text_atomic(args.out, json.dumps(result.metrics, indent=1) + "\n")
+            write_text_atomic(args.out, json.dumps(metrics, indent=1) + "\n")
     # Under a multi-process launch: close the process group now; left to interpreter shutdown, a gloo thread
     # can abort the process after a successful run ("terminate called without an active exception").
     accelerator.end_training()
