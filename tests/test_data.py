@@ -418,3 +418,20 @@ def test_cache_lives_on_the_gpu_when_it_fits(shards):
         # batch (hw_decoder_load), and the two round a little differently.
         diff = (cached_x - plain_x).abs()
         assert diff.mean() < 0.5 * LEVEL and diff.mean(dim=(1, 2, 3)).max() < 2.0 * LEVEL
+
+
+def test_verify_command_passes_whole_shards_and_names_a_tar_changed_in_place(shards, tmp_path, capsys):
+    from vaedist.data.verify import main as verify_main
+
+    assert verify_main([str(shards["food"])]) == 0
+    assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines()] == ["train", "val"]
+    copy = tmp_path / "food"
+    shutil.copytree(shards["food"], copy)
+    tar = sorted(copy.glob("train-*.tar"))[0]
+    with open(tar, "r+b") as fh:  # one byte inside the tar: same size, indexes still fine
+        fh.seek(5000)
+        byte = fh.read(1)
+        fh.seek(5000)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(UserError, match=f"shard '{tar}' does not match its SHA-256"):
+        verify_main([str(copy), "--split", "train"])
