@@ -47,7 +47,13 @@ def resolve_precision(precision: str) -> str:
         raise ConfigError("config key 'train.precision': fp16 needs a CUDA GPU (its loss scaler); use bf16 or no")
     if precision != "auto":
         return precision
-    return "bf16" if cuda and torch.cuda.is_bf16_supported(including_emulation=False) else "no"
+    if not cuda:
+        return "no"
+    try:
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch before 2.4 has no such argument and reports native support only
+        native = torch.cuda.is_bf16_supported()
+    return "bf16" if native else "no"
 
 
 @dataclass
