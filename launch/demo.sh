@@ -46,8 +46,8 @@ for p in sorted((run / "images").glob("*latest*.png")):
 print(f"  final weights   {run / 'final'}   (vaedist.load_model('{run / 'final'}'))")
 print(f"  HTML report     {out / 'report.html'}")
 wandb_runs = sorted((run / "wandb").glob("offline-run-*")) if (run / "wandb").exists() else []
-if wandb_runs:
-    print(f"  W&B offline run {wandb_runs[-1]}   (upload: wandb sync {wandb_runs[-1]})")
+if wandb_runs:  # one folder per session of the same run (a re-run resumes it): sync them all, in order
+    print(f"  W&B offline run {wandb_runs[-1]}   (upload: wandb sync {' '.join(map(str, wandb_runs))})")
 if val:
     last = val[-1]
     print("  final metrics   " + "  ".join(f"{k}={v:.4g}" for k, v in last.items() if k.startswith("val/")))
