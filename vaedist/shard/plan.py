@@ -2,9 +2,10 @@
 
 The plan depends only on (listing, seed, shard size, bytes ratio), so a killed run that is started again
 with the same arguments recomputes exactly the same plan, keeps the shards it finished and writes the
-others. Samples are shuffled across the whole split first (seeded): DALI's reader only shuffles within a
-buffer of `initial_fill` samples, and each DDP rank reads a contiguous range of the split, so without a
-global shuffle a rank would see whole classes (Food-101) or whole folders (COCO's test2017) at a time.
+others. Samples are shuffled across the whole split first (seeded). vaedist's own loader reshuffles the
+whole split every epoch, but other readers of the shards don't: DALI's `fn.readers.webdataset` shuffles
+only within a buffer of `initial_fill` samples and gives each rank a contiguous range of the split, so
+without this shuffle a rank would see whole classes (Food-101) or whole folders (COCO's test2017) at a time.
 
 Shard boundaries need the stored size of each sample, known only after decoding; we estimate it as the
 file's size on disk times `bytes_ratio` plus the tar overhead. With --max-side, `bytes_ratio` (stored bytes
