@@ -148,6 +148,8 @@ def test_non_finite_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_
 
 def test_resume_keeps_the_position_and_takes_learning_rates_and_epochs_from_the_new_config(tmp_path):
     """A run resumed with more epochs or a lower lr follows the new config, not the checkpoint's values."""
+    from accelerate.state import AcceleratorState, GradientState
+
     from vaedist.optim import WarmupCosine
     from vaedist.train import close, setup, train
 
@@ -169,6 +171,14 @@ def test_resume_keeps_the_position_and_takes_learning_rates_and_epochs_from_the_
         assert encoder_group["lr"] == pytest.approx(5e-4 * WarmupCosine(0, 24, 0.0)(13))
         t.schedules[1].after_epoch()
         assert decoder_group["lr"] == pytest.approx(2e-3 * 0.5**3)
+    finally:
+        close(t)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    # Another scheduler altogether: the decoder goes from per-epoch exponential to a per-step cosine
+    t = setup(load_config(None, [*first, "train.epochs=4", "train.decoder.scheduler=cosine"]), loaders=(RandomBatches(6), None))
+    try:
+        assert t.optimizers[1].param_groups[0]["lr"] == pytest.approx(1e-3 * WarmupCosine(0, 24, 0.0)(12))
     finally:
         close(t)
 

@@ -65,12 +65,10 @@ class Schedule:
         return self.scheduler.state_dict() if self.scheduler is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
-        if self.scheduler is not None:
-            if "lr_lambdas" in state:
-                # The cosine factor's shape (warm-up, total steps, floor) stays the one this run's config built:
-                # the checkpoint's would keep a resumed run with more epochs at min_lr. Only the position loads.
-                state = {**state, "lr_lambdas": [None] * len(state["lr_lambdas"])}
-            self.scheduler.load_state_dict(state)
+        # Nothing to restore: a schedule is its config plus a position, and the position is the checkpoint's
+        # step or epoch (`Progress`). `apply_config_after_resume` sets both, so that a resumed run follows the
+        # config it is resumed with (more epochs, a lower lr, even another scheduler), not the checkpoint's.
+        pass
 
 
 def build_schedule(cfg: OptimConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int) -> Schedule:
@@ -83,9 +81,10 @@ def build_schedule(cfg: OptimConfig, optimizer: torch.optim.Optimizer, steps_per
     return Schedule(None, "none")
 
 
-def apply_config_after_resume(cfg: OptimConfig, optimizer: torch.optim.Optimizer, schedule: Schedule) -> None:
-    """After a checkpoint is loaded: keep its position and the optimizer's running averages, take every
-    hyper-parameter from this run's config.
+def apply_config_after_resume(cfg: OptimConfig, optimizer: torch.optim.Optimizer, schedule: Schedule, *,
+                              step: int, epoch: int) -> None:
+    """After a checkpoint is loaded: keep its position (`step` optimizer steps done, in epoch `epoch`) and the
+    optimizer's running averages, take every hyper-parameter from this run's config.
 
     The checkpoint holds the learning rate and betas/eps/weight decay it ran with; without this, a run resumed
     with a lower `lr` (the advice after a non-finite loss) or more epochs would silently go on with the old
@@ -100,12 +99,13 @@ def apply_config_after_resume(cfg: OptimConfig, optimizer: torch.optim.Optimizer
     if scheduler is None:
         lr = cfg.lr
     else:
+        position = epoch if schedule.interval == "epoch" else step  # times it has been stepped
         scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
+        scheduler.last_epoch, scheduler._step_count = position, position + 1
         if isinstance(scheduler, torch.optim.lr_scheduler.ExponentialLR):
-            scheduler.gamma = cfg.gamma
-            lr = cfg.lr * cfg.gamma ** scheduler.last_epoch
-        else:  # LambdaLR with this config's WarmupCosine (load_state_dict kept it)
-            lr = cfg.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
+            lr = cfg.lr * cfg.gamma**position
+        else:  # LambdaLR with this config's WarmupCosine
+            lr = cfg.lr * scheduler.lr_lambdas[0](position)
         scheduler._last_lr = [lr] * len(optimizer.param_groups)  # what get_last_lr() reports until the next step
     for group in optimizer.param_groups:
         group.update(settings, lr=lr, initial_lr=cfg.lr)

@@ -140,7 +140,7 @@ def setup(cfg: Config, loaders: tuple | None = None) -> Trainer:
         accelerator.load_state(str(resume_from))
         check_mid_epoch_resume(progress, cfg.train.batch_size, world, resume_from)
         for optim_cfg, optimizer, schedule in zip((cfg.train.encoder, cfg.train.decoder), (opt_encoder, opt_decoder), schedules):
-            apply_config_after_resume(optim_cfg, optimizer, schedule)
+            apply_config_after_resume(optim_cfg, optimizer, schedule, step=progress.step, epoch=progress.epoch)
         accelerator.print(f"resuming from {resume_from} (step {progress.step}, epoch {progress.epoch}, batch {progress.batch_in_epoch})")
     progress.batch_size, progress.processes = cfg.train.batch_size, world
     if accelerator.is_main_process:
