@@ -45,9 +45,10 @@ def check_resumable(saved_config: dict, config: dict, run_dir: str | Path) -> No
     `saved_config` is the run's config.yaml as written when it last started, `config` this run's; both as
     nested dicts (vaedist.config.to_dict).
     """
+    from vaedist.config import flatten
     from vaedist.errors import ConfigError
 
-    saved, wanted = _flatten(saved_config), _flatten(config)
+    saved, wanted = flatten(saved_config), flatten(config)
     for key, value in wanted.items():
         if key.startswith(FIXED_BY_CHECKPOINT) and key in saved and saved[key] != value:
             raise ConfigError(
@@ -69,16 +70,6 @@ def check_mid_epoch_resume(progress: Progress, batch_size: int, processes: int, 
         f"train.batch_size={saved[0]} on {saved[1]} process(es), this run has train.batch_size={batch_size} on "
         f"{processes}: resume with the same to finish the epoch, then change them at the epoch's end"
     )
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:

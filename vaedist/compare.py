@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from vaedist.config import flatten
 from vaedist.errors import UserError, run_cli
 from vaedist.model import CONFIG_NAME
 from vaedist.files import check_output_file, write_text_atomic
@@ -68,16 +69,6 @@ class RunRecord:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 # --- reading run dirs ------------------------------------------------------------------------------

@@ -186,6 +186,17 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """A nested config dict as dotted keys: {"train": {"epochs": 2}} -> {"train.epochs": 2}."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like section.key=value (e.g. train.epochs=2)")
