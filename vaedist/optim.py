@@ -16,13 +16,16 @@ from vaedist.config import OptimConfig
 
 
 def build_optimizer(cfg: OptimConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    params = list(params)
-    if cfg.name == "rmsprop":  # the seed: RMSprop(lr=1e-3, alpha=0.9, eps=1e-8, weight_decay=0, momentum=0)
-        return torch.optim.RMSprop(
-            params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, weight_decay=cfg.weight_decay, momentum=cfg.momentum
-        )
-    optimizer_class = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    return optimizer_class(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    # the seed: RMSprop(lr=1e-3, alpha=0.9, eps=1e-8, weight_decay=0, momentum=0)
+    optimizer_class = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.name]
+    return optimizer_class(list(params), lr=cfg.lr, **_hyperparameters(cfg))
+
+
+def _hyperparameters(cfg: OptimConfig) -> dict:
+    """The optimizer's settings besides lr, as its param groups hold them (at creation and after a resume)."""
+    if cfg.name == "rmsprop":
+        return {"alpha": cfg.alpha, "eps": cfg.eps, "weight_decay": cfg.weight_decay, "momentum": cfg.momentum}
+    return {"betas": tuple(cfg.betas), "eps": cfg.eps, "weight_decay": cfg.weight_decay}
 
 
 class WarmupCosine:
@@ -60,14 +63,14 @@ class Schedule:
     def lr(self, optimizer: torch.optim.Optimizer) -> float:
         return optimizer.param_groups[0]["lr"]
 
-    # Checkpointed through accelerator.register_for_checkpointing
+    # Registered with accelerator.register_for_checkpointing (checkpoints keep one entry per schedule), but
+    # nothing to save or restore: a schedule is its config plus a position, and the position is the
+    # checkpoint's step or epoch (`Progress`). `apply_config_after_resume` sets both, so that a resumed run
+    # follows the config it is resumed with (more epochs, a lower lr, even another scheduler).
     def state_dict(self) -> dict:
-        return self.scheduler.state_dict() if self.scheduler is not None else {}
+        return {}
 
     def load_state_dict(self, state: dict) -> None:
-        # Nothing to restore: a schedule is its config plus a position, and the position is the checkpoint's
-        # step or epoch (`Progress`). `apply_config_after_resume` sets both, so that a resumed run follows the
-        # config it is resumed with (more epochs, a lower lr, even another scheduler), not the checkpoint's.
         pass
 
 
@@ -90,11 +93,6 @@ def apply_config_after_resume(cfg: OptimConfig, optimizer: torch.optim.Optimizer
     with a lower `lr` (the advice after a non-finite loss) or more epochs would silently go on with the old
     values. The learning rate becomes the one this config's schedule gives at the checkpoint's position.
     """
-    settings: dict = {"eps": cfg.eps, "weight_decay": cfg.weight_decay}
-    if cfg.name == "rmsprop":
-        settings.update(alpha=cfg.alpha, momentum=cfg.momentum)
-    else:
-        settings["betas"] = tuple(cfg.betas)
     scheduler = schedule.scheduler
     if scheduler is None:
         lr = cfg.lr
@@ -108,4 +106,4 @@ def apply_config_after_resume(cfg: OptimConfig, optimizer: torch.optim.Optimizer
             lr = cfg.lr * scheduler.lr_lambdas[0](position)
         scheduler._last_lr = [lr] * len(optimizer.param_groups)  # what get_last_lr() reports until the next step
     for group in optimizer.param_groups:
-        group.update(settings, lr=lr, initial_lr=cfg.lr)
+        group.update(_hyperparameters(cfg), lr=lr, initial_lr=cfg.lr)
