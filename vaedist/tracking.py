@@ -180,13 +180,15 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return rows
 
 
-def _truncate_metrics_after(run_dir: Path, step: int) -> None:
-    """Drop rows logged after `step` (the checkpoint a training resumes from, 0 for a fresh start)."""
+def _truncate_metrics_after(run_dir: Path, step: int) -> list[dict]:
+    """Drop rows logged after `step` (the checkpoint a training resumes from, 0 for a fresh start); return
+    the rows kept."""
     path = run_dir / METRICS_FILE
     if not path.is_file():
-        return
+        return []
     kept = [row for row in read_metrics(run_dir) if int(row.get("step", 0)) <= step]
     write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in kept))
+    return kept
 
 
 def _jsonable(value: Any) -> Any:
@@ -224,6 +226,8 @@ class Tracker:
         self.active = accelerator.is_main_process
         self.wandb_mode: str | None = None
         self.run = None
+        # Steps whose evaluation an earlier session already logged (rank 0 only: it alone reads metrics.jsonl)
+        self.evaluated_steps: set[int] = set()
         # Same prior noise at every evaluation (and across resumes): a picture that changes shows the decoder.
         generator = torch.Generator().manual_seed(cfg.train.seed)
         self.prior_noise = torch.randn(cfg.logging.num_samples, cfg.model.latent_dim, generator=generator)
@@ -232,7 +236,8 @@ class Tracker:
         (self.run_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
         self.resumed_step = resumed_step
         # Rows logged after the checkpoint we resume from will be logged again (all of them on a fresh start).
-        _truncate_metrics_after(self.run_dir, resumed_step)
+        kept = _truncate_metrics_after(self.run_dir, resumed_step)
+        self.evaluated_steps = {int(row["step"]) for row in kept if "val/mse" in row and "step" in row}
         if cfg.logging.wandb:
             self._start_wandb()
 

@@ -394,14 +394,10 @@ def _run(t: Trainer, evaluate_at_end: bool = True) -> int:
 
 
 def _evaluated_at_step(t: Trainer, step: int) -> bool:
-    """Collective: does metrics.jsonl already hold an evaluation at `step`? (Rank 0 reads, everyone agrees.)"""
+    """Collective: did an earlier session log an evaluation at `step`? (Rank 0's tracker knows; all agree.)"""
     from accelerate.utils import broadcast_object_list
 
-    from vaedist.tracking import read_metrics
-
-    answer = [False]
-    if step > 0 and t.accelerator.is_main_process:
-        answer[0] = any(row.get("step") == step and "val/mse" in row for row in read_metrics(t.run_dir))
+    answer = [step in t.tracker.evaluated_steps]
     if t.accelerator.num_processes > 1:
         broadcast_object_list(answer)
     return answer[0]
