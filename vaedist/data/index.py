@@ -152,28 +152,18 @@ def load_split_index(shard_dir: str | Path, manifest: Manifest, split: str, shar
     reader = TarReader(shard_dir, shards)
     rows: list[tuple[int, int, int, int, float, float, int, int, str]] = []
     for s, idx in enumerate(shard_indexes):
-        first = len(rows)
-        for members, key in zip(idx.members, idx.keys):
+        for number, (members, key) in enumerate(zip(idx.members, idx.keys)):
+            off, size = members[IMAGE_EXT]
             try:
-                off, size = members[IMAGE_EXT]
-                label = -1
-                if manifest.labelled and LABEL_EXT in members:
-                    label = int(bytes(reader.view(s, *members[LABEL_EXT])).decode().strip())
-                meta_off, meta_size = members[META_EXT]
-                meta = json.loads(bytes(reader.view(s, meta_off, meta_size)))
+                label = _label(bytes(reader.view(s, *members[LABEL_EXT]))) if manifest.labelled and LABEL_EXT in members else -1
+                orig_w, orig_h = _original_size(bytes(reader.view(s, *members[META_EXT])))
                 # The stored size too, once here, so that batches' crop windows are plain numpy on the host
                 # (in the DALI graph, peeking the size and ~30 scalar operators cost ~40 % of a small JPEG's time).
-                stored_w, stored_h = jpeg_size(reader.view(s, off, size))
-                rows.append((s, off, size, label, float(meta["width"]), float(meta["height"]), stored_w, stored_h, key))
-            except Exception as err:  # zero cost until it fires; the slow path below finds the damaged member
-                problem = _damaged_member(reader, s, members, manifest.labelled)
-                if problem is None:  # not the shard's content: a bug, keep its traceback
-                    raise
-                ext, what = problem
-                raise UserError(
-                    f"shard '{idx.tar}' is damaged: sample {len(rows) - first} ('{key}') has a .{ext} member that {what}; "
-                    f"{RESHARD}"
-                ) from err
+                stored_w, stored_h = _stored_size(reader.view(s, off, size))
+            except _DamagedMember as err:
+                raise UserError(f"shard '{idx.tar}' is damaged: sample {number} ('{key}') has a .{err.ext} member that "
+                                f"{err.what}; {RESHARD}") from None
+            rows.append((s, off, size, label, orig_w, orig_h, stored_w, stored_h, key))
     cols = list(zip(*rows)) if rows else [[]] * 9
     return SplitIndex(
         shard_dir=shard_dir,
@@ -190,38 +180,45 @@ def load_split_index(shard_dir: str | Path, manifest: Manifest, split: str, shar
     )
 
 
-def _damaged_member(reader: TarReader, shard: int, members: dict[str, tuple[int, int]], labelled: bool) -> tuple[str, str] | None:
-    """(extension, what is wrong) for the first member of a sample that `load_split_index` cannot read,
-    checked in the order it reads them; None when every member reads (the failure was something else)."""
+class _DamagedMember(Exception):
+    """A member whose content was changed after sharding (same size, other bytes: only a hash sees that)."""
 
-    def shown(raw: bytes) -> str:
-        return repr(raw[:24]) + ("..." if len(raw) > 24 else "")
+    def __init__(self, ext: str, what: str):
+        super().__init__(what)
+        self.ext, self.what = ext, what
 
-    if labelled and LABEL_EXT in members:
-        raw = bytes(reader.view(shard, *members[LABEL_EXT]))
-        try:
-            int(raw.decode().strip())
-        except ValueError:
-            return LABEL_EXT, f"is not a class index ({shown(raw)})"
-    if META_EXT in members:
-        raw = bytes(reader.view(shard, *members[META_EXT]))
-        try:
-            meta = json.loads(raw)
-        except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
-            return META_EXT, f"is not valid JSON ({err}: {shown(raw)})"
+
+def _shown(raw: bytes) -> str:
+    return repr(raw[:24]) + ("..." if len(raw) > 24 else "")
+
+
+def _label(raw: bytes) -> int:
+    try:
+        return int(raw.decode().strip())
+    except ValueError:  # UnicodeDecodeError included
+        raise _DamagedMember(LABEL_EXT, f"is not a class index ({_shown(raw)})") from None
+
+
+def _original_size(raw: bytes) -> tuple[float, float]:
+    """(width, height) before any --max-side downscale, from a sample's .json member."""
+    try:
+        meta = json.loads(raw)
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+        raise _DamagedMember(META_EXT, f"is not valid JSON ({err}: {_shown(raw)})") from None
+    try:
+        return float(meta["width"]), float(meta["height"])
+    except (KeyError, TypeError, ValueError):
         if not isinstance(meta, dict) or "width" not in meta or "height" not in meta:
-            return META_EXT, f'lacks a "width" or "height" ({shown(raw)})'
-        try:
-            float(meta["width"]), float(meta["height"])
-        except (TypeError, ValueError):
-            return META_EXT, f'has a "width" or "height" that is not a number ({shown(raw)})'
-    if IMAGE_EXT in members:
-        from PIL import Image
+            raise _DamagedMember(META_EXT, f'lacks a "width" or "height" ({_shown(raw)})') from None
+        raise _DamagedMember(META_EXT, f'has a "width" or "height" that is not a number ({_shown(raw)})') from None
 
-        try:
-            jpeg_size(reader.view(shard, *members[IMAGE_EXT]))
-        except Image.UnidentifiedImageError:
-            return IMAGE_EXT, "is not a readable JPEG (no frame header, and Pillow cannot identify it)"
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            return IMAGE_EXT, f"is not a readable JPEG ({type(err).__name__}: {err})"
-    return None
+
+def _stored_size(data: memoryview) -> tuple[int, int]:
+    try:
+        return jpeg_size(data)
+    except Exception as err:  # whatever Pillow's fallback parser raises for bytes that are no JPEG
+        from PIL import UnidentifiedImageError
+
+        what = ("no frame header, and Pillow cannot identify it" if isinstance(err, UnidentifiedImageError)
+                else f"{type(err).__name__}: {err}")
+        raise _DamagedMember(IMAGE_EXT, f"is not a readable JPEG ({what})") from None
