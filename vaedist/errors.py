@@ -27,6 +27,11 @@ class ConfigError(UserError):
     every_rank = True  # every process reads the same config
 
 
+def is_rank_zero() -> bool:
+    """True in the first process of a launch (RANK, set by torchrun / accelerate launch) and without one."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def fail(message: str, exit_code: int = 1) -> NoReturn:
     err = UserError(message)
     err.exit_code = exit_code
@@ -38,7 +43,7 @@ def run_cli(main: Callable[[], int | None], prog: str = "vaedist") -> NoReturn:
     try:
         code = main()
     except UserError as err:
-        if not (err.every_rank and os.environ.get("RANK", "0") != "0"):
+        if not err.every_rank or is_rank_zero():
             print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:

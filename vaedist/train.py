@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from vaedist.checkpoint import Progress, check_mid_epoch_resume, check_resumable, latest_checkpoint, save_checkpoint
 from vaedist.config import Config, load_config, save_config, to_dict
-from vaedist.errors import ConfigError, UserError
+from vaedist.errors import ConfigError, UserError, is_rank_zero
 from vaedist.evaluate import evaluate
 from vaedist.losses import LossWeights, VAELosses, loss_weights, scale_decoder_gradients, vae_losses
 from vaedist.model import CONFIG_NAME, VAE, save_model
@@ -421,9 +421,8 @@ def main(argv: list[str] | None = None) -> int:
 def _show_info_messages() -> None:
     """vaedist's own INFO lines (where the decode-once cache went, and why) on the console, from rank 0 only."""
     import logging
-    import os
 
-    if os.environ.get("RANK", "0") != "0":
+    if not is_rank_zero():
         return
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
