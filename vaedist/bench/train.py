@@ -77,14 +77,15 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="vaedist-bench-train-") as tmp:
         cfg = load_config(args.config, [*args.overrides, f"data.shards={args.shards}", f"run.dir={tmp}", "logging.wandb=false"])
         per_process = cfg.train.batch_size  # one process: the global batch
-        probe = build_loader(cfg.data, cfg.data.train_split, train=True, batch_size=per_process)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        trainer = setup(cfg, loaders=(SyntheticLoader(per_process, cfg.data.size, len(probe), device), None))
-        loaders = {"synthetic": trainer.train_loader}
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the one Accelerate picks
+        pipelines = {}
         for variant, cache in (("pipeline", "off"), ("pipeline+cache", "auto")):
             cfg.data.cache = cache
-            loaders[variant] = build_loader(cfg.data, cfg.data.train_split, train=True, batch_size=per_process,
-                                            accelerator=trainer.accelerator)
+            pipelines[variant] = build_loader(cfg.data, cfg.data.train_split, train=True, batch_size=per_process,
+                                              device=device)
+        steps = len(pipelines["pipeline"])
+        trainer = setup(cfg, loaders=(SyntheticLoader(per_process, cfg.data.size, steps, device), None))
+        loaders = {"synthetic": trainer.train_loader, **pipelines}
         rates: dict[str, list[float]] = {v: [] for v in loaders}
         for round_ in range(args.rounds + 1):
             for variant, loader in loaders.items():
@@ -97,7 +98,7 @@ def main(argv: list[str]) -> int:
     ceiling = best["synthetic"]
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"\ntrainer throughput on {name}: batch {cfg.train.batch_size}, precision {resolve_precision(cfg.train.precision)}, "
-          f"{len(probe)} steps per epoch, fastest of {args.rounds} epochs after a warm-up epoch")
+          f"{steps} steps per epoch, fastest of {args.rounds} epochs after a warm-up epoch")
     print(f"{'variant':<16}{'images/s':>12}{'/ ceiling':>12}   all epochs")
     for variant, value in best.items():
         print(f"{variant:<16}{value:>12.1f}{value / ceiling:>12.2f}   {', '.join(f'{r:.0f}' for r in rates[variant])}")
