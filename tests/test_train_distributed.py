@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,10 +19,17 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
+def _free_port() -> int:
+    """A port no other process listens on now: several test runs on one machine must not share 29500."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def launch_two_processes(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", *args]
+           "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no", *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -105,7 +113,7 @@ def test_slurm_script_checkpoints_on_the_time_limit_signal_requeues_and_resumes(
     run, log = tmp_path / "run", tmp_path / "scontrol.log"
     env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "VAEDIST_VENV": sys.prefix, "SCONTROL_LOG": str(log),
            "SLURM_JOB_ID": "42", "SLURM_JOB_NODELIST": "node[1]", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
-           "SLURM_SUBMIT_DIR": str(REPO), "GPUS_PER_NODE": "2", "MAIN_PORT": "29517", "ACCELERATE_USE_CPU": "true",
+           "SLURM_SUBMIT_DIR": str(REPO), "GPUS_PER_NODE": "2", "MAIN_PORT": str(_free_port()), "ACCELERATE_USE_CPU": "true",
            "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     args = ["--config", "configs/demo.yaml", f"data.shards={food_shards}", f"run.dir={run}", "train.batch_size=16",
             "logging.wandb=false"]
