@@ -14,9 +14,10 @@ from vaedist.config import DataConfig
 from vaedist.data import build_loader, validate_split, verify_split
 from vaedist.data.cache import plan_cache
 from vaedist.data.dali import read_with_webdataset_reader
-from vaedist.data.index import jpeg_size, load_split_index, parse_index
+from vaedist.data.index import jpeg_size, load_split_index
 from vaedist.errors import UserError
 from vaedist.shard import load_manifest, shard_dataset
+from vaedist.shard.format import parse_index
 
 LEVEL = 2 / 255  # one uint8 level in [-1, 1] units
 

@@ -17,7 +17,7 @@ from PIL import Image
 from vaedist.errors import UserError
 from vaedist.sample import photo_paths
 from vaedist.shard import load_manifest, shard_dataset
-from vaedist.shard.manifest import Manifest
+from vaedist.shard.format import Manifest, split_member_name
 
 LOWERED_PIXEL_LIMIT = 1_000_000  # above every sample photo (<= 640 px a side), below the salted bomb
 REPO = Path(__file__).resolve().parents[1]
@@ -74,12 +74,12 @@ def read_shards(out: Path, manifest: Manifest) -> dict[str, dict]:
             with tarfile.open(out / shard.name) as tar:
                 members = tar.getmembers()
                 for member in members:
-                    key, ext = member.name.split(".", 1)
+                    key, ext = split_member_name(member.name)
                     entry = samples.setdefault(key, {"split": split_name, "shard": shard.name})
                     assert entry["shard"] == shard.name, f"key {key} in two shards: a duplicate"
                     assert ext not in entry, f"{member.name} twice"
                     entry[ext] = tar.extractfile(member).read()
-            assert len({m.name.split(".")[0] for m in members}) == shard.samples
+            assert len({split_member_name(m.name)[0] for m in members}) == shard.samples
     for entry in samples.values():
         entry["meta"] = json.loads(entry["json"])
     return samples

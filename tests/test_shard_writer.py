@@ -15,7 +15,12 @@ import pytest
 
 from vaedist.sample import photo_paths
 from vaedist.shard import writer as shard_writer
-from vaedist.shard.writer import FIXED_MTIME, ShardWriter, encode_sample, publish_shard, ustar_header, write_pieces
+from vaedist.shard.format import MEMBER_MTIME as FIXED_MTIME
+from vaedist.shard.writer import ShardWriter, encode_sample, publish_shard, ustar_header, write_pieces
+
+
+def _members(sample):
+    return [(f"{sample['__key__']}.{ext}", sample[ext]) for ext in ("cls", "jpg", "json")]
 
 
 def _samples(count: int) -> list[dict]:
@@ -38,15 +43,15 @@ def test_index_matches_dali_wds2idx_and_manifest_entry_matches_file(tmp_path, ha
     part = tmp_path / ".train-000000.part00000.tmp"
     encoded, entries = b"", []
     for sample in samples[2:6]:
-        data, components = encode_sample(sample)
-        entries.append([(ext, len(encoded) + offset, size, name) for ext, offset, size, name in components])
+        data, components = encode_sample(_members(sample))
+        entries.append([(name, len(encoded) + offset, size) for name, offset, size in components])
         encoded += data
     part.write_bytes(encoded)
     with ShardWriter(tmp_path / "train-000000.tar", hash_in_thread) as writer:
-        writer.write(samples[0])
-        writer.write(samples[1])
+        writer.write(_members(samples[0]))
+        writer.write(_members(samples[1]))
         writer.append_part(part, len(encoded), entries)
-        writer.write(samples[6])
+        writer.write(_members(samples[6]))
         closed = writer.close()
     part.unlink()
     assert sorted(p.name for p in tmp_path.glob(".*")) == [".train-000000.idx.tmp", ".train-000000.tar.tmp"]
@@ -73,17 +78,17 @@ def test_index_matches_dali_wds2idx_and_manifest_entry_matches_file(tmp_path, ha
 def test_unfinished_shard_leaves_no_file(tmp_path):
     with pytest.raises(RuntimeError):
         with ShardWriter(tmp_path / "val-000001.tar") as writer:
-            writer.write(_samples(1)[0])
+            writer.write(_members(_samples(1)[0]))
             raise RuntimeError("killed mid-shard")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_keys_with_dots_are_refused(tmp_path):
-    with ShardWriter(tmp_path / "train-000000.tar") as writer:
-        with pytest.raises(ValueError):
-            writer.write({"__key__": "a.b", "jpg": b"x"})
-        with pytest.raises(ValueError):
-            writer.write({"__key__": "a/b", "jpg": b"x"})
+def test_keys_with_dots_are_refused():
+    from vaedist.shard.format import member_name
+    with pytest.raises(ValueError):
+        member_name("a.b", "jpg")
+    with pytest.raises(ValueError):
+        member_name("a/b", "jpg")
 
 
 @pytest.mark.parametrize("name, size", [("a.jpg", 0), ("train2017_000000000009.jpg", 160_123),

@@ -26,7 +26,7 @@ from vaedist.config import Config, load_config
 from vaedist.errors import UserError
 from vaedist.evaluate import EvalResult
 from vaedist.model import VAE
-from vaedist.shard.manifest import Manifest
+from vaedist.shard.format import Manifest
 from vaedist.tracking import (
     IMAGE_KINDS,
     RUN_ID_FILE,

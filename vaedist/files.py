@@ -5,6 +5,7 @@ that a kill at any moment never leaves a half-written one.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -27,6 +28,11 @@ def write_text_atomic(path: str | Path, text: str, *, fsync: bool = False) -> No
     except BaseException:
         tmp.unlink(missing_ok=True)  # nothing half-written left behind, whatever stopped us
         raise
+
+
+def write_json_atomic(path: str | Path, payload: dict) -> None:
+    """`payload` as indented JSON through `write_text_atomic(fsync=True)`: absent or whole, even after a power cut."""
+    write_text_atomic(path, json.dumps(payload, indent=1) + "\n", fsync=True)
 
 
 def check_output_file(path: str | Path, option: str) -> Path:

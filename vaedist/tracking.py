@@ -44,7 +44,7 @@ from vaedist.files import write_text_atomic
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-    from vaedist.shard.manifest import Manifest
+    from vaedist.shard.format import Manifest
 
 METRICS_FILE = "metrics.jsonl"
 IMAGES_DIR = "images"

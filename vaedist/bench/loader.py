@@ -29,7 +29,7 @@ from vaedist.data.index import TarReader, load_split_index
 from vaedist.data.loader import dali_available
 from vaedist.data.validate import validate_split
 from vaedist.errors import UserError
-from vaedist.shard.manifest import load_manifest
+from vaedist.shard.format import load_manifest
 
 
 @dataclass

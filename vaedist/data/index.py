@@ -1,16 +1,12 @@
-"""Where every sample of a split lives: DALI's .idx files parsed into flat arrays, plus each sample's label
-and original size read from its `.cls` / `.json` members.
+"""Where every sample of a split lives: the shards' DALI .idx files (parsed by `vaedist.shard.format`)
+flattened into arrays, plus each sample's label and original size read from its `.cls` / `.json` members.
 
-The .idx format (DALI `wds2idx`, version v1.2) is one header line `v1.2 <samples>` and then one line per
-sample listing its members as `<ext> <data offset> <size> <member name>` groups (v1.1: no name). Offsets
-point at member data inside the tar, so a sample's JPEG is `tar[offset : offset + size]` — no tar parsing.
-
-Both backends read encoded bytes through these offsets, so they see the same samples in the same order.
+Offsets point at member data inside the tar, so a sample's JPEG is `tar[offset : offset + size]` — no tar
+parsing. Both backends read encoded bytes through these offsets, so they see the same samples in the same order.
 """
 from __future__ import annotations
 
 import io
-import json
 import mmap
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,53 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from vaedist.errors import UserError
-from vaedist.shard.manifest import Manifest, ShardInfo
-
-IMAGE_EXT = "jpg"
-LABEL_EXT = "cls"
-META_EXT = "json"
-
-RESHARD = "re-run python -m vaedist.shard with --overwrite"
-
-
-@dataclass
-class ShardIndex:
-    """One tar's parsed index: per sample, the (offset, size) of each member extension."""
-
-    tar: Path
-    index: Path
-    members: list[dict[str, tuple[int, int]]]  # [sample] -> {"jpg": (offset, size), "cls": ..., "json": ...}
-    keys: list[str]  # [sample] -> key (member name up to its first dot; v1.1 indexes: "<line number>")
-
-
-def parse_index(tar: Path, index: Path) -> ShardIndex:
-    """Parse a DALI .idx file. Malformed text is a one-line UserError naming the index."""
-    try:
-        lines = index.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"index '{index}' cannot be read ({err}); {RESHARD}")
-    try:
-        version, count = lines[0].split()
-        if version not in ("v1.1", "v1.2"):
-            raise ValueError(f"unknown index version {version!r}")
-        group = 4 if version == "v1.2" else 3  # v1.2 adds the member name
-        members, keys = [], []
-        for line in lines[1:]:
-            if not line.strip():
-                continue
-            fields = line.split()
-            if len(fields) % group:
-                raise ValueError(f"line {len(members) + 2} has {len(fields)} fields")
-            sample = {}
-            for i in range(0, len(fields), group):
-                sample[fields[i]] = (int(fields[i + 1]), int(fields[i + 2]))
-            members.append(sample)
-            keys.append(fields[3].split(".", 1)[0] if group == 4 else str(len(keys)))
-        if len(members) != int(count):
-            raise ValueError(f"header says {count} samples, the file lists {len(members)}")
-    except (ValueError, IndexError) as err:
-        raise UserError(f"index '{index}' is malformed ({err}); {RESHARD}")
-    return ShardIndex(tar=tar, index=index, members=members, keys=keys)
+from vaedist.shard.format import (IMAGE_EXT, LABEL_EXT, META_EXT, RESHARD, DamagedMember, Manifest, ShardIndex, ShardInfo,
+                                  decode_label, decode_original_size)
 
 
 @dataclass
@@ -155,12 +106,13 @@ def load_split_index(shard_dir: str | Path, manifest: Manifest, split: str, shar
         for number, (members, key) in enumerate(zip(idx.members, idx.keys)):
             off, size = members[IMAGE_EXT]
             try:
-                label = _label(bytes(reader.view(s, *members[LABEL_EXT]))) if manifest.labelled and LABEL_EXT in members else -1
-                orig_w, orig_h = _original_size(bytes(reader.view(s, *members[META_EXT])))
+                label = (decode_label(bytes(reader.view(s, *members[LABEL_EXT])))
+                         if manifest.labelled and LABEL_EXT in members else -1)
+                orig_w, orig_h = decode_original_size(bytes(reader.view(s, *members[META_EXT])))
                 # The stored size too, once here, so that batches' crop windows are plain numpy on the host
                 # (in the DALI graph, peeking the size and ~30 scalar operators cost ~40 % of a small JPEG's time).
                 stored_w, stored_h = _stored_size(reader.view(s, off, size))
-            except _DamagedMember as err:
+            except DamagedMember as err:
                 raise UserError(f"shard '{idx.tar}' is damaged: sample {number} ('{key}') has a .{err.ext} member that "
                                 f"{err.what}; {RESHARD}") from None
             rows.append((s, off, size, label, orig_w, orig_h, stored_w, stored_h, key))
@@ -180,39 +132,6 @@ def load_split_index(shard_dir: str | Path, manifest: Manifest, split: str, shar
     )
 
 
-class _DamagedMember(Exception):
-    """A member whose content was changed after sharding (same size, other bytes: only a hash sees that)."""
-
-    def __init__(self, ext: str, what: str):
-        super().__init__(what)
-        self.ext, self.what = ext, what
-
-
-def _shown(raw: bytes) -> str:
-    return repr(raw[:24]) + ("..." if len(raw) > 24 else "")
-
-
-def _label(raw: bytes) -> int:
-    try:
-        return int(raw.decode().strip())
-    except ValueError:  # UnicodeDecodeError included
-        raise _DamagedMember(LABEL_EXT, f"is not a class index ({_shown(raw)})") from None
-
-
-def _original_size(raw: bytes) -> tuple[float, float]:
-    """(width, height) before any --max-side downscale, from a sample's .json member."""
-    try:
-        meta = json.loads(raw)
-    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
-        raise _DamagedMember(META_EXT, f"is not valid JSON ({err}: {_shown(raw)})") from None
-    try:
-        return float(meta["width"]), float(meta["height"])
-    except (KeyError, TypeError, ValueError):
-        if not isinstance(meta, dict) or "width" not in meta or "height" not in meta:
-            raise _DamagedMember(META_EXT, f'lacks a "width" or "height" ({_shown(raw)})') from None
-        raise _DamagedMember(META_EXT, f'has a "width" or "height" that is not a number ({_shown(raw)})') from None
-
-
 def _stored_size(data: memoryview) -> tuple[int, int]:
     try:
         return jpeg_size(data)
@@ -221,4 +140,4 @@ def _stored_size(data: memoryview) -> tuple[int, int]:
 
         what = ("no frame header, and Pillow cannot identify it" if isinstance(err, UnidentifiedImageError)
                 else f"{type(err).__name__}: {err}")
-        raise _DamagedMember(IMAGE_EXT, f"is not a readable JPEG ({what})") from None
+        raise DamagedMember(IMAGE_EXT, f"is not a readable JPEG ({what})") from None

@@ -24,7 +24,7 @@ from vaedist.data.order import SamplePlan
 from vaedist.data.transform import TransformSpec, flip_and_normalise
 from vaedist.data.validate import validate_split
 from vaedist.errors import UserError
-from vaedist.shard.manifest import Manifest, load_manifest
+from vaedist.shard.format import Manifest, load_manifest
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from vaedist.data.index import IMAGE_EXT, LABEL_EXT, META_EXT, RESHARD, ShardIndex, parse_index
 from vaedist.errors import UserError
-from vaedist.shard.manifest import Manifest
+from vaedist.shard.format import RESHARD, Manifest, ShardIndex, member_exts, parse_index
 
 
 def check_split_name(manifest: Manifest, split: str, shard_dir: Path) -> None:
@@ -22,16 +21,11 @@ def check_split_name(manifest: Manifest, split: str, shard_dir: Path) -> None:
         raise UserError(f"split '{split}' of '{shard_dir}' has no samples; {RESHARD}")
 
 
-def required_members(manifest: Manifest) -> list[str]:
-    """The extensions every sample of `manifest`'s shards must have (.cls only on labelled datasets)."""
-    return [IMAGE_EXT, META_EXT] + ([LABEL_EXT] if manifest.labelled else [])
-
-
 def validate_split(shard_dir: str | Path, manifest: Manifest, split: str) -> list[ShardIndex]:
     """Check every shard of `split` against its index and the manifest; return the parsed indexes."""
     shard_dir = Path(shard_dir)
     check_split_name(manifest, split, shard_dir)
-    required = required_members(manifest)
+    required = member_exts(manifest.labelled)
     indexes = []
     for info in manifest.splits[split].shards:
         tar, idx_path = shard_dir / info.name, shard_dir / info.index
@@ -82,7 +76,7 @@ def verify_split(shard_dir: str | Path, manifest: Manifest, split: str, *, dali_
             infos = manifest.splits[split].shards
             try:
                 read_with_webdataset_reader([shard_dir / s.name for s in infos], [shard_dir / s.index for s in infos],
-                                            required_members(manifest))
+                                            list(member_exts(manifest.labelled)))
             except RuntimeError as err:
                 last = [line for line in str(err).splitlines() if line.strip() and "pipeline" not in line]
                 raise UserError(f"DALI's webdataset reader rejects split '{split}' of '{shard_dir}': "

@@ -14,7 +14,8 @@ import sys
 import time
 
 from vaedist.data.validate import verify_split
-from vaedist.shard.manifest import load_manifest
+from vaedist.errors import UserError, run_cli
+from vaedist.shard.format import load_manifest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,8 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     splits = [args.split] if args.split else list(manifest.splits)
     for split in splits:
         if split not in manifest.splits:
-            from vaedist.errors import UserError
-
             raise UserError(f"split '{split}' is not in {args.shards}/manifest.json (it has: {', '.join(manifest.splits)})")
         start = time.perf_counter()
         verify_split(args.shards, manifest, split, dali_reader=not args.no_dali)
@@ -39,6 +38,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from vaedist.errors import run_cli
-
     run_cli(main, prog="vaedist.data.verify")

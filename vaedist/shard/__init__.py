@@ -5,7 +5,7 @@
 
 Command line: python -m vaedist.shard {coco,food101,folder} --root DIR --out DIR [--help]
 """
-from vaedist.shard.manifest import Manifest, ShardInfo, SplitInfo, load_manifest, write_manifest
+from vaedist.shard.format import Manifest, ShardInfo, SplitInfo, load_manifest, write_manifest
 from vaedist.shard.sharder import DEFAULT_SHARD_SIZE, shard_dataset
 from vaedist.shard.sources import SOURCES
 

@@ -20,9 +20,9 @@ import json
 import random
 from dataclasses import dataclass
 
+from vaedist.shard.format import SPLITS, TAR_SUFFIX, shard_stem, tar_name
 from vaedist.shard.sources import SourceListing
 
-SPLITS = ("train", "val")
 # 3 members (jpg, cls, json): a 512-byte header each, padding to 512 bytes (~256 on average), the json text
 TAR_OVERHEAD_PER_SAMPLE = 3 * 512 + 3 * 256 + 150
 
@@ -35,7 +35,7 @@ class PlannedShard:
 
     @property
     def stem(self) -> str:
-        return self.name[: -len(".tar")]
+        return self.name[: -len(TAR_SUFFIX)]
 
     def digest(self) -> str:
         """Identifies this shard's content plan: a finished shard is kept only if its digest still matches."""
@@ -59,12 +59,12 @@ def plan_shards(listing: SourceListing, seed: int, shard_size: int, bytes_ratio:
         for index in shuffled_indices(listing, split, seed):
             estimate = listing.samples[index].size * bytes_ratio + TAR_OVERHEAD_PER_SAMPLE
             if current and filled + estimate > shard_size:
-                shards.append(PlannedShard(f"{split}-{number:06d}.tar", split, tuple(current)))
+                shards.append(PlannedShard(tar_name(shard_stem(split, number)), split, tuple(current)))
                 current, filled, number = [], 0, number + 1
             current.append(index)
             filled += estimate
         if current:
-            shards.append(PlannedShard(f"{split}-{number:06d}.tar", split, tuple(current)))
+            shards.append(PlannedShard(tar_name(shard_stem(split, number)), split, tuple(current)))
     return shards
 
 

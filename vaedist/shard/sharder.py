@@ -8,7 +8,7 @@
                             encode_sample()    writer.py      their tar members
         this process:     ShardWriter          writer.py    parts -> tar + DALI index + sha256, temporary names
         a thread:         publish_shard()      writer.py    fsync, rename; then the done file (state.py)
-    write_manifest(...)                        manifest.py  the output is complete once this exists
+    write_manifest(...)                        format.py    the output is complete once this exists
 
 This process is the only serial step, so it does next to nothing per image: workers decode, check and
 re-encode the images and encode their tar members into part files (CHUNKSIZE images each); this process
@@ -37,7 +37,7 @@ from tqdm import tqdm
 from vaedist import __version__
 from vaedist.errors import UserError
 from vaedist.shard.images import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, ImageOptions
-from vaedist.shard.manifest import Manifest, ShardInfo, SplitInfo, load_manifest, manifest_path, write_manifest
+from vaedist.shard.format import Manifest, ShardInfo, SplitInfo, load_manifest, manifest_path, write_manifest
 from vaedist.shard.plan import PlannedShard, listing_fingerprint, plan_shards
 from vaedist.shard.sources import DEFAULT_COCO_TRAIN_DIRS, SourceListing, SourceOptions, list_source, sample_keys
 from vaedist.shard.state import OutputDir

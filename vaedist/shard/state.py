@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Iterator
 
 from vaedist.errors import UserError
-from vaedist.shard.manifest import MANIFEST_NAME, ShardInfo, write_json_atomic
+from vaedist.files import write_json_atomic
+from vaedist.shard.format import SHARD_FILES, ShardInfo, index_name, is_directory_file, tar_name
 from vaedist.shard.plan import PlannedShard
 
 STATE_NAME = ".vaedist-shard-state.json"
 STATE_VERSION = 1
-SHARD_FILE = re.compile(r"^(train|val)-\d{6}\.(tar|idx)$")
-DONE_FILE = re.compile(r"^\.(train|val)-\d{6}\.done\.json$")
+DONE_FILE = re.compile(r"^\.[a-z]+-\d{6}\.done\.json$")
 
 
 class OutputDir:
@@ -71,18 +71,20 @@ class OutputDir:
         return self.path / f".{shard.stem}.done.json"
 
     def sweep_temporaries(self) -> None:
-        """Half-written files of a killed run (`.*.tmp`): never complete, always safe to delete."""
-        for p in self.path.glob(".*.tmp"):
-            p.unlink(missing_ok=True)
+        """Half-written files of a killed run (`.*.tmp`, and `manifest.json.tmp`): never complete, always safe
+        to delete."""
+        for p in self.path.iterdir():
+            if p.name.endswith(".tmp") and (p.name.startswith(".") or is_directory_file(p.name[: -len(".tmp")])):
+                p.unlink(missing_ok=True)
 
     def shard_files(self) -> list[Path]:
-        return sorted(p for p in self.path.iterdir() if SHARD_FILE.match(p.name))
+        return sorted(p for p in self.path.iterdir() if is_directory_file(p.name, SHARD_FILES))
 
     def remove_everything_we_wrote(self) -> None:
         """--overwrite: our shards, index files, manifest and state; any other file of the user stays."""
         self.sweep_temporaries()
         for p in self.path.iterdir():
-            if SHARD_FILE.match(p.name) or DONE_FILE.match(p.name) or p.name in (STATE_NAME, MANIFEST_NAME):
+            if is_directory_file(p.name) or DONE_FILE.match(p.name) or p.name == STATE_NAME:
                 p.unlink()
 
     def remove_progress_files(self) -> None:
@@ -131,6 +133,6 @@ class OutputDir:
 
     def discard_unfinished(self, shard: PlannedShard) -> None:
         """A shard without a valid done record is rewritten from scratch: remove what a killed run left."""
-        for suffix in (".tar", ".idx"):
-            (self.path / f"{shard.stem}{suffix}").unlink(missing_ok=True)
+        for name in (tar_name(shard.stem), index_name(shard.stem)):
+            (self.path / name).unlink(missing_ok=True)
         self.done_path(shard).unlink(missing_ok=True)

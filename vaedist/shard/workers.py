@@ -11,7 +11,6 @@ on disk stay bounded whatever the dataset size.
 from __future__ import annotations
 
 import gc
-import json
 import os
 import signal
 import threading
@@ -23,11 +22,12 @@ from functools import partial
 from itertools import islice
 from typing import Iterator, Sequence
 
+from vaedist.shard.format import IndexEntry, SampleMeta, sample_members
 from vaedist.shard.images import ImageOptions, ImageRejected, PreparedImage, configure_pillow, prepare_image
 from vaedist.shard.plan import PlannedShard, probe_indices
 from vaedist.shard.sources import SourceListing
 from vaedist.shard.state import OutputDir
-from vaedist.shard.writer import Component, sample_members, write_pieces
+from vaedist.shard.writer import encode_members, write_pieces
 
 CHUNKSIZE = 16  # images per task (and part file): one message and one copy per ~16-50 ms of decoding
 IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: keeps workers busy, bounds memory
@@ -69,7 +69,9 @@ class ChunkItem:
     path: str  # absolute
     key: str
     label: int | None
-    meta: dict  # {"path", "split", "class"}; the worker adds "width" and "height"
+    path_in_root: str  # the .json's "path"
+    split: str
+    class_name: str | None
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class PackedChunk:
 
     part: str
     size: int
-    samples: list[list[Component]]  # index entries of the packed samples, offsets relative to the part
+    samples: list[list[IndexEntry]]  # index entries of the packed samples, offsets relative to the part
     skipped: list[tuple[int, str]]  # (index, reason) of the rejected inputs
 
 
@@ -103,20 +105,16 @@ def _pack_chunk(part: str, items: list[ChunkItem], options: ImageOptions) -> Pac
     """
     pieces: list[bytes] = []
     packed = 0  # bytes in `pieces`
-    samples: list[list[Component]] = []
+    samples: list[list[IndexEntry]] = []
     skipped: list[tuple[int, str]] = []
     for item in items:
         result = _prepare_one(item.path, options)
         if isinstance(result, str):
             skipped.append((item.index, result))
             continue
-        meta = {"path": item.meta["path"], "width": result.width, "height": result.height,
-                "split": item.meta["split"], "class": item.meta["class"]}
-        sample = {"__key__": item.key, "jpg": result.jpeg, "json": json.dumps(meta).encode()}
-        if item.label is not None:
-            sample["cls"] = str(item.label).encode()
-        members, size, components = sample_members(sample)
-        samples.append([(ext, packed + offset, length, name) for ext, offset, length, name in components])
+        meta = SampleMeta(item.path_in_root, result.width, result.height, item.split, item.class_name)
+        members, size, entries = encode_members(sample_members(item.key, result.jpeg, meta, item.label))
+        samples.append([(name, packed + offset, length) for name, offset, length in entries])
         pieces += members
         packed += size
     if packed:
@@ -137,8 +135,8 @@ def chunk_tasks(output: OutputDir, listing: SourceListing, keys: list[str],
             items = []
             for i in shard.samples[start : start + CHUNKSIZE]:
                 s = listing.samples[i]
-                meta = {"path": s.path, "split": s.split, "class": classes[s.label] if s.label is not None else None}
-                items.append(ChunkItem(i, f"{root}/{s.path}", keys[i], s.label, meta))
+                class_name = classes[s.label] if s.label is not None else None
+                items.append(ChunkItem(i, f"{root}/{s.path}", keys[i], s.label, s.path, s.split, class_name))
             yield str(output.path / f".{shard.stem}.part{number:05d}.tmp"), items
 
 

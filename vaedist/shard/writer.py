@@ -1,9 +1,5 @@
-"""One shard on disk: a WebDataset tar and its DALI index, both written in one pass, under temporary names.
-
-The index is the text format DALI's `wds2idx` writes (checked against its source, `wds2idx.py`,
-`IndexCreator.create_index`): a first line `v1.2 <number of samples>`, then one line per sample listing each
-component as `<ext> <data offset> <size> <member name>`, offsets in bytes from the start of the tar to the
-component's data (its 512-byte header excluded). `tests/test_shard_writer.py` checks ours against wds2idx's.
+"""One shard on disk: a WebDataset tar and its DALI index (format.py), both written in one pass, under
+temporary names.
 """
 from __future__ import annotations
 
@@ -16,18 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from vaedist.shard.manifest import ShardInfo
-
-INDEX_VERSION = "v1.2"
-TAR_BLOCK = 512
-# A fixed member mtime makes the tars, and so their sha256, depend only on their content.
-FIXED_MTIME = 1_500_000_000
-RECORD = 20 * TAR_BLOCK  # like tarfile and GNU tar: the archive ends with two zero blocks, padded to a record
+from vaedist.shard.format import (MEMBER_MODE, MEMBER_MTIME, TAR_BLOCK, TAR_RECORD, IndexEntry, ShardInfo,
+                                  index_line, index_name, index_text, temporary_name)
 
 
 def _header_template() -> bytes:
     member = tarfile.TarInfo("x")
-    member.mtime, member.mode = FIXED_MTIME, 0o444
+    member.mtime, member.mode = MEMBER_MTIME, MEMBER_MODE
     return member.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
 
 
@@ -129,44 +120,30 @@ class _TarHasher:
         self._thread.shutdown(wait=True, cancel_futures=True)
 
 
-def temporary_name(path: Path) -> Path:
-    """`train-000000.tar` -> `.train-000000.tar.tmp`: hidden, and swept away by the next run if left behind."""
-    return path.with_name(f".{path.name}.tmp")
-
-
-Component = tuple[str, int, int, str]  # (ext, data offset, size, member name): one index entry
-
-
-def sample_members(sample: dict[str, str | bytes]) -> tuple[list[bytes], int, list[Component]]:
-    """Tar members of one sample, as TarFile.addfile writes them (header, data, zero padding to 512 bytes).
-
-    `sample`: "__key__" (no dots, no slashes) and one bytes value per component ("jpg", "cls", "json"),
-    written in sorted order like webdataset's TarWriter, each as `<key>.<ext>`. Returns the pieces to write
-    in order (the data objects themselves, not copies: a worker hands them to `os.writev`), their total
-    size, and the index entries, offsets relative to the start of those pieces.
+def encode_members(members: list[tuple[str, bytes]]) -> tuple[list[bytes], int, list[IndexEntry]]:
+    """Tar members of one sample (format.sample_members), as TarFile.addfile writes them (header, data, zero
+    padding to 512 bytes). Returns the pieces to write in order (the data objects themselves, not copies:
+    a worker hands them to `os.writev`), their total size, and the index entries, offsets relative to the
+    start of those pieces.
     """
-    key = sample["__key__"]
-    if "." in key or "/" in key:
-        raise ValueError(f"sample key {key!r} must not contain dots or slashes")
     pieces: list[bytes] = []
     size = 0
-    components = []
-    for ext in sorted(k for k in sample if k != "__key__"):
-        data, name = sample[ext], f"{key}.{ext}"
+    entries = []
+    for name, data in members:
         padding = -len(data) % TAR_BLOCK
         pieces += [ustar_header(name, len(data)), data, _ZEROS[:padding]]
-        components.append((ext, size + TAR_BLOCK, len(data), name))
+        entries.append((name, size + TAR_BLOCK, len(data)))
         size += TAR_BLOCK + len(data) + padding
-    return pieces, size, components
+    return pieces, size, entries
 
 
 _ZEROS = bytes(TAR_BLOCK)
 
 
-def encode_sample(sample: dict[str, str | bytes]) -> tuple[bytes, list[Component]]:
-    """`sample_members` joined: the bytes of one sample's tar members and their index entries."""
-    pieces, _, components = sample_members(sample)
-    return b"".join(pieces), components
+def encode_sample(members: list[tuple[str, bytes]]) -> tuple[bytes, list[IndexEntry]]:
+    """`encode_members` joined: the bytes of one sample's tar members and their index entries."""
+    pieces, _, entries = encode_members(members)
+    return b"".join(pieces), entries
 
 
 def write_pieces(fd: int, pieces: list[bytes]) -> None:
@@ -219,8 +196,8 @@ class ShardWriter:
     """Write a tar + `.idx` under temporary names, from samples or from parts encoded elsewhere.
 
         with ShardWriter(out_dir / "train-000000.tar") as shard:
-            shard.write({"__key__": "train2017_000000000009", "jpg": b"...", "json": b"{...}"})
-            shard.append_part(".train-000000.part00001.tmp", size, [[("jpg", 512, 1234, "k.jpg"), ...], ...])
+            shard.write(sample_members("train2017_000000000009", jpeg, meta, None))
+            shard.append_part(".train-000000.part00001.tmp", size, [[("k.jpg", 512, 1234), ...], ...])
             closed = shard.close()          # .train-000000.tar.tmp, .train-000000.idx.tmp
         info = publish_shard(closed)        # (in a thread) fsync, renamed into place; sha256 from the writer
 
@@ -238,7 +215,7 @@ class ShardWriter:
 
     def __init__(self, tar_path: Path, hash_in_thread: bool = False):
         self.tar_path = Path(tar_path)
-        self.index_path = self.tar_path.with_suffix(".idx")
+        self.index_path = self.tar_path.with_name(index_name(self.tar_path.stem))
         self._tmp_tar = temporary_name(self.tar_path)
         self._fd = os.open(self._tmp_tar, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)  # read: the hasher
         self._bytes = 0
@@ -252,14 +229,14 @@ class ShardWriter:
     def samples(self) -> int:
         return len(self._index_lines)
 
-    def write(self, sample: dict[str, str | bytes]) -> None:
+    def write(self, members: list[tuple[str, bytes]]) -> None:
         """Append one sample (see `encode_sample`)."""
-        data, components = encode_sample(sample)
+        data, components = encode_sample(members)
         self._write_all(data)
         self._add_index(self._bytes, [components])
         self._appended(len(data))
 
-    def append_part(self, part: str | Path, size: int, samples: list[list[Component]]) -> None:
+    def append_part(self, part: str | Path, size: int, samples: list[list[IndexEntry]]) -> None:
         """Append `size` bytes of encoded samples from the file `part`; their index entries are part-relative."""
         copied = self._copy_part(part, size) if self._hasher else self._read_hash_write_part(part, size)
         if copied != size:
@@ -299,10 +276,9 @@ class ShardWriter:
             self._hasher.add(self._bytes, size)
         self._bytes += size
 
-    def _add_index(self, base: int, samples: list[list[Component]]) -> None:
-        for components in samples:
-            self._index_lines.append(" ".join(f"{ext} {base + offset} {size} {name}"
-                                              for ext, offset, size, name in components))
+    def _add_index(self, base: int, samples: list[list[IndexEntry]]) -> None:
+        for entries in samples:
+            self._index_lines.append(index_line([(name, base + offset, size) for name, offset, size in entries]))
 
     def _write_all(self, data: bytes | memoryview) -> None:
         if not self._hasher:
@@ -315,15 +291,14 @@ class ShardWriter:
         """Finish the tar (end-of-archive blocks) and write the index, both under their temporary names."""
         if not self._index_lines:
             raise ValueError(f"{self.tar_path.name}: a shard needs at least one sample (DALI rejects empty tars)")
-        end_of_archive = b"\0" * (2 * TAR_BLOCK + -(self._bytes + 2 * TAR_BLOCK) % RECORD)
+        end_of_archive = b"\0" * (2 * TAR_BLOCK + -(self._bytes + 2 * TAR_BLOCK) % TAR_RECORD)
         self._write_all(end_of_archive)
         self._appended(len(end_of_archive))
         # the thread's hash waits for the thread: at most a part or two behind
         sha256 = self._hasher.hexdigest() if self._hasher else self._digest.hexdigest()
         os.close(self._fd)
         with open(temporary_name(self.index_path), "w") as fh:
-            fh.write(f"{INDEX_VERSION} {len(self._index_lines)}\n")
-            fh.write("\n".join(self._index_lines) + "\n")
+            fh.write(index_text(self._index_lines))
         self._closed = True
         return ClosedShard(str(self.tar_path), str(self.index_path), len(self._index_lines), self._bytes, sha256)
 

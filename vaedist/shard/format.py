@@ -1,0 +1,335 @@
+"""The shard format: the one home of what a shard directory holds and how each of its files is spelled.
+
+The sharder writes it and every reader (vaedist.data, the benchmarks, the tests) reads it through this
+module: nothing else spells a file name, a member extension, a field of a sample's .json or the .idx
+grammar. It imports neither torch nor Pillow, so a tool that only reads manifests stays light.
+
+    OUT_DIR/manifest.json      written last: its presence means the directory is complete
+    OUT_DIR/train-000000.tar   a WebDataset tar: each sample's members, in plan order
+    OUT_DIR/train-000000.idx   its DALI index (the text `wds2idx` writes)
+    OUT_DIR/val-000000.tar ...
+
+A new kind of file (a per-split table beside the manifest, say) is added in one place: a name function
+below and one entry in DIRECTORY_FILES, which is what --overwrite removes and what a run refuses to mix.
+
+manifest.json
+{
+  "format": 1,
+  "tool": "vaedist 0.1.0",
+  "dataset": "coco" | "food101" | "folder",
+  "root": "/abs/path/of/the/source",
+  "created": "2026-11-25T20:00:00Z",
+  "options": {...},                     # the sharder's options (shard_size, max_side, seed, ...)
+  "classes": ["apple_pie", ...] | null,  # class names, index = the `cls` of a sample
+  "splits": {
+    "train": {"samples": 118287, "shards": [{"name": "train-000000.tar", "index": "train-000000.idx",
+                                              "samples": 1234, "bytes": 123456789, "sha256": "..."}, ...]},
+    "val": {...}
+  },
+  "skipped": [{"path": "train2017/bad.jpg", "reason": "truncated JPEG"}, ...]
+}
+
+Each sample in a tar, members in this order (sorted extensions, like webdataset's TarWriter), each a
+USTAR regular file `<key>.<ext>` (mode 0444, a fixed mtime, so a tar's bytes depend only on its content):
+  <key>.cls    decimal class index; labelled datasets only
+  <key>.jpg    a JPEG every decoder renders the same, upright
+  <key>.json   {"path", "width", "height", "split", "class"}: the source path relative to the root and the
+               ORIGINAL width/height before any --max-side downscale, upright (EXIF orientation applied),
+               so they are the stored JPEG's size whenever no downscale was asked for
+Keys are unique in the dataset and contain no dots or slashes.
+
+The .idx file is the text DALI's `wds2idx` writes (its `IndexCreator.create_index`; the tests compare
+ours with its output byte for byte): a line `v1.2 <samples>`, then per sample one line listing each
+member as `<ext> <data offset> <size> <member name>`, the offset in bytes from the start of the tar to
+the member's data (its 512-byte header excluded). v1.1 files (no member name) are read too.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from vaedist.errors import UserError
+from vaedist.files import write_json_atomic
+
+SPLITS = ("train", "val")
+RESHARD = "re-run python -m vaedist.shard with --overwrite"
+
+# --- the files of a shard directory ------------------------------------------------------------------------
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+TAR_SUFFIX = ".tar"
+INDEX_SUFFIX = ".idx"
+
+
+def shard_stem(split: str, number: int) -> str:
+    """`train`, 0 -> `train-000000`: the name of a shard's tar and index without their suffix."""
+    return f"{split}-{number:06d}"
+
+
+def tar_name(stem: str) -> str:
+    return stem + TAR_SUFFIX
+
+
+def index_name(stem: str) -> str:
+    return stem + INDEX_SUFFIX
+
+
+def manifest_path(shard_dir: str | Path) -> Path:
+    return Path(shard_dir) / MANIFEST_NAME
+
+
+_SHARD_STEM = r"(?:" + "|".join(SPLITS) + r")-\d{6}"
+# Every kind of file the sharder writes into a shard directory, by name. --overwrite removes exactly these
+# (and their temporaries); a run that finds shard files it did not plan refuses to mix with them.
+DIRECTORY_FILES: dict[str, re.Pattern] = {
+    "manifest": re.compile(re.escape(MANIFEST_NAME)),
+    "tar": re.compile(_SHARD_STEM + re.escape(TAR_SUFFIX)),
+    "index": re.compile(_SHARD_STEM + re.escape(INDEX_SUFFIX)),
+}
+SHARD_FILES = ("tar", "index")  # the kinds that hold samples: their presence means a run has started
+
+
+def is_directory_file(name: str, kinds: tuple[str, ...] | None = None) -> bool:
+    """True if `name` is a file of the format (of one of `kinds`, default any)."""
+    return any(DIRECTORY_FILES[kind].fullmatch(name) for kind in (kinds or DIRECTORY_FILES))
+
+
+def temporary_name(path: Path) -> Path:
+    """`train-000000.tar` -> `.train-000000.tar.tmp`: hidden while written, swept away by the next run if a
+    kill left it behind; renamed to `path` once complete."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+# --- the members of a sample ------------------------------------------------------------------------------
+
+IMAGE_EXT = "jpg"
+LABEL_EXT = "cls"
+META_EXT = "json"
+TAR_BLOCK = 512
+TAR_RECORD = 20 * TAR_BLOCK  # like tarfile and GNU tar: the archive ends with two zero blocks, padded to this
+MEMBER_MTIME = 1_500_000_000  # fixed: a tar's bytes, so its sha256, depend only on its content
+MEMBER_MODE = 0o444
+
+
+def member_exts(labelled: bool) -> tuple[str, ...]:
+    """The members every sample has, in the order they are written (.cls only on labelled datasets)."""
+    return (LABEL_EXT, IMAGE_EXT, META_EXT) if labelled else (IMAGE_EXT, META_EXT)
+
+
+def member_name(key: str, ext: str) -> str:
+    if "." in key or "/" in key:
+        raise ValueError(f"sample key {key!r} must not contain dots or slashes")
+    return f"{key}.{ext}"
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """`train2017_000000000009.jpg` -> (`train2017_000000000009`, `jpg`)."""
+    key, _, ext = name.partition(".")
+    return key, ext
+
+
+@dataclass(frozen=True)
+class SampleMeta:
+    """A sample's .json member."""
+
+    path: str  # the source, relative to the dataset root
+    width: int  # upright, before any --max-side downscale
+    height: int
+    split: str
+    class_name: str | None  # "class" in the JSON; None on unlabelled datasets
+
+    def encode(self) -> bytes:
+        return json.dumps({"path": self.path, "width": self.width, "height": self.height, "split": self.split,
+                           "class": self.class_name}).encode()
+
+
+def sample_members(key: str, jpeg: bytes, meta: SampleMeta, label: int | None) -> list[tuple[str, bytes]]:
+    """(member name, data) of one sample, in the order they are written."""
+    data = {IMAGE_EXT: jpeg, META_EXT: meta.encode()}
+    if label is not None:
+        data[LABEL_EXT] = str(label).encode()
+    return [(member_name(key, ext), data[ext]) for ext in member_exts(label is not None)]
+
+
+def member_bytes(size: int) -> int:
+    """Bytes a member of `size` data bytes takes in the tar: its header, the data padded to a block."""
+    return TAR_BLOCK + -(-size // TAR_BLOCK) * TAR_BLOCK
+
+
+def tar_bytes(members: int) -> int:
+    """Size of a tar whose members take `members` bytes: + two zero blocks, padded to a record."""
+    return -(-(members + 2 * TAR_BLOCK) // TAR_RECORD) * TAR_RECORD
+
+
+def estimated_sample_bytes(image_bytes: float, path: str, split: str, class_name: str | None, label: int | None) -> float:
+    """What a sample will take in its tar, its members as `sample_members` writes them, when its JPEG has
+    about `image_bytes` bytes: the JPEG's padding is counted as half a block (its average), the .json's
+    width and height at 5 digits each."""
+    meta = SampleMeta(path, 99999, 99999, split, class_name)
+    total = TAR_BLOCK + image_bytes + TAR_BLOCK / 2 + member_bytes(len(meta.encode()))
+    return total + (member_bytes(len(str(label))) if label is not None else 0)
+
+
+class DamagedMember(Exception):
+    """A member whose content does not parse (changed after sharding: same size, other bytes)."""
+
+    def __init__(self, ext: str, what: str):
+        super().__init__(what)
+        self.ext, self.what = ext, what
+
+
+def _shown(raw: bytes) -> str:
+    return repr(raw[:24]) + ("..." if len(raw) > 24 else "")
+
+
+def decode_label(raw: bytes) -> int:
+    try:
+        return int(raw.decode().strip())
+    except ValueError:  # UnicodeDecodeError included
+        raise DamagedMember(LABEL_EXT, f"is not a class index ({_shown(raw)})") from None
+
+
+def decode_original_size(raw: bytes) -> tuple[float, float]:
+    """(width, height) before any --max-side downscale, from a sample's .json member."""
+    try:
+        meta = json.loads(raw)
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+        raise DamagedMember(META_EXT, f"is not valid JSON ({err}: {_shown(raw)})") from None
+    try:
+        return float(meta["width"]), float(meta["height"])
+    except (KeyError, TypeError, ValueError):
+        if not isinstance(meta, dict) or "width" not in meta or "height" not in meta:
+            raise DamagedMember(META_EXT, f'lacks a "width" or "height" ({_shown(raw)})') from None
+        raise DamagedMember(META_EXT, f'has a "width" or "height" that is not a number ({_shown(raw)})') from None
+
+
+# --- the .idx grammar -------------------------------------------------------------------------------------
+
+INDEX_VERSION = "v1.2"
+IndexEntry = tuple[str, int, int]  # (member name, data offset in the tar, data size)
+
+
+def index_line(entries: list[IndexEntry]) -> str:
+    """The .idx line of one sample from its members' (name, data offset, size)."""
+    return " ".join(f"{split_member_name(name)[1]} {offset} {size} {name}" for name, offset, size in entries)
+
+
+def index_text(lines: list[str]) -> str:
+    """A whole .idx file from its sample lines (at least one: DALI rejects an empty tar)."""
+    return f"{INDEX_VERSION} {len(lines)}\n" + "".join(line + "\n" for line in lines)
+
+
+@dataclass
+class ShardIndex:
+    """One tar's parsed index: per sample, the (offset, size) of each member extension."""
+
+    tar: Path
+    index: Path
+    members: list[dict[str, tuple[int, int]]]  # [sample] -> {"jpg": (offset, size), "cls": ..., "json": ...}
+    keys: list[str]  # [sample] -> key (member name up to its first dot; v1.1 indexes: "<line number>")
+
+
+def parse_index(tar: Path, index: Path) -> ShardIndex:
+    """Parse a DALI .idx file. Malformed text is a one-line UserError naming the index."""
+    try:
+        lines = index.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"index '{index}' cannot be read ({err}); {RESHARD}")
+    try:
+        version, count = lines[0].split()
+        if version not in ("v1.1", "v1.2"):
+            raise ValueError(f"unknown index version {version!r}")
+        group = 4 if version == "v1.2" else 3  # v1.2 adds the member name
+        members, keys = [], []
+        for line in lines[1:]:
+            if not line.strip():
+                continue
+            fields = line.split()
+            if len(fields) % group:
+                raise ValueError(f"line {len(members) + 2} has {len(fields)} fields")
+            members.append({fields[i]: (int(fields[i + 1]), int(fields[i + 2])) for i in range(0, len(fields), group)})
+            keys.append(split_member_name(fields[3])[0] if group == 4 else str(len(keys)))
+        if len(members) != int(count):
+            raise ValueError(f"header says {count} samples, the file lists {len(members)}")
+    except (ValueError, IndexError) as err:
+        raise UserError(f"index '{index}' is malformed ({err}); {RESHARD}")
+    return ShardIndex(tar=tar, index=index, members=members, keys=keys)
+
+
+# --- the manifest -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ShardInfo:
+    name: str  # tar file name, relative to the shard directory
+    index: str  # DALI index (.idx) file name, same stem
+    samples: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class SplitInfo:
+    samples: int = 0
+    shards: list[ShardInfo] = field(default_factory=list)
+
+
+@dataclass
+class Manifest:
+    dataset: str
+    root: str
+    tool: str
+    options: dict
+    classes: list[str] | None
+    splits: dict[str, SplitInfo]
+    skipped: list[dict]
+    created: str = ""
+    format: int = FORMAT_VERSION
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.classes)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def write_manifest(manifest: Manifest, shard_dir: str | Path) -> Path:
+    """Write atomically: the manifest's presence means the output is complete."""
+    path = manifest_path(shard_dir)
+    write_json_atomic(path, manifest.to_json())
+    return path
+
+
+def load_manifest(shard_dir: str | Path) -> Manifest:
+    """Read OUT_DIR/manifest.json; a missing or unreadable manifest is a one-line UserError."""
+    path = manifest_path(shard_dir)
+    if not Path(shard_dir).is_dir():
+        raise UserError(f"shard directory '{shard_dir}' does not exist (create it with: python -m vaedist.shard ...)")
+    if not path.is_file():
+        raise UserError(
+            f"'{path}' not found: '{shard_dir}' is not a complete shard directory "
+            "(run python -m vaedist.shard ... to write it, or re-run it to finish an interrupted one)"
+        )
+    try:
+        raw = json.loads(path.read_text())
+        splits = {
+            name: SplitInfo(samples=s["samples"], shards=[ShardInfo(**sh) for sh in s["shards"]])
+            for name, s in raw["splits"].items()
+        }
+        return Manifest(
+            dataset=raw["dataset"],
+            root=raw["root"],
+            tool=raw["tool"],
+            options=raw.get("options", {}),
+            classes=raw.get("classes"),
+            splits=splits,
+            skipped=raw.get("skipped", []),
+            created=raw.get("created", ""),
+            format=raw.get("format", FORMAT_VERSION),
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"'{path}' is not a valid vaedist manifest ({err}); {RESHARD}")
