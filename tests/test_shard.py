@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from vaedist.errors import UserError
-from vaedist.sample import photo_paths
+from vaedist.sample import build_full_size_jpegs, photo_paths
 from vaedist.shard import load_manifest, shard_dataset
 from vaedist.shard.format import Manifest, split_member_name
 
@@ -432,3 +432,22 @@ def test_decoding_runs_at_most_a_few_chunks_ahead_of_the_writer(sample_trees, tm
             assert len(list(tmp_path.glob(".*.part*.tmp"))) <= window + 1  # parts on disk are bounded too
             Path(chunk.part).unlink()
     assert images == len(listing.samples) and chunks > window + 1
+
+
+@pytest.mark.parametrize("dataset", ["coco", "folder"])  # unlabelled: .jpg + .json; labelled: .cls + .jpg + .json
+def test_shards_meet_their_target_size_with_and_without_labels(tmp_path, dataset):
+    """The planner counts the tar members a sample really has: every shard but the last of a split comes out
+    within a few per cent of --shard-size. Tiny JPEGs (~1 KB), so that the members' headers weigh."""
+    root, target = tmp_path / dataset, 600_000
+    if dataset == "coco":
+        build_full_size_jpegs(root / "train2017", 900, size=(48, 36))
+        build_full_size_jpegs(root / "val2017", 4, size=(48, 36))
+    else:
+        for number, name in enumerate(("apple", "banana")):
+            build_full_size_jpegs(root / name, 450, size=(48, 36), seed=number)
+    manifest = shard_dataset(dataset, root, tmp_path / "out", workers=1, shard_size=target,
+                             coco_train_dirs=("train2017",), progress=False)
+    assert manifest.labelled == (dataset == "folder")
+    sizes = [shard.bytes for shard in manifest.splits["train"].shards]
+    assert len(sizes) >= 4
+    assert all(0.97 * target <= size <= 1.01 * target for size in sizes[:-1]), sizes

@@ -164,12 +164,23 @@ def tar_bytes(members: int) -> int:
     return -(-(members + 2 * TAR_BLOCK) // TAR_RECORD) * TAR_RECORD
 
 
+def meta_size(path: str, split: str, class_name: str | None) -> int:
+    """len(SampleMeta(path, width, height, split, class_name).encode()) for a 5-digit width and height,
+    without encoding it when no character needs escaping (the planner asks for every sample: this halves
+    the cost of the estimate on COCO's 164k samples)."""
+    text = path + split + (class_name or "")
+    if not (text.isascii() and text.isprintable()) or '"' in text or "\\" in text:
+        return len(SampleMeta(path, 99999, 99999, split, class_name).encode())
+    return _META_FIXED_SIZE + len(path) + len(split) + (len(class_name) + 2 if class_name is not None else 4)
+
+
+_META_FIXED_SIZE = len(SampleMeta("", 99999, 99999, "", None).encode()) - 4  # the keys, punctuation, "null"
+
+
 def estimated_sample_bytes(image_bytes: float, path: str, split: str, class_name: str | None, label: int | None) -> float:
     """What a sample will take in its tar, its members as `sample_members` writes them, when its JPEG has
-    about `image_bytes` bytes: the JPEG's padding is counted as half a block (its average), the .json's
-    width and height at 5 digits each."""
-    meta = SampleMeta(path, 99999, 99999, split, class_name)
-    total = TAR_BLOCK + image_bytes + TAR_BLOCK / 2 + member_bytes(len(meta.encode()))
+    about `image_bytes` bytes: the JPEG's padding is counted as half a block (its average)."""
+    total = TAR_BLOCK + image_bytes + TAR_BLOCK / 2 + member_bytes(meta_size(path, split, class_name))
     return total + (member_bytes(len(str(label))) if label is not None else 0)
 
 

@@ -8,7 +8,9 @@ only within a buffer of `initial_fill` samples and gives each rank a contiguous 
 without this shuffle a rank would see whole classes (Food-101) or whole folders (COCO's test2017) at a time.
 
 Shard boundaries need the stored size of each sample, known only after decoding; we estimate it as the
-file's size on disk times `bytes_ratio` plus the tar overhead. With --max-side, `bytes_ratio` (stored bytes
+file's size on disk times `bytes_ratio` plus the tar headers and padding of the members that sample has
+(.jpg and .json; .cls too on labelled datasets: `format.estimated_sample_bytes`), and a shard is cut
+before the sample that would take its tar, end-of-archive blocks included, past `shard_size`. With --max-side, `bytes_ratio` (stored bytes
 / source bytes) is measured on a seeded probe of a few images and saved in the resumable state, so it is
 the same number on every re-run; without it the ratio is 1, exact for COCO and Food-101, whose JPEGs are
 copied byte for byte.
@@ -20,11 +22,8 @@ import json
 import random
 from dataclasses import dataclass
 
-from vaedist.shard.format import SPLITS, TAR_SUFFIX, shard_stem, tar_name
+from vaedist.shard.format import SPLITS, TAR_SUFFIX, estimated_sample_bytes, shard_stem, tar_bytes, tar_name
 from vaedist.shard.sources import SourceListing
-
-# 3 members (jpg, cls, json): a 512-byte header each, padding to 512 bytes (~256 on average), the json text
-TAR_OVERHEAD_PER_SAMPLE = 3 * 512 + 3 * 256 + 150
 
 
 @dataclass(frozen=True)
@@ -50,15 +49,18 @@ def shuffled_indices(listing: SourceListing, split: str, seed: int) -> list[int]
 
 
 def plan_shards(listing: SourceListing, seed: int, shard_size: int, bytes_ratio: float) -> list[PlannedShard]:
-    """Cut each split's shuffled samples into shards of about `shard_size` estimated stored bytes."""
+    """Cut each split's shuffled samples into shards of at most about `shard_size` estimated stored bytes."""
     shards: list[PlannedShard] = []
+    classes = listing.classes or []
     for split in SPLITS:
         current: list[int] = []
-        filled = 0
+        filled = 0.0  # estimated bytes of the members in `current`
         number = 0
         for index in shuffled_indices(listing, split, seed):
-            estimate = listing.samples[index].size * bytes_ratio + TAR_OVERHEAD_PER_SAMPLE
-            if current and filled + estimate > shard_size:
+            s = listing.samples[index]
+            estimate = estimated_sample_bytes(s.size * bytes_ratio, s.path, split,
+                                              classes[s.label] if s.label is not None else None, s.label)
+            if current and tar_bytes(round(filled + estimate)) > shard_size:
                 shards.append(PlannedShard(tar_name(shard_stem(split, number)), split, tuple(current)))
                 current, filled, number = [], 0, number + 1
             current.append(index)
