@@ -1,6 +1,7 @@
 """Sharder benchmark: the sharder's images/s with N workers against a single-process decode of the same files.
 
     python -m vaedist.bench shard [--root DIR] [--dataset folder] [--images 400] [--workers N] [--repeats 2]
+                                  [--shard-size 128MB] [--writers simple]
 
 Rows, side by side in one run, on the same files (read once beforehand, so all measure decoding, not the disk):
   single process   prepare_image() on every file in this process, nothing written: the work itself
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vaedist.sample import build_full_size_jpegs
-from vaedist.shard import SOURCES, shard_dataset
+from vaedist.shard import DEFAULT_SHARD_SIZE, SOURCES, shard_dataset
 from vaedist.shard.images import ImageOptions, ImageRejected, configure_pillow, prepare_image
 from vaedist.shard.sharder import default_workers
 from vaedist.shard.sources import SourceOptions, list_source
@@ -92,13 +93,16 @@ def time_plain_processes(files: list[Path], options: ImageOptions, workers: int)
     return watch.timing
 
 
-def time_sharder(dataset: str, root: Path, workers: int, max_side: int | None, out: Path) -> Timing:
+def time_sharder(dataset: str, root: Path, workers: int, max_side: int | None, out: Path, shard_size: str,
+                 writer: str) -> Timing:
     # The previous run's output is removed before the clock starts: freeing ~90 MB of page cache (~20-30 ms
     # here) is not sharding, and --overwrite would otherwise do it inside the timed run.
     shutil.rmtree(out, ignore_errors=True)
     # the pool's workers are joined before shard_dataset returns, so their CPU time is in RUSAGE_CHILDREN
+    os.environ["VAEDIST_SHARD_WRITER"] = writer  # TEMPORARY: legacy vs simple, side by side
     with _Stopwatch() as watch:
-        shard_dataset(dataset, root, out, workers=workers, max_side=max_side, progress=False, overwrite=True)
+        shard_dataset(dataset, root, out, workers=workers, max_side=max_side, progress=False, overwrite=True,
+                      shard_size=shard_size)
     return watch.timing
 
 
@@ -111,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"sharder worker processes (default: all cores, here {default_workers()})")
     parser.add_argument("--max-side", type=int, default=None, help="passed to both rows")
     parser.add_argument("--repeats", type=int, default=2, help="timings per row; the best is kept (default: 2)")
+    parser.add_argument("--shard-size", default=f"{DEFAULT_SHARD_SIZE // 10**6}MB",
+                        help="the sharder's --shard-size (default: %(default)s: one shard for a few thousand images; "
+                        "smaller gives many shards)")
+    parser.add_argument("--writers", default="simple", help="TEMPORARY: comma-separated, legacy and/or simple")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="vaedist-bench-shard-") as tmp:
@@ -124,20 +132,32 @@ def main(argv: list[str] | None = None) -> int:
         for path in files:  # page cache: both rows then measure decoding, not the disk
             path.read_bytes()
         options = ImageOptions(max_side=args.max_side)
-        single, plain, sharder = [], [], []
+        writers = args.writers.split(",")
+        single, plain, sharders = [], [], {w: [] for w in writers}
+        shards = 0
         for run in range(args.repeats):
             single.append(time_single_process(files, options))
             plain.append(time_plain_processes(files, options, args.workers))
-            sharder.append(time_sharder(args.dataset, root, args.workers, args.max_side, scratch / "shards"))
+            for w in writers:
+                sharders[w].append(time_sharder(args.dataset, root, args.workers, args.max_side, scratch / "shards",
+                                                args.shard_size, w))
+            shards = len(list((scratch / "shards").glob("*.tar")))
+    for w, sharder in sharders.items():
+        print(f"{w}: per run (interleaved): " + ", ".join(
+            f"{s.wall / t.wall / args.workers:.0%} ({t.wall:.3f} s, {t.cpu:.2f} CPU s)" for s, t in zip(single, sharder)))
+    sharder = sharders[writers[-1]]
     n, workers = len(files), args.workers
     best_single, best_sharder = min(single, key=lambda t: t.wall), min(sharder, key=lambda t: t.wall)
     best_plain = min(plain, key=lambda t: t.wall)
     speedup = best_single.wall / best_sharder.wall
-    print(f"\n{n} images from {root}" + (f", --max-side {args.max_side}" if args.max_side else ""))
+    print(f"\n{n} images from {root}" + (f", --max-side {args.max_side}" if args.max_side else "")
+          + f", --shard-size {args.shard_size}: {shards} shards")
     print(f"{'row':<30}{'img/s':>9}{'seconds':>9}{'CPU s':>8}")
     print(f"{'single-process decode':<30}{n / best_single.wall:>9.1f}{best_single.wall:>9.2f}{best_single.cpu:>8.2f}")
-    print(f"{f'sharder, {workers} workers':<30}{n / best_sharder.wall:>9.1f}{best_sharder.wall:>9.2f}"
-          f"{best_sharder.cpu:>8.2f}")
+    for w, timings in sharders.items():
+        best = min(timings, key=lambda t: t.wall)
+        print(f"{f'sharder, {workers} workers, {w}':<30}{n / best.wall:>9.1f}{best.wall:>9.2f}{best.cpu:>8.2f}"
+              f"   efficiency {best_single.wall / best.wall / workers:.0%}, CPU-time {best_single.cpu / best.cpu:.0%}")
     print(f"{f'ceiling: {workers} plain decoders':<30}{n / best_plain.wall:>9.1f}{best_plain.wall:>9.2f}"
           f"{best_plain.cpu:>8.2f}")
     print(f"speed-up {speedup:.2f}x on {workers} workers: parallel efficiency {speedup / workers:.0%} (goal >= 80%); "

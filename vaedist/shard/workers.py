@@ -1,45 +1,50 @@
-"""The worker processes: decode and check images, and pack the tar members of each chunk into a part file.
+"""The worker processes: each writes whole shards, decoding and checking every image of it in plan order.
 
-    pool = worker_pool(workers)
-    for packed in pack_in_parallel(pool, workers, chunk_tasks(output, listing, keys, shards), options):
-        ...   # PackedChunk, in plan order: the part file, its samples' index entries, the rejected inputs
+    with WorkerPool(workers) as pool:
+        future = pool.submit(write_shard, task, options)   # -> WrittenShard: its ShardInfo, rejected inputs
+        pool.images_done()                                 # images finished by all workers so far (progress)
 
-Everything per image happens here, in parallel; the writing process (sharder.py) only appends parts. At
-most IN_FLIGHT_PER_WORKER chunks per worker are queued or unread at any time, so memory and part files
-on disk stay bounded whatever the dataset size.
+Everything per image happens here, in parallel: decode and check (images.py), tar members (format.py),
+tar + index + sha256 (writer.py). The sharder's process only hands out shards and records them.
 """
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import os
 import signal
 import threading
 import time
-from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from itertools import islice
-from typing import Iterator, Sequence
+from pathlib import Path
 
-from vaedist.shard.format import IndexEntry, SampleMeta, sample_members
+from vaedist.shard.format import SampleMeta, ShardInfo, sample_members
 from vaedist.shard.images import ImageOptions, ImageRejected, PreparedImage, configure_pillow, prepare_image
 from vaedist.shard.plan import PlannedShard, probe_indices
 from vaedist.shard.sources import SourceListing
-from vaedist.shard.state import OutputDir
-from vaedist.shard.writer import encode_members, write_pieces
-
-CHUNKSIZE = 16  # images per task (and part file): one message and one copy per ~16-50 ms of decoding
-IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: keeps workers busy, bounds memory
+from vaedist.shard.writer import ShardWriter
 
 
-def _init_worker() -> None:
+class Stopped(Exception):
+    """The sharder's process asked its workers to stop (an error elsewhere, Ctrl-C)."""
+
+
+# Set in each worker by _init_worker: shared with the sharder's process (see WorkerPool).
+_images_done = None
+_stop = None
+
+
+def _init_worker(images_done, stop) -> None:
+    global _images_done, _stop
+    _images_done, _stop = images_done, stop
     configure_pillow()
     # A forked worker shares the sharder's memory copy-on-write; the collector's full passes would walk
     # (and so copy) every object it inherited. Freezing them keeps those pages shared and the passes short.
     gc.freeze()
-    # Ctrl-C reaches the whole process group: the sharder handles it and stops the pool; a worker's own
-    # KeyboardInterrupt would only add a traceback per worker to the terminal.
+    # Ctrl-C reaches the whole process group: the sharder handles it and stops the workers through `stop`;
+    # a worker's own KeyboardInterrupt would only add a traceback per worker to the terminal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A worker must not outlive a sharder killed with -9 (it would hold the pool's pipes and CPU forever).
     # Its parent is the sharder (fork) or the forkserver, which exits with the sharder: either way, when the
@@ -54,37 +59,62 @@ def _init_worker() -> None:
     threading.Thread(target=watch_parent, daemon=True).start()
 
 
-def worker_pool(workers: int) -> ProcessPoolExecutor:
-    # Not multiprocessing.Pool: its worker-handler thread spins while results wait to be read, and on a busy
-    # machine that costs this process ~0.1 ms of CPU per image, CPU the decoding workers then lack.
-    configure_pillow()  # for anything decoded in this process too
-    return ProcessPoolExecutor(workers, initializer=_init_worker)
+class WorkerPool:
+    """The worker processes, a count of the images they have finished (for the progress bar: a shard is
+    one task of seconds) and a flag that makes them drop the shards they are writing."""
+
+    def __init__(self, workers: int):
+        context = multiprocessing.get_context()
+        self._images_done = context.Value("q", 0)
+        self._stop = context.Event()
+        configure_pillow()  # for anything decoded in this process too
+        self._executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                             initargs=(self._images_done, self._stop))
+
+    def submit(self, fn, *args) -> Future:
+        return self._executor.submit(fn, *args)
+
+    def map(self, fn, items):
+        return self._executor.map(fn, items)
+
+    def images_done(self) -> int:
+        return self._images_done.value
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:  # the workers drop their shards at the next image instead of finishing them
+            self._stop.set()
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True)
-class ChunkItem:
-    """One image for a worker to pack: everything its tar members need."""
+class ShardItem:
+    """One image for a worker: everything its tar members need."""
 
     index: int  # into listing.samples
     path: str  # absolute
     key: str
     label: int | None
-    path_in_root: str  # the .json's "path"
+    meta_path: str  # the .json's "path": relative to the dataset root
     split: str
     class_name: str | None
 
 
 @dataclass(frozen=True)
-class PackedChunk:
-    """A worker's result: the encoded samples of a chunk in the part file `part` (absent when size is 0)."""
+class ShardTask:
+    tar: str  # the shard's final path
+    items: list[ShardItem]  # in plan order
 
-    part: str
-    size: int
-    samples: list[list[IndexEntry]]  # index entries of the packed samples, offsets relative to the part
+
+@dataclass(frozen=True)
+class WrittenShard:
+    info: ShardInfo | None  # None: every input of the shard was rejected, no file written
     skipped: list[tuple[int, str]]  # (index, reason) of the rejected inputs
 
 
-def _prepare_one(path: str, options: ImageOptions) -> PreparedImage | str:
+def prepare_one(path: str, options: ImageOptions) -> PreparedImage | str:
     """The image to store, or the reason it was rejected."""
     try:
         return prepare_image(path, options)
@@ -96,77 +126,44 @@ def _prepare_one(path: str, options: ImageOptions) -> PreparedImage | str:
         return f"could not be decoded ({type(err).__name__}: {str(err)[:120]})"
 
 
-def _pack_chunk(part: str, items: list[ChunkItem], options: ImageOptions) -> PackedChunk:
-    """Runs in a worker: decode and check each image, encode the tar members of the good ones into `part`.
+def write_shard(task: ShardTask, options: ImageOptions) -> WrittenShard:
+    """Runs in a worker: decode and check each image of the shard, in order, and write the good ones.
 
-    The worker writes the bytes it checked (no second read of the source, so no race with a file changing),
-    and only a few numbers per image go back to the writing process. The pieces (headers, the JPEG bytes as
-    read or encoded, padding) go to the file with one `writev`, never joined into a copy in memory.
+    The worker writes the bytes it checked (no second read of the source, so no race with a file changing).
     """
-    pieces: list[bytes] = []
-    packed = 0  # bytes in `pieces`
-    samples: list[list[IndexEntry]] = []
     skipped: list[tuple[int, str]] = []
-    for item in items:
-        result = _prepare_one(item.path, options)
-        if isinstance(result, str):
-            skipped.append((item.index, result))
-            continue
-        meta = SampleMeta(item.path_in_root, result.width, result.height, item.split, item.class_name)
-        members, size, entries = encode_members(sample_members(item.key, result.jpeg, meta, item.label))
-        samples.append([(name, packed + offset, length) for name, offset, length in entries])
-        pieces += members
-        packed += size
-    if packed:
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            write_pieces(fd, pieces)
-        finally:
-            os.close(fd)
-    return PackedChunk(part, packed, samples, skipped)
+    with ShardWriter(Path(task.tar)) as shard:
+        for item in task.items:
+            if _stop is not None and _stop.is_set():
+                raise Stopped(task.tar)
+            result = prepare_one(item.path, options)
+            if isinstance(result, str):
+                skipped.append((item.index, result))
+            else:
+                meta = SampleMeta(item.meta_path, result.width, result.height, item.split, item.class_name)
+                shard.add(sample_members(item.key, result.jpeg, meta, item.label))
+            if _images_done is not None:
+                with _images_done.get_lock():
+                    _images_done.value += 1
+        return WrittenShard(shard.finish() if shard.samples else None, skipped)
 
 
-def chunk_tasks(output: OutputDir, listing: SourceListing, keys: list[str],
-                 shards: Sequence[PlannedShard]) -> Iterator[tuple[str, list[ChunkItem]]]:
-    """(part file, items) for each CHUNKSIZE images of each shard, in plan order; chunks never span shards."""
+def shard_task(directory: Path, listing: SourceListing, keys: list[str], shard: PlannedShard) -> ShardTask:
     root, classes = str(listing.root), listing.classes
-    for shard in shards:
-        for number, start in enumerate(range(0, len(shard.samples), CHUNKSIZE)):
-            items = []
-            for i in shard.samples[start : start + CHUNKSIZE]:
-                s = listing.samples[i]
-                class_name = classes[s.label] if s.label is not None else None
-                items.append(ChunkItem(i, f"{root}/{s.path}", keys[i], s.label, s.path, s.split, class_name))
-            yield str(output.path / f".{shard.stem}.part{number:05d}.tmp"), items
-
-
-def chunks_of(shard: PlannedShard) -> int:
-    return -(-len(shard.samples) // CHUNKSIZE)
-
-
-def pack_in_parallel(pool: ProcessPoolExecutor, workers: int, tasks: Iterator[tuple[str, list[ChunkItem]]],
-                      options: ImageOptions) -> Iterator[PackedChunk]:
-    """Packed chunks in plan order. At most IN_FLIGHT_PER_WORKER chunks per worker are queued or unread at
-    any time, so memory (and part files on disk) stay bounded whatever the dataset size."""
-    work = partial(_pack_chunk, options=options)
-    in_flight: deque[Future] = deque(pool.submit(work, *task) for task in islice(tasks, IN_FLIGHT_PER_WORKER * workers))
-    try:
-        while in_flight:
-            packed = in_flight.popleft().result()
-            for task in islice(tasks, 1):
-                in_flight.append(pool.submit(work, *task))
-            yield packed
-    finally:
-        for future in in_flight:  # stopped early (error, Ctrl-C): don't decode what nobody will read
-            future.cancel()
+    items = []
+    for i in shard.samples:
+        s = listing.samples[i]
+        class_name = classes[s.label] if s.label is not None else None
+        items.append(ShardItem(i, f"{root}/{s.path}", keys[i], s.label, s.path, s.split, class_name))
+    return ShardTask(str(directory / shard.name), items)
 
 
 def _stored_size(path: str, options: ImageOptions) -> tuple[int, int] | None:
-    result = _prepare_one(path, options)
+    result = prepare_one(path, options)
     return None if isinstance(result, str) else (len(result.jpeg), os.stat(path).st_size)
 
 
-def measure_bytes_ratio(pool: ProcessPoolExecutor, listing: SourceListing, seed: int, options: ImageOptions) -> float:
+def measure_bytes_ratio(pool: WorkerPool, listing: SourceListing, seed: int, options: ImageOptions) -> float:
     """Stored bytes / source bytes on a seeded probe: lets --shard-size mean stored bytes even with --max-side.
 
     Without --max-side the source size is the estimate (exact for clean JPEGs, which are copied; converted

@@ -1,0 +1,472 @@
+"""TEMPORARY, for the side-by-side measurement only (python -m vaedist.bench shard --writers legacy,simple):
+the sharder's previous serial writer, as it was at fef54e7. Workers pack chunks of CHUNKSIZE images into part
+files (hand-built USTAR headers, writev); the sharder's process appends the parts (hashing inline, or with
+copy_file_range and a hash thread from HASH_THREAD_FROM_WORKERS workers on), starts their writeback with
+sync_file_range, and a publisher thread fsyncs and renames each shard.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import sys
+import tarfile
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass
+from functools import partial
+from itertools import islice
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from tqdm import tqdm
+
+from vaedist.shard.format import (MEMBER_MODE, MEMBER_MTIME, TAR_BLOCK, TAR_RECORD, IndexEntry, SampleMeta, ShardInfo,
+                                  index_line, index_name, index_text, sample_members, temporary_name)
+from vaedist.shard.images import ImageOptions
+from vaedist.shard.plan import PlannedShard
+from vaedist.shard.sources import SourceListing
+from vaedist.shard.state import OutputDir
+from vaedist.shard.workers import prepare_one as _prepare_one
+
+HASH_THREAD_FROM_WORKERS = 8
+
+CHUNKSIZE = 16  # images per task (and part file): one message and one copy per ~16-50 ms of decoding
+IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: keeps workers busy, bounds memory
+
+
+def _header_template() -> bytes:
+    member = tarfile.TarInfo("x")
+    member.mtime, member.mode = MEMBER_MTIME, MEMBER_MODE
+    return member.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+
+_HEADER_TEMPLATE = _header_template()
+
+
+def ustar_header(name: str, size: int) -> bytes:
+    """The 512-byte header `tarfile` writes for a regular file `name` of `size` bytes (USTAR, mode 0444).
+
+    tarfile's template with the name, size and checksum fields patched: building each header with tarfile
+    costs ~30 us of Python per member, a third of this process's work per image (the test compares both).
+    """
+    encoded = name.encode("ascii")
+    if len(encoded) > 100 or size >= 8**11:
+        raise ValueError(f"{name!r} ({size} bytes) does not fit a USTAR header")
+    header = bytearray(_HEADER_TEMPLATE)
+    header[0:100] = encoded.ljust(100, b"\0")
+    header[124:136] = b"%011o\0" % size
+    header[148:156] = b" " * 8  # the checksum is computed with its own field as spaces
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
+def _sync_file_range():
+    """Linux's sync_file_range(2) from libc (Python's os module lacks it), or None on other systems."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writing the range's dirty pages back, don't wait
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Have the kernel start writing these bytes to disk now, without waiting for it (a hint; no-op off Linux).
+
+    The shard's one fsync then finds them already written: on the last shard of a run, where nothing else is
+    left to overlap with, that wait was ~30 ms per 90 MB here. It is not a durability step (the fsync is).
+    """
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, length, SYNC_FILE_RANGE_WRITE)  # an error only loses the head start
+
+
+class _TarHasher:
+    """sha256 of a tar being written, in a thread of its own that reads back each range once it is appended.
+
+    The ranges come straight from the page cache. hashlib and pread release the GIL, so on a machine with
+    cores to spare the hash (~35 us per 58 KB image, the largest per-image cost of the writing process)
+    runs beside the appending instead of inside the sharder's one serial step; and the hash is complete a
+    moment after the last byte is written, where hashing the finished tar added a full re-read at the end
+    of every shard. Ranges are hashed in the order they were added (one thread, first in first out).
+    """
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self._digest = hashlib.sha256()
+        self._buffer = memoryview(bytearray(1 << 20))
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="vaedist-sha256")
+        self._error: BaseException | None = None
+
+    def add(self, offset: int, length: int) -> None:
+        self._thread.submit(self._hash, offset, length)
+
+    def _hash(self, offset: int, length: int) -> None:
+        if self._error is not None:  # a range missed: every later update would be wrong anyway
+            return
+        try:
+            end = offset + length
+            while offset < end:
+                view = self._buffer[: min(len(self._buffer), end - offset)]
+                if hasattr(os, "preadv"):  # into the one buffer: no allocation per range
+                    read = os.preadv(self._fd, [view], offset)
+                else:
+                    data = os.pread(self._fd, len(view), offset)
+                    read = len(data)
+                    view[:read] = data
+                if read == 0:
+                    raise OSError(f"the tar ends at {offset} bytes, before the {end} written to it")
+                self._digest.update(view[:read])
+                offset += read
+        except BaseException as err:  # reported by hexdigest(), in the writing thread
+            self._error = err
+
+    def hexdigest(self) -> str:
+        """Wait for every range added so far, then the sha256 of all of them."""
+        self._thread.shutdown(wait=True)
+        if self._error is not None:
+            raise self._error
+        return self._digest.hexdigest()
+
+    def stop(self) -> None:
+        self._thread.shutdown(wait=True, cancel_futures=True)
+
+
+def encode_members(members: list[tuple[str, bytes]]) -> tuple[list[bytes], int, list[IndexEntry]]:
+    """Tar members of one sample (format.sample_members), as TarFile.addfile writes them (header, data, zero
+    padding to 512 bytes). Returns the pieces to write in order (the data objects themselves, not copies:
+    a worker hands them to `os.writev`), their total size, and the index entries, offsets relative to the
+    start of those pieces.
+    """
+    pieces: list[bytes] = []
+    size = 0
+    entries = []
+    for name, data in members:
+        padding = -len(data) % TAR_BLOCK
+        pieces += [ustar_header(name, len(data)), data, _ZEROS[:padding]]
+        entries.append((name, size + TAR_BLOCK, len(data)))
+        size += TAR_BLOCK + len(data) + padding
+    return pieces, size, entries
+
+
+_ZEROS = bytes(TAR_BLOCK)
+
+
+def encode_sample(members: list[tuple[str, bytes]]) -> tuple[bytes, list[IndexEntry]]:
+    """`encode_members` joined: the bytes of one sample's tar members and their index entries."""
+    pieces, _, entries = encode_members(members)
+    return b"".join(pieces), entries
+
+
+def write_pieces(fd: int, pieces: list[bytes]) -> None:
+    """Write `pieces` in order with `os.writev` (no joined copy in memory), resuming after a short write."""
+    pending = [memoryview(piece) for piece in pieces if piece]
+    start = 0
+    while start < len(pending):
+        written = os.writev(fd, pending[start : start + _IOV_MAX])
+        while written and written >= len(pending[start]):
+            written -= len(pending[start])
+            start += 1
+        if written:
+            pending[start] = pending[start][written:]
+
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") and "SC_IOV_MAX" in os.sysconf_names else 16
+
+
+@dataclass(frozen=True)
+class ClosedShard:
+    """A shard whose tar and index are fully written under their temporary names, not yet durable or in place."""
+
+    tar: str  # final paths
+    index: str
+    samples: int
+    bytes: int
+    sha256: str  # of the tar, computed from the bytes as they were written
+
+
+def publish_shard(shard: ClosedShard) -> ShardInfo:
+    """fsync tar and index, rename both into place (index first).
+
+    This is the I/O-bound end of a shard (waiting for the disk, no CPU): the sharder runs it in a thread of
+    its own, so that neither the writing thread nor a decoding worker waits for the disk.
+    """
+    tar, index = Path(shard.tar), Path(shard.index)
+    for path in (temporary_name(tar), temporary_name(index)):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    os.replace(temporary_name(index), index)
+    os.replace(temporary_name(tar), tar)
+    return ShardInfo(name=tar.name, index=index.name, samples=shard.samples, bytes=shard.bytes,
+                     sha256=shard.sha256)
+
+
+class ShardWriter:
+    """Write a tar + `.idx` under temporary names, from samples or from parts encoded elsewhere.
+
+        with ShardWriter(out_dir / "train-000000.tar") as shard:
+            shard.write(sample_members("train2017_000000000009", jpeg, meta, None))
+            shard.append_part(".train-000000.part00001.tmp", size, [[("k.jpg", 512, 1234), ...], ...])
+            closed = shard.close()          # .train-000000.tar.tmp, .train-000000.idx.tmp
+        info = publish_shard(closed)        # (in a thread) fsync, renamed into place; sha256 from the writer
+
+    The sharder's workers encode the members of a chunk of images into a part file (`sample_members`); this
+    process only appends each part and shifts its index entries: it is the one serial step of the sharder,
+    so it must cost next to nothing per image. The sha256 is computed as the bytes are appended, never by
+    re-reading the finished tar (that put a whole second read at the end of every shard), in one of two ways:
+
+      hash_in_thread=False  each part is read once into a reused buffer, hashed, written: the least CPU
+                            in all (the sharder's choice on few cores, where every CPU second is a decoder's)
+      hash_in_thread=True   the kernel copies each part (`os.copy_file_range`, no byte through Python) and
+                            a thread of its own hashes it (`_TarHasher`): more CPU in all, but less in
+                            this serial step (the choice on many cores, where that step caps the run)
+    """
+
+    def __init__(self, tar_path: Path, hash_in_thread: bool = False):
+        self.tar_path = Path(tar_path)
+        self.index_path = self.tar_path.with_name(index_name(self.tar_path.stem))
+        self._tmp_tar = temporary_name(self.tar_path)
+        self._fd = os.open(self._tmp_tar, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)  # read: the hasher
+        self._bytes = 0
+        self._hasher = _TarHasher(self._fd) if hash_in_thread else None
+        self._digest = hashlib.sha256()  # hash_in_thread=False: updated by _write_all
+        self._buffer = bytearray()  # hash_in_thread=False: one part at a time; grows to the largest part
+        self._index_lines: list[str] = []
+        self._closed = False
+
+    @property
+    def samples(self) -> int:
+        return len(self._index_lines)
+
+    def write(self, members: list[tuple[str, bytes]]) -> None:
+        """Append one sample (see `encode_sample`)."""
+        data, components = encode_sample(members)
+        self._write_all(data)
+        self._add_index(self._bytes, [components])
+        self._appended(len(data))
+
+    def append_part(self, part: str | Path, size: int, samples: list[list[IndexEntry]]) -> None:
+        """Append `size` bytes of encoded samples from the file `part`; their index entries are part-relative."""
+        copied = self._copy_part(part, size) if self._hasher else self._read_hash_write_part(part, size)
+        if copied != size:
+            raise OSError(f"part file {part} has {copied} bytes, expected {size}")
+        self._add_index(self._bytes, samples)
+        self._appended(size)
+
+    def _read_hash_write_part(self, part: str | Path, size: int) -> int:
+        if len(self._buffer) < size:
+            self._buffer = bytearray(size)
+        view = memoryview(self._buffer)[:size]
+        with open(part, "rb", buffering=0) as source:
+            copied = 0
+            while copied < size and (n := source.readinto(view[copied:])):
+                copied += n
+        self._write_all(view[:copied])
+        return copied
+
+    def _copy_part(self, part: str | Path, size: int) -> int:
+        with open(part, "rb") as source:
+            copied = 0
+            try:
+                while copied < size and (n := os.copy_file_range(source.fileno(), self._fd, size - copied)):
+                    copied += n
+            except (AttributeError, OSError):  # no copy_file_range (old kernel, other OS, some filesystems)
+                os.lseek(self._fd, self._bytes + copied, os.SEEK_SET)
+                source.seek(copied)
+                while copied < size and (chunk := source.read(min(1 << 20, size - copied))):
+                    self._write_all(chunk)
+                    copied += len(chunk)
+        return copied
+
+    def _appended(self, size: int) -> None:
+        """`size` bytes were appended at self._bytes: start their writeback, have them hashed, move the end."""
+        start_writeback(self._fd, self._bytes, size)
+        if self._hasher:
+            self._hasher.add(self._bytes, size)
+        self._bytes += size
+
+    def _add_index(self, base: int, samples: list[list[IndexEntry]]) -> None:
+        for entries in samples:
+            self._index_lines.append(index_line([(name, base + offset, size) for name, offset, size in entries]))
+
+    def _write_all(self, data: bytes | memoryview) -> None:
+        if not self._hasher:
+            self._digest.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def close(self) -> ClosedShard:
+        """Finish the tar (end-of-archive blocks) and write the index, both under their temporary names."""
+        if not self._index_lines:
+            raise ValueError(f"{self.tar_path.name}: a shard needs at least one sample (DALI rejects empty tars)")
+        end_of_archive = b"\0" * (2 * TAR_BLOCK + -(self._bytes + 2 * TAR_BLOCK) % TAR_RECORD)
+        self._write_all(end_of_archive)
+        self._appended(len(end_of_archive))
+        # the thread's hash waits for the thread: at most a part or two behind
+        sha256 = self._hasher.hexdigest() if self._hasher else self._digest.hexdigest()
+        os.close(self._fd)
+        with open(temporary_name(self.index_path), "w") as fh:
+            fh.write(index_text(self._index_lines))
+        self._closed = True
+        return ClosedShard(str(self.tar_path), str(self.index_path), len(self._index_lines), self._bytes, sha256)
+
+    def abort(self) -> None:
+        """Drop a shard that will not be finished (e.g. every sample rejected): no file is left behind."""
+        if self._closed:
+            return
+        if self._hasher:
+            self._hasher.stop()
+        os.close(self._fd)
+        self._tmp_tar.unlink(missing_ok=True)
+        self._closed = True
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._closed:
+            self.abort()
+
+
+@dataclass(frozen=True)
+class ChunkItem:
+    """One image for a worker to pack: everything its tar members need."""
+
+    index: int  # into listing.samples
+    path: str  # absolute
+    key: str
+    label: int | None
+    path_in_root: str  # the .json's "path"
+    split: str
+    class_name: str | None
+
+
+@dataclass(frozen=True)
+class PackedChunk:
+    """A worker's result: the encoded samples of a chunk in the part file `part` (absent when size is 0)."""
+
+    part: str
+    size: int
+    samples: list[list[IndexEntry]]  # index entries of the packed samples, offsets relative to the part
+    skipped: list[tuple[int, str]]  # (index, reason) of the rejected inputs
+
+
+def _pack_chunk(part: str, items: list[ChunkItem], options: ImageOptions) -> PackedChunk:
+    """Runs in a worker: decode and check each image, encode the tar members of the good ones into `part`.
+
+    The worker writes the bytes it checked (no second read of the source, so no race with a file changing),
+    and only a few numbers per image go back to the writing process. The pieces (headers, the JPEG bytes as
+    read or encoded, padding) go to the file with one `writev`, never joined into a copy in memory.
+    """
+    pieces: list[bytes] = []
+    packed = 0  # bytes in `pieces`
+    samples: list[list[IndexEntry]] = []
+    skipped: list[tuple[int, str]] = []
+    for item in items:
+        result = _prepare_one(item.path, options)
+        if isinstance(result, str):
+            skipped.append((item.index, result))
+            continue
+        meta = SampleMeta(item.path_in_root, result.width, result.height, item.split, item.class_name)
+        members, size, entries = encode_members(sample_members(item.key, result.jpeg, meta, item.label))
+        samples.append([(name, packed + offset, length) for name, offset, length in entries])
+        pieces += members
+        packed += size
+    if packed:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_pieces(fd, pieces)
+        finally:
+            os.close(fd)
+    return PackedChunk(part, packed, samples, skipped)
+
+
+def chunk_tasks(output: OutputDir, listing: SourceListing, keys: list[str],
+                 shards: Sequence[PlannedShard]) -> Iterator[tuple[str, list[ChunkItem]]]:
+    """(part file, items) for each CHUNKSIZE images of each shard, in plan order; chunks never span shards."""
+    root, classes = str(listing.root), listing.classes
+    for shard in shards:
+        for number, start in enumerate(range(0, len(shard.samples), CHUNKSIZE)):
+            items = []
+            for i in shard.samples[start : start + CHUNKSIZE]:
+                s = listing.samples[i]
+                class_name = classes[s.label] if s.label is not None else None
+                items.append(ChunkItem(i, f"{root}/{s.path}", keys[i], s.label, s.path, s.split, class_name))
+            yield str(output.path / f".{shard.stem}.part{number:05d}.tmp"), items
+
+
+def chunks_of(shard: PlannedShard) -> int:
+    return -(-len(shard.samples) // CHUNKSIZE)
+
+
+def pack_in_parallel(pool: ProcessPoolExecutor, workers: int, tasks: Iterator[tuple[str, list[ChunkItem]]],
+                      options: ImageOptions) -> Iterator[PackedChunk]:
+    """Packed chunks in plan order. At most IN_FLIGHT_PER_WORKER chunks per worker are queued or unread at
+    any time, so memory (and part files on disk) stay bounded whatever the dataset size."""
+    work = partial(_pack_chunk, options=options)
+    in_flight: deque[Future] = deque(pool.submit(work, *task) for task in islice(tasks, IN_FLIGHT_PER_WORKER * workers))
+    try:
+        while in_flight:
+            packed = in_flight.popleft().result()
+            for task in islice(tasks, 1):
+                in_flight.append(pool.submit(work, *task))
+            yield packed
+    finally:
+        for future in in_flight:  # stopped early (error, Ctrl-C): don't decode what nobody will read
+            future.cancel()
+
+
+def write_shards(pool: ProcessPoolExecutor, workers: int, output: OutputDir, listing: SourceListing,
+                  keys: list[str], todo: list[PlannedShard], options: ImageOptions, records: dict[str, dict],
+                  bar: tqdm) -> None:
+    """Workers pack chunks; here they are appended shard by shard; a thread publishes each finished shard."""
+    finishing: deque[tuple] = deque()  # written shards the publisher thread is syncing and renaming
+    tasks = chunk_tasks(output, listing, keys, todo)
+    hash_in_thread = workers >= HASH_THREAD_FROM_WORKERS
+    # fsync only waits for the disk (it releases the GIL): in a thread, not in a worker process, where it
+    # would idle one decoder for as long as the disk takes.
+    with ThreadPoolExecutor(1, thread_name_prefix="vaedist-publish") as publisher, \
+            closing(pack_in_parallel(pool, workers, tasks, options)) as packed:
+        for shard in todo:
+            closed, skipped = _write_shard(shard, output, listing, packed, bar, hash_in_thread)
+            published = publisher.submit(publish_shard, closed) if closed else None
+            finishing.append((shard, skipped, published))
+            while finishing and (finishing[0][2] is None or finishing[0][2].done()):
+                _finish_shard(output, records, *finishing.popleft())
+        while finishing:
+            _finish_shard(output, records, *finishing.popleft())
+
+
+def _write_shard(shard: PlannedShard, output: OutputDir, listing: SourceListing, packed: Iterator[PackedChunk],
+                 bar: tqdm, hash_in_thread: bool) -> tuple[ClosedShard | None, list[dict]]:
+    """Append the shard's packed chunks (parts) in order; None when every one of its inputs was rejected."""
+    skipped: list[dict] = []
+    with ShardWriter(output.path / shard.name, hash_in_thread) as writer:
+        for _ in range(chunks_of(shard)):
+            chunk = next(packed)
+            if chunk.size:
+                writer.append_part(chunk.part, chunk.size, chunk.samples)
+                os.unlink(chunk.part)
+            skipped += [{"path": listing.samples[i].path, "reason": reason} for i, reason in chunk.skipped]
+            bar.update(len(chunk.samples) + len(chunk.skipped))
+        return (writer.close() if writer.samples else None), skipped
+
+
+def _finish_shard(output: OutputDir, records: dict[str, dict], shard: PlannedShard, skipped: list[dict],
+                  published: Future | None) -> None:
+    """Record a shard as finished (its done file) once the publisher thread has put it in place."""
+    records[shard.name] = output.mark_finished(shard, published.result() if published else None, skipped)
+
+
