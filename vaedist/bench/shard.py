@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             shards = len(list((scratch / "shards").glob("*.tar")))
     for w, sharder in sharders.items():
         print(f"{w}: per run (interleaved): " + ", ".join(
-            f"{s.wall / t.wall / args.workers:.0%} ({t.wall:.3f} s, {t.cpu:.2f} CPU s)" for s, t in zip(single, sharder)))
+            f"{s.wall / t.wall / args.workers:.0%} ({t.wall:.3f} s, {t.cpu:.2f} CPU s, others {t.others / t.wall:.1f} "
+            f"cores)" for s, t in zip(single, sharder)))
     sharder = sharders[writers[-1]]
     n, workers = len(files), args.workers
     best_single, best_sharder = min(single, key=lambda t: t.wall), min(sharder, key=lambda t: t.wall)

@@ -240,10 +240,11 @@ def _write_shards(pool: WorkerPool, workers: int, output: OutputDir, listing: So
     """Hand the shards to the workers in plan order, record each one as it is finished, follow the progress."""
     waiting = iter(todo)
     running: dict[Future, PlannedShard] = {}
+    threads = -(-workers // max(1, len(todo)))  # fewer shards than workers: each decodes on several threads
 
     def hand_out(count: int) -> None:
         for shard in islice(waiting, count):
-            running[pool.submit(write_shard, shard_task(output.path, listing, keys, shard), options)] = shard
+            running[pool.submit(write_shard, shard_task(output.path, listing, keys, shard, threads), options)] = shard
 
     hand_out(SHARDS_AHEAD_PER_WORKER * workers)
     counted = pool.images_done()
