@@ -451,3 +451,16 @@ def test_shards_meet_their_target_size_with_and_without_labels(tmp_path, dataset
     sizes = [shard.bytes for shard in manifest.splits["train"].shards]
     assert len(sizes) >= 4
     assert all(0.97 * target <= size <= 1.01 * target for size in sizes[:-1]), sizes
+
+
+def test_progress_bar_counts_every_input_and_the_summary_lists_the_rejected(sample_trees, tmp_path):
+    root = tmp_path / "food-101"
+    shutil.copytree(sample_trees["food101"], root)
+    train_lines = (root / "meta" / "train.txt").read_text().split()
+    (root / "images" / f"{train_lines[0]}.jpg").write_bytes(b"")  # an input the workers reject
+    result = _run_cli("food101", "--root", str(root), "--out", str(tmp_path / "out"), "--workers", "2",
+                      "--shard-size", "400KB")
+    assert result.returncode == 0, result.stderr
+    assert "84/84" in result.stderr  # tqdm's bar: every input counted, the rejected one too
+    assert f"images/{train_lines[0]}.jpg: empty file" in result.stdout
+    assert "train: 59 samples" in result.stdout

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vaedist.shard.format import SampleMeta, meta_size
+from vaedist.shard.format import SampleMeta, member_name, meta_size
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,3 +28,9 @@ def test_reading_a_manifest_imports_no_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("key", ["a.b", "a/b"])
+def test_keys_with_dots_or_slashes_are_refused(key):
+    with pytest.raises(ValueError):
+        member_name(key, "jpg")

@@ -89,3 +89,34 @@ def test_killed_sharder_resumes_without_duplicates(photo_folder, tmp_path):
     assert {p.name for p in out.iterdir()} == expected  # no temporary, state or done files left
     for split in ("train", "val"):
         assert len(dali_read_all(out, manifest, split, ["jpg", "json"])) == manifest.splits[split].samples
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_with_one_line_and_the_same_command_finishes_the_job(photo_folder, tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) mid-run: exit 130 with one line, no
+    traceback, no worker left, nothing but temporaries and done records beside the finished shards; the same
+    command then writes exactly what an uninterrupted run writes."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "vaedist.shard", "folder", "--root", str(photo_folder), "--out", str(out), *ARGS]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    workers: set[int] = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("train-*.tar")):
+        workers |= _children(proc.pid)
+        time.sleep(0.005)
+    assert proc.poll() is None, f"the sharder finished before Ctrl-C: {proc.stderr.read()}"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert stderr.strip() == "vaedist.shard: interrupted"
+    assert workers and not any(_alive(w) for w in workers)
+    planned = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    assert planned and all(name.startswith("train-") and name.endswith((".tar", ".idx")) for name in planned)
+
+    finish = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert finish.returncode == 0, finish.stderr
+    reference = shard_dataset("folder", photo_folder, tmp_path / "reference", workers=2, shard_size="300KB", seed=7,
+                              val_fraction=0.1, progress=False)
+    assert load_manifest(out).splits == reference.splits
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]

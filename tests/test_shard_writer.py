@@ -1,9 +1,10 @@
-"""The tar + index writer: our index is byte-identical to DALI's own wds2idx, written in the same pass."""
+"""The tar + index writer, fed part files packed the way the sharder's workers pack them: the index is
+byte-identical to DALI's own wds2idx, the tar to what Python's tarfile writes for the same members, GNU tar
+lists it, and the sha256 the writer computed while appending is the finished file's."""
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -15,48 +16,51 @@ import pytest
 
 from vaedist.sample import photo_paths
 from vaedist.shard import writer as shard_writer
-from vaedist.shard.format import MEMBER_MTIME as FIXED_MTIME
-from vaedist.shard.writer import ShardWriter, encode_sample, publish_shard, ustar_header, write_pieces
+from vaedist.shard.format import MEMBER_MODE, MEMBER_MTIME, SampleMeta, sample_members
+from vaedist.shard.images import ImageOptions, prepare_image
+from vaedist.shard.workers import ChunkItem, _pack_chunk
+from vaedist.shard.writer import ShardWriter, publish_shard, ustar_header, write_pieces
 
 
-def _members(sample):
-    return [(f"{sample['__key__']}.{ext}", sample[ext]) for ext in ("cls", "jpg", "json")]
+def _items(labelled: bool) -> list[ChunkItem]:
+    """Seven real photographs (sizes that are not multiples of 512) as the sharder hands them to a worker."""
+    classes = ["astronaut", "coffee", "rocket"]
+    return [ChunkItem(index=i, path=str(photo), key=f"images_{classes[i % 3]}_{100000 + i}",
+                      label=i % 3 if labelled else None, path_in_root=f"images/{photo.name}", split="train",
+                      class_name=classes[i % 3] if labelled else None)
+            for i, photo in enumerate(photo_paths()[:7])]
 
 
-def _samples(count: int) -> list[dict]:
-    photos = photo_paths()
-    return [
-        {
-            "__key__": f"images_class{i % 3}_{100000 + i}",
-            "jpg": photos[i % len(photos)].read_bytes()[: 5000 + 37 * i],  # sizes that are not multiples of 512
-            "cls": str(i % 3).encode(),
-            "json": json.dumps({"path": f"images/class{i % 3}/{100000 + i}.jpg", "width": 1, "height": 1}).encode(),
-        }
-        for i in range(count)
-    ]
+def _reference_tar(items: list[ChunkItem]) -> bytes:
+    """The same members written by Python's tarfile (USTAR, read-only members, the format's fixed mtime)."""
+    reference = io.BytesIO()
+    with tarfile.open(fileobj=reference, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for item in items:
+            image = prepare_image(item.path, ImageOptions())
+            meta = SampleMeta(item.path_in_root, image.width, image.height, item.split, item.class_name)
+            for name, data in sample_members(item.key, image.jpeg, meta, item.label):
+                member = tarfile.TarInfo(name)
+                member.size, member.mtime, member.mode = len(data), MEMBER_MTIME, MEMBER_MODE
+                archive.addfile(member, io.BytesIO(data))
+    return reference.getvalue()
 
 
+@pytest.mark.parametrize("labelled", [True, False], ids=["labelled", "unlabelled"])
 @pytest.mark.parametrize("hash_in_thread", [False, True], ids=["hash-inline", "hash-in-thread"])
-def test_index_matches_dali_wds2idx_and_manifest_entry_matches_file(tmp_path, hash_in_thread):
-    samples = _samples(7)
-    # samples 2..5 arrive as a part file encoded elsewhere (as the sharder's workers do), the others one by one
-    part = tmp_path / ".train-000000.part00000.tmp"
-    encoded, entries = b"", []
-    for sample in samples[2:6]:
-        data, components = encode_sample(_members(sample))
-        entries.append([(name, len(encoded) + offset, size) for name, offset, size in components])
-        encoded += data
-    part.write_bytes(encoded)
+def test_index_matches_dali_wds2idx_and_tar_matches_tarfile_and_gnu_tar(tmp_path, hash_in_thread, labelled):
+    items = _items(labelled)
+    parts = [_pack_chunk(str(tmp_path / f".train-000000.part{n:05d}.tmp"), items[start:end], ImageOptions())
+             for n, (start, end) in enumerate([(0, 3), (3, 7)])]
     with ShardWriter(tmp_path / "train-000000.tar", hash_in_thread) as writer:
-        writer.write(_members(samples[0]))
-        writer.write(_members(samples[1]))
-        writer.append_part(part, len(encoded), entries)
-        writer.write(_members(samples[6]))
+        for part in parts:
+            writer.append_part(part.part, part.size, part.samples)
+            os.unlink(part.part)
         closed = writer.close()
-    part.unlink()
     assert sorted(p.name for p in tmp_path.glob(".*")) == [".train-000000.idx.tmp", ".train-000000.tar.tmp"]
     info = publish_shard(closed)
     tar = tmp_path / "train-000000.tar"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train-000000.idx", "train-000000.tar"]
+
     # DALI's own indexer, as shipped with nvidia-dali (console script wds2idx, module wds2idx.py)
     wds2idx = shutil.which("wds2idx", path=str(Path(sys.executable).parent)) or "wds2idx"
     subprocess.run([wds2idx, str(tar), str(tmp_path / "reference.idx")], check=True, capture_output=True)
@@ -64,38 +68,31 @@ def test_index_matches_dali_wds2idx_and_manifest_entry_matches_file(tmp_path, ha
     assert info.samples == 7 and info.bytes == tar.stat().st_size
     assert info.sha256 == hashlib.sha256(tar.read_bytes()).hexdigest()
     # byte for byte what Python's tarfile writes for the same members (record padding included)
-    reference = io.BytesIO()
-    with tarfile.open(fileobj=reference, mode="w", format=tarfile.USTAR_FORMAT) as archive:
-        for sample in samples:
-            for ext in ("cls", "jpg", "json"):
-                member = tarfile.TarInfo(f"{sample['__key__']}.{ext}")
-                member.size, member.mtime, member.mode = len(sample[ext]), FIXED_MTIME, 0o444
-                archive.addfile(member, io.BytesIO(sample[ext]))
-    assert tar.read_bytes() == reference.getvalue()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["reference.idx", "train-000000.idx", "train-000000.tar"]
+    assert tar.read_bytes() == _reference_tar(items)
+    # GNU tar reads it: every member, in order, read-only, at its size
+    listing = subprocess.run(["tar", "-tvf", str(tar)], check=True, capture_output=True, text=True).stdout
+    rows = [line.split() for line in listing.splitlines()]
+    with tarfile.open(tar) as archive:
+        expected = [(m.name, m.size) for m in archive.getmembers()]
+    assert [(row[-1], int(row[2])) for row in rows] == expected
+    assert len(expected) == 7 * (3 if labelled else 2)
+    assert {row[0] for row in rows} == {"-r--r--r--"}
 
 
 def test_unfinished_shard_leaves_no_file(tmp_path):
+    part = _pack_chunk(str(tmp_path / ".val-000001.part00000.tmp"), _items(True)[:2], ImageOptions())
     with pytest.raises(RuntimeError):
         with ShardWriter(tmp_path / "val-000001.tar") as writer:
-            writer.write(_members(_samples(1)[0]))
+            writer.append_part(part.part, part.size, part.samples)
             raise RuntimeError("killed mid-shard")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_keys_with_dots_are_refused():
-    from vaedist.shard.format import member_name
-    with pytest.raises(ValueError):
-        member_name("a.b", "jpg")
-    with pytest.raises(ValueError):
-        member_name("a/b", "jpg")
+    assert [p.name for p in tmp_path.iterdir()] == [".val-000001.part00000.tmp"]  # the sharder removes parts
 
 
 @pytest.mark.parametrize("name, size", [("a.jpg", 0), ("train2017_000000000009.jpg", 160_123),
                                         ("x" * 95 + ".json", 511), ("images_apple_pie_1005649.cls", 8**11 - 1)])
 def test_fast_header_is_the_header_tarfile_writes(name, size):
     member = tarfile.TarInfo(name)
-    member.size, member.mtime, member.mode = size, FIXED_MTIME, 0o444
+    member.size, member.mtime, member.mode = size, MEMBER_MTIME, MEMBER_MODE
     assert ustar_header(name, size) == member.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
 
 

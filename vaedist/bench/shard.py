@@ -1,7 +1,7 @@
 """Sharder benchmark: the sharder's images/s with N workers against a single-process decode of the same files.
 
     python -m vaedist.bench shard [--root DIR] [--dataset folder] [--images 400] [--workers N] [--repeats 2]
-                                  [--shard-size 128MB] [--writers simple]
+                                  [--shard-size 128MB]
 
 Rows, side by side in one run, on the same files (read once beforehand, so all measure decoding, not the disk):
   single process   prepare_image() on every file in this process, nothing written: the work itself
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vaedist.sample import build_full_size_jpegs
-from vaedist.shard import DEFAULT_SHARD_SIZE, SOURCES, shard_dataset
+from vaedist.shard import DEFAULT_SHARD_SIZE, SOURCES, load_manifest, shard_dataset
 from vaedist.shard.images import ImageOptions, ImageRejected, configure_pillow, prepare_image
 from vaedist.shard.sharder import default_workers
 from vaedist.shard.sources import SourceOptions, list_source
@@ -93,13 +93,11 @@ def time_plain_processes(files: list[Path], options: ImageOptions, workers: int)
     return watch.timing
 
 
-def time_sharder(dataset: str, root: Path, workers: int, max_side: int | None, out: Path, shard_size: str,
-                 writer: str) -> Timing:
+def time_sharder(dataset: str, root: Path, workers: int, max_side: int | None, out: Path, shard_size: str) -> Timing:
     # The previous run's output is removed before the clock starts: freeing ~90 MB of page cache (~20-30 ms
     # here) is not sharding, and --overwrite would otherwise do it inside the timed run.
     shutil.rmtree(out, ignore_errors=True)
     # the pool's workers are joined before shard_dataset returns, so their CPU time is in RUSAGE_CHILDREN
-    os.environ["VAEDIST_SHARD_WRITER"] = writer  # TEMPORARY: legacy vs simple, side by side
     with _Stopwatch() as watch:
         shard_dataset(dataset, root, out, workers=workers, max_side=max_side, progress=False, overwrite=True,
                       shard_size=shard_size)
@@ -118,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-size", default=f"{DEFAULT_SHARD_SIZE // 10**6}MB",
                         help="the sharder's --shard-size (default: %(default)s: one shard for a few thousand images; "
                         "smaller gives many shards)")
-    parser.add_argument("--writers", default="simple", help="TEMPORARY: comma-separated, legacy and/or simple")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="vaedist-bench-shard-") as tmp:
@@ -132,21 +129,17 @@ def main(argv: list[str] | None = None) -> int:
         for path in files:  # page cache: both rows then measure decoding, not the disk
             path.read_bytes()
         options = ImageOptions(max_side=args.max_side)
-        writers = args.writers.split(",")
-        single, plain, sharders = [], [], {w: [] for w in writers}
-        shards = 0
+        single, plain, sharder = [], [], []
         for run in range(args.repeats):
             single.append(time_single_process(files, options))
             plain.append(time_plain_processes(files, options, args.workers))
-            for w in writers:
-                sharders[w].append(time_sharder(args.dataset, root, args.workers, args.max_side, scratch / "shards",
-                                                args.shard_size, w))
-            shards = len(list((scratch / "shards").glob("*.tar")))
-    for w, sharder in sharders.items():
-        print(f"{w}: per run (interleaved): " + ", ".join(
-            f"{s.wall / t.wall / args.workers:.0%} ({t.wall:.3f} s, {t.cpu:.2f} CPU s, others {t.others / t.wall:.1f} "
-            f"cores)" for s, t in zip(single, sharder)))
-    sharder = sharders[writers[-1]]
+            sharder.append(time_sharder(args.dataset, root, args.workers, args.max_side, scratch / "shards",
+                                        args.shard_size))
+        shards = sum(len(split.shards) for split in load_manifest(scratch / "shards").splits.values())
+    # Each run's efficiency against the single-process row of the same round: the spread shows the noise.
+    print("sharder per run: " + ", ".join(
+        f"{s.wall / t.wall / args.workers:.0%} ({t.wall:.3f} s, {t.cpu:.2f} CPU s, others {t.others / t.wall:.1f} cores)"
+        for s, t in zip(single, sharder)))
     n, workers = len(files), args.workers
     best_single, best_sharder = min(single, key=lambda t: t.wall), min(sharder, key=lambda t: t.wall)
     best_plain = min(plain, key=lambda t: t.wall)
@@ -155,10 +148,8 @@ def main(argv: list[str] | None = None) -> int:
           + f", --shard-size {args.shard_size}: {shards} shards")
     print(f"{'row':<30}{'img/s':>9}{'seconds':>9}{'CPU s':>8}")
     print(f"{'single-process decode':<30}{n / best_single.wall:>9.1f}{best_single.wall:>9.2f}{best_single.cpu:>8.2f}")
-    for w, timings in sharders.items():
-        best = min(timings, key=lambda t: t.wall)
-        print(f"{f'sharder, {workers} workers, {w}':<30}{n / best.wall:>9.1f}{best.wall:>9.2f}{best.cpu:>8.2f}"
-              f"   efficiency {best_single.wall / best.wall / workers:.0%}, CPU-time {best_single.cpu / best.cpu:.0%}")
+    print(f"{f'sharder, {workers} workers':<30}{n / best_sharder.wall:>9.1f}{best_sharder.wall:>9.2f}"
+          f"{best_sharder.cpu:>8.2f}")
     print(f"{f'ceiling: {workers} plain decoders':<30}{n / best_plain.wall:>9.1f}{best_plain.wall:>9.2f}"
           f"{best_plain.cpu:>8.2f}")
     print(f"speed-up {speedup:.2f}x on {workers} workers: parallel efficiency {speedup / workers:.0%} (goal >= 80%); "

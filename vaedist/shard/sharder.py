@@ -1,17 +1,22 @@
-"""`shard_dataset`: list the inputs, plan the shards, write them in parallel, manifest last.
+"""`shard_dataset`: list the inputs, plan the shards, decode in parallel, write tars + index, manifest last.
 
     listing = SOURCES[dataset](root)           sources.py   (path, split, label) per image, sorted
     plan    = plan_shards(listing, seed, ...)  plan.py      seeded global shuffle, cut into shards
     for each unfinished shard:                 state.py     finished shards of a killed run are kept
-        a worker process: write_shard()        workers.py   the whole shard, its images in plan order:
+        worker processes: pack_in_parallel()   workers.py   chunks of CHUNKSIZE images -> part files:
                             prepare_image()    images.py      full decode, checks, clean JPEG bytes
-                            sample_members()   format.py      their tar members
-                            ShardWriter        writer.py      tar + DALI index + sha256, fsync, rename
-        this process:     mark_finished()      state.py     the shard's done record
+                            encode_members()   writer.py      their tar members (format.py: names, order)
+        this process:     ShardWriter          writer.py    parts -> tar + DALI index + sha256, temporary names
+        a thread:         publish_shard()      writer.py    fsync, rename; then the done file (state.py)
     write_manifest(...)                        format.py    the output is complete once this exists
 
-This process only hands out shards (a few per worker ahead, so that none waits) and records each one
-its worker finished; while the workers write, it sleeps, waking twice a second for the progress bar.
+This process is the only serial step, so it does next to nothing per image: workers decode, check and
+re-encode the images and encode their tar members into part files (CHUNKSIZE images each); this process
+appends the parts to the shard, hashing them on the way (in a thread of its own from
+HASH_THREAD_FROM_WORKERS workers on), and shifts their index entries; a thread of this
+process syncs and renames each finished shard, so that waiting for the disk stalls neither this
+process's writing nor a decoding worker. While the workers decode, this process sleeps in a blocking
+wait for the next chunk in plan order (no polling: on N cores, a busy writer would take a decoder's CPU).
 """
 from __future__ import annotations
 
@@ -19,11 +24,11 @@ import errno
 import os
 import re
 import time
-from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from itertools import islice
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -36,8 +41,8 @@ from vaedist.shard.format import Manifest, ShardInfo, SplitInfo, load_manifest, 
 from vaedist.shard.plan import PlannedShard, listing_fingerprint, plan_shards
 from vaedist.shard.sources import DEFAULT_COCO_TRAIN_DIRS, SourceListing, SourceOptions, list_source, sample_keys
 from vaedist.shard.state import OutputDir
-from vaedist.shard.workers import WorkerPool, measure_bytes_ratio, shard_task, write_shard
-from vaedist.shard.writer import sync_directory
+from vaedist.shard.workers import PackedChunk, chunk_tasks, chunks_of, measure_bytes_ratio, pack_in_parallel, worker_pool
+from vaedist.shard.writer import ClosedShard, ShardWriter, publish_shard, sync_directory
 
 # 128 MB (decimal): large sequential reads (each shard is read front to back), and enough shards for
 # readers that split by file: COCO 2017 (train2017+test2017 ~24 GB, val2017 ~0.8 GB) gives ~190 train and
@@ -45,8 +50,12 @@ from vaedist.shard.writer import sync_directory
 # contiguous ranges per DDP rank (shard_id/num_shards), so for DALI the count only bounds how much a rank
 # reads outside its own range; a killed run loses at most one shard of work per run.
 DEFAULT_SHARD_SIZE = 128_000_000
-SHARDS_AHEAD_PER_WORKER = 2  # handed out at a time: one being written, one waiting, so no worker waits for us
-PROGRESS_EVERY_S = 0.5
+# From this many workers on, the writing process hashes in a thread of its own (ShardWriter(hash_in_thread)).
+# Inline, its serial work is ~80-110 us per 58 KB image (read, sha256, write, index, IPC: ~9-12k img/s at
+# most): below ~8 workers at ~1k img/s each that is slack, and inline costs the least CPU (4 % faster end to
+# end than the thread on 2 cores); with more workers it would cap the run, so the kernel copies and a
+# thread hashes (reasoned from the per-image costs measured here; not measured on many cores).
+HASH_THREAD_FROM_WORKERS = 8
 
 
 @dataclass(frozen=True)
@@ -155,7 +164,7 @@ def _shard(dataset: str, listing: SourceListing, output: OutputDir, options: Sha
                         "pass --overwrite to replace them, or choose another --out")
 
     keys = sample_keys([s.path for s in listing.samples])
-    with WorkerPool(workers) as pool:
+    with worker_pool(workers) as pool:
         if state is None:
             bytes_ratio = measure_bytes_ratio(pool, listing, options.seed, options.image)
             output.write_state(fingerprint, bytes_ratio)  # before any shard: it fixes the plan for re-runs
@@ -171,12 +180,7 @@ def _shard(dataset: str, listing: SourceListing, output: OutputDir, options: Sha
         done_before = sum(len(s.samples) for s in plan if records[s.name] is not None)
         with tqdm(total=len(listing.samples), initial=done_before, unit="img", disable=not progress,
                   desc=f"shard {dataset}", smoothing=0.05) as bar:
-            if os.environ.get("VAEDIST_SHARD_WRITER") == "legacy":  # TEMPORARY: the side-by-side measurement
-                from vaedist.shard import legacy
-
-                legacy.write_shards(pool, workers, output, listing, keys, todo, options.image, records, bar)
-            else:
-                _write_shards(pool, workers, output, listing, keys, todo, options.image, records, bar)
+            _write_shards(pool, workers, output, listing, keys, todo, options.image, records, bar)
         elapsed = time.perf_counter() - started
 
     manifest = _manifest(dataset, listing, options, plan, records)
@@ -235,29 +239,46 @@ def _already_complete(output: OutputDir, dataset: str, listing: SourceListing, o
 # --- writing ------------------------------------------------------------------------------------------------
 
 
-def _write_shards(pool: WorkerPool, workers: int, output: OutputDir, listing: SourceListing, keys: list[str],
-                  todo: list[PlannedShard], options: ImageOptions, records: dict[str, dict], bar: tqdm) -> None:
-    """Hand the shards to the workers in plan order, record each one as it is finished, follow the progress."""
-    waiting = iter(todo)
-    running: dict[Future, PlannedShard] = {}
-    threads = -(-workers // max(1, len(todo)))  # fewer shards than workers: each decodes on several threads
+def _write_shards(pool: ProcessPoolExecutor, workers: int, output: OutputDir, listing: SourceListing,
+                  keys: list[str], todo: list[PlannedShard], options: ImageOptions, records: dict[str, dict],
+                  bar: tqdm) -> None:
+    """Workers pack chunks; here they are appended shard by shard; a thread publishes each finished shard."""
+    finishing: deque[tuple] = deque()  # written shards the publisher thread is syncing and renaming
+    tasks = chunk_tasks(output, listing, keys, todo)
+    hash_in_thread = workers >= HASH_THREAD_FROM_WORKERS
+    # fsync only waits for the disk (it releases the GIL): in a thread, not in a worker process, where it
+    # would idle one decoder for as long as the disk takes.
+    with ThreadPoolExecutor(1, thread_name_prefix="vaedist-publish") as publisher, \
+            closing(pack_in_parallel(pool, workers, tasks, options)) as packed:
+        for shard in todo:
+            closed, skipped = _write_shard(shard, output, listing, packed, bar, hash_in_thread)
+            published = publisher.submit(publish_shard, closed) if closed else None
+            finishing.append((shard, skipped, published))
+            while finishing and (finishing[0][2] is None or finishing[0][2].done()):
+                _finish_shard(output, records, *finishing.popleft())
+        while finishing:
+            _finish_shard(output, records, *finishing.popleft())
 
-    def hand_out(count: int) -> None:
-        for shard in islice(waiting, count):
-            running[pool.submit(write_shard, shard_task(output.path, listing, keys, shard, threads), options)] = shard
 
-    hand_out(SHARDS_AHEAD_PER_WORKER * workers)
-    counted = pool.images_done()
-    while running:
-        finished, _ = wait(running, timeout=PROGRESS_EVERY_S, return_when=FIRST_COMPLETED)
-        done = pool.images_done()
-        bar.update(done - counted)
-        counted = done
-        for future in finished:
-            shard, written = running.pop(future), future.result()
-            skipped = [{"path": listing.samples[i].path, "reason": reason} for i, reason in written.skipped]
-            records[shard.name] = output.mark_finished(shard, written.info, skipped)
-            hand_out(1)
+def _write_shard(shard: PlannedShard, output: OutputDir, listing: SourceListing, packed: Iterator[PackedChunk],
+                 bar: tqdm, hash_in_thread: bool) -> tuple[ClosedShard | None, list[dict]]:
+    """Append the shard's packed chunks (parts) in order; None when every one of its inputs was rejected."""
+    skipped: list[dict] = []
+    with ShardWriter(output.path / shard.name, hash_in_thread) as writer:
+        for _ in range(chunks_of(shard)):
+            chunk = next(packed)
+            if chunk.size:
+                writer.append_part(chunk.part, chunk.size, chunk.samples)
+                os.unlink(chunk.part)
+            skipped += [{"path": listing.samples[i].path, "reason": reason} for i, reason in chunk.skipped]
+            bar.update(len(chunk.samples) + len(chunk.skipped))
+        return (writer.close() if writer.samples else None), skipped
+
+
+def _finish_shard(output: OutputDir, records: dict[str, dict], shard: PlannedShard, skipped: list[dict],
+                  published: Future | None) -> None:
+    """Record a shard as finished (its done file) once the publisher thread has put it in place."""
+    records[shard.name] = output.mark_finished(shard, published.result() if published else None, skipped)
 
 
 def _manifest(dataset: str, listing: SourceListing, options: ShardOptions, plan: list[PlannedShard],

@@ -1,52 +1,45 @@
-"""The worker processes: each writes whole shards, decoding and checking every image of it in plan order.
+"""The worker processes: decode and check images, and pack the tar members of each chunk into a part file.
 
-    with WorkerPool(workers) as pool:
-        future = pool.submit(write_shard, task, options)   # -> WrittenShard: its ShardInfo, rejected inputs
-        pool.images_done()                                 # images finished by all workers so far (progress)
+    pool = worker_pool(workers)
+    for packed in pack_in_parallel(pool, workers, chunk_tasks(output, listing, keys, shards), options):
+        ...   # PackedChunk, in plan order: the part file, its samples' index entries, the rejected inputs
 
-Everything per image happens here, in parallel: decode and check (images.py), tar members (format.py),
-tar + index + sha256 (writer.py). The sharder's process only hands out shards and records them.
+Everything per image happens here, in parallel; the writing process (sharder.py) only appends parts. At
+most IN_FLIGHT_PER_WORKER chunks per worker are queued or unread at any time, so memory and part files
+on disk stay bounded whatever the dataset size.
 """
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import os
 import signal
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import Iterator
+from itertools import islice
+from typing import Iterator, Sequence
 
-from vaedist.shard.format import SampleMeta, ShardInfo, sample_members
+from vaedist.shard.format import IndexEntry, SampleMeta, sample_members
 from vaedist.shard.images import ImageOptions, ImageRejected, PreparedImage, configure_pillow, prepare_image
 from vaedist.shard.plan import PlannedShard, probe_indices
 from vaedist.shard.sources import SourceListing
-from vaedist.shard.writer import ShardWriter
+from vaedist.shard.state import OutputDir
+from vaedist.shard.writer import encode_members, write_pieces
+
+CHUNKSIZE = 16  # images per task (and part file): one message and one copy per ~16-50 ms of decoding
+IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: keeps workers busy, bounds memory
 
 
-class Stopped(Exception):
-    """The sharder's process asked its workers to stop (an error elsewhere, Ctrl-C)."""
-
-
-# Set in each worker by _init_worker: shared with the sharder's process (see WorkerPool).
-_images_done = None
-_stop = None
-
-
-def _init_worker(images_done, stop) -> None:
-    global _images_done, _stop
-    _images_done, _stop = images_done, stop
+def _init_worker() -> None:
     configure_pillow()
     # A forked worker shares the sharder's memory copy-on-write; the collector's full passes would walk
     # (and so copy) every object it inherited. Freezing them keeps those pages shared and the passes short.
     gc.freeze()
-    # Ctrl-C reaches the whole process group: the sharder handles it and stops the workers through `stop`;
-    # a worker's own KeyboardInterrupt would only add a traceback per worker to the terminal.
+    # Ctrl-C reaches the whole process group: the sharder handles it and stops the pool; a worker's own
+    # KeyboardInterrupt would only add a traceback per worker to the terminal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A worker must not outlive a sharder killed with -9 (it would hold the pool's pipes and CPU forever).
     # Its parent is the sharder (fork) or the forkserver, which exits with the sharder: either way, when the
@@ -61,63 +54,37 @@ def _init_worker(images_done, stop) -> None:
     threading.Thread(target=watch_parent, daemon=True).start()
 
 
-class WorkerPool:
-    """The worker processes, a count of the images they have finished (for the progress bar: a shard is
-    one task of seconds) and a flag that makes them drop the shards they are writing."""
-
-    def __init__(self, workers: int):
-        context = multiprocessing.get_context()
-        self._images_done = context.Value("q", 0)
-        self._stop = context.Event()
-        configure_pillow()  # for anything decoded in this process too
-        self._executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                             initargs=(self._images_done, self._stop))
-
-    def submit(self, fn, *args) -> Future:
-        return self._executor.submit(fn, *args)
-
-    def map(self, fn, items):
-        return self._executor.map(fn, items)
-
-    def images_done(self) -> int:
-        return self._images_done.value
-
-    def __enter__(self) -> "WorkerPool":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:  # the workers drop their shards at the next image instead of finishing them
-            self._stop.set()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    # Not multiprocessing.Pool: its worker-handler thread spins while results wait to be read, and on a busy
+    # machine that costs this process ~0.1 ms of CPU per image, CPU the decoding workers then lack.
+    configure_pillow()  # for anything decoded in this process too
+    return ProcessPoolExecutor(workers, initializer=_init_worker)
 
 
 @dataclass(frozen=True)
-class ShardItem:
-    """One image for a worker: everything its tar members need."""
+class ChunkItem:
+    """One image for a worker to pack: everything its tar members need."""
 
     index: int  # into listing.samples
     path: str  # absolute
     key: str
     label: int | None
-    meta_path: str  # the .json's "path": relative to the dataset root
+    path_in_root: str  # the .json's "path"
     split: str
     class_name: str | None
 
 
 @dataclass(frozen=True)
-class ShardTask:
-    tar: str  # the shard's final path
-    items: list[ShardItem]  # in plan order
-    threads: int = 1  # decoding threads: >1 when there are fewer shards than workers (see write_shard)
+class PackedChunk:
+    """A worker's result: the encoded samples of a chunk in the part file `part` (absent when size is 0)."""
 
-
-@dataclass(frozen=True)
-class WrittenShard:
-    info: ShardInfo | None  # None: every input of the shard was rejected, no file written
+    part: str
+    size: int
+    samples: list[list[IndexEntry]]  # index entries of the packed samples, offsets relative to the part
     skipped: list[tuple[int, str]]  # (index, reason) of the rejected inputs
 
 
-def prepare_one(path: str, options: ImageOptions) -> PreparedImage | str:
+def _prepare_one(path: str, options: ImageOptions) -> PreparedImage | str:
     """The image to store, or the reason it was rejected."""
     try:
         return prepare_image(path, options)
@@ -129,69 +96,77 @@ def prepare_one(path: str, options: ImageOptions) -> PreparedImage | str:
         return f"could not be decoded ({type(err).__name__}: {str(err)[:120]})"
 
 
-def write_shard(task: ShardTask, options: ImageOptions) -> WrittenShard:
-    """Runs in a worker: decode and check each image of the shard, in order, and write the good ones.
+def _pack_chunk(part: str, items: list[ChunkItem], options: ImageOptions) -> PackedChunk:
+    """Runs in a worker: decode and check each image, encode the tar members of the good ones into `part`.
 
-    The worker writes the bytes it checked (no second read of the source, so no race with a file changing).
+    The worker writes the bytes it checked (no second read of the source, so no race with a file changing),
+    and only a few numbers per image go back to the writing process. The pieces (headers, the JPEG bytes as
+    read or encoded, padding) go to the file with one `writev`, never joined into a copy in memory.
     """
+    pieces: list[bytes] = []
+    packed = 0  # bytes in `pieces`
+    samples: list[list[IndexEntry]] = []
     skipped: list[tuple[int, str]] = []
-    with ShardWriter(Path(task.tar)) as shard:
-        for item, result in _prepared_in_order(task.items, options, task.threads):
-            if _stop is not None and _stop.is_set():
-                raise Stopped(task.tar)
-            if isinstance(result, str):
-                skipped.append((item.index, result))
-            else:
-                meta = SampleMeta(item.meta_path, result.width, result.height, item.split, item.class_name)
-                shard.add(sample_members(item.key, result.jpeg, meta, item.label))
-            if _images_done is not None:
-                with _images_done.get_lock():
-                    _images_done.value += 1
-        return WrittenShard(shard.finish() if shard.samples else None, skipped)
-
-
-def _prepared_in_order(items: list[ShardItem], options: ImageOptions,
-                       threads: int) -> Iterator[tuple[ShardItem, PreparedImage | str]]:
-    """prepare_one() of each item, in order. On several threads when asked: Pillow releases the GIL while it
-    decodes, resizes and encodes (2 threads in one process: 1.77x one thread on 2 cores), so a run with fewer
-    shards than workers still uses every core. At most 2 images per thread are decoded ahead of the writer."""
-    if threads == 1:
-        for item in items:
-            yield item, prepare_one(item.path, options)
-        return
-    with ThreadPoolExecutor(threads, thread_name_prefix="vaedist-decode") as decoders:
-        ahead: deque[tuple[ShardItem, Future]] = deque()
+    for item in items:
+        result = _prepare_one(item.path, options)
+        if isinstance(result, str):
+            skipped.append((item.index, result))
+            continue
+        meta = SampleMeta(item.path_in_root, result.width, result.height, item.split, item.class_name)
+        members, size, entries = encode_members(sample_members(item.key, result.jpeg, meta, item.label))
+        samples.append([(name, packed + offset, length) for name, offset, length in entries])
+        pieces += members
+        packed += size
+    if packed:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            for item in items:
-                ahead.append((item, decoders.submit(prepare_one, item.path, options)))
-                if len(ahead) > 2 * threads:
-                    first, future = ahead.popleft()
-                    yield first, future.result()
-            while ahead:
-                first, future = ahead.popleft()
-                yield first, future.result()
+            write_pieces(fd, pieces)
         finally:
-            for _, future in ahead:  # stopped early: don't decode what nobody will write
-                future.cancel()
+            os.close(fd)
+    return PackedChunk(part, packed, samples, skipped)
 
 
-def shard_task(directory: Path, listing: SourceListing, keys: list[str], shard: PlannedShard,
-               threads: int = 1) -> ShardTask:
+def chunk_tasks(output: OutputDir, listing: SourceListing, keys: list[str],
+                 shards: Sequence[PlannedShard]) -> Iterator[tuple[str, list[ChunkItem]]]:
+    """(part file, items) for each CHUNKSIZE images of each shard, in plan order; chunks never span shards."""
     root, classes = str(listing.root), listing.classes
-    items = []
-    for i in shard.samples:
-        s = listing.samples[i]
-        class_name = classes[s.label] if s.label is not None else None
-        items.append(ShardItem(i, f"{root}/{s.path}", keys[i], s.label, s.path, s.split, class_name))
-    return ShardTask(str(directory / shard.name), items, threads)
+    for shard in shards:
+        for number, start in enumerate(range(0, len(shard.samples), CHUNKSIZE)):
+            items = []
+            for i in shard.samples[start : start + CHUNKSIZE]:
+                s = listing.samples[i]
+                class_name = classes[s.label] if s.label is not None else None
+                items.append(ChunkItem(i, f"{root}/{s.path}", keys[i], s.label, s.path, s.split, class_name))
+            yield str(output.path / f".{shard.stem}.part{number:05d}.tmp"), items
+
+
+def chunks_of(shard: PlannedShard) -> int:
+    return -(-len(shard.samples) // CHUNKSIZE)
+
+
+def pack_in_parallel(pool: ProcessPoolExecutor, workers: int, tasks: Iterator[tuple[str, list[ChunkItem]]],
+                      options: ImageOptions) -> Iterator[PackedChunk]:
+    """Packed chunks in plan order. At most IN_FLIGHT_PER_WORKER chunks per worker are queued or unread at
+    any time, so memory (and part files on disk) stay bounded whatever the dataset size."""
+    work = partial(_pack_chunk, options=options)
+    in_flight: deque[Future] = deque(pool.submit(work, *task) for task in islice(tasks, IN_FLIGHT_PER_WORKER * workers))
+    try:
+        while in_flight:
+            packed = in_flight.popleft().result()
+            for task in islice(tasks, 1):
+                in_flight.append(pool.submit(work, *task))
+            yield packed
+    finally:
+        for future in in_flight:  # stopped early (error, Ctrl-C): don't decode what nobody will read
+            future.cancel()
 
 
 def _stored_size(path: str, options: ImageOptions) -> tuple[int, int] | None:
-    result = prepare_one(path, options)
+    result = _prepare_one(path, options)
     return None if isinstance(result, str) else (len(result.jpeg), os.stat(path).st_size)
 
 
-def measure_bytes_ratio(pool: WorkerPool, listing: SourceListing, seed: int, options: ImageOptions) -> float:
+def measure_bytes_ratio(pool: ProcessPoolExecutor, listing: SourceListing, seed: int, options: ImageOptions) -> float:
     """Stored bytes / source bytes on a seeded probe: lets --shard-size mean stored bytes even with --max-side.
 
     Without --max-side the source size is the estimate (exact for clean JPEGs, which are copied; converted
