@@ -1,6 +1,6 @@
 """Loader benchmark: images/s side by side, in one run, on the same images.
 
-    python -m vaedist.bench loader [--shards DIR] [--images N] [--workers W] [--batch B]
+    python -m vaedist.bench loader [--shards DIR] [--images N] [--workers W] [--batch B] [--json FILE]
 
 Rows: the seed's own pipeline (a folder of JPEGs -> Pillow -> CenterCrop -> Resize -> flip -> ToTensor ->
 Normalize in a torch DataLoader with W workers), DALI on CPU threads (and `mixed` GPU decoding where CUDA
@@ -13,6 +13,7 @@ to a folder, and the --max-side row needs --shards-max-side.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -29,11 +30,13 @@ from vaedist.data.index import TarReader, load_split_index
 from vaedist.data.loader import dali_available
 from vaedist.data.validate import validate_split
 from vaedist.errors import UserError
+from vaedist.files import check_output_file, write_text_atomic
 from vaedist.shard.format import load_manifest
 
 
 @dataclass
 class Row:
+    key: str  # stable identifier for --json readers (vaedist.bench.gpu_check): seed, dali_cpu, dali_mixed, ...
     name: str
     images: int
     seconds: float
@@ -67,6 +70,7 @@ class SeedFolder(torch.utils.data.Dataset):
 class Contender:
     """One row: `epoch(e)` iterates epoch e and yields image batches."""
 
+    key: str
     name: str
     epoch: Callable[[int], Iterator[torch.Tensor]]
     timings: list[tuple[int, float]] = field(default_factory=list)  # (images, seconds) per epoch
@@ -81,17 +85,20 @@ class Contender:
         """The fastest epoch after the first (which starts workers, warms the page cache and fills the
         decode-once cache): on a shared machine, the one least disturbed by other processes."""
         images, seconds = min(self.timings[1:] or self.timings, key=lambda t: t[1] / max(t[0], 1))
-        return Row(self.name, images, seconds)
+        return Row(self.key, self.name, images, seconds)
+
+    def rates(self) -> list[float]:
+        return [images / seconds for images, seconds in self.timings]
 
 
 def seed_contender(folder: Path, cfg: DataConfig, batch: int) -> Contender:
     files = sorted(folder.glob("*.jpg"))
     loader = torch.utils.data.DataLoader(SeedFolder(files, cfg.crop, cfg.size), batch_size=batch, shuffle=True,
                                          drop_last=True, num_workers=cfg.workers)
-    return Contender(f"seed pipeline (Pillow + torchvision, {cfg.workers} workers)", lambda epoch: iter(loader))
+    return Contender("seed", f"seed pipeline (Pillow + torchvision, {cfg.workers} workers)", lambda epoch: iter(loader))
 
 
-def loader_contender(name: str, cfg: DataConfig, batch: int, device: torch.device) -> Contender:
+def loader_contender(key: str, name: str, cfg: DataConfig, batch: int, device: torch.device) -> Contender:
     loader = build_loader(cfg, "train", train=True, batch_size=batch, device=device)
 
     def epoch_batches(epoch: int) -> Iterator[torch.Tensor]:
@@ -101,7 +108,7 @@ def loader_contender(name: str, cfg: DataConfig, batch: int, device: torch.devic
                 torch.cuda.synchronize()
             yield images
 
-    return Contender(name, epoch_batches)
+    return Contender(key, name, epoch_batches)
 
 
 def copy_out_jpegs(shard_dir: Path, out: Path) -> Path:
@@ -135,9 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="rounds (one epoch per row each); the fastest after the first is reported")
     parser.add_argument("--crop", type=int, default=375)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here (images/s per epoch too)")
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch < 1 or args.workers < 0:
         raise UserError("--epochs and --batch must be at least 1, --workers at least 0")
+    if args.json is not None:
+        check_output_file(args.json, "--json")
 
     # The main process only hands batches on (DALI threads / DataLoader workers decode): intra-op threads
     # there would fight the decoders for the same cores (measured: 20x slower cache rows on 2 busy cores).
@@ -158,25 +168,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{num} training images, batch {args.batch}, {args.workers} workers/threads, {epochs}", flush=True)
 
         contenders = [seed_contender(folder, base, args.batch)]
-        jobs: list[tuple[str, DataConfig, torch.device]] = []
+        jobs: list[tuple[str, str, DataConfig, torch.device]] = []
         if dali_available():
-            jobs.append(("DALI cpu", replace(base, shards=str(full), backend="dali"), cpu))
+            jobs.append(("dali_cpu", "DALI cpu", replace(base, shards=str(full), backend="dali"), cpu))
             if torch.cuda.is_available():
-                jobs.append(("DALI mixed (GPU decode)", replace(base, shards=str(full), backend="dali"), torch.device("cuda")))
-        jobs.append(("reference backend", replace(base, shards=str(full), backend="reference"), cpu))
+                jobs.append(("dali_mixed", "DALI mixed (GPU decode)", replace(base, shards=str(full), backend="dali"),
+                             torch.device("cuda")))
+        jobs.append(("reference", "reference backend", replace(base, shards=str(full), backend="reference"), cpu))
         if small is not None:
             if dali_available():
-                jobs.append(("DALI cpu, --max-side 160 shards", replace(base, shards=str(small), backend="dali"), cpu))
-            jobs.append(("reference, --max-side 160 shards", replace(base, shards=str(small), backend="reference"), cpu))
+                jobs.append(("dali_cpu_max_side", "DALI cpu, --max-side 160 shards",
+                             replace(base, shards=str(small), backend="dali"), cpu))
+            jobs.append(("reference_max_side", "reference, --max-side 160 shards",
+                         replace(base, shards=str(small), backend="reference"), cpu))
         cached_device = torch.device("cuda") if torch.cuda.is_available() else cpu
-        jobs.append((f"decode-once cache ({cached_device.type})", replace(base, shards=str(full), cache="auto"), cached_device))
-        contenders += [loader_contender(name, cfg, args.batch, device) for name, cfg, device in jobs]
+        jobs.append(("cache", f"decode-once cache ({cached_device.type})", replace(base, shards=str(full), cache="auto"),
+                     cached_device))
+        contenders += [loader_contender(key, name, cfg, args.batch, device) for key, name, cfg, device in jobs]
         # Round-robin, one epoch of each row per round: load from other processes hits every row alike.
         for epoch in range(args.epochs):
             for contender in contenders:
                 contender.run_epoch(epoch)
             print(f"  round {epoch + 1}/{args.epochs} done", flush=True)
         rows = [c.best() for c in contenders]
+        all_epochs = {c.key: c.rates() for c in contenders}
 
     seed_rate = rows[0].rate
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
@@ -185,4 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'pipeline':<{width}}  {'images/s':>10}  {'x seed':>7}")
     for r in rows:
         print(f"  {r.name:<{width}}  {r.rate:>10,.0f}  {r.rate / seed_rate:>6.1f}x")
+    if args.json is not None:
+        write_text_atomic(args.json, json.dumps({
+            "device": device, "date": time.strftime("%Y-%m-%d"), "images": num, "batch": args.batch,
+            "workers": args.workers, "epochs": args.epochs, "cuda": torch.cuda.is_available(),
+            "rows": [{"key": r.key, "name": r.name, "images_per_s": r.rate, "x_seed": r.rate / seed_rate,
+                      "epochs_images_per_s": all_epochs[r.key]} for r in rows],
+        }, indent=1))
     return 0
