@@ -130,7 +130,7 @@ class Check:
         left = self.opts.deadline_s - (time.monotonic() - self.started)
         later = [s for s in self.stages[index:] if self.will_run(s)]
         timeout = time_for(stage, later, left)
-        if timeout < stage.minimum():
+        if timeout < min(stage.minimum(), stage.budget_s):  # a budget set below the minimum is obeyed
             reason = f"no time left: {max(left, 0):.0f} s of the deadline left, {sum(s.reserve_s for s in later):.0f} s kept for later stages"
             self.progress(index, stage, f"skipped ({reason})")
             return StageOutcome("skipped", reason)

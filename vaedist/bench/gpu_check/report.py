@@ -25,12 +25,13 @@ NO_CUDA = "skipped (no CUDA)"
 LOADER_ROWS = [("seed", "seed pipeline (Pillow + torchvision)"), ("dali_cpu", "DALI cpu"),
                ("dali_mixed", "DALI mixed (GPU decode)"), ("reference", "reference backend (Pillow)"),
                ("cache", "decode-once cache")]
-TRAIN_ROWS = [("train_bf16", "synthetic", "bf16, channels_last: ceiling"),
-              ("train_bf16", "pipeline", "bf16: pipeline (DALI every epoch)"),
-              ("train_bf16", "pipeline+cache", "bf16: pipeline + decode-once cache"),
+# {precision} is the precision the stage resolved ("auto" is bf16 on GPUs that have it, fp32 ("no") elsewhere)
+TRAIN_ROWS = [("train", "synthetic", "{precision}, channels_last: ceiling"),
+              ("train", "pipeline", "{precision}: pipeline (DALI every epoch)"),
+              ("train", "pipeline+cache", "{precision}: pipeline + decode-once cache"),
               ("train_fp16", "synthetic", "fp16: ceiling"), ("train_fp32", "synthetic", "fp32: ceiling"),
-              ("train_nchw", "synthetic", "bf16, channels_last off: ceiling"),
-              ("train_compile", "synthetic", "bf16 + torch.compile: ceiling")]
+              ("train_nchw", "synthetic", "{precision}, channels_last off: ceiling"),
+              ("train_compile", "synthetic", "{precision} + torch.compile: ceiling")]
 GOALS = {"dali_mixed": 5_000.0, "cache": 200_000.0, "ceiling": 50_000.0, "cached_share": 0.90, "run_ratio": 1.15}
 
 
@@ -95,6 +96,8 @@ def collect_figures(stages: list[Stage], outcomes: dict[str, StageOutcome], cuda
         stage = by_name[stage_name]
         data = _load(stage.result) if stage_name in outcomes else None
         value = (data or {}).get("best", {}).get(variant)
+        precision = {"no": "fp32", None: "auto"}.get((data or {}).get("precision"), (data or {}).get("precision"))
+        label = label.format(precision=precision)
         figures.append(Figure(f"{stage_name}.{variant}", label, value, "images/s", stage_name,
                               shlex.join(stage.commands[0]),
                               "measured" if value is not None else _why_missing(stage, outcomes.get(stage_name), cuda)))
@@ -124,9 +127,9 @@ def judge(value: float | None, target: float, at_most: bool = False) -> str:
     return "met" if value >= target else f"not met: short by {1 - value / target:.0%}"
 
 
-def judge_goals(figures: list[Figure], cuda: bool, train_images: int | None, batch: int) -> list[Goal]:
+def judge_goals(figures: list[Figure], cuda: bool, train_images: int | None, batch: int, precision: str | None) -> list[Goal]:
     mixed, cache = _value(figures, "loader.dali_mixed"), _value(figures, "loader.cache")
-    ceiling, cached = _value(figures, "train_bf16.synthetic"), _value(figures, "train_bf16.pipeline+cache")
+    ceiling, cached = _value(figures, "train.synthetic"), _value(figures, "train.pipeline+cache")
     training, wall = _value(figures, "real_run.training"), _value(figures, "real_run.wall")
     share = cached / ceiling if cached and ceiling else None
     expected = None
@@ -137,13 +140,14 @@ def judge_goals(figures: list[Figure], cuda: bool, train_images: int | None, bat
     def fmt(v, pattern="{:,.0f} images/s"):
         return pattern.format(v) if v is not None else "—"
 
-    batch_note = "" if batch == 512 else f" (this check: batch {batch})"
+    notes = ([f"batch {batch}"] if batch != 512 else []) + ([f"precision {precision}"] if precision not in (None, "bf16") else [])
+    batch_note = f" (this check: {', '.join(notes)})" if notes else ""
     goals = [
         Goal("DALI mixed decoding, full-size COCO-like JPEGs", "≥ 5,000 images/s", fmt(mixed), judge(mixed, GOALS["dali_mixed"])),
         Goal("decode-once cache on the GPU", "≥ 200,000 images/s", fmt(cache), judge(cache, GOALS["cache"])),
         Goal(f"training ceiling, seed model, bf16, batch 512{batch_note}", "≥ 50,000 images/s", fmt(ceiling),
              judge(ceiling, GOALS["ceiling"])),
-        Goal("cached pipeline / ceiling (bf16)", "≥ 0.90", fmt(share, "{:.2f}"), judge(share, GOALS["cached_share"])),
+        Goal("cached pipeline / ceiling", "≥ 0.90", fmt(share, "{:.2f}"), judge(share, GOALS["cached_share"])),
         Goal("3-epoch run: time of the epochs / (3 × dataset / ceiling + dataset / DALI mixed)", "≤ 1.15",
              fmt(ratio, "{:.2f}"), judge(ratio, GOALS["run_ratio"], at_most=True),
              detail=(f"epochs {training:.1f} s against {expected:.1f} s expected for {train_images:,} images; whole run "
@@ -192,7 +196,8 @@ def read_tests(xml_path: Path | None, log: Path | None) -> list[dict]:
 
 
 def write_png(figures: list[Figure], path: Path, title: str) -> str | None:
-    """Horizontal bars of images/s per configuration, loader and trainer side by side. Returns an error or None."""
+    """Horizontal bars of images/s per configuration: the loader above, the training step below (log scale,
+    the goal as a dashed line; configurations not measured are named with why). Returns an error or None."""
     try:
         import matplotlib  # only here: the rest of the report needs no plotting library
 
@@ -200,26 +205,30 @@ def write_png(figures: list[Figure], path: Path, title: str) -> str | None:
         import matplotlib.pyplot as plt
     except Exception as err:  # the report still stands without its picture
         return f"no plot: matplotlib does not import ({err})"
-    groups = [("data loader (images/s)", [f for f in figures if f.stage == "loader"], GOALS["dali_mixed"], "5,000 goal (DALI mixed)"),
-              ("training step (images/s)", [f for f in figures if f.stage.startswith("train_")], GOALS["ceiling"], "50,000 goal (ceiling)")]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
+    groups = [("data loader, images/s", [f for f in figures if f.stage == "loader"], GOALS["dali_mixed"],
+               "goal: DALI mixed 5,000"),
+              ("training step, images/s", [f for f in figures if f.stage.split("_")[0] == "train"], GOALS["ceiling"],
+               "goal: ceiling 50,000")]
+    fig, axes = plt.subplots(2, 1, figsize=(10, 7.5))
     for ax, (name, rows, goal, goal_label) in zip(axes, groups):
-        labels = [f.label for f in rows][::-1]
-        values = [f.value or 0 for f in rows][::-1]
-        bars = ax.barh(labels, values, color=["#4c72b0" if v else "#dddddd" for v in values])
-        for bar, f in zip(bars, rows[::-1]):
-            text = f"{f.value:,.0f}" if f.value else f.status.replace("not measured: ", "")[:28]
-            ax.text(max(bar.get_width(), 1) * 1.05, bar.get_y() + bar.get_height() / 2, text, va="center", fontsize=8)
-        measured = [v for v in values if v]
-        if measured:
-            ax.set_xscale("log")
-            ax.set_xlim(min(measured + [goal]) / 3, max(measured + [goal]) * 12)
-            ax.axvline(goal, color="#c44e52", linestyle="--", linewidth=1, label=goal_label)
-            ax.legend(loc="lower right", fontsize=8)
+        rows = rows[::-1]  # first row on top
+        values = [f.value or 0.0 for f in rows]
+        measured = [v for v in values if v > 0]
+        low = min(measured + [goal]) / 4
+        ax.set_xscale("log")
+        ax.set_xlim(low, max(measured + [goal]) * 15)
+        bars = ax.barh([f.label for f in rows], [v if v > 0 else low for v in values], color="#4c72b0")
+        for bar, f in zip(bars, rows):
+            measured_here = bool(f.value)
+            text = f"{f.value:,.0f}" if measured_here else f.status.replace("not measured: ", "")[:60]
+            ax.text((bar.get_width() if measured_here else low) * 1.08, bar.get_y() + bar.get_height() / 2, text,
+                    va="center", fontsize=8, color="black" if measured_here else "#777777")
+        ax.axvline(goal, color="#c44e52", linestyle="--", linewidth=1, label=goal_label)
+        ax.legend(loc="lower right", fontsize=8)
         ax.set_title(name, fontsize=10)
         ax.tick_params(axis="y", labelsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.3, right=0.97, top=0.91, bottom=0.06, hspace=0.3)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=90)
     plt.close(fig)
@@ -239,8 +248,9 @@ def render_md(report: dict) -> str:
                   "not a GPU measurement; GPU rows are marked skipped.**", ""]
     lines += [f"{report['summary']}", "",
               "| | |", "|---|---|",
-              f"| device | {_cell(env.get('device', '?'))}, {env.get('device_memory_gib', '?')} GiB, "
-              f"driver {env.get('driver', 'none')}, compute capability {env.get('capability', '—')} |",
+              f"| device | {_cell(env.get('device', '?'))}"
+              + (f", {env.get('device_memory_gib')} GiB, {env.get('multiprocessors')} SMs, compute capability "
+                 f"{env.get('capability')}, driver {env.get('driver', '?')}" if env.get("cuda") else "") + " |",
               f"| software | Python {env.get('python', '?')}, torch {env.get('torch', '?')} (CUDA {env.get('torch_cuda')}, "
               f"cuDNN {env.get('cudnn')}), DALI {env.get('dali')}, "
               + ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items()
@@ -253,16 +263,18 @@ def render_md(report: dict) -> str:
         lines.append(f"| {_cell(g['goal'])} | {g['target']} | {g['value']} | {_cell(g['verdict'])} |")
     details = [g["detail"] for g in report["goals"] if g["detail"]]
     lines += [""] + [f"- {d}" for d in details] + ([""] if details else [])
-    lines += ["## Figures", "", "| figure | value | status | command |", "|---|---:|---|---|"]
+    lines += ["## Figures", "", "Each figure's exact command is its stage's (below, and per figure in gpu-report.json).", "",
+              "| figure | value | status | stage |", "|---|---:|---|---|"]
     for f in report["figures"]:
         value = "—" if f["value"] is None else (f"{f['value']:,.0f} {f['unit']}" if f["unit"] == "images/s"
                                                 else f"{f['value']:,.1f} {f['unit']}")
-        lines.append(f"| {_cell(f['label'])} | {value} | {_cell(f['status'])} | `{_cell(f['command'])}` |")
+        lines.append(f"| {_cell(f['label'])} | {value} | {_cell(f['status'])} | {f['stage']} |")
     lines += ["", "![images/s per configuration](gpu-report.png)", "",
-              "## Stages", "", "| # | stage | status | seconds | timeout | what |", "|---|---|---|---:|---:|---|"]
+              "## Stages", "", "| # | stage | status | seconds | CPU s | timeout | what |", "|---|---|---|---:|---:|---:|---|"]
     for i, s in enumerate(report["stages"], 1):
         status = s["status"] + (f" ({s['reason']})" if s["reason"] and s["status"] != "passed" else "")
-        lines.append(f"| {i} | {s['name']} | {_cell(status)} | {s['seconds']:.1f} | {s['timeout_s']:.0f} | {_cell(s['title'])} |")
+        lines.append(f"| {i} | {s['name']} | {_cell(status)} | {s['seconds']:.1f} | {s['cpu_seconds']:.1f} | "
+                     f"{s['timeout_s']:.0f} | {_cell(s['title'])} |")
     lines += ["", f"Total {report['total_s']:.0f} s of the {report['deadline_s']:.0f} s deadline.", "",
               "## GPU tests (`pytest -m gpu`)", ""]
     if report["tests"]:
@@ -292,7 +304,8 @@ def build_report(opts: CheckOptions, stages: list[Stage], outcomes: dict[str, St
     data = _load(next(s.result for s in stages if s.name == "data")) or {}
     counts = data.get("counts", {})
     train_images = counts.get("train2017", 0) + counts.get("test2017", 0) or None
-    goals = judge_goals(figures, cuda, train_images, opts.batch)
+    train = _load(next(s.result for s in stages if s.name == "train")) if "train" in outcomes else None
+    goals = judge_goals(figures, cuda, train_images, opts.batch, (train or {}).get("precision"))
     tests_stage = next(s for s in stages if s.name == "gpu_tests")
     tests = read_tests(tests_stage.result, opts.work / "logs" / "gpu_tests.log") if "gpu_tests" in outcomes else []
     stage_rows = []
@@ -301,6 +314,7 @@ def build_report(opts: CheckOptions, stages: list[Stage], outcomes: dict[str, St
         stage_rows.append({
             "name": s.name, "title": s.title, "status": o.status if o else "not run (the check stopped first)",
             "reason": o.reason if o else "", "seconds": round(o.seconds, 2) if o else 0.0,
+            "cpu_seconds": round(o.cpu_seconds, 2) if o else 0.0,
             "timeout_s": round(o.timeout_s, 1) if o else 0.0, "budget_s": s.budget_s,
             "commands": [asdict(c) for c in o.commands] if o else [], "tail": o.tail if o else [],
             "planned_commands": [shlex.join(c) for c in s.commands],

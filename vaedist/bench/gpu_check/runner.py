@@ -8,6 +8,7 @@ child), so that the next stage starts on an idle machine.
 from __future__ import annotations
 
 import os
+import resource
 import shlex
 import signal
 import subprocess
@@ -24,6 +25,7 @@ class CommandOutcome:
     command: str  # shell-quoted, exactly as run
     returncode: int | None  # None: stopped at the timeout
     seconds: float
+    cpu_seconds: float = 0.0  # user + system time of the command and everything it started (and waited for)
 
 
 @dataclass
@@ -31,6 +33,7 @@ class StageOutcome:
     status: str  # passed | failed | timed out | skipped
     reason: str = ""  # skipped: why; failed: the last line of the output
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     timeout_s: float = 0.0
     commands: list[CommandOutcome] = field(default_factory=list)
     tail: list[str] = field(default_factory=list)  # last lines of the output (failures only)
@@ -49,6 +52,11 @@ def last_lines(path: Path, lines: int = TAIL_LINES, chars: int = TAIL_CHARS) -> 
     while kept and sum(len(line) + 1 for line in kept) > chars:
         kept.pop(0)
     return kept
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -79,7 +87,7 @@ def run_commands(commands: list[list[str]], timeout_s: float, log: Path, env: di
             quoted = shlex.join(argv)
             out.write(f"$ {quoted}\n".encode())
             out.flush()
-            began = time.monotonic()
+            began, cpu_before = time.monotonic(), _children_cpu()
             try:
                 process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                            stderr=subprocess.STDOUT, start_new_session=True)
@@ -97,7 +105,7 @@ def run_commands(commands: list[list[str]], timeout_s: float, log: Path, env: di
             finally:
                 if current is not None:
                     current.clear()
-            outcome.commands.append(CommandOutcome(quoted, code, time.monotonic() - began))
+            outcome.commands.append(CommandOutcome(quoted, code, time.monotonic() - began, _children_cpu() - cpu_before))
             if code is None:
                 outcome.status = "timed out"
                 outcome.reason = f"stopped after {timeout_s:.0f} s"
@@ -106,6 +114,7 @@ def run_commands(commands: list[list[str]], timeout_s: float, log: Path, env: di
                 outcome.status = "failed"
                 break
     outcome.seconds = time.monotonic() - start
+    outcome.cpu_seconds = sum(c.cpu_seconds for c in outcome.commands)
     if outcome.status != "passed":
         outcome.tail = last_lines(log)
         if outcome.status == "failed" and not outcome.reason:
