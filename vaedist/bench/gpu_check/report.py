@@ -160,7 +160,7 @@ def judge_goals(figures: list[Figure], cuda: bool, train_images: int | None, bat
     return goals
 
 
-TEST_LINE = re.compile(r"^(tests/\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)")
+TEST_LINE = re.compile(r"^(\S+\.py::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)")
 
 
 def read_tests(xml_path: Path | None, log: Path | None) -> list[dict]:
@@ -269,6 +269,15 @@ def render_md(report: dict) -> str:
         value = "—" if f["value"] is None else (f"{f['value']:,.0f} {f['unit']}" if f["unit"] == "images/s"
                                                 else f"{f['value']:,.1f} {f['unit']}")
         lines.append(f"| {_cell(f['label'])} | {value} | {_cell(f['status'])} | {f['stage']} |")
+    run = report.get("run")
+    if run:
+        w = run.get("wandb", {})
+        final = ", ".join(f"{k} {v:.4g}" for k, v in run.get("final_metrics", {}).items() if isinstance(v, (int, float)))
+        lines += ["", f"Training run read back: {run['steps']} steps, {run['val_rows']} evaluations, "
+                  f"{len(run['checkpoints'])} checkpoints kept, final weights {run.get('final_weights', 'missing')} "
+                  f"parameters; W&B offline run {w.get('history_rows', 0)} history rows, {w.get('eval_rows', 0)} "
+                  f"evaluations, {w.get('image_files', 0)} images; final {final or '—'}"
+                  + (f". Problems: {'; '.join(run['problems'])}" if run.get("problems") else "")]
     lines += ["", "![images/s per configuration](gpu-report.png)", "",
               "## Stages", "", "| # | stage | status | seconds | CPU s | timeout | what |", "|---|---|---|---:|---:|---:|---|"]
     for i, s in enumerate(report["stages"], 1):
@@ -334,6 +343,7 @@ def build_report(opts: CheckOptions, stages: list[Stage], outcomes: dict[str, St
                  f"{data.get('mean_kb')} KB on average (vaedist.sample.build_full_size_jpegs), sharded with "
                  f"python -m vaedist.shard coco" if train_images else "—"),
         "goals": [asdict(g) for g in goals], "figures": [asdict(f) for f in figures], "tests": tests,
+        "run": _load(next(s.result for s in stages if s.name == "real_run")) if "real_run" in outcomes else None,
         "stages": stage_rows, "ran": len(done),
     }
 
