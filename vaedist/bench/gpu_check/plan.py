@@ -147,5 +147,5 @@ def build_plan(opts: CheckOptions) -> list[Stage]:
     for stage in stages:
         stage.budget_s = opts.budgets.get(stage.name, stage.budget_s)
         if opts.only is not None and stage.name not in opts.only and not stage.skip_reason:
-            stage.skip_reason = "not selected (--only)"
+            stage.skip_reason = "not selected by --only"
     return stages
