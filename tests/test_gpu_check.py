@@ -84,6 +84,8 @@ def test_the_default_plan_fits_six_minutes_and_covers_the_issue():
     assert "train.batch_size=512" in commands["train"] and "--config configs/coco.yaml" in commands["real_run"]
     assert "train.epochs=3" in commands["real_run"] and "pytest -m gpu" in commands["gpu_tests"]
     assert {s.name for s in stages if s.needs_cuda} == {"train_fp16", "train_fp32", "train_nchw", "train_compile"}
+    rerun = build_plan(CheckOptions(out=Path("/tmp/o"), work=Path("/tmp/w"), wheels=Path("/tmp/wheels"), only={"loader"}))
+    assert {s.name: s.skip_reason for s in rerun if not s.skip_reason} == {"install": "", "environment": "", "loader": ""}
 
 
 def test_a_failing_command_is_recorded_with_its_last_lines_and_ends_its_stage(tmp_path):

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
+# Run whatever --only says: a rerun on a fresh machine needs the wheels, and every report the machine's facts
+ALWAYS_RUN = ("install", "environment")
 
 
 @dataclass
@@ -31,7 +33,7 @@ class CheckOptions:
     config: str = "configs/coco.yaml"  # the real run's and the train bench's config
     deadline_s: float = 360.0  # the whole check, installation included
     budgets: dict[str, float] = field(default_factory=dict)  # per-stage overrides of budget_s
-    only: set[str] | None = None  # run these stages only (the others: "skipped (not selected)")
+    only: set[str] | None = None  # run these stages (and ALWAYS_RUN) only; the others: "not selected by --only"
 
     @property
     def site(self) -> Path:
@@ -146,6 +148,6 @@ def build_plan(opts: CheckOptions) -> list[Stage]:
     ]
     for stage in stages:
         stage.budget_s = opts.budgets.get(stage.name, stage.budget_s)
-        if opts.only is not None and stage.name not in opts.only and not stage.skip_reason:
+        if opts.only is not None and stage.name not in opts.only | set(ALWAYS_RUN) and not stage.skip_reason:
             stage.skip_reason = "not selected by --only"
     return stages
