@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from vaedist.bench.gpu_check import wheels
-from vaedist.bench.gpu_check.environment import check_imports, requirements
+from vaedist.bench.gpu_check.environment import CHECK_TOOLS, check_imports, requirements
 from vaedist.bench.gpu_check.plan import CheckOptions, build_plan
 from vaedist.bench.gpu_check.report import Figure, judge_goals, read_tests
 from vaedist.bench.gpu_check.runner import run_commands
@@ -169,7 +169,8 @@ def test_the_machines_own_packages_stay_unless_a_wheel_needs_a_newer_one():
 
 
 def test_the_environment_check_names_what_is_missing():
-    assert {"torch", "nvidia-dali-cuda120", "wandb", "webdataset", "accelerate"} <= set(requirements())
+    assert {"torch", "nvidia-dali-cuda120", "wandb", "accelerate"} <= set(requirements())
+    assert {"pytest", "webdataset"} <= set(CHECK_TOOLS)  # the tests' own needs (dev extra)
     found, missing = check_imports(["numpy", "surely-not-a-package"])
     assert set(found) == {"numpy"}
     assert missing == ["surely-not-a-package (import surely_not_a_package: ModuleNotFoundError: "

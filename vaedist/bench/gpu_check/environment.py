@@ -2,7 +2,7 @@
 
     python -m vaedist.bench.gpu_check.environment [--json FILE]
 
-The dependencies are pyproject.toml's (the one list of them), plus pytest for the GPU tests. DALI counts
+The dependencies are pyproject.toml's (the one list of them), plus pytest and webdataset for the GPU tests. DALI counts
 as present in either CUDA flavour (nvidia-dali-cuda120 or -cuda130). Writes the facts (device, driver,
 CUDA, torch, DALI and the other versions) to --json in any case, then fails with one line naming every
 missing or broken package, if any.
@@ -26,7 +26,9 @@ from vaedist.files import write_text_atomic
 REPO = Path(__file__).resolve().parents[3]
 DALI_DISTS = ("nvidia-dali-cuda130", "nvidia-dali-cuda120")
 IMPORT_NAMES = {"pyyaml": "yaml", "pillow": "PIL", **{d: "nvidia.dali" for d in DALI_DISTS}}
-CHECK_TOOLS = ["pytest"]  # what the check itself runs besides vaedist's dependencies
+# What the check itself runs besides vaedist's runtime dependencies: pytest, and webdataset, which the tests
+# (the `dev` extra) use to read shards back.
+CHECK_TOOLS = ["pytest", "webdataset"]
 
 
 def requirements(pyproject: Path = REPO / "pyproject.toml") -> list[str]:
