@@ -60,17 +60,21 @@ def _children_cpu() -> float:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM the command's whole process group, then SIGKILL what is still there after 5 s."""
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """SIGTERM the command's whole process group, wait up to 5 s for it, then SIGKILL whatever of the group is
+    left: a child that ignores SIGTERM must not outlive its stage just because the group's leader exited."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=5.0)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def run_commands(commands: list[list[str]], timeout_s: float, log: Path, env: dict[str, str], cwd: Path,
