@@ -19,6 +19,7 @@ import sys
 
 import torch
 
+from vaedist.batch import GlobalBatch
 from vaedist.config import Config, ModelConfig
 from vaedist.evaluate import FirstRows
 from vaedist.losses import loss_weights, vae_losses
@@ -29,12 +30,10 @@ GLOBAL_BATCH, SIZE, STEPS = 8, 16, 3
 
 
 class NoLoader:
-    manifest = None
-
     def __len__(self):
         return STEPS
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch, start_batch=0):
         pass
 
 
@@ -69,7 +68,7 @@ def main() -> None:
     reference = copy.deepcopy(t.vae)  # same initial weights as the DDP model
     ref_opts = (build_optimizer(cfg.train.encoder, reference.encoder.parameters()),
                 build_optimizer(cfg.train.decoder, reference.decoder.parameters()))
-    weights = loss_weights(cfg.train)
+    weights = loss_weights(cfg.train, GlobalBatch(GLOBAL_BATCH, 1))  # one process, the whole batch
 
     initial = flat_params(t.vae).clone()
     for step in range(STEPS):

@@ -13,7 +13,7 @@ from tests.test_tracking import tracked_run
 from vaedist.compare import compare, main
 from vaedist.config import save_config
 from vaedist.errors import UserError
-from vaedist.tracking import IMAGE_KINDS, read_metrics
+from vaedist.rundir import IMAGE_KINDS, RunDir
 
 
 class ReportParser(HTMLParser):
@@ -99,7 +99,7 @@ def test_report_final_metrics_are_each_runs_last_values(two_runs, tmp_path):
     report = parse(compare(two_runs, tmp_path / "report.html"))
     final = report.tables["final-metrics"]
     for i, run_dir in enumerate(two_runs):
-        rows = read_metrics(run_dir)
+        rows = RunDir(run_dir).read_metrics()
         last_mse = [r["val/mse"] for r in rows if "val/mse" in r][-1]
         assert float(final["val/mse"][i]) == pytest.approx(last_mse, rel=1e-5)
         assert float(final["step"][i]) == rows[-1]["step"]
@@ -111,7 +111,7 @@ def test_report_final_metrics_are_each_runs_last_values(two_runs, tmp_path):
 def test_report_overlays_every_logged_scalar_as_inline_svg(two_runs, tmp_path):
     out = compare(two_runs, tmp_path / "report.html")
     report = parse(out)
-    keys = {k for run in two_runs for row in read_metrics(run) for k in row} - {"step", "epoch"}
+    keys = {k for run in two_runs for row in RunDir(run).read_metrics() for k in row} - {"step", "epoch"}
     assert set(report.svg_figures) == keys
     text = out.read_text()
     assert text.count("<svg") == len(keys) and "<?xml" not in text
@@ -189,7 +189,7 @@ def test_the_atomic_writer_leaves_no_temporary_file_when_the_rename_fails(tmp_pa
 
 
 def test_evaluate_refuses_a_bad_out_path_before_evaluating(tmp_path):
-    from vaedist.evaluate import main as evaluate_main
+    from vaedist.evaluate.cli import main as evaluate_main
 
     with pytest.raises(UserError, match="--out .*folder .* does not exist"):
         evaluate_main([str(tmp_path / "no-run"), "--shards", str(tmp_path), "--out", str(tmp_path / "nodir" / "m.json")])

@@ -181,6 +181,46 @@ def test_flips_apply_only_to_training(shards):
     assert 0 < flipped.sum() < len(flipped)
 
 
+
+@pytest.mark.parametrize("cache", ["off", "auto"])
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_an_epoch_started_at_a_batch_yields_the_rest_of_the_epoch_bit_for_bit_without_decoding_the_start(shards, backend, cache):
+    """A resumed epoch: set_epoch(e, start_batch=k) gives exactly what drawing and dropping k batches of the whole
+    epoch gave before (the same samples, the same flips, the same pixels), decodes none of the k batches, and
+    the decode-once cache still fills completely."""
+    def loader():
+        return build_loader(cfg(shards["food"], backend=backend, cache=cache), "train", train=True, batch_size=8)
+
+    whole = loader()
+    whole.set_epoch(1)
+    batches = iter(whole)
+    for _ in range(3):  # the old way: decode the batches before the position and throw them away
+        next(batches)
+    expected = list(batches)
+
+    resumed = loader()
+    decoded: list[list[int]] = []
+    decode = resumed._decoder.decode
+    resumed._decoder.decode = lambda chunks: (decoded.append(sorted(int(i) for c in chunks for i in c)), decode(chunks))[1]
+    resumed.set_epoch(1, start_batch=3)
+    got = list(resumed)
+    assert len(got) == len(expected) == len(resumed) - 3 == 4
+    for (x, y), (x_expected, y_expected) in zip(got, expected):
+        assert torch.equal(x, x_expected) and torch.equal(y, y_expected)
+    rest = sorted(int(i) for b in resumed.plan.batches(1)[3:] for i in b)
+    assert decoded[0] == rest  # the epoch decoded its own batches only
+    if cache == "off":
+        assert len(decoded) == 1
+        return
+    skipped = set(resumed.plan.owned.tolist()) - set(rest)  # the start's batches and the drop-last remainder
+    assert len(decoded) == 2 and set(decoded[1]) == skipped and resumed.cache.complete
+    resumed._decoder = None  # the next epoch comes from the cache alone, equal to the uncached pipeline
+    plain = build_loader(cfg(shards["food"], backend=backend), "train", train=True, batch_size=8)
+    resumed.set_epoch(2)
+    plain.set_epoch(2)
+    (xc, yc), (xp, yp) = collect(resumed), collect(plain)
+    assert torch.equal(xc, xp) and torch.equal(yc, yp)
+
 # --- decode-once cache ----------------------------------------------------------------------------------
 
 

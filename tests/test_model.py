@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
+from vaedist.batch import GlobalBatch
 from vaedist.config import ModelConfig, TrainConfig
+from vaedist.errors import ConfigError
 from vaedist.losses import loss_weights, scale_decoder_gradients, vae_losses
 from vaedist.model import VAE, load_model, save_model
 
@@ -52,13 +54,27 @@ def test_losses_match_the_seed_formulas():
     x, x_rec = torch.rand(3, 3, 8, 8), torch.rand(3, 3, 8, 8)
     mu, logvar = torch.randn(3, 5), torch.randn(3, 5)
     train = TrainConfig(batch_size=3, lambda_mse=1e-6)
-    got = vae_losses(x, x_rec, mu, logvar, loss_weights(train))
+    got = vae_losses(x, x_rec, mu, logvar, loss_weights(train, GlobalBatch(3, 1)))
     mse = sum(0.5 * ((x[i] - x_rec[i]) ** 2).sum() for i in range(3))
     kld = sum(-0.5 * (1 + logvar[i] - mu[i] ** 2 - logvar[i].exp()).sum() for i in range(3))
     assert torch.allclose(got.loss_encoder, kld / 3 + mse)
     assert torch.allclose(got.loss_decoder, 1e-6 * mse)
-    assert loss_weights(TrainConfig(kl_weight="one")).kl == 1.0
-    assert loss_weights(TrainConfig(mode="beta-vae", beta=4.0, batch_size=8)).kl == 0.5
+    assert loss_weights(TrainConfig(kl_weight="one"), GlobalBatch(512, 1)).kl == 1.0
+    assert loss_weights(TrainConfig(mode="beta-vae", beta=4.0, batch_size=8), GlobalBatch(8, 1)).kl == 0.5
+
+
+def test_the_global_batch_is_split_per_process_and_its_weights_do_not_depend_on_the_processes():
+    """vaedist.batch: B/P images per process, each process's summed loss times P (DDP averages), 1/B of the
+    global batch for the seed's 1/batch weights."""
+    one, four = GlobalBatch(512, 1), GlobalBatch(512, 4)
+    assert (one.per_process, four.per_process) == (512, 128)
+    assert four.global_sum(torch.tensor(2.0)) == 8.0 and one.global_sum(torch.tensor(2.0)) == 2.0
+    assert one.per_image() == four.per_image() == 1 / 512
+    assert loss_weights(TrainConfig(), one) == loss_weights(TrainConfig(), four)
+    with pytest.raises(ConfigError, match=r"'train.batch_size' \(10\) must be divisible by the 4 processes"):
+        GlobalBatch(10, 4)
+    with pytest.raises(ConfigError, match=r"'train.batch_size' \(4\) must be at least 2 per process, i.e. at least 8"):
+        GlobalBatch(4, 4)
 
 
 @pytest.mark.parametrize("lambda_mse", [1e-6, 1.0])
@@ -68,7 +84,7 @@ def test_one_backward_equals_two_autograd_grads_per_subnetwork(lambda_mse):
     torch.manual_seed(1)
     model = VAE(cfg, image_size=16)
     x = torch.rand(6, 3, 16, 16) * 2 - 1
-    w = loss_weights(TrainConfig(batch_size=6, lambda_mse=lambda_mse))
+    w = loss_weights(TrainConfig(batch_size=6, lambda_mse=lambda_mse), GlobalBatch(6, 1))
     enc, dec = list(model.encoder.parameters()), list(model.decoder.parameters())
 
     torch.manual_seed(2)

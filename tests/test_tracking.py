@@ -27,16 +27,9 @@ from vaedist.errors import UserError
 from vaedist.evaluate import EvalResult
 from vaedist.model import VAE
 from vaedist.shard.format import Manifest
-from vaedist.tracking import (
-    IMAGE_KINDS,
-    RUN_ID_FILE,
-    Tracker,
-    has_wandb_credentials,
-    read_metrics,
-    resolve_wandb_mode,
-    run_identity,
-    sweep_run_dir,
-)
+from vaedist.accelerator import build_accelerator
+from vaedist.rundir import IMAGE_KINDS, RunDir
+from vaedist.tracking import Tracker, has_wandb_credentials, resolve_wandb_mode, run_identity
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 32
@@ -99,9 +92,9 @@ def evaluate_photos(model: VAE, x: torch.Tensor, labels: torch.Tensor | None, cf
     )
 
 
-def fresh_accelerator(**kwargs) -> Accelerator:
+def fresh_accelerator(cfg: Config) -> Accelerator:
     AcceleratorState._reset_state(reset_partial_state=True)  # several Accelerators in one pytest process
-    return Accelerator(cpu=True, **kwargs)
+    return build_accelerator(cfg, cpu=True)
 
 
 def tracked_run(run_dir: Path, food_root: Path, overrides: list[str], epochs: int = 2) -> tuple[Tracker, VAE, list[EvalResult]]:
@@ -110,8 +103,8 @@ def tracked_run(run_dir: Path, food_root: Path, overrides: list[str], epochs: in
     torch.manual_seed(0)
     model = VAE(cfg.model, image_size=IMAGE_SIZE)
     x, labels, classes = load_food_photos(food_root)
-    accelerator = fresh_accelerator(**Tracker.accelerator_kwargs(cfg))
-    tracker = Tracker(cfg, accelerator, run_dir, food_manifest(classes))
+    accelerator = fresh_accelerator(cfg)
+    tracker = Tracker(cfg, accelerator, RunDir(run_dir), food_manifest(classes))
     results = []
     step = 0
     for epoch in range(epochs):
@@ -207,7 +200,7 @@ def test_offline_run_records_name_group_tags_and_nested_config(offline_run):
     assert run["display_name"] == "food101-vae-kl-one-lmse1e-06"
     assert run["run_group"] == "food101-vae"
     assert {"food101", "vae", "kl_weight=one", "lambda_mse=1e-06"} <= set(run["tags"])
-    assert run["run_id"] == offline_run["run_id"] == (offline_run["dir"] / RUN_ID_FILE).read_text().strip()
+    assert run["run_id"] == offline_run["run_id"] == RunDir(offline_run["dir"]).wandb_run_id.read_text().strip()
     config = {}
     for r in records:
         if r["type"] == "config":
@@ -267,7 +260,7 @@ def test_reconstruction_grid_puts_each_image_above_its_reconstruction(offline_ru
 
 
 def test_metrics_jsonl_has_one_row_per_log_call(offline_run):
-    rows = read_metrics(offline_run["dir"])
+    rows = RunDir(offline_run["dir"]).read_metrics()
     assert [r["step"] for r in rows] == [10, 20, 30, 30, 40, 50, 60, 60]
     evals = [r for r in rows if "val/active_units" in r]
     assert [r["epoch"] for r in evals] == [0, 1]
@@ -280,12 +273,12 @@ def test_metrics_jsonl_has_one_row_per_log_call(offline_run):
 def test_wandb_off_still_writes_metrics_and_pngs(sample_trees, tmp_path):
     run_dir = tmp_path / "run"
     cfg = load_config(None, ["logging.wandb=false"])
-    assert Tracker.accelerator_kwargs(cfg) == {}
+    assert fresh_accelerator(cfg).log_with == []
     tracker, _, _ = tracked_run(run_dir, sample_trees["food101"], ["logging.wandb=false"], epochs=1)
     assert tracker.run is None
     tracker.finish()
-    assert not (run_dir / "wandb").exists() and not (run_dir / RUN_ID_FILE).exists()
-    assert len(read_metrics(run_dir)) == 4
+    assert not (run_dir / "wandb").exists() and not RunDir(run_dir).wandb_run_id.exists()
+    assert len(RunDir(run_dir).read_metrics()) == 4
     assert {p.name for p in (run_dir / "images").glob("*_latest.png")} == {f"{k}_latest.png" for k in IMAGE_KINDS}
 
 
@@ -318,9 +311,9 @@ def test_resumed_tracker_continues_the_same_wandb_run_and_drops_rows_after_the_c
     first.finish()
     # Killed after step 30 was logged; the last checkpoint was at step 20.
     cfg = first.cfg
-    accelerator = fresh_accelerator(**Tracker.accelerator_kwargs(cfg))
-    second = Tracker(cfg, accelerator, run_dir, food_manifest(first.class_names), resumed_step=20)
-    assert [r["step"] for r in read_metrics(run_dir)] == [10, 20]
+    accelerator = fresh_accelerator(cfg)
+    second = Tracker(cfg, accelerator, RunDir(run_dir), food_manifest(first.class_names), resumed_step=20)
+    assert [r["step"] for r in RunDir(run_dir).read_metrics()] == [10, 20]
     second.log({"train/loss_encoder": 1.0, "epoch": 0}, 30)
     assert second.run.id == first_id
     second.finish()
@@ -328,11 +321,11 @@ def test_resumed_tracker_continues_the_same_wandb_run_and_drops_rows_after_the_c
     assert len(offline) == 2
     run_ids = [[r["run"]["run_id"] for r in inspect_records(d) if r["type"] == "run"][0] for d in offline]
     assert run_ids == [first_id, first_id]
-    assert [r["step"] for r in read_metrics(run_dir)] == [10, 20, 30]
+    assert [r["step"] for r in RunDir(run_dir).read_metrics()] == [10, 20, 30]
     # No checkpoint to resume from (a fresh start in the same dir): a new W&B run and a new metrics file.
-    third = Tracker(cfg, fresh_accelerator(**Tracker.accelerator_kwargs(cfg)), run_dir, None, resumed_step=0)
-    assert third.run.id != first_id and (run_dir / RUN_ID_FILE).read_text().strip() == third.run.id
-    assert read_metrics(run_dir) == []
+    third = Tracker(cfg, fresh_accelerator(cfg), RunDir(run_dir), None, resumed_step=0)
+    assert third.run.id != first_id and RunDir(run_dir).wandb_run_id.read_text().strip() == third.run.id
+    assert RunDir(run_dir).read_metrics() == []
     third.finish()
 
 
@@ -380,14 +373,14 @@ def test_sweep_agent_runs_get_their_own_run_dir_and_the_agents_run_id(tmp_path, 
     from vaedist.tracking import _read_or_create_run_id
 
     monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
-    assert sweep_run_dir(tmp_path / "runs") == tmp_path / "runs"
+    assert RunDir.for_training(tmp_path / "runs").path == tmp_path / "runs"
     monkeypatch.setenv("WANDB_SWEEP_ID", "sw33p")
     monkeypatch.setenv("WANDB_RUN_ID", "abc123xy")
-    run_dir = sweep_run_dir(tmp_path / "runs")
-    assert run_dir == tmp_path / "runs" / "abc123xy"
-    run_dir.mkdir(parents=True)
+    run_dir = RunDir.for_training(tmp_path / "runs")
+    assert run_dir.path == tmp_path / "runs" / "abc123xy"
+    run_dir.path.mkdir(parents=True)
     assert _read_or_create_run_id(run_dir) == "abc123xy"
-    assert (run_dir / RUN_ID_FILE).read_text().strip() == "abc123xy"
+    assert (tmp_path / "runs" / "abc123xy" / "wandb_run_id").read_text().strip() == "abc123xy"
 
 
 # --- several processes --------------------------------------------------------------------------------
@@ -396,16 +389,17 @@ RANKS_SCRIPT = textwrap.dedent(
     """
     import sys, torch
     from pathlib import Path
-    from accelerate import Accelerator
+    from vaedist.accelerator import build_accelerator
     from vaedist.config import load_config
     from vaedist.evaluate import EvalResult
+    from vaedist.rundir import RunDir
     from vaedist.tracking import Tracker
 
     run_dir = Path(sys.argv[1])
     cfg = load_config(None, ["model.latent_dim=4", "logging.num_samples=4", "logging.mode=offline"])
-    accelerator = Accelerator(**Tracker.accelerator_kwargs(cfg))
+    accelerator = build_accelerator(cfg)
     assert accelerator.num_processes == 2, accelerator.num_processes
-    tracker = Tracker(cfg, accelerator, run_dir, None)
+    tracker = Tracker(cfg, accelerator, RunDir(run_dir), None)
 
     class Decoder(torch.nn.Module):
         def __init__(self):
@@ -438,7 +432,7 @@ def test_only_the_main_process_writes_metrics_images_and_wandb(tmp_path):
         capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = read_metrics(run_dir)
+    rows = RunDir(run_dir).read_metrics()
     assert [r["step"] for r in rows] == [1, 2, 3, 3]  # not doubled by the second process
     assert {r["train/rank"] for r in rows if "train/rank" in r} == {0.0}
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
@@ -460,7 +454,7 @@ def test_auto_mode_with_credentials_but_no_server_falls_back_to_offline(tmp_path
     cfg = load_config(None, SMALL[:-1] + ["logging.mode=auto"])
     assert resolve_wandb_mode(cfg) == "online"
     try:
-        tracker = Tracker(cfg, fresh_accelerator(**Tracker.accelerator_kwargs(cfg)), tmp_path / "run", None)
+        tracker = Tracker(cfg, fresh_accelerator(cfg), RunDir(tmp_path / "run"), None)
         assert tracker.wandb_mode == "offline"
         tracker.log({"train/loss_encoder": 1.0}, 1)
         tracker.finish()
@@ -479,7 +473,7 @@ def test_non_finite_latent_means_are_left_out_of_the_projection(sample_trees, tm
     result = evaluate_photos(model, x, labels, cfg)
     result.mu[0, 0] = float("nan")
     result.mu[1, 3] = float("inf")
-    tracker = Tracker(cfg, fresh_accelerator(), tmp_path / "run", food_manifest(classes))
+    tracker = Tracker(cfg, fresh_accelerator(cfg), RunDir(tmp_path / "run"), food_manifest(classes))
     tracker.log_evaluation(result, model, step=1, epoch=0)
     tracker.finish()
     assert (tmp_path / "run" / "images" / "latent_pca_latest.png").is_file()
@@ -495,7 +489,7 @@ def test_an_infinite_kl_is_logged_without_ending_the_wandb_run(sample_trees, tmp
     result.kl_per_dim[0] = float("inf")
     result.metrics["val/kl"] = float("inf")
     result.mu[1, 3] = float("inf")
-    tracker = Tracker(cfg, fresh_accelerator(**Tracker.accelerator_kwargs(cfg)), tmp_path / "run", food_manifest(classes))
+    tracker = Tracker(cfg, fresh_accelerator(cfg), RunDir(tmp_path / "run"), food_manifest(classes))
     tracker.log_evaluation(result, model, step=1, epoch=0)
     tracker.finish()
     (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
@@ -527,6 +521,6 @@ def test_online_mode_without_credentials_is_a_one_line_error(tmp_path, monkeypat
     cfg = load_config(None, SMALL[:-1] + ["logging.mode=online"])
     try:
         with pytest.raises(UserError, match=r"W&B could not start its run in online mode .*logging.mode=online.*wandb login"):
-            Tracker(cfg, fresh_accelerator(**Tracker.accelerator_kwargs(cfg)), tmp_path / "run", None)
+            Tracker(cfg, fresh_accelerator(cfg), RunDir(tmp_path / "run"), None)
     finally:
         wandb.teardown()

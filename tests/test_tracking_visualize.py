@@ -70,17 +70,18 @@ def test_active_units_count_dimensions_above_a_hundredth_of_a_nat():
 
 
 @pytest.mark.gpu
-def test_prior_samples_decode_on_the_models_device():
+def test_prior_samples_decode_on_the_models_device(tmp_path):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     from vaedist.model import VAE
+    from vaedist.rundir import RunDir
     from vaedist.tracking import Tracker
 
     AcceleratorState._reset_state(reset_partial_state=True)
     cfg = load_config(None, ["logging.wandb=false", "logging.num_samples=25"])
     model = VAE(cfg.model, image_size=cfg.data.size).cuda().train()
-    tracker = Tracker(cfg, Accelerator(), "/tmp/vaedist-gpu-tracker", None)
+    tracker = Tracker(cfg, Accelerator(), RunDir(tmp_path), None)
     samples = tracker.decode_prior_samples(model)
     assert samples.device.type == "cpu" and samples.shape == (25, 3, 64, 64)
     assert model.training and 0 <= float(samples.min()) and float(samples.max()) <= 1

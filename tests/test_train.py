@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vaedist.checkpoint import latest_checkpoint, list_checkpoints
 from vaedist.config import OptimConfig, load_config
+from vaedist.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 # 60 training images, batch 16, drop-last: 3 steps per epoch, 15 steps in all
@@ -46,7 +46,7 @@ def start_training(shards: Path, run_dir: Path, *extra: str) -> subprocess.Popen
 def wait_for_checkpoint_after(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float = 120) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        latest = latest_checkpoint(run_dir)
+        latest = RunDir(run_dir).latest_checkpoint()
         if latest is not None and int(latest.name.split("-")[1]) > step:
             return int(latest.name.split("-")[1])
         assert proc.poll() is None, "training ended before it could be interrupted:\n" + proc.stdout.read()[-3000:]
@@ -57,7 +57,7 @@ def wait_for_checkpoint_after(proc: subprocess.Popen, run_dir: Path, step: int, 
 def test_run_stopped_by_sigterm_then_killed_resumes_to_the_same_steps_and_weights(food_shards, tmp_path):
     straight = start_training(food_shards, tmp_path / "straight")
     assert straight.wait(timeout=300) == 0, straight.stdout.read()[-3000:]
-    assert [p.name for p in list_checkpoints(tmp_path / "straight")] == ["step-00000012", "step-00000014", "step-00000015"]  # last 3
+    assert [p.name for p in RunDir(tmp_path / "straight").list_checkpoints()] == ["step-00000012", "step-00000014", "step-00000015"]  # last 3
 
     run = tmp_path / "interrupted"
     proc = start_training(food_shards, run)
@@ -67,7 +67,7 @@ def test_run_stopped_by_sigterm_then_killed_resumes_to_the_same_steps_and_weight
     log = proc.stdout.read()
     assert "stopped by SIGTERM at step" in log
     stopped_at = int(log.split("stopped by SIGTERM at step ")[1].split(":")[0])
-    assert latest_checkpoint(run).name == f"step-{stopped_at:08d}"  # saved on the way out, mid-epoch or not
+    assert RunDir(run).latest_checkpoint().name == f"step-{stopped_at:08d}"  # saved on the way out, mid-epoch or not
 
     proc = start_training(food_shards, run)
     wait_for_checkpoint_after(proc, run, stopped_at)
@@ -79,7 +79,7 @@ def test_run_stopped_by_sigterm_then_killed_resumes_to_the_same_steps_and_weight
     assert proc.wait(timeout=300) == 0
     log = proc.stdout.read()
     assert "resuming from" in log and "done: 15 steps" in log
-    assert latest_checkpoint(run).name == latest_checkpoint(tmp_path / "straight").name == "step-00000015"
+    assert RunDir(run).latest_checkpoint().name == RunDir(tmp_path / "straight").latest_checkpoint().name == "step-00000015"
     # Same data order, flips, noise and optimizer states: the interrupted run ends with the same weights
     resumed, reference = load_file(run / "final" / "model.safetensors"), load_file(tmp_path / "straight" / "final" / "model.safetensors")
     for key in reference:
@@ -115,19 +115,17 @@ def test_starting_a_finished_run_again_exports_the_weights_without_a_second_eval
 class RandomBatches:
     """Random 16x16 batches of 4; batch number `nan_at` (if any) holds a NaN pixel."""
 
-    manifest = None
-
     def __init__(self, count: int, nan_at: int | None = None):
-        self.count, self.nan_at = count, nan_at
+        self.count, self.nan_at, self.start = count, nan_at, 0
 
     def __len__(self):
         return self.count
 
-    def set_epoch(self, epoch):
-        pass
+    def set_epoch(self, epoch, start_batch=0):
+        self.start = start_batch
 
     def __iter__(self):
-        for i in range(self.count):
+        for i in range(self.start, self.count):
             x = torch.rand(4, 3, 16, 16) * 2 - 1
             if i == self.nan_at:
                 x[0, 0, 0, 0] = float("nan")
@@ -143,7 +141,7 @@ def test_non_finite_loss_stops_naming_the_step_and_the_last_good_checkpoint(tmp_
     message = str(err.value)
     assert "non-finite loss at step 5" in message and str(tmp_path / "checkpoints" / "step-00000004") in message
     assert "\n" not in message
-    assert latest_checkpoint(tmp_path).name == "step-00000004"  # nothing saved after the bad step
+    assert RunDir(tmp_path).latest_checkpoint().name == "step-00000004"  # nothing saved after the bad step
 
 
 def test_resume_keeps_the_position_and_takes_learning_rates_and_epochs_from_the_new_config(tmp_path):
@@ -193,7 +191,7 @@ def test_compiled_run_saves_plain_weights_and_resumes(tmp_path):
     assert train(load_config(None, [*base, "train.epochs=1"]), loaders=(RandomBatches(2), None), evaluate_at_end=False) == 0
     assert type(load_model(tmp_path / "final")).__name__ == "VAE"  # strict load_state_dict
     assert train(load_config(None, [*base, "train.epochs=2"]), loaders=(RandomBatches(2), None), evaluate_at_end=False) == 0
-    assert latest_checkpoint(tmp_path).name == "step-00000004"
+    assert RunDir(tmp_path).latest_checkpoint().name == "step-00000004"
 
 
 def test_resume_inside_an_epoch_with_another_batch_size_is_refused(tmp_path):
@@ -317,8 +315,6 @@ def test_gpu_run_with_dali_bf16_and_channels_last_learns(food_shards, tmp_path):
                            "train.channels_last=true", "train.log_every=3", "logging.wandb=false"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from vaedist.tracking import read_metrics
-
-    mse = [r["train/mse"] for r in read_metrics(tmp_path) if "train/mse" in r]
+    mse = [r["train/mse"] for r in RunDir(tmp_path).read_metrics() if "train/mse" in r]
     assert all(v == v for v in mse) and mse[-1] < mse[0]
     assert load_config(tmp_path / "config.yaml").train.precision == "bf16"

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vaedist.checkpoint import latest_checkpoint
-from vaedist.tracking import read_metrics
+from vaedist.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -51,7 +50,7 @@ def test_two_process_run_writes_the_run_dir_and_its_evaluation_matches_one_proce
     # 60 training images, 8 per process and batch, drop-last: 3 steps per epoch
     assert (run / "config.yaml").is_file() and (run / "final" / "model.safetensors").is_file()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000003", "step-00000006"]
-    rows = read_metrics(run)
+    rows = RunDir(run).read_metrics()
     train_rows = [r for r in rows if "train/loss_encoder" in r]
     val_rows = [r for r in rows if "val/psnr" in r]
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
@@ -120,7 +119,7 @@ def test_slurm_script_checkpoints_on_the_time_limit_signal_requeues_and_resumes(
     job = subprocess.Popen(["bash", "launch/slurm.sbatch", *args, "train.epochs=200"], cwd=REPO, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 180
-    while latest_checkpoint(run) is None:
+    while RunDir(run).latest_checkpoint() is None:
         assert job.poll() is None and time.monotonic() < deadline, job.stdout.read()[-3000:]
         time.sleep(0.2)
     job.send_signal(signal.SIGTERM)  # the time limit is near
@@ -128,7 +127,7 @@ def test_slurm_script_checkpoints_on_the_time_limit_signal_requeues_and_resumes(
     assert job.returncode == 0, out[-3000:]
     assert log.read_text() == "requeue 42\n" and "stopped by SIGTERM at step" in out, out[-3000:]
     stopped_at = int(out.split("stopped by SIGTERM at step ")[1].split(":")[0])
-    assert latest_checkpoint(run).name == f"step-{stopped_at:08d}"
+    assert RunDir(run).latest_checkpoint().name == f"step-{stopped_at:08d}"
 
     # The requeued job: the same command resumes from that checkpoint (here capped a few steps later)
     again = subprocess.run(["bash", "launch/slurm.sbatch", *args, "train.epochs=200", f"train.max_steps={stopped_at + 3}"],

@@ -5,6 +5,8 @@ Data flows one way, and so does the package:
   vaedist.data   shards -> batches on the device (DALI, or the reference PyTorch loader)
   vaedist.model / vaedist.losses / vaedist.train   the seed VAE trained with Accelerate
   vaedist.evaluate / vaedist.tracking / vaedist.compare   metrics, W&B, side-by-side reports
+  vaedist.rundir  the run directory's layout (config, metrics, images, checkpoints, final weights)
+See docs/architecture.md for the module map.
 """
 __version__ = "0.1.0"
 
@@ -12,7 +14,7 @@ __version__ = "0.1.0"
 def load_model(path, device="cpu"):
     """Load a trained VAE (eval mode, on `device`) from a run's `final/` folder, the run folder itself or a
     model.safetensors file; see vaedist.model.load_model."""
-    from vaedist.model import load_model as _load
+    from vaedist.model import load_model as _load  # torch: `import vaedist` (so compare, rundir) must not load it
 
     return _load(path, device=device)
 

@@ -1,22 +1,24 @@
 """Training checkpoints: Accelerate's full state (model, both optimizers, schedulers, scaler, RNG per rank)
-plus our progress counters, written atomically under run_dir/checkpoints/step-00001234/.
+plus our progress counters, saved atomically in the run directory (`RunDir.checkpoint(step)`).
 
-Atomic: every rank writes into `.tmp-step-...`, then the main process renames it once all ranks are done, so
-a kill at any moment leaves either a complete checkpoint or none (the temporary folder is removed on the
-next save). Only the last `keep` checkpoints stay.
+Atomic: every rank writes into the checkpoint's temporary folder, then the main process renames it once all
+ranks are done, so a kill at any moment leaves either a complete checkpoint or none (the temporary folder
+is removed on the next save). Only the last `keep` checkpoints stay.
 """
 from __future__ import annotations
 
-import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-CHECKPOINTS_DIR = "checkpoints"
+from vaedist.batch import GlobalBatch
+from vaedist.config import flatten
+from vaedist.errors import ConfigError
+from vaedist.rundir import RunDir
+
 # Config keys a checkpoint fixes: they decide the shapes of the weights and of the optimizers' states.
 # Everything else (epochs, learning rates, batch size, data, logging) may change between resumes.
 FIXED_BY_CHECKPOINT = ("model.", "data.size", "train.encoder.name", "train.decoder.name")
-_NAME = re.compile(r"^step-(\d{8,})$")
 
 
 @dataclass
@@ -45,9 +47,6 @@ def check_resumable(saved_config: dict, config: dict, run_dir: str | Path) -> No
     `saved_config` is the run's config.yaml as written when it last started, `config` this run's; both as
     nested dicts (vaedist.config.to_dict).
     """
-    from vaedist.config import flatten
-    from vaedist.errors import ConfigError
-
     saved, wanted = flatten(saved_config), flatten(config)
     for key, value in wanted.items():
         if key.startswith(FIXED_BY_CHECKPOINT) and key in saved and saved[key] != value:
@@ -57,12 +56,11 @@ def check_resumable(saved_config: dict, config: dict, run_dir: str | Path) -> No
             )
 
 
-def check_mid_epoch_resume(progress: Progress, batch_size: int, processes: int, checkpoint: str | Path) -> None:
+def check_mid_epoch_resume(progress: Progress, batch: GlobalBatch, checkpoint: str | Path) -> None:
     """Refuse to resume inside an epoch with another global batch size or process count: the data position
     is a count of batches, and batches of another size would skip or repeat samples of that epoch."""
-    from vaedist.errors import ConfigError
-
     saved = (progress.batch_size, progress.processes)
+    batch_size, processes = batch.size, batch.processes
     if progress.batch_in_epoch == 0 or None in saved or saved == (batch_size, processes):
         return
     raise ConfigError(
@@ -72,41 +70,25 @@ def check_mid_epoch_resume(progress: Progress, batch_size: int, processes: int, 
     )
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    root = Path(run_dir) / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    checkpoints = list_checkpoints(run_dir)
-    return checkpoints[-1] if checkpoints else None
-
-
-def save_checkpoint(accelerator, run_dir: str | Path, step: int, keep: int) -> Path:
+def save_checkpoint(accelerator, run_dir: RunDir, step: int, keep: int) -> Path:
     """Collective: every process must call it. Returns the checkpoint folder."""
-    root = Path(run_dir) / CHECKPOINTS_DIR
-    final = root / f"step-{step:08d}"
-    tmp = root / f".tmp-step-{step:08d}"
+    done, tmp = run_dir.checkpoint(step), run_dir.checkpoint_being_written(step)
     if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in [*root.glob(".tmp-step-*"), *root.glob(".old-step-*")]:  # left by a killed save
+        run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.unfinished_checkpoints():  # left by a killed save
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if final.exists():  # e.g. a mid-epoch checkpoint at the epoch's last step: the epoch-end state wins
-            replaced = root / f".old-step-{step:08d}"
-            final.rename(replaced)  # dot-folders are never resumed from; a kill here falls back one checkpoint
-            tmp.rename(final)
+        if done.exists():  # e.g. a mid-epoch checkpoint at the epoch's last step: the epoch-end state wins
+            replaced = run_dir.checkpoint_being_replaced(step)
+            done.rename(replaced)  # dot-folders are never resumed from; a kill here falls back one checkpoint
+            tmp.rename(done)
             shutil.rmtree(replaced, ignore_errors=True)
         else:
-            tmp.rename(final)
-        for old in list_checkpoints(run_dir)[: -max(1, keep)]:
+            tmp.rename(done)
+        for old in run_dir.list_checkpoints()[: -max(1, keep)]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
-    return final
+    return done

@@ -2,7 +2,7 @@
 
     python -m vaedist.compare runs/kl-batch runs/kl-one [-o report.html]
 
-Reads only what every run dir holds (config.yaml, metrics.jsonl, images/*_latest.png), so it works on an
+Reads only what every run dir holds (config, metrics, latest images; `vaedist.rundir`), so it works on an
 air-gapped cluster and on runs trained with logging.wandb=false. The report has: the config keys that
 differ between the runs, a table of final metrics, overlaid curves of every logged scalar (inline SVG),
 and each run's latest reconstructions, latent projection, prior samples and KL-per-dimension side by side
@@ -20,13 +20,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
+import matplotlib
 
-from vaedist.config import flatten
-from vaedist.errors import UserError, run_cli
-from vaedist.model import CONFIG_NAME
-from vaedist.files import check_output_file, write_text_atomic
-from vaedist.tracking import IMAGE_KINDS, IMAGES_DIR, METRICS_FILE, read_metrics
+matplotlib.use("Agg")  # no display on cluster nodes; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+
+from vaedist.config import flatten  # noqa: E402
+from vaedist.errors import UserError, run_cli  # noqa: E402
+from vaedist.files import check_output_file, write_text_atomic  # noqa: E402
+from vaedist.rundir import IMAGE_KINDS, RunDir  # noqa: E402
 
 MAX_POINTS_PER_CURVE = 1500  # keeps the inline SVGs small for long runs
 # Keys that identify a run rather than describe an experiment: always different, never interesting.
@@ -48,7 +50,7 @@ class RunRecord:
     path: Path
     config: dict[str, object]  # flattened: {"train.mode": "vae", ...}
     rows: list[dict]  # metrics.jsonl
-    images: dict[str, Path] = field(default_factory=dict)  # kind -> images/<kind>_latest.png
+    images: dict[str, Path] = field(default_factory=dict)  # kind -> its latest PNG
 
     def series(self, key: str) -> tuple[list[float], list[float]]:
         """(steps, values) of one scalar over the run, in logging order."""
@@ -74,32 +76,19 @@ def _is_number(value: object) -> bool:
 # --- reading run dirs ------------------------------------------------------------------------------
 
 
-def load_run(run_dir: str | Path) -> RunRecord:
+def load_run(path: str | Path) -> RunRecord:
     """Read one run dir; anything that makes it unusable is a one-line UserError naming it."""
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise UserError(f"run directory '{path}' does not exist (pass the run.dir of a training run)")
-    config_path, metrics_path = path / CONFIG_NAME, path / METRICS_FILE
-    if not config_path.is_file() and not metrics_path.is_file():
+    run = RunDir(path)
+    if not run.path.is_dir():
+        raise UserError(f"run directory '{run.path}' does not exist (pass the run.dir of a training run)")
+    if not run.config.is_file() and not run.metrics.is_file():
         raise UserError(
-            f"'{path}' is not a vaedist run directory: it has neither {CONFIG_NAME} nor {METRICS_FILE} "
+            f"'{run.path}' is not a vaedist run directory: it has neither {run.config.name} nor {run.metrics.name} "
             "(pass the run.dir of a training run)"
         )
-    config: dict = {}
-    if config_path.is_file():
-        try:
-            loaded = yaml.safe_load(config_path.read_text())
-        except yaml.YAMLError as err:
-            raise UserError(f"'{config_path}' is not valid YAML ({getattr(err, 'problem', err)}); was the run dir copied whole?")
-        if loaded is not None and not isinstance(loaded, dict):
-            raise UserError(f"'{config_path}' does not hold a vaedist config (a mapping of sections)")
-        config = flatten(loaded or {})
-    images = {}
-    for kind in IMAGE_KINDS:
-        latest = path / IMAGES_DIR / f"{kind}_latest.png"
-        if latest.is_file():
-            images[kind] = latest
-    return RunRecord(label=path.resolve().name, path=path, config=config, rows=read_metrics(path), images=images)
+    images = {kind: run.latest_image(kind) for kind in IMAGE_KINDS if run.latest_image(kind).is_file()}
+    return RunRecord(label=run.path.resolve().name, path=run.path, config=flatten(run.read_config() or {}),
+                     rows=run.read_metrics(), images=images)
 
 
 def _unique_labels(runs: list[RunRecord]) -> None:
@@ -160,18 +149,13 @@ def _best_index(key: str, values: list[float | None]) -> int | None:
 
 def curves_svg(runs: list[RunRecord], key: str) -> str:
     """One metric of every run against the step, as an inline <svg> element."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     # Several SVGs share one HTML document: text as <text> (no glyph <defs> repeated under the same ids)
     # and a per-figure salt for the clip-path ids matplotlib derives from a hash.
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"vaedist-{key}"}):
-        return _curves_svg(runs, key, plt)
+        return _curves_svg(runs, key)
 
 
-def _curves_svg(runs: list[RunRecord], key: str, plt) -> str:
+def _curves_svg(runs: list[RunRecord], key: str) -> str:
     fig, ax = plt.subplots(figsize=(4.6, 3.0))
     every_value: list[float] = []
     for run in runs:

@@ -1,33 +1,51 @@
 """Writing a file so that it is either absent or whole: temporary name, then an atomic rename.
 
-One helper for every small file vaedist writes (manifest, sharder state, config, metrics, reports), so
-that a kill at any moment never leaves a half-written one.
+One helper for every file vaedist writes whole (manifest, sharder state, config, metrics, reports, PNGs,
+weights), so that a kill at any moment never leaves a half-written one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
+from typing import Iterator
+
+from vaedist.errors import UserError
 
 
-def write_text_atomic(path: str | Path, text: str, *, fsync: bool = False) -> None:
-    """Write UTF-8 `text` to `path.tmp`, then rename it over `path`.
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, fsync: bool = False) -> Iterator[Path]:
+    """Yield `path.tmp` to write; when the block ends, rename it over `path` (or remove it, on any error).
 
-    fsync=True also forces the bytes to disk before the rename, for files whose presence marks finished
-    work (the sharder's manifest and done-records): after a power cut they must not exist empty.
+    fsync=True forces the bytes to disk before the rename, for files whose presence marks finished work
+    (the sharder's manifest and done-records): after a power cut they must not exist empty.
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
+        yield tmp
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # nothing half-written left behind, whatever stopped us
         raise
+
+
+def write_text_atomic(path: str | Path, text: str, *, fsync: bool = False) -> None:
+    """Write UTF-8 `text` to `path` through `atomic_path`."""
+    with atomic_path(path, fsync=fsync) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json_atomic(path: str | Path, payload: dict) -> None:
@@ -37,8 +55,6 @@ def write_json_atomic(path: str | Path, payload: dict) -> None:
 
 def check_output_file(path: str | Path, option: str) -> Path:
     """Refuse, before any work is done, an output path whose folder is missing or that is a folder itself."""
-    from vaedist.errors import UserError
-
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{option} '{path}' is a folder; give a file name, e.g. {path / 'out.json'}")

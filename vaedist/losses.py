@@ -22,6 +22,7 @@ from typing import Iterable
 
 import torch
 
+from vaedist.batch import GlobalBatch
 from vaedist.config import TrainConfig
 
 
@@ -31,12 +32,12 @@ class LossWeights:
     lambda_mse: float  # multiplies the batch-summed MSE in loss_decoder
 
 
-def loss_weights(train: TrainConfig) -> LossWeights:
-    """KL weight of the seed's modes. `1/batch` uses the GLOBAL batch size (train.batch_size), as the seed did."""
+def loss_weights(train: TrainConfig, batch: GlobalBatch) -> LossWeights:
+    """KL weight of the seed's modes. `1/batch` is of the GLOBAL batch (vaedist.batch), as the seed's was."""
     if train.mode == "beta-vae":
-        kl = train.beta / train.batch_size
+        kl = batch.per_image(train.beta)
     else:
-        kl = 1.0 / train.batch_size if train.kl_weight == "batch" else 1.0
+        kl = batch.per_image() if train.kl_weight == "batch" else 1.0
     return LossWeights(kl=kl, lambda_mse=train.lambda_mse)
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vaedist.config import ModelConfig
-
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.yaml"
+from vaedist.config import Config, ModelConfig, load_config, save_config
+from vaedist.errors import ConfigError
+from vaedist.files import atomic_path
+from vaedist.rundir import ModelFiles
 
 
 def _down_block(c_in: int, c_out: int, bn_momentum: float) -> nn.Sequential:
@@ -99,8 +100,6 @@ class VAE(nn.Module):
     def __init__(self, cfg: ModelConfig, image_size: int = 64):
         super().__init__()
         if image_size % 2 ** len(cfg.encoder_channels) or image_size % 2 ** len(cfg.decoder_channels):
-            from vaedist.errors import ConfigError
-
             n_enc, n_dec = len(cfg.encoder_channels), len(cfg.decoder_channels)
             raise ConfigError(
                 f"config key 'data.size' ({image_size}) must be a multiple of {2 ** max(n_enc, n_dec)} "
@@ -141,36 +140,16 @@ class VAE(nn.Module):
         return self.decode(z.to(device))
 
 
-def save_model(model: VAE, cfg, out_dir: str | Path) -> Path:
-    """Write `out_dir/model.safetensors` + `out_dir/config.yaml` (each to a temporary name, then renamed)."""
-    from safetensors.torch import save_file
-
-    from vaedist.config import save_config
-
+def save_model(model: VAE, cfg: Config, out_dir: str | Path) -> Path:
+    """Write the weights and the config into `out_dir` (`ModelFiles`; each to a temporary name, then renamed)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    files = ModelFiles.in_folder(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = out_dir / (WEIGHTS_NAME + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "vaedist-vae", "image_size": str(model.image_size)})
-    tmp.replace(out_dir / WEIGHTS_NAME)
-    save_config(cfg, out_dir / CONFIG_NAME)
+    with atomic_path(files.weights) as tmp:
+        save_file(state, str(tmp), metadata={"format": "vaedist-vae", "image_size": str(model.image_size)})
+    save_config(cfg, files.config)
     return out_dir
-
-
-def model_files(path: str | Path) -> tuple[Path, Path]:
-    """(weights, config) of a `final/` folder, a run folder (its `final/`), or a `model.safetensors` file."""
-    from vaedist.errors import UserError
-
-    path = Path(path)
-    if path.is_dir() and not (path / WEIGHTS_NAME).is_file() and (path / "final" / WEIGHTS_NAME).is_file():
-        path = path / "final"
-    weights = path / WEIGHTS_NAME if path.is_dir() else path
-    if not weights.is_file():
-        raise UserError(f"no trained model at '{path}': expected {WEIGHTS_NAME} (a run's final/ folder)")
-    config_file = weights.parent / CONFIG_NAME
-    if not config_file.is_file():
-        raise UserError(f"'{config_file}' is missing: it holds the model's widths next to {WEIGHTS_NAME}")
-    return weights, config_file
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> VAE:
@@ -178,12 +157,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> VAE:
 
     The model comes back in eval mode: `encode`, `decode`, `reconstruct(x)`, `sample(n)`.
     """
-    from safetensors.torch import load_file
-
-    from vaedist.config import load_config
-
-    weights, config_file = model_files(path)
-    cfg = load_config(config_file)
+    files = ModelFiles.find(path)
+    cfg = load_config(files.config)
     model = VAE(cfg.model, image_size=cfg.data.size)
-    model.load_state_dict(load_file(str(weights)))
+    model.load_state_dict(load_file(str(files.weights)))
     return model.to(device).eval()

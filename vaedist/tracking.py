@@ -1,55 +1,46 @@
 """The one seam for rank-0 side effects of training: metrics.jsonl, images/*.png, and W&B (through Accelerate).
 
-    tracker = Tracker(cfg, accelerator, run_dir, manifest, resumed_step=start_step)
+    accelerator = build_accelerator(cfg)                       # vaedist.accelerator: W&B as Accelerate's tracker
+    tracker = Tracker(cfg, accelerator, RunDir(cfg.run.dir), manifest, resumed_step=start_step)
     tracker.log({"train/loss_encoder": 1.2, "train/lr_encoder": 1e-3, "epoch": 0}, step=100)
     tracker.log_evaluation(result, accelerator.unwrap_model(model), step=100, epoch=0)
     tracker.finish()
 
-Build the Accelerator with `Accelerator(**Tracker.accelerator_kwargs(cfg), ...)`. Every method does
-nothing on processes other than the main one, except `finish`, whose `accelerator.end_training()` must run
-on every process (it tears the process group down).
+Every method does nothing on processes other than the main one, except `finish`, whose
+`accelerator.end_training()` must run on every process (it tears the process group down).
 
-What lands where (the run dir is the record; W&B is a view of it):
-- run_dir/metrics.jsonl: one JSON object per `log` call: {"step": 100, "epoch": 0, "train/...": ...}.
-- run_dir/images/<kind>_e<epoch>.png and <kind>_latest.png for kind in reconstructions, prior_samples,
-  latent_pca, kl_per_dim (`vaedist.compare` reads the *_latest.png).
-- W&B under run_dir/wandb/: scalars under "train/..." and "val/...", pictures under "images/...", the
+What lands where (the run dir is the record, `vaedist.rundir` its layout; W&B is a view of it):
+- metrics: one row per `log` call: {"step": 100, "epoch": 0, "train/...": ...}.
+- images: per evaluation and kind (reconstructions, prior_samples, latent_pca, kl_per_dim), with a latest copy
+  (`vaedist.compare` reads those).
+- W&B under the run dir's wandb/: scalars under "train/..." and "val/...", pictures under "images/...", the
   latent-means table and the KL histogram under "latents/...". Online when credentials exist, else offline.
-- run_dir/wandb_run_id: the W&B run id, so that a resumed training continues the same W&B run.
+  The W&B run id is kept in the run dir, so that a resumed training continues the same W&B run.
 """
 from __future__ import annotations
 
-import json
+import io
 import math
 import netrc
 import os
-import re
 import secrets
-import shutil
 import string
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from PIL import Image
 
 from vaedist import visualize
 from vaedist.config import Config, to_dict
 from vaedist.errors import UserError
-from vaedist.evaluate import EvalResult
-from vaedist.files import write_text_atomic
+from vaedist.evaluate.result import EvalResult
+from vaedist.rundir import RunDir
+from vaedist.shard.format import Manifest
 
-if TYPE_CHECKING:
-    from accelerate import Accelerator
-
-    from vaedist.shard.format import Manifest
-
-METRICS_FILE = "metrics.jsonl"
-IMAGES_DIR = "images"
-RUN_ID_FILE = "wandb_run_id"
-IMAGE_KINDS = ("reconstructions", "prior_samples", "latent_pca", "kl_per_dim")
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"
 
 
@@ -115,80 +106,31 @@ def run_identity(cfg: Config, manifest: Manifest | None) -> tuple[str, str, list
     return name, group, [tag[:64] for tag in tags]  # W&B rejects tags longer than 64 characters
 
 
-def _read_or_create_run_id(run_dir: Path, resuming: bool = True) -> str:
+def _read_or_create_run_id(run_dir: RunDir, resuming: bool = True) -> str:
     """The W&B run id of this run dir: stored on first start, reused on resume.
 
-    A training that starts from step 0 gets a new id even when the file exists: the earlier attempt died
+    A training that starts from step 0 gets a new id even when one is stored: the earlier attempt died
     before its first checkpoint, and its W&B steps would shadow the new ones. Under a sweep agent, W&B
     has already chosen the id (WANDB_RUN_ID) and the run must use it.
     """
-    path = run_dir / RUN_ID_FILE
     agent_id = os.environ.get("WANDB_RUN_ID", "").strip() if os.environ.get("WANDB_SWEEP_ID") else ""
+    stored = run_dir.read_wandb_run_id()
     if agent_id:
         run_id = agent_id
-    elif resuming and path.is_file() and re.fullmatch(r"[A-Za-z0-9_-]+", path.read_text().strip()):
-        return path.read_text().strip()
+    elif resuming and stored is not None:
+        return stored
     else:
         # W&B's own ids are 8 characters of [a-z0-9]; its generator is not public API, so make one alike.
         run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-    write_text_atomic(path, run_id + "\n")
+    run_dir.write_wandb_run_id(run_id)
     return run_id
 
 
-def sweep_run_dir(run_dir: str | Path) -> Path:
-    """The run dir to use: `run_dir` itself, or run_dir/<W&B run id> under a W&B sweep agent.
-
-    Every run of a sweep gets the same command line, hence the same run.dir; without this, the second
-    sweep run would resume the first one's checkpoints and W&B run. (The agent's `${envvar:...}` macro
-    cannot help: wandb 0.31 expands it before it sets WANDB_RUN_ID.)
-    """
-    run_id = os.environ.get("WANDB_RUN_ID", "").strip()
-    if os.environ.get("WANDB_SWEEP_ID") and re.fullmatch(r"[A-Za-z0-9_-]+", run_id):
-        return Path(run_dir) / run_id
-    return Path(run_dir)
-
-
-# --- files -----------------------------------------------------------------------------------------
-
-
-def save_png(image: np.ndarray, path: Path) -> None:
-    """[H, W, 3] uint8 -> PNG, written to a temporary name and renamed."""
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """Rows of run_dir/metrics.jsonl; a torn last line (a killed process) is ignored."""
-    path = Path(run_dir) / METRICS_FILE
-    rows = []
-    if not path.is_file():
-        return rows
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
-def _truncate_metrics_after(run_dir: Path, step: int) -> list[dict]:
-    """Drop rows logged after `step` (the checkpoint a training resumes from, 0 for a fresh start); return
-    the rows kept."""
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        return []
-    kept = [row for row in read_metrics(run_dir) if int(row.get("step", 0)) <= step]
-    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in kept))
-    return kept
+def png_bytes(image: np.ndarray) -> bytes:
+    """[H, W, 3] uint8 -> the bytes of a PNG file."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _jsonable(value: Any) -> Any:
@@ -205,22 +147,11 @@ def _jsonable(value: Any) -> Any:
 class Tracker:
     """Rank-0 side effects of a training run. See the module docstring."""
 
-    @staticmethod
-    def accelerator_kwargs(cfg: Config) -> dict:
-        """Keyword arguments for `Accelerator(...)`: W&B as Accelerate's tracker, unless logging.wandb=false."""
-        return {"log_with": "wandb"} if cfg.logging.wandb else {}
-
-    def __init__(
-        self,
-        cfg: Config,
-        accelerator: Accelerator,
-        run_dir: str | Path,
-        manifest: Manifest | None,
-        resumed_step: int = 0,
-    ):
+    def __init__(self, cfg: Config, accelerator: Accelerator, run_dir: RunDir, manifest: Manifest | None,
+                 resumed_step: int = 0):
         self.cfg = cfg
         self.accelerator = accelerator
-        self.run_dir = Path(run_dir)
+        self.run_dir = run_dir
         self.manifest = manifest
         self.class_names = manifest.classes if manifest is not None else None
         self.active = accelerator.is_main_process
@@ -233,21 +164,21 @@ class Tracker:
         self.prior_noise = torch.randn(cfg.logging.num_samples, cfg.model.latent_dim, generator=generator)
         if not self.active:
             return
-        (self.run_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+        self.run_dir.images.mkdir(parents=True, exist_ok=True)
         self.resumed_step = resumed_step
         # Rows logged after the checkpoint we resume from will be logged again (all of them on a fresh start).
-        kept = _truncate_metrics_after(self.run_dir, resumed_step)
+        kept = self.run_dir.keep_metrics_until(resumed_step)
         self.evaluated_steps = {int(row["step"]) for row in kept if "val/mse" in row and "step" in row}
         if cfg.logging.wandb:
             self._start_wandb()
 
     def _start_wandb(self) -> None:
-        import wandb
+        import wandb  # ~1 s to import, and only needed with logging.wandb=true
 
         self.wandb_mode = resolve_wandb_mode(self.cfg)
         name, group, tags = run_identity(self.cfg, self.manifest)
         wandb_kwargs = {
-            "dir": str(self.run_dir),
+            "dir": str(self.run_dir.path),
             "id": _read_or_create_run_id(self.run_dir, resuming=self.resumed_step > 0),
             "resume": "allow",  # a resumed training continues the same W&B run
             "name": name,
@@ -259,7 +190,7 @@ class Tracker:
         if self.cfg.logging.entity:
             wandb_kwargs["entity"] = self.cfg.logging.entity
         if self.wandb_mode == "offline" and self.cfg.logging.mode == "auto" and "WANDB_MODE" not in os.environ:
-            print(f"W&B: no credentials found (WANDB_API_KEY, ~/.netrc); logging offline to {self.run_dir / 'wandb'}", flush=True)
+            print(f"W&B: no credentials found (WANDB_API_KEY, ~/.netrc); logging offline to {self.run_dir.wandb}", flush=True)
         try:
             self._init_wandb(wandb_kwargs)
         except wandb.errors.Error as err:
@@ -283,9 +214,9 @@ class Tracker:
             # Tables are logged as artifacts whose files wait in a staging area until `wandb sync`; by
             # default that is ~/.local/share/wandb, outside the run dir. Keep them with the run, so that
             # syncing from another node of the cluster (or deleting the run) takes everything along.
-            os.environ["WANDB_DATA_DIR"] = str((self.run_dir / "wandb" / "data").resolve())
+            os.environ["WANDB_DATA_DIR"] = str(self.run_dir.wandb_staging.resolve())
         if "wandb" not in [str(kind) for kind in self.accelerator.log_with]:
-            raise ValueError("logging.wandb is on: build the Accelerator with **Tracker.accelerator_kwargs(cfg)")
+            raise ValueError("logging.wandb is on: build the Accelerator with vaedist.accelerator.build_accelerator(cfg)")
         self.accelerator.init_trackers(self.cfg.logging.project, config=self._run_config(), init_kwargs={"wandb": wandb_kwargs})
         self.run = self.accelerator.get_tracker("wandb", unwrap=True)
         # The global step is the x axis of every chart (wandb's own step); "epoch" is logged alongside so that
@@ -316,8 +247,7 @@ class Tracker:
             return
         row = {"step": int(step)}
         row.update({k: _jsonable(v) for k, v in metrics.items()})
-        with open(self.run_dir / METRICS_FILE, "a") as fh:
-            fh.write(json.dumps(row) + "\n")  # one write per row: a kill leaves at most a torn last line
+        self.run_dir.append_metrics(row)
         if self.run is not None:
             self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=int(step))
 
@@ -354,17 +284,14 @@ class Tracker:
             pictures["latent_pca"] = visualize.latent_scatter(
                 points, labels, self.class_names, title=f"Latent means, PCA, epoch {epoch} ({points.shape[0]} images)"
             )
-        images_dir = self.run_dir / IMAGES_DIR
         for kind, image in pictures.items():
-            per_epoch = images_dir / f"{kind}_e{epoch:03d}.png"
-            save_png(image, per_epoch)
-            _copy_atomic(per_epoch, images_dir / f"{kind}_latest.png")
+            self.run_dir.save_image(kind, epoch, png_bytes(image))
 
         scalars = {**result.metrics, "val/active_units": units, "epoch": epoch}
         self.log(scalars, step)
         if self.run is None:
             return
-        import wandb
+        import wandb  # only with logging.wandb=true (see _start_wandb)
 
         # An infinite KL (an exploding log-variance early in training) is logged as val/kl=inf, but
         # wandb.Histogram refuses a non-finite range and would end the run: chart the finite dimensions only.
@@ -393,7 +320,7 @@ class Tracker:
         One column per dimension is the layout W&B's 2-D projection panel (PCA / t-SNE / UMAP) reads.
         Bounded by logging.table_rows and by the thumbnails the evaluation kept.
         """
-        import wandb
+        import wandb  # only with logging.wandb=true (see _start_wandb)
 
         rows = min(self.cfg.logging.table_rows, result.mu.shape[0], result.thumbnails.shape[0])
         dims = result.mu.shape[1]
@@ -413,7 +340,7 @@ class Tracker:
         """End the W&B run (all processes must call this) and tell the user how to upload an offline run."""
         offline_dirs: list[Path] = []
         if self.active and self.run is not None and self.wandb_mode == "offline":
-            offline_dirs = _offline_run_dirs(self.run_dir, self.run.id)
+            offline_dirs = self.run_dir.offline_wandb_runs(self.run.id)
         self.accelerator.end_training()
         self.run = None
         if getattr(self, "_data_dir_set", False):  # leave the process as we found it
@@ -423,7 +350,3 @@ class Tracker:
             # A resumed run has one offline directory per session; syncing them in order rebuilds the run.
             print("W&B run saved offline; upload it with:\n  wandb sync " + " ".join(map(str, offline_dirs)), flush=True)
 
-
-def _offline_run_dirs(run_dir: Path, run_id: str) -> list[Path]:
-    """Every offline-run-<time>-<id> directory of this run, oldest first (`wandb sync` takes them all)."""
-    return sorted((run_dir / "wandb").resolve().glob(f"offline-run-*-{run_id}"))

@@ -22,15 +22,16 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from PIL import Image
 from torchvision import transforms
 
 from vaedist.config import DataConfig
-from vaedist.data import build_loader
+from vaedist.data import build_loader, dali_available, validate_split
 from vaedist.data.index import TarReader, load_split_index
-from vaedist.data.loader import dali_available
-from vaedist.data.validate import validate_split
 from vaedist.errors import UserError
 from vaedist.files import check_output_file, write_text_atomic
+from vaedist.sample import build_full_size_jpegs
+from vaedist.shard import shard_dataset
 from vaedist.shard.format import load_manifest
 
 
@@ -60,8 +61,6 @@ class SeedFolder(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from PIL import Image
-
         with Image.open(self.files[i]) as img:
             return self.transform(img.convert("RGB"))
 
@@ -123,9 +122,6 @@ def copy_out_jpegs(shard_dir: Path, out: Path) -> Path:
 
 
 def make_inputs(work: Path, count: int, workers: int) -> tuple[Path, Path, Path]:
-    from vaedist.sample import build_full_size_jpegs
-    from vaedist.shard import shard_dataset
-
     folder = build_full_size_jpegs(work / "jpegs", count)
     shard_dataset("folder", folder, work / "shards", workers=workers, progress=False)
     shard_dataset("folder", folder, work / "shards160", workers=workers, max_side=160, progress=False)

@@ -21,9 +21,13 @@ from pathlib import Path
 
 import torch
 
+from vaedist.accelerator import resolve_precision
+from vaedist.batch import GlobalBatch
 from vaedist.config import load_config
+from vaedist.data import build_loader
 from vaedist.errors import UserError
 from vaedist.files import check_output_file, write_text_atomic
+from vaedist.train import close, setup, train_step
 
 VARIANTS = ("synthetic", "pipeline", "pipeline+cache")
 
@@ -31,21 +35,19 @@ VARIANTS = ("synthetic", "pipeline", "pipeline+cache")
 class SyntheticLoader:
     """`batches` copies of one random batch already on the device: the loader interface with no data cost."""
 
-    manifest = None
-
     def __init__(self, batch_size: int, size: int, batches: int, device: torch.device, seed: int = 0):
         generator = torch.Generator().manual_seed(seed)
         self.images = (torch.rand(batch_size, 3, size, size, generator=generator) * 2 - 1).to(device)
-        self.batches = batches
+        self.batches, self.start = batches, 0
 
     def __len__(self) -> int:
         return self.batches
 
-    def set_epoch(self, epoch: int) -> None:
-        pass
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.start = start_batch
 
     def __iter__(self):
-        for _ in range(self.batches):
+        for _ in range(self.start, self.batches):
             yield self.images, None
 
 
@@ -56,8 +58,6 @@ def _synchronize(device: torch.device) -> None:
 
 def time_epoch(trainer, loader, epoch: int) -> float:
     """Images/s of one whole epoch of real training steps drawn from `loader` (data wait included)."""
-    from vaedist.train import train_step
-
     loader.set_epoch(epoch)
     device = trainer.accelerator.device
     _synchronize(device)
@@ -88,12 +88,10 @@ def main(argv: list[str]) -> int:
     if args.json is not None:
         check_output_file(args.json, "--json")
 
-    from vaedist.data import build_loader
-    from vaedist.train import close, resolve_precision, setup
-
     with tempfile.TemporaryDirectory(prefix="vaedist-bench-train-") as tmp:
-        cfg = load_config(args.config, [*args.overrides, f"data.shards={args.shards}", f"run.dir={tmp}", "logging.wandb=false"])
-        per_process = cfg.train.batch_size  # one process: the global batch
+        cfg = load_config(args.config, args.overrides)
+        cfg.data.shards, cfg.run.dir, cfg.logging.wandb = args.shards, tmp, False
+        per_process = GlobalBatch(cfg.train.batch_size, 1).per_process  # one process
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the one Accelerate picks
         pipelines = {}
         for variant, cache in (("pipeline", "off"), ("pipeline+cache", "auto")):

@@ -21,6 +21,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.plugin.pytorch import feed_ndarray
 
 from vaedist.data.index import SplitIndex, TarReader
 from vaedist.data.transform import TransformSpec, centre_crop_window
@@ -165,8 +166,6 @@ def finish_windows(inside, padding, size: int) -> torch.Tensor:
 def _to_torch(batch, device: torch.device) -> torch.Tensor:
     """Copy a DALI batch out (DALI reuses its buffers) into a torch tensor on `device`."""
     if device.type == "cuda":
-        from nvidia.dali.plugin.pytorch import feed_ndarray
-
         tensor = batch.as_tensor()
         out = torch.empty(tensor.shape(), dtype=torch.uint8, device=device)
         feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(device))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from vaedist.errors import UserError
 from vaedist.shard.format import (IMAGE_EXT, LABEL_EXT, META_EXT, RESHARD, DamagedMember, Manifest, ShardIndex, ShardInfo,
@@ -86,8 +87,6 @@ def jpeg_size(data: memoryview | bytes) -> tuple[int, int]:
             pos += 2
             continue
         pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-    from PIL import Image
-
     with Image.open(io.BytesIO(bytes(data))) as img:
         return img.size
 
@@ -136,8 +135,6 @@ def _stored_size(data: memoryview) -> tuple[int, int]:
     try:
         return jpeg_size(data)
     except Exception as err:  # whatever Pillow's fallback parser raises for bytes that are no JPEG
-        from PIL import UnidentifiedImageError
-
         what = ("no frame header, and Pillow cannot identify it" if isinstance(err, UnidentifiedImageError)
                 else f"{type(err).__name__}: {err}")
         raise DamagedMember(IMAGE_EXT, f"is not a readable JPEG ({what})") from None

@@ -2,7 +2,7 @@
 
     loader = build_loader(cfg.data, "train", train=True, batch_size=256, accelerator=accelerator)
     for epoch in range(epochs):
-        loader.set_epoch(epoch)
+        loader.set_epoch(epoch)         # set_epoch(epoch, start_batch=k): a resumed epoch, from batch k
         for images, labels in loader:   # float32 [N, 3, S, S] in [-1, 1]; int64 [N] or None
             ...
 
@@ -18,32 +18,17 @@ import numpy as np
 import torch
 
 from vaedist.config import DataConfig
+from vaedist.data.backend import resolve_backend
 from vaedist.data.cache import DecodeOnceCache, plan_cache
 from vaedist.data.index import SplitIndex, load_split_index
 from vaedist.data.order import SamplePlan
+from vaedist.data.reference import ReferenceDecoder
 from vaedist.data.transform import TransformSpec, flip_and_normalise
 from vaedist.data.validate import validate_split
 from vaedist.errors import UserError
 from vaedist.shard.format import Manifest, load_manifest
 
 log = logging.getLogger(__name__)
-
-
-def dali_available() -> bool:
-    try:
-        import nvidia.dali  # noqa: F401
-    except Exception:  # ImportError, or a broken CUDA runtime underneath
-        return False
-    return True
-
-
-def resolve_backend(backend: str) -> str:
-    if backend == "auto":
-        return "dali" if dali_available() else "reference"
-    if backend == "dali" and not dali_available():
-        raise UserError("data.backend=dali but nvidia.dali does not import here; install nvidia-dali-cuda120 "
-                        "(or nvidia-dali-cuda130) or set data.backend=reference")
-    return backend
 
 
 class Decoder(Protocol):
@@ -65,6 +50,7 @@ class Loader:
         self._decoder = decoder
         self._labels = torch.from_numpy(index.label) if index.labelled else None
         self.epoch = 0
+        self.start_batch = 0
 
     @property
     def num_samples(self) -> int:
@@ -74,12 +60,16 @@ class Loader:
     def __len__(self) -> int:
         return self.plan.num_batches
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Iterations yield epoch `epoch` from its batch `start_batch` on (a resumed epoch): the same samples
+        and flips as those batches of the whole epoch, and the batches before it are not decoded."""
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch {start_batch} is outside the epoch's {len(self)} batches")
+        self.epoch, self.start_batch = epoch, start_batch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         epoch = self.epoch
-        batches = self.plan.batches(epoch)
+        batches = self.plan.batches(epoch)[self.start_batch :]
         flips = self.plan.flips(epoch) if (self.plan.train and self.spec.flip) else None
         if self.cache is not None and self.cache.complete:
             images = (self.cache.take(b) for b in batches)
@@ -91,7 +81,7 @@ class Loader:
     def _decode_and_fill(self, batches: list[np.ndarray]) -> Iterator[torch.Tensor]:
         nonempty = [b for b in batches if len(b)]
         # Iterate the decoder itself to its end (not zip) so that it finishes its epoch cleanly.
-        for i, uint8 in enumerate(self._decoder.decode(nonempty)):
+        for i, uint8 in enumerate(self._decoder.decode(nonempty) if nonempty else ()):
             if self.cache is not None:
                 self.cache.store(nonempty[i], uint8)
             yield uint8
@@ -101,7 +91,8 @@ class Loader:
             self._fill_cache(self.cache.missing(self.plan.owned))
 
     def _fill_cache(self, missing: np.ndarray) -> None:
-        """Decode the samples the epoch dropped (drop-last remainder) so later epochs need no decoder."""
+        """Decode the samples the epoch did not (the drop-last remainder; the batches before a resumed epoch's
+        start) so that later epochs need no decoder."""
         size = self.plan.batch_size
         chunks = [missing[i : i + size] for i in range(0, len(missing), size)]
         for i, uint8 in enumerate(self._decoder.decode(chunks)):
@@ -142,12 +133,10 @@ def build_loader(cfg: DataConfig, split: str, *, train: bool, batch_size: int, a
     backend = resolve_backend(cfg.backend)
     decoder: Decoder
     if backend == "dali":
-        from vaedist.data.dali import DaliDecoder
+        from vaedist.data.dali import DaliDecoder  # nvidia.dali: optional, the reference backend runs without it
 
         decoder = DaliDecoder(index, spec, batch_size, device, cfg.workers, cfg.prefetch, cfg.seed + shard_id)
     else:
-        from vaedist.data.reference import ReferenceDecoder
-
         decoder = ReferenceDecoder(index, spec, device, cfg.workers, cfg.prefetch)
 
     cache_plan = plan_cache(cfg.cache, len(plan.owned), spec.size, device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from vaedist.data.backend import dali_available
 from vaedist.errors import UserError
 from vaedist.shard.format import RESHARD, Manifest, ShardIndex, member_exts, parse_index
 
@@ -67,17 +68,14 @@ def verify_split(shard_dir: str | Path, manifest: Manifest, split: str, *, dali_
                 digest.update(chunk)
         if info.sha256 and digest.hexdigest() != info.sha256:
             raise UserError(f"shard '{shard_dir / info.name}' does not match its SHA-256 in the manifest; {RESHARD}")
-    if dali_reader:
-        from vaedist.data.loader import dali_available
+    if dali_reader and dali_available():
+        from vaedist.data.dali import read_with_webdataset_reader  # nvidia.dali: optional (checked just above)
 
-        if dali_available():
-            from vaedist.data.dali import read_with_webdataset_reader
-
-            infos = manifest.splits[split].shards
-            try:
-                read_with_webdataset_reader([shard_dir / s.name for s in infos], [shard_dir / s.index for s in infos],
-                                            list(member_exts(manifest.labelled)))
-            except RuntimeError as err:
-                last = [line for line in str(err).splitlines() if line.strip() and "pipeline" not in line]
-                raise UserError(f"DALI's webdataset reader rejects split '{split}' of '{shard_dir}': "
-                                f"{last[-1] if last else err}; {RESHARD}")
+        infos = manifest.splits[split].shards
+        try:
+            read_with_webdataset_reader([shard_dir / s.name for s in infos], [shard_dir / s.index for s in infos],
+                                        list(member_exts(manifest.labelled)))
+        except RuntimeError as err:
+            last = [line for line in str(err).splitlines() if line.strip() and "pipeline" not in line]
+            raise UserError(f"DALI's webdataset reader rejects split '{split}' of '{shard_dir}': "
+                            f"{last[-1] if last else err}; {RESHARD}")

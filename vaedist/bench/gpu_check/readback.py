@@ -16,12 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vaedist.checkpoint import list_checkpoints
 from vaedist.config import load_config
 from vaedist.errors import UserError
 from vaedist.files import write_text_atomic
-from vaedist.model import CONFIG_NAME, load_model
-from vaedist.tracking import read_metrics
+from vaedist.model import load_model
+from vaedist.rundir import RunDir
 
 
 def training_seconds(rows: list[dict], batch_size: int) -> float:
@@ -47,8 +46,9 @@ def wandb_history(offline_run: Path) -> list[dict]:
 
 def read_back(run_dir: Path) -> tuple[dict, list[str]]:
     problems = []
-    cfg = load_config(run_dir / CONFIG_NAME)
-    rows = read_metrics(run_dir)
+    run = RunDir(run_dir)
+    cfg = load_config(run.config)
+    rows = run.read_metrics()
     train_rows = [r for r in rows if "train/images_per_s" in r]
     val_rows = [r for r in rows if "val/mse" in r]
     summary = {
@@ -57,7 +57,7 @@ def read_back(run_dir: Path) -> tuple[dict, list[str]]:
         "train_rows": len(train_rows), "val_rows": len(val_rows),
         "training_seconds": round(training_seconds(rows, cfg.train.batch_size), 3),
         "final_metrics": {k: v for k, v in (val_rows[-1] if val_rows else {}).items() if k.startswith("val/")},
-        "checkpoints": [p.name for p in list_checkpoints(run_dir)],
+        "checkpoints": [p.name for p in run.list_checkpoints()],
     }
     if not train_rows:
         problems.append("no training rows in metrics.jsonl")
@@ -72,10 +72,11 @@ def read_back(run_dir: Path) -> tuple[dict, list[str]]:
         summary["final_weights"] = sum(p.numel() for p in model.parameters())
     except UserError as err:
         problems.append(str(err))
-    offline = sorted((run_dir / "wandb").glob("offline-run-*")) if (run_dir / "wandb").is_dir() else []
+    run_id = run.read_wandb_run_id()
+    offline = run.offline_wandb_runs(run_id) if run_id else []
     summary["wandb"] = {"offline_runs": [str(p) for p in offline]}
     if not offline:
-        problems.append(f"no offline W&B run under {run_dir / 'wandb'}")
+        problems.append(f"no offline W&B run under {run.wandb}")
     else:
         try:
             history = wandb_history(offline[-1])
@@ -98,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    if not (args.run_dir / CONFIG_NAME).is_file():
-        raise UserError(f"'{args.run_dir}' is not a run directory (no {CONFIG_NAME}): the training run did not start")
+    if not RunDir(args.run_dir).config.is_file():
+        raise UserError(f"'{args.run_dir}' is not a run directory (no {RunDir.config.name}): the training run did not start")
     summary, problems = read_back(args.run_dir)
     summary["problems"] = problems
     if args.json:

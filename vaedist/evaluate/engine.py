@@ -1,7 +1,6 @@
-"""Evaluation over the whole validation split: the seed's metrics (SPEC.md) with torchmetrics, on every rank.
+"""The evaluation engine: the seed's metrics (SPEC.md) over a whole split with torchmetrics, on every rank.
 
-    result = evaluate(model, val_loader, accelerator, cfg)      # during training (collective)
-    python -m vaedist.evaluate RUN_OR_WEIGHTS --shards DIR       # standalone, same numbers
+    result = evaluate(model, val_loader, accelerator, cfg)      # collective; an EvalResult
 
 Metrics are computed on images mapped back to [0, 1]; reconstructions are decoded from the latent means:
   val/mse   mean squared error per value          val/psnr  10 log10(1 / mse) over the whole split
@@ -11,16 +10,8 @@ Metrics are computed on images mapped back to [0, 1]; reconstructions are decode
 Across ranks: the evaluation loader deals the split to the ranks without duplicates (a rank's last batch
 may be short or empty), so each rank updates torchmetrics with its own samples and torchmetrics merges
 the states of all ranks at `compute()`.
-
-EvalResult is what the trainer hands to vaedist.tracking after each evaluation.
 """
 from __future__ import annotations
-
-import argparse
-import json
-import sys
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torchmetrics
@@ -28,16 +19,9 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef
 from tqdm.auto import tqdm
 
-
-@dataclass
-class EvalResult:
-    metrics: dict[str, float]  # "val/mse", "val/psnr", "val/ssim", "val/pcc", "val/kl" (+ anything else "val/...")
-    kl_per_dim: torch.Tensor  # [latent] mean KL per latent dimension over the split (all ranks)
-    mu: torch.Tensor  # [M, latent] latent means of the split (all ranks, CPU, float32), M bounded by config
-    labels: torch.Tensor | None  # [M] class index per row of mu, None for unlabelled datasets
-    thumbnails: torch.Tensor  # [T, 3, H, W] uint8 images of the first T rows of mu (T <= logging.table_rows)
-    originals: torch.Tensor  # [K, 3, H, W] float in [0, 1]: the fixed validation images (same every time)
-    reconstructions: torch.Tensor  # [K, 3, H, W] float in [0, 1]: their reconstructions (decoded from mu)
+from vaedist.config import Config
+from vaedist.evaluate.result import EvalResult
+from vaedist.losses import per_dim_kl
 
 
 class PerDimMean(torchmetrics.Metric):
@@ -122,10 +106,8 @@ class FirstRows:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, accelerator, cfg) -> EvalResult:
+def evaluate(model: torch.nn.Module, loader, accelerator, cfg: Config) -> EvalResult:
     """Collective: every process calls it with its share of the split (the evaluation loader's)."""
-    from vaedist.losses import per_dim_kl
-
     vae = accelerator.unwrap_model(model, keep_torch_compile=False)  # the plain VAE: its own encode/decode
     was_training = vae.training
     vae.eval()
@@ -173,51 +155,3 @@ def evaluate(model: torch.nn.Module, loader, accelerator, cfg) -> EvalResult:
         originals=pairs[:, 0],
         reconstructions=pairs[:, 1],
     )
-
-
-# --- standalone: python -m vaedist.evaluate RUN_OR_WEIGHTS --shards DIR ------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vaedist.evaluate", description="Evaluate trained weights on a whole split.")
-    parser.add_argument("weights", type=Path, help="a run folder, its final/ folder, or a model.safetensors file")
-    parser.add_argument("--shards", required=True, help="shard directory (holds manifest.json)")
-    parser.add_argument("--split", default=None, help="split to evaluate (default: the config's data.val_split)")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per batch and process")
-    parser.add_argument("--out", type=Path, default=None, help="also write the metrics as JSON here")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-
-    from accelerate import Accelerator
-
-    from vaedist.config import load_config
-    from vaedist.data import build_loader
-    from vaedist.model import load_model, model_files
-    from vaedist.files import check_output_file, write_text_atomic
-    from vaedist.train import resolve_precision
-
-    if args.out is not None:
-        check_output_file(args.out, "--out")  # now, not after the whole evaluation
-    model = load_model(args.weights)
-    _, config_file = model_files(args.weights)  # the config saved with the weights
-    cfg = load_config(config_file, [f"data.shards={args.shards}"])
-    accelerator = Accelerator(mixed_precision=resolve_precision(cfg.train.precision))
-    model = model.to(accelerator.device)
-    split = args.split or cfg.data.val_split
-    loader = build_loader(cfg.data, split, train=False, batch_size=args.batch_size, accelerator=accelerator)
-    result = evaluate(model, loader, accelerator, cfg)
-    # named after the split evaluated: train/mse for --split train (the trainer logs val/ for its val split)
-    metrics = {f"{split}/{key.split('/', 1)[1]}": value for key, value in result.metrics.items()}
-    if accelerator.is_main_process:
-        print("  ".join(f"{k}={v:.5g}" for k, v in metrics.items()), flush=True)
-        if args.out is not None:
-            write_text_atomic(args.out, json.dumps(metrics, indent=1) + "\n")
-    # Under a multi-process launch: close the process group now; left to interpreter shutdown, a gloo thread
-    # can abort the process after a successful run ("terminate called without an active exception").
-    accelerator.end_training()
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from vaedist.errors import run_cli
-
-    run_cli(main, prog="vaedist.evaluate")

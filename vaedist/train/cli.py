@@ -1,0 +1,37 @@
+"""The training command: `accelerate launch launch/train.py --config FILE [key=value ...]` (or python -m vaedist.train)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from vaedist.config import load_config
+from vaedist.errors import is_rank_zero
+from vaedist.train.loop import train
+
+
+def parse_args(argv: list[str]) -> tuple[Path | None, list[str]]:
+    parser = argparse.ArgumentParser(prog="launch/train.py", description="Train the seed VAE with Accelerate.")
+    parser.add_argument("--config", type=Path, help="YAML config (configs/*.yaml); defaults when omitted")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=2 data.shards=DIR run.dir=DIR")
+    args = parser.parse_args(argv)
+    return args.config, args.overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    config_path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = load_config(config_path, overrides)
+    show_info_messages()
+    return train(cfg)
+
+
+def show_info_messages() -> None:
+    """vaedist's own INFO lines (where the decode-once cache went, and why) on the console, from rank 0 only."""
+    if not is_rank_zero():
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("vaedist")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)

@@ -1,0 +1,126 @@
+"""Set-up: everything a training run needs, built once, and restored from the run's latest checkpoint.
+
+    t = setup(cfg)        # Accelerator, model, two optimizers and their schedules, loaders, run dir, tracker
+    ...
+    close(t)              # every rank: the signals given back, the tracker (and the process group) finished
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from vaedist.accelerator import build_accelerator
+from vaedist.batch import GlobalBatch
+from vaedist.checkpoint import Progress
+from vaedist.config import Config, save_config
+from vaedist.data import Loader, build_loader
+from vaedist.losses import LossWeights, loss_weights
+from vaedist.model import VAE
+from vaedist.optim import Schedule, build_optimizer, build_schedule
+from vaedist.rundir import RunDir
+from vaedist.tracking import Tracker
+from vaedist.train.resume import resume
+from vaedist.train.signals import StopRequest
+
+
+class TrainLoader(Protocol):
+    """What the loop draws batches from: a `vaedist.data.Loader`, or a stand-in (synthetic data in benchmarks
+    and tests)."""
+
+    def __len__(self) -> int: ...  # batches per epoch
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None: ...  # what the next iteration yields
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]: ...  # images [N,3,S,S], labels
+
+
+@dataclass
+class Trainer:
+    """Everything the loop needs, built once by `setup`."""
+
+    cfg: Config
+    accelerator: Accelerator
+    batch: GlobalBatch  # train.batch_size over the processes: vaedist.batch
+    model: torch.nn.Module  # prepared (DDP-wrapped when distributed)
+    vae: VAE  # the same model, unwrapped: encode/decode/sample
+    optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer]  # (encoder's, decoder's), unwrapped
+    schedules: tuple[Schedule, Schedule]
+    weights: LossWeights
+    train_loader: TrainLoader
+    val_loader: Loader | None
+    run_dir: RunDir
+    tracker: Tracker
+    progress: Progress  # where training stands; saved in every checkpoint
+    stop: StopRequest  # SIGTERM/SIGINT: save a checkpoint and exit
+    last_checkpoint: Path | None = None
+
+
+def setup(cfg: Config, loaders: tuple[TrainLoader, Loader | None] | None = None) -> Trainer:
+    """Build the run and restore its latest checkpoint. `loaders=(train, val)` replaces the shard loaders
+    (benchmarks and tests: synthetic data, no manifest)."""
+    accelerator = build_accelerator(cfg)
+    batch = GlobalBatch(cfg.train.batch_size, accelerator.num_processes)
+    set_seed(cfg.train.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = build_model(cfg, accelerator)
+    optimizers = (build_optimizer(cfg.train.encoder, model.encoder.parameters()),
+                  build_optimizer(cfg.train.decoder, model.decoder.parameters()))
+    if loaders is None:
+        train_loader, val_loader = build_loaders(cfg, accelerator, batch.per_process)
+        manifest = train_loader.manifest
+    else:
+        (train_loader, val_loader), manifest = loaders, None
+    schedules = (build_schedule(cfg.train.encoder, optimizers[0], len(train_loader), cfg.train.epochs),
+                 build_schedule(cfg.train.decoder, optimizers[1], len(train_loader), cfg.train.epochs))
+    prepared, _, _ = accelerator.prepare(model, *optimizers)
+    progress = Progress()
+    accelerator.register_for_checkpointing(progress, *schedules)  # order is part of the checkpoint format
+
+    run_dir = RunDir.for_training(cfg.run.dir)  # under a W&B sweep agent, a sub-directory per run
+    cfg.run.dir = str(run_dir.path)
+    last_checkpoint = resume(accelerator, run_dir, cfg, batch, progress, optimizers, schedules)
+    progress.batch_size, progress.processes = batch.size, batch.processes
+    if accelerator.is_main_process:
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir.config)
+    accelerator.wait_for_everyone()
+
+    t = Trainer(
+        cfg=cfg, accelerator=accelerator, batch=batch, model=prepared,
+        vae=accelerator.unwrap_model(prepared, keep_torch_compile=False), optimizers=optimizers,
+        schedules=schedules, weights=loss_weights(cfg.train, batch), train_loader=train_loader,
+        val_loader=val_loader, run_dir=run_dir,
+        tracker=Tracker(cfg, accelerator, run_dir, manifest, resumed_step=progress.step),
+        progress=progress, stop=StopRequest(accelerator.process_index), last_checkpoint=last_checkpoint,
+    )
+    t.stop.install()
+    return t
+
+
+def build_model(cfg: Config, accelerator: Accelerator) -> VAE:
+    model = VAE(cfg.model, image_size=cfg.data.size)
+    if accelerator.num_processes > 1 and cfg.train.sync_batchnorm and accelerator.device.type == "cuda":
+        # The seed normalised over its whole batch; per-rank statistics would change the model with the GPU count.
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def build_loaders(cfg: Config, accelerator: Accelerator, per_process_batch: int) -> tuple[Loader, Loader]:
+    def split(name: str, train: bool) -> Loader:
+        return build_loader(cfg.data, name, train=train, batch_size=per_process_batch, accelerator=accelerator)
+
+    return split(cfg.data.train_split, True), split(cfg.data.val_split, False)
+
+
+def close(t: Trainer) -> None:
+    """End what `setup` started, on every rank: give the signals back, then finish the tracker (which also
+    ends the process group: left to the interpreter's final garbage collection, a gloo thread finishing its
+    work cannot take the GIL and aborts the process after a successful run)."""
+    t.stop.restore()
+    t.tracker.finish()
