@@ -32,12 +32,6 @@ def is_rank_zero() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def fail(message: str, exit_code: int = 1) -> NoReturn:
-    err = UserError(message)
-    err.exit_code = exit_code
-    raise err
-
-
 def run_cli(main: Callable[[], int | None], prog: str = "vaedist") -> NoReturn:
     """Run `main`, turning a `UserError` into `prog: error: <line>` on stderr and its exit code."""
     try:
