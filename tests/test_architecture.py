@@ -151,3 +151,17 @@ def test_only_the_run_directory_module_spells_the_names_in_a_run_directory():
     spelled = [f"{MODULES[name].relative_to(REPO)}:{line}: {what}" for name in run_side
                for line, what in _spellings(TREES[name], LAYOUT_NAMES)]
     assert not spelled, "run-directory names spelled outside vaedist/rundir.py:\n" + "\n".join(spelled)
+
+
+def test_tests_import_the_package_not_each_other():
+    """Shared test helpers are conftest fixtures: a test module importing another one runs that module's
+    fixtures and tests' imports twice and couples the files."""
+    names = {p.stem for p in (REPO / "tests").glob("*.py")}
+    found = []
+    for path in sorted((REPO / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name}:{node.lineno}: {t}" for t in targets
+                      if t == "tests" or t.startswith("tests.") or t.split(".")[0] in names]
+    assert not found, "tests importing tests:\n" + "\n".join(found)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_tracking import tracked_run
 from vaedist.compare import compare, main
 from vaedist.config import save_config
 from vaedist.errors import UserError
@@ -72,13 +71,13 @@ def parse(path: Path) -> ReportParser:
 
 
 @pytest.fixture(scope="module")
-def two_runs(sample_trees, tmp_path_factory):
+def two_runs(tracking_sample, tmp_path_factory):
     """The seed's KL-weighting ablation: 1/batch vs 1, everything else equal. W&B off: compare needs none of it."""
     base = tmp_path_factory.mktemp("compare")
     runs = []
     for weighting in ("batch", "one"):
         run_dir = base / f"kl-{weighting}"
-        tracker, _, _ = tracked_run(run_dir, sample_trees["food101"], ["logging.wandb=false", f"train.kl_weight={weighting}"])
+        tracker, _, _ = tracking_sample.run(run_dir, ["logging.wandb=false", f"train.kl_weight={weighting}"])
         save_config(tracker.cfg, run_dir / "config.yaml")  # what the trainer writes at start-up
         tracker.finish()
         runs.append(run_dir)
@@ -186,10 +185,3 @@ def test_the_atomic_writer_leaves_no_temporary_file_when_the_rename_fails(tmp_pa
     with pytest.raises(OSError):  # os.replace of a file over a folder
         write_text_atomic(folder, "text")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-folder"]
-
-
-def test_evaluate_refuses_a_bad_out_path_before_evaluating(tmp_path):
-    from vaedist.evaluate.cli import main as evaluate_main
-
-    with pytest.raises(UserError, match="--out .*folder .* does not exist"):
-        evaluate_main([str(tmp_path / "no-run"), "--shards", str(tmp_path), "--out", str(tmp_path / "nodir" / "m.json")])

@@ -17,7 +17,7 @@ from PIL import Image
 from vaedist.errors import UserError
 from vaedist.sample import build_full_size_jpegs, photo_paths
 from vaedist.shard import load_manifest, shard_dataset
-from vaedist.shard.format import Manifest, split_member_name
+from vaedist.shard.format import Manifest
 
 LOWERED_PIXEL_LIMIT = 1_000_000  # above every sample photo (<= 640 px a side), below the salted bomb
 REPO = Path(__file__).resolve().parents[1]
@@ -66,50 +66,6 @@ def salt(directory: Path) -> None:
     photo.save(directory / "nested" / "000000999999.jpg")
 
 
-def read_shards(out: Path, manifest: Manifest) -> dict[str, dict]:
-    """Every sample of every shard, read with tarfile: key -> {"split", "shard", "jpg", "cls"?, "json"}."""
-    samples: dict[str, dict] = {}
-    for split_name, split in manifest.splits.items():
-        for shard in split.shards:
-            with tarfile.open(out / shard.name) as tar:
-                members = tar.getmembers()
-                for member in members:
-                    key, ext = split_member_name(member.name)
-                    entry = samples.setdefault(key, {"split": split_name, "shard": shard.name})
-                    assert entry["shard"] == shard.name, f"key {key} in two shards: a duplicate"
-                    assert ext not in entry, f"{member.name} twice"
-                    entry[ext] = tar.extractfile(member).read()
-            assert len({split_member_name(m.name)[0] for m in members}) == shard.samples
-    for entry in samples.values():
-        entry["meta"] = json.loads(entry["json"])
-    return samples
-
-
-def dali_read_all(out: Path, manifest: Manifest, split: str, ext: list[str]) -> list[tuple]:
-    """One epoch of `split` through DALI's CPU webdataset reader with our index files; decoded too."""
-    from nvidia.dali import fn, pipeline_def, types
-
-    shards = manifest.splits[split].shards
-
-    @pipeline_def(batch_size=8, num_threads=2, device_id=None)
-    def read():
-        *components, = fn.readers.webdataset(
-            paths=[str(out / s.name) for s in shards], index_paths=[str(out / s.index) for s in shards], ext=ext,
-            missing_component_behavior="error", name="reader")
-        return (fn.decoders.image(components[0], device="cpu", output_type=types.RGB), *components[1:])
-
-    pipe = read()
-    pipe.build()
-    epoch = pipe.reader_meta("reader")["epoch_size"]
-    rows: list[tuple] = []
-    while len(rows) < epoch:  # the last batch wraps into the next epoch: keep the first `epoch` samples
-        outputs = pipe.run()
-        for i in range(len(outputs[0])):
-            if len(rows) < epoch:
-                rows.append(tuple(np.array(o.at(i)) for o in outputs))
-    return rows
-
-
 @pytest.fixture(scope="module")
 def salted_coco(sample_trees, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("salted") / "coco"
@@ -126,7 +82,7 @@ def coco_shards(salted_coco, tmp_path_factory) -> tuple[Path, Manifest]:
     return out, manifest
 
 
-def test_salted_coco_keeps_every_valid_image_and_reports_every_bad_one(salted_coco, coco_shards):
+def test_salted_coco_keeps_every_valid_image_and_reports_every_bad_one(salted_coco, coco_shards, read_shards):
     out, manifest = coco_shards
     originals = {p.relative_to(salted_coco).as_posix() for d in ("train2017", "test2017", "val2017")
                  for p in (salted_coco / d).glob("0*.jpg")}
@@ -161,7 +117,7 @@ def test_salted_coco_keeps_every_valid_image_and_reports_every_bad_one(salted_co
     assert by_path["train2017/rotated.jpg"]["meta"]["width"] == 180  # stored 300x180, orientation applied
 
 
-def test_dali_reads_every_shard_with_our_index_and_gets_the_manifest_count(coco_shards):
+def test_dali_reads_every_shard_with_our_index_and_gets_the_manifest_count(coco_shards, dali_read_all):
     out, manifest = coco_shards
     for split in ("train", "val"):
         rows = dali_read_all(out, manifest, split, ["jpg", "json"])
@@ -200,7 +156,7 @@ def test_hashing_in_a_thread_writes_the_same_shards_and_their_true_sha256(sample
             assert shard.sha256 == hashlib.sha256((tmp_path / "threaded" / shard.name).read_bytes()).hexdigest()
 
 
-def test_seed_layout_gives_the_same_images_as_the_official_layout(sample_trees, tmp_path):
+def test_seed_layout_gives_the_same_images_as_the_official_layout(sample_trees, tmp_path, read_shards):
     manifest = shard_dataset("coco", sample_trees["coco_seed"], tmp_path, workers=2, progress=False)
     paths = {s["meta"]["path"] for s in read_shards(tmp_path, manifest).values()}
     assert manifest.splits["train"].samples == 52 and manifest.splits["val"].samples == 16
@@ -209,7 +165,7 @@ def test_seed_layout_gives_the_same_images_as_the_official_layout(sample_trees, 
     assert manifest.skipped == []
 
 
-def test_food101_label_is_the_line_index_in_classes_txt_and_missing_images_are_reported(sample_trees, tmp_path):
+def test_food101_label_is_the_line_index_in_classes_txt_and_missing_images_are_reported(sample_trees, tmp_path, read_shards, dali_read_all):
     root = tmp_path / "food-101"
     shutil.copytree(sample_trees["food101"], root)
     classes = (root / "meta" / "classes.txt").read_text().split()
@@ -242,7 +198,7 @@ def test_food101_label_is_the_line_index_in_classes_txt_and_missing_images_are_r
     assert sorted(dali_labels) == sorted(int(s["cls"]) for s in samples if s["split"] == "val")
 
 
-def test_folder_classes_are_sorted_subfolders_and_val_fraction_splits_each_class(sample_trees, tmp_path):
+def test_folder_classes_are_sorted_subfolders_and_val_fraction_splits_each_class(sample_trees, tmp_path, read_shards):
     root = tmp_path / "photos"
     for class_dir in sorted((sample_trees["food101"] / "images").iterdir(), reverse=True):
         shutil.copytree(class_dir, root / f"z_{class_dir.name}" if class_dir.name == "astronaut" else
@@ -263,7 +219,7 @@ def test_folder_classes_are_sorted_subfolders_and_val_fraction_splits_each_class
     assert sorted(s["path"] for s in manifest.skipped) == sorted(f"coffee/{name}" for name in BAD)
 
 
-def test_max_side_stores_downscaled_images_with_original_size_in_meta(sample_trees, tmp_path):
+def test_max_side_stores_downscaled_images_with_original_size_in_meta(sample_trees, tmp_path, read_shards):
     manifest = shard_dataset("food101", sample_trees["food101"], tmp_path, workers=2, max_side=96, progress=False)
     samples = read_shards(tmp_path, manifest).values()
     assert len(samples) == 84

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_shard import dali_read_all, read_shards
 from vaedist.sample import build_full_size_jpegs
 from vaedist.shard import load_manifest, shard_dataset
 
@@ -66,7 +65,7 @@ def _start_and_kill(root: Path, out: Path, after_shards: int) -> None:
     assert not any(_alive(w) for w in workers), "worker processes outlived the killed sharder"
 
 
-def test_killed_sharder_resumes_without_duplicates(photo_folder, tmp_path):
+def test_killed_sharder_resumes_without_duplicates(photo_folder, tmp_path, read_shards, dali_read_all):
     out = tmp_path / "out"
     _start_and_kill(photo_folder, out, after_shards=1)
     first_kill = len(list(out.glob("train-*.tar")))

@@ -1,8 +1,8 @@
 """The Tracker: a real offline W&B run read back with `wandb leet inspect --json`, the PNGs and metrics.jsonl
 in the run dir, online/offline detection, resume, the sweep definitions, and rank-0-only side effects.
 
-A small real VAE (vaedist.model, narrow widths) encodes real photographs (the embedded Food-101 sample);
-the EvalResult is computed from them here, so these tests do not depend on the trainer's evaluation loop.
+The run dirs come from conftest's `tracking_sample`: a small real VAE encoding the embedded Food-101
+photographs, its EvalResult computed directly, so these tests do not depend on the trainer's evaluation loop.
 """
 from __future__ import annotations
 
@@ -17,108 +17,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from PIL import Image, ImageOps
+from PIL import Image
 
 from vaedist import visualize
-from vaedist.config import Config, load_config
+from vaedist.config import load_config
 from vaedist.errors import UserError
-from vaedist.evaluate import EvalResult
 from vaedist.model import VAE
-from vaedist.shard.format import Manifest
-from vaedist.accelerator import build_accelerator
 from vaedist.rundir import IMAGE_KINDS, RunDir
 from vaedist.tracking import Tracker, has_wandb_credentials, resolve_wandb_mode, run_identity
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGE_SIZE = 32
-LATENT = 8
-SMALL = [
-    f"data.size={IMAGE_SIZE}",
-    f"model.latent_dim={LATENT}",
-    "model.encoder_channels=[8,16,32]",
-    "model.decoder_channels=[32,16,8]",
-    "model.hidden_dim=32",
-    "logging.num_reconstructions=6",
-    "logging.num_samples=9",
-    "logging.table_rows=10",
-    "logging.mode=offline",
-]
-
-
-# --- helpers shared with test_compare.py -----------------------------------------------------------
-
-
-def food_manifest(classes: list[str]) -> Manifest:
-    return Manifest(dataset="food101", root="sample", tool="test", options={}, classes=classes, splits={}, skipped=[])
-
-
-def load_food_photos(food_root: Path, per_class: int = 4) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Real test-split photographs: ([N, 3, S, S] in [-1, 1], labels [N], class names)."""
-    classes = (food_root / "meta" / "classes.txt").read_text().split()
-    images, labels, taken = [], [], {c: 0 for c in classes}
-    for line in (food_root / "meta" / "test.txt").read_text().split():
-        name = line.split("/")[0]
-        if taken[name] >= per_class:
-            continue
-        taken[name] += 1
-        with Image.open(food_root / "images" / f"{line}.jpg") as im:
-            im = ImageOps.fit(im.convert("RGB"), (IMAGE_SIZE, IMAGE_SIZE))
-            images.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
-        labels.append(classes.index(name))
-    x = torch.stack(images).float() / 127.5 - 1
-    return x, torch.tensor(labels), classes
-
-
-@torch.no_grad()
-def evaluate_photos(model: VAE, x: torch.Tensor, labels: torch.Tensor | None, cfg: Config) -> EvalResult:
-    """What the trainer's evaluation hands over, computed directly from the model on real photographs."""
-    model.eval()
-    mu, logvar = model.encode(x)
-    recon = model.decode(mu)
-    kl_per_dim = (-0.5 * (1 + logvar - mu**2 - logvar.exp())).mean(dim=0)  # [latent]
-    to01 = lambda t: (t + 1) / 2  # noqa: E731
-    k = cfg.logging.num_reconstructions
-    mse = float(((to01(recon) - to01(x)) ** 2).mean())
-    return EvalResult(
-        metrics={"val/mse": mse, "val/psnr": float(-10 * np.log10(mse)), "val/kl": float(kl_per_dim.sum())},
-        kl_per_dim=kl_per_dim,
-        mu=mu.float(),
-        labels=labels,
-        thumbnails=(to01(x) * 255).round().to(torch.uint8)[: cfg.logging.table_rows],
-        originals=to01(x[:k]),
-        reconstructions=to01(recon[:k]).clamp(0, 1),
-    )
-
-
-def fresh_accelerator(cfg: Config) -> Accelerator:
-    AcceleratorState._reset_state(reset_partial_state=True)  # several Accelerators in one pytest process
-    return build_accelerator(cfg, cpu=True)
-
-
-def tracked_run(run_dir: Path, food_root: Path, overrides: list[str], epochs: int = 2) -> tuple[Tracker, VAE, list[EvalResult]]:
-    """A short "training" through the Tracker: 3 training rows and one evaluation per epoch."""
-    cfg = load_config(None, SMALL + [f"run.dir={run_dir}"] + overrides)
-    torch.manual_seed(0)
-    model = VAE(cfg.model, image_size=IMAGE_SIZE)
-    x, labels, classes = load_food_photos(food_root)
-    accelerator = fresh_accelerator(cfg)
-    tracker = Tracker(cfg, accelerator, RunDir(run_dir), food_manifest(classes))
-    results = []
-    step = 0
-    for epoch in range(epochs):
-        for _ in range(3):
-            step += 10
-            tracker.log({"train/loss_encoder": 100.0 / step, "train/loss_decoder": 1e-3 / step, "train/kl": 2.0,
-                         "train/lr_encoder": 1e-3, "train/images_per_s": 500.0, "train/data_wait": 0.1,
-                         "epoch": epoch}, step)
-        result = evaluate_photos(model, x, labels, cfg)
-        tracker.log_evaluation(result, model, step=step, epoch=epoch)
-        results.append(result)
-    return tracker, model, results
-
-
 def inspect_records(offline_run: Path) -> list[dict]:
     """`wandb leet inspect --json`: one JSON record per line of the run's .wandb transaction log."""
     out = subprocess.run(
@@ -136,12 +44,12 @@ def history(records: list[dict]) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def offline_run(sample_trees, tmp_path_factory):
+def offline_run(tracking_sample, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tracked") / "run"
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("WANDB_MODE", raising=False)  # logging.mode=offline must be enough on its own
         mp.setenv("WANDB_SILENT", "true")
-        tracker, model, results = tracked_run(run_dir, sample_trees["food101"], ["train.kl_weight=one"])
+        tracker, model, results = tracking_sample.run(run_dir, ["train.kl_weight=one"])
         run_id = tracker.run.id
         tracker.finish()
     (offline,) = sorted((run_dir / "wandb").glob("offline-run-*"))
@@ -149,7 +57,7 @@ def offline_run(sample_trees, tmp_path_factory):
             "results": results, "tracker": tracker, "run_id": run_id}
 
 
-def test_offline_run_read_back_has_metrics_images_table_and_histogram(offline_run):
+def test_offline_run_read_back_has_metrics_images_table_and_histogram(tracking_sample, offline_run):
     rows = history(offline_run["records"])
     assert rows, "no history records in the .wandb log"
     logged = {k.split(".")[0] for row in rows for k in row}
@@ -165,16 +73,16 @@ def test_offline_run_read_back_has_metrics_images_table_and_histogram(offline_ru
             assert (offline_run["offline"] / "files" / row[f"images/{kind}.path"]).is_file()
         assert row["latents/means._type"] == "table-file"
         assert row["latents/means.nrows"] == 10  # bounded by logging.table_rows
-        assert row["latents/means.ncols"] == 3 + LATENT  # thumbnail, class, class_name, one per dimension
+        assert row["latents/means.ncols"] == 3 + tracking_sample.LATENT  # thumbnail, class, class_name, one per dimension
         assert row["latents/kl_per_dim._type"] == "histogram"
-        assert sum(row["latents/kl_per_dim.values"]) == LATENT
+        assert sum(row["latents/kl_per_dim.values"]) == tracking_sample.LATENT
     # val/active_units is the count of dimensions whose KL exceeds 0.01 nats
     result = offline_run["results"][-1]
     assert evals[-1]["val/active_units"] == int((result.kl_per_dim > 0.01).sum())
     assert evals[-1]["val/mse"] == pytest.approx(result.metrics["val/mse"])
 
 
-def test_latent_table_rows_hold_thumbnail_class_and_latent_means(offline_run):
+def test_latent_table_rows_hold_thumbnail_class_and_latent_means(tracking_sample, offline_run):
     """The table is logged as a run_table artifact; its JSON (staged inside the run dir) holds the rows."""
     records = offline_run["records"]
     (artifact,) = [r["artifact"] for r in records if r["type"] == "artifact" and "latentsmeans" in r["artifact"]["name"]][-1:]
@@ -182,7 +90,7 @@ def test_latent_table_rows_hold_thumbnail_class_and_latent_means(offline_run):
     assert all(offline_run["dir"] / "wandb" in p.parents for p in files.values())  # staged with the run
     table = json.loads(files["latents/means.table.json"].read_text())
     assert table["columns"][:3] == ["thumbnail", "class", "class_name"]
-    assert table["columns"][3:] == [f"mu_{d:03d}" for d in range(LATENT)]
+    assert table["columns"][3:] == [f"mu_{d:03d}" for d in range(tracking_sample.LATENT)]
     assert table["nrows"] == 10
     first = table["data"][0]
     assert first[0]["_type"] == "image-file" and first[0]["path"] in files  # the thumbnail travels with it
@@ -194,7 +102,7 @@ def test_latent_table_rows_hold_thumbnail_class_and_latent_means(offline_run):
     assert first[3:] == pytest.approx(result.mu[0].tolist(), abs=1e-6)
 
 
-def test_offline_run_records_name_group_tags_and_nested_config(offline_run):
+def test_offline_run_records_name_group_tags_and_nested_config(tracking_sample, offline_run):
     records = offline_run["records"]
     (run,) = [r["run"] for r in records if r["type"] == "run"]
     assert run["display_name"] == "food101-vae-kl-one-lmse1e-06"
@@ -206,15 +114,15 @@ def test_offline_run_records_name_group_tags_and_nested_config(offline_run):
         if r["type"] == "config":
             config.update(r["config"].get("update", {}))
     assert config["train"]["kl_weight"] == "one"  # nested, as W&B's run table filters on train.kl_weight
-    assert config["model"]["latent_dim"] == LATENT
+    assert config["model"]["latent_dim"] == tracking_sample.LATENT
     assert config["dataset"]["name"] == "food101" and config["dataset"]["classes"] == 6
     # W&B's files live inside the run dir
     assert offline_run["offline"].parent == offline_run["dir"] / "wandb"
 
 
-def test_finish_prints_the_wandb_sync_command(sample_trees, tmp_path, capfd):
+def test_finish_prints_the_wandb_sync_command(tracking_sample, tmp_path, capfd):
     run_dir = tmp_path / "run"
-    tracker, _, _ = tracked_run(run_dir, sample_trees["food101"], [], epochs=1)
+    tracker, _, _ = tracking_sample.run(run_dir, [], epochs=1)
     tracker.finish()
     out = capfd.readouterr().out
     (offline,) = (run_dir / "wandb").glob("offline-run-*")
@@ -230,31 +138,31 @@ def test_evaluation_pngs_per_epoch_and_latest(offline_run):
     assert not list(images.glob("*.tmp"))
 
 
-def test_prior_samples_decode_the_same_noise_every_evaluation(offline_run):
+def test_prior_samples_decode_the_same_noise_every_evaluation(tracking_sample, offline_run):
     images = offline_run["dir"] / "images"
     # The model did not change between the two evaluations, so the same noise must give the same picture.
     assert (images / "prior_samples_e000.png").read_bytes() == (images / "prior_samples_e001.png").read_bytes()
     # ... and that noise is N(0, I) drawn from a generator seeded with train.seed: decode it ourselves.
     tracker, model = offline_run["tracker"], offline_run["model"]
-    expected = torch.randn(9, LATENT, generator=torch.Generator().manual_seed(tracker.cfg.train.seed))
+    expected = torch.randn(9, tracking_sample.LATENT, generator=torch.Generator().manual_seed(tracker.cfg.train.seed))
     model.eval()
     with torch.no_grad():
         first = ((model.decode(expected[:1]) + 1) / 2)[0]
     grid = np.asarray(Image.open(images / "prior_samples_e000.png"))
-    tile = grid[2 : 2 + IMAGE_SIZE, 2 : 2 + IMAGE_SIZE]  # make_grid's 2-pixel padding
+    tile = grid[2 : 2 + tracking_sample.IMAGE_SIZE, 2 : 2 + tracking_sample.IMAGE_SIZE]  # make_grid's 2-pixel padding
     np.testing.assert_allclose(tile, visualize.to_uint8_hwc(first), atol=1)
-    assert grid.shape[0] == grid.shape[1] == 3 * IMAGE_SIZE + 4 * 2  # 9 samples: 3 x 3
+    assert grid.shape[0] == grid.shape[1] == 3 * tracking_sample.IMAGE_SIZE + 4 * 2  # 9 samples: 3 x 3
 
 
-def test_reconstruction_grid_puts_each_image_above_its_reconstruction(offline_run):
+def test_reconstruction_grid_puts_each_image_above_its_reconstruction(tracking_sample, offline_run):
     result = offline_run["results"][-1]
     grid = np.asarray(Image.open(offline_run["dir"] / "images" / "reconstructions_e001.png"))
     k = result.originals.shape[0]
-    step = IMAGE_SIZE + 2
+    step = tracking_sample.IMAGE_SIZE + 2
     assert grid.shape[:2] == (2 * step + 2, k * step + 2)  # one row of originals, one of reconstructions
     for i in (0, k - 1):
-        top = grid[2 : 2 + IMAGE_SIZE, 2 + i * step : 2 + i * step + IMAGE_SIZE]
-        bottom = grid[2 + step : 2 + step + IMAGE_SIZE, 2 + i * step : 2 + i * step + IMAGE_SIZE]
+        top = grid[2 : 2 + tracking_sample.IMAGE_SIZE, 2 + i * step : 2 + i * step + tracking_sample.IMAGE_SIZE]
+        bottom = grid[2 + step : 2 + step + tracking_sample.IMAGE_SIZE, 2 + i * step : 2 + i * step + tracking_sample.IMAGE_SIZE]
         np.testing.assert_allclose(top, visualize.to_uint8_hwc(result.originals[i]), atol=1)
         np.testing.assert_allclose(bottom, visualize.to_uint8_hwc(result.reconstructions[i]), atol=1)
 
@@ -270,11 +178,11 @@ def test_metrics_jsonl_has_one_row_per_log_call(offline_run):
 # --- W&B off, auto mode, resume ---------------------------------------------------------------------
 
 
-def test_wandb_off_still_writes_metrics_and_pngs(sample_trees, tmp_path):
+def test_wandb_off_still_writes_metrics_and_pngs(tracking_sample, tmp_path):
     run_dir = tmp_path / "run"
     cfg = load_config(None, ["logging.wandb=false"])
-    assert fresh_accelerator(cfg).log_with == []
-    tracker, _, _ = tracked_run(run_dir, sample_trees["food101"], ["logging.wandb=false"], epochs=1)
+    assert tracking_sample.accelerator(cfg).log_with == []
+    tracker, _, _ = tracking_sample.run(run_dir, ["logging.wandb=false"], epochs=1)
     assert tracker.run is None
     tracker.finish()
     assert not (run_dir / "wandb").exists() and not RunDir(run_dir).wandb_run_id.exists()
@@ -304,15 +212,15 @@ def test_auto_mode_is_online_only_with_credentials(tmp_path, monkeypatch):
     assert resolve_wandb_mode(load_config(None, ["logging.mode=offline"])) == "offline"
 
 
-def test_resumed_tracker_continues_the_same_wandb_run_and_drops_rows_after_the_checkpoint(sample_trees, tmp_path):
+def test_resumed_tracker_continues_the_same_wandb_run_and_drops_rows_after_the_checkpoint(tracking_sample, tmp_path):
     run_dir = tmp_path / "run"
-    first, model, _ = tracked_run(run_dir, sample_trees["food101"], [], epochs=1)
+    first, model, _ = tracking_sample.run(run_dir, [], epochs=1)
     first_id = first.run.id
     first.finish()
     # Killed after step 30 was logged; the last checkpoint was at step 20.
     cfg = first.cfg
-    accelerator = fresh_accelerator(cfg)
-    second = Tracker(cfg, accelerator, RunDir(run_dir), food_manifest(first.class_names), resumed_step=20)
+    accelerator = tracking_sample.accelerator(cfg)
+    second = Tracker(cfg, accelerator, RunDir(run_dir), tracking_sample.manifest(first.class_names), resumed_step=20)
     assert [r["step"] for r in RunDir(run_dir).read_metrics()] == [10, 20]
     second.log({"train/loss_encoder": 1.0, "epoch": 0}, 30)
     assert second.run.id == first_id
@@ -323,15 +231,15 @@ def test_resumed_tracker_continues_the_same_wandb_run_and_drops_rows_after_the_c
     assert run_ids == [first_id, first_id]
     assert [r["step"] for r in RunDir(run_dir).read_metrics()] == [10, 20, 30]
     # No checkpoint to resume from (a fresh start in the same dir): a new W&B run and a new metrics file.
-    third = Tracker(cfg, fresh_accelerator(cfg), RunDir(run_dir), None, resumed_step=0)
+    third = Tracker(cfg, tracking_sample.accelerator(cfg), RunDir(run_dir), None, resumed_step=0)
     assert third.run.id != first_id and RunDir(run_dir).wandb_run_id.read_text().strip() == third.run.id
     assert RunDir(run_dir).read_metrics() == []
     third.finish()
 
 
-def test_run_identity_separates_the_ablations():
-    vae_batch = run_identity(load_config(None, ["train.kl_weight=batch"]), food_manifest(["a"]))
-    vae_one = run_identity(load_config(None, ["train.kl_weight=one", "train.lambda_mse=0.01"]), food_manifest(["a"]))
+def test_run_identity_separates_the_ablations(tracking_sample):
+    vae_batch = run_identity(load_config(None, ["train.kl_weight=batch"]), tracking_sample.manifest(["a"]))
+    vae_one = run_identity(load_config(None, ["train.kl_weight=one", "train.lambda_mse=0.01"]), tracking_sample.manifest(["a"]))
     beta = run_identity(load_config(None, ["train.mode=beta-vae", "train.beta=4"]), None)
     assert vae_batch[0] != vae_one[0] and vae_batch[1] == vae_one[1] == "food101-vae"
     assert "kl_weight=one" in vae_one[2] and "lambda_mse=0.01" in vae_one[2]
@@ -442,7 +350,7 @@ def test_only_the_main_process_writes_metrics_images_and_wandb(tmp_path):
 
 
 @pytest.mark.slow
-def test_auto_mode_with_credentials_but_no_server_falls_back_to_offline(tmp_path, monkeypatch, capfd):
+def test_auto_mode_with_credentials_but_no_server_falls_back_to_offline(tracking_sample, tmp_path, monkeypatch, capfd):
     """A ~/.netrc on a shared home of an air-gapped cluster: online is tried, fails, and the run goes offline."""
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "c" * 40)
@@ -451,10 +359,10 @@ def test_auto_mode_with_credentials_but_no_server_falls_back_to_offline(tmp_path
     import wandb
 
     wandb.teardown()  # wandb reads its environment once per process set-up: make it see the timeout
-    cfg = load_config(None, SMALL[:-1] + ["logging.mode=auto"])
+    cfg = load_config(None, tracking_sample.SMALL[:-1] + ["logging.mode=auto"])
     assert resolve_wandb_mode(cfg) == "online"
     try:
-        tracker = Tracker(cfg, fresh_accelerator(cfg), RunDir(tmp_path / "run"), None)
+        tracker = Tracker(cfg, tracking_sample.accelerator(cfg), RunDir(tmp_path / "run"), None)
         assert tracker.wandb_mode == "offline"
         tracker.log({"train/loss_encoder": 1.0}, 1)
         tracker.finish()
@@ -466,30 +374,30 @@ def test_auto_mode_with_credentials_but_no_server_falls_back_to_offline(tmp_path
     assert [r for r in history(inspect_records(offline)) if r.get("train/loss_encoder") == 1.0]
 
 
-def test_non_finite_latent_means_are_left_out_of_the_projection(sample_trees, tmp_path):
-    cfg = load_config(None, SMALL + ["logging.wandb=false"])
-    model = VAE(cfg.model, image_size=IMAGE_SIZE)
-    x, labels, classes = load_food_photos(sample_trees["food101"], per_class=2)
-    result = evaluate_photos(model, x, labels, cfg)
+def test_non_finite_latent_means_are_left_out_of_the_projection(tracking_sample, tmp_path):
+    cfg = load_config(None, tracking_sample.SMALL + ["logging.wandb=false"])
+    model = VAE(cfg.model, image_size=tracking_sample.IMAGE_SIZE)
+    x, labels, classes = tracking_sample.photos(per_class=2)
+    result = tracking_sample.evaluation(model, x, labels, cfg)
     result.mu[0, 0] = float("nan")
     result.mu[1, 3] = float("inf")
-    tracker = Tracker(cfg, fresh_accelerator(cfg), RunDir(tmp_path / "run"), food_manifest(classes))
+    tracker = Tracker(cfg, tracking_sample.accelerator(cfg), RunDir(tmp_path / "run"), tracking_sample.manifest(classes))
     tracker.log_evaluation(result, model, step=1, epoch=0)
     tracker.finish()
     assert (tmp_path / "run" / "images" / "latent_pca_latest.png").is_file()
 
 
-def test_an_infinite_kl_is_logged_without_ending_the_wandb_run(sample_trees, tmp_path, monkeypatch):
+def test_an_infinite_kl_is_logged_without_ending_the_wandb_run(tracking_sample, tmp_path, monkeypatch):
     """Early in training a log-variance can explode: val/kl=inf must not take the run down with W&B on."""
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    cfg = load_config(None, SMALL + [f"run.dir={tmp_path / 'run'}", "logging.mode=offline"])
-    model = VAE(cfg.model, image_size=IMAGE_SIZE)
-    x, labels, classes = load_food_photos(sample_trees["food101"], per_class=2)
-    result = evaluate_photos(model, x, labels, cfg)
+    cfg = load_config(None, tracking_sample.SMALL + [f"run.dir={tmp_path / 'run'}", "logging.mode=offline"])
+    model = VAE(cfg.model, image_size=tracking_sample.IMAGE_SIZE)
+    x, labels, classes = tracking_sample.photos(per_class=2)
+    result = tracking_sample.evaluation(model, x, labels, cfg)
     result.kl_per_dim[0] = float("inf")
     result.metrics["val/kl"] = float("inf")
     result.mu[1, 3] = float("inf")
-    tracker = Tracker(cfg, fresh_accelerator(cfg), RunDir(tmp_path / "run"), food_manifest(classes))
+    tracker = Tracker(cfg, tracking_sample.accelerator(cfg), RunDir(tmp_path / "run"), tracking_sample.manifest(classes))
     tracker.log_evaluation(result, model, step=1, epoch=0)
     tracker.finish()
     (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
@@ -498,29 +406,16 @@ def test_an_infinite_kl_is_logged_without_ending_the_wandb_run(sample_trees, tmp
     assert (tmp_path / "run" / "images" / "kl_per_dim_latest.png").is_file()
 
 
-def test_a_single_latent_dimension_evaluates_and_plots(tmp_path):
-    from vaedist.evaluate import SplitMetrics
-
-    metrics = SplitMetrics(latent_dim=1, device=torch.device("cpu"))
-    x = torch.rand(4, 3, 16, 16)
-    metrics.update(x, x.flip(0), torch.rand(4, 1))
-    _, kl_per_dim = metrics.compute()
-    assert kl_per_dim.shape == (1,)
-    from vaedist import visualize
-
-    assert visualize.kl_per_dim_plot(kl_per_dim).ndim == 3
-
-
-def test_online_mode_without_credentials_is_a_one_line_error(tmp_path, monkeypatch):
+def test_online_mode_without_credentials_is_a_one_line_error(tracking_sample, tmp_path, monkeypatch):
     for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # no login anywhere
     import wandb
 
     wandb.teardown()
-    cfg = load_config(None, SMALL[:-1] + ["logging.mode=online"])
+    cfg = load_config(None, tracking_sample.SMALL[:-1] + ["logging.mode=online"])
     try:
         with pytest.raises(UserError, match=r"W&B could not start its run in online mode .*logging.mode=online.*wandb login"):
-            Tracker(cfg, fresh_accelerator(cfg), RunDir(tmp_path / "run"), None)
+            Tracker(cfg, tracking_sample.accelerator(cfg), RunDir(tmp_path / "run"), None)
     finally:
         wandb.teardown()
