@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
         (["--config", "configs/demo.yaml", "data.size=63"], "data.size"),  # not a multiple of 8 (model)
     ],
 )
+@pytest.mark.slow
 def test_training_command_reports_config_mistakes_in_one_line(args, named, tmp_path):
     proc = subprocess.run([sys.executable, "launch/train.py", *args, f"run.dir={tmp_path / 'run'}", "logging.wandb=false"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -65,6 +65,7 @@ def _start_and_kill(root: Path, out: Path, after_shards: int) -> None:
     assert not any(_alive(w) for w in workers), "worker processes outlived the killed sharder"
 
 
+@pytest.mark.slow
 def test_killed_sharder_resumes_without_duplicates(photo_folder, tmp_path, read_shards, dali_read_all):
     out = tmp_path / "out"
     _start_and_kill(photo_folder, out, after_shards=1)

@@ -54,6 +54,7 @@ def wait_for_checkpoint_after(proc: subprocess.Popen, run_dir: Path, step: int, 
     raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.slow
 def test_run_stopped_by_sigterm_then_killed_resumes_to_the_same_steps_and_weights(food_shards, tmp_path):
     straight = start_training(food_shards, tmp_path / "straight")
     assert straight.wait(timeout=300) == 0, straight.stdout.read()[-3000:]
@@ -87,6 +88,7 @@ def test_run_stopped_by_sigterm_then_killed_resumes_to_the_same_steps_and_weight
 
 
 @pytest.mark.parametrize("name", ["coco", "food101", "seed_coco", "seed_food101"])
+@pytest.mark.slow
 def test_every_shipped_config_trains_and_evaluates_as_written(name, food_shards, tmp_path):
     """Only the sizes shrink (the sample's 60 images); precision, channels_last, cache, schedules stay as shipped."""
     from vaedist.train import train
@@ -100,6 +102,7 @@ def test_every_shipped_config_trains_and_evaluates_as_written(name, food_shards,
     assert (tmp_path / "final" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_starting_a_finished_run_again_exports_the_weights_without_a_second_evaluation(food_shards, tmp_path):
     from vaedist.train import train
 
@@ -181,6 +184,7 @@ def test_resume_keeps_the_position_and_takes_learning_rates_and_epochs_from_the_
         close(t)
 
 
+@pytest.mark.slow
 def test_compiled_run_saves_plain_weights_and_resumes(tmp_path):
     """train.compile=true: final/ holds the VAE's own keys (not torch.compile's `_orig_mod.` wrapper) and a
     checkpoint loads back into a new compiled run."""
@@ -269,6 +273,7 @@ def test_one_grad_scaler_skips_both_optimizers_together_and_backs_off_once(tmp_p
     close(t)
 
 
+@pytest.mark.slow
 def test_train_benchmark_prints_the_three_variants_side_by_side(food_shards, tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "vaedist.bench", "train", "--shards", str(food_shards), "--config", "configs/demo.yaml",
