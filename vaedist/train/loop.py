@@ -30,6 +30,7 @@ def train(cfg: Config, loaders: tuple | None = None, evaluate_at_end: bool = Tru
 
 
 def run(t: Trainer, evaluate_at_end: bool = True) -> int:
+    """Epochs until train.epochs (or train.max_steps), then the final weights; returns the exit code."""
     cfg, p = t.cfg.train, t.progress
     evaluated_at = p.step if evaluated_before(t) else None  # a finished run started again: export the weights only
     while p.epoch < cfg.epochs and not steps_done(t):
