@@ -35,10 +35,10 @@ def requirements(pyproject: Path = REPO / "pyproject.toml") -> list[str]:
     """pyproject.toml's [project] dependencies whose markers hold here, as distribution names."""
     import tomllib  # Python 3.11+; kept here so that the module imports on 3.10 for its other functions
 
-    try:
-        from packaging.requirements import Requirement
+    try:  # packaging is pip's, not ours: a bare machine may have only pip's vendored copy, read only here
+        from packaging.requirements import Requirement  # packaging: not a project dependency
     except ImportError:
-        from pip._vendor.packaging.requirements import Requirement
+        from pip._vendor.packaging.requirements import Requirement  # the bare machine's fallback
     names = []
     for line in tomllib.loads(pyproject.read_text())["project"]["dependencies"]:
         req = Requirement(line)
@@ -94,7 +94,7 @@ def machine_facts() -> dict:
              "platform": platform.platform(), "cpu_count": os.cpu_count(), "cuda": False, "executable": sys.executable}
     facts.update(_nvidia_smi())
     try:
-        import torch
+        import torch  # torch may be missing or broken on the machine under check: reported, not fatal
     except Exception as err:
         facts["torch_error"] = _first_line(err)
         return facts
@@ -117,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     found, missing = check_imports(requirements() + CHECK_TOOLS)
     facts = machine_facts()
-    import vaedist  # the checkout's, not an installed copy
-
-    facts["vaedist"] = str(Path(vaedist.__file__).parent)
+    facts["vaedist"] = str(Path(__file__).resolve().parents[2])  # the checkout's, not an installed copy
     facts["packages"] = found
     facts["missing"] = missing
     dali = [d for d in DALI_DISTS if d in found]

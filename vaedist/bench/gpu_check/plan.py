@@ -84,7 +84,7 @@ def train_bench(opts: CheckOptions, name: str, variants: str, *overrides: str) -
 
 
 def pytest_timeout_available() -> bool:
-    import importlib.util
+    import importlib.util  # stdlib; only this probe needs it
 
     return importlib.util.find_spec("pytest_timeout") is not None
 

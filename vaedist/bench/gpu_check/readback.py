@@ -60,10 +60,10 @@ def read_back(run_dir: Path) -> tuple[dict, list[str]]:
         "checkpoints": [p.name for p in run.list_checkpoints()],
     }
     if not train_rows:
-        problems.append("no training rows in metrics.jsonl")
+        problems.append(f"no training rows in {run.metrics}")
     evaluations = max(1, cfg.train.epochs // cfg.train.eval_every) if cfg.train.eval_every else 1
     if len(val_rows) < evaluations:
-        problems.append(f"{len(val_rows)} evaluations in metrics.jsonl, expected {evaluations} "
+        problems.append(f"{len(val_rows)} evaluations in {run.metrics}, expected {evaluations} "
                         f"({cfg.train.epochs} epochs, train.eval_every={cfg.train.eval_every})")
     if not summary["checkpoints"]:
         problems.append("no checkpoint")
@@ -89,7 +89,7 @@ def read_back(run_dir: Path) -> tuple[dict, list[str]]:
             summary["wandb"].update(history_rows=len(history), eval_rows=len(evals), image_files=len(images),
                                     missing_image_files=len(missing))
             if len(evals) != len(val_rows) or not images or missing:
-                problems.append(f"the W&B run has {len(evals)} evaluations ({len(val_rows)} in metrics.jsonl), "
+                problems.append(f"the W&B run has {len(evals)} evaluations ({len(val_rows)} in {RunDir.metrics.name}), "
                                 f"{len(images)} images, {len(missing)} of them missing")
     return summary, problems
 

@@ -202,7 +202,7 @@ def write_png(figures: list[Figure], path: Path, title: str) -> str | None:
         import matplotlib  # only here: the rest of the report needs no plotting library
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # matplotlib: optional, only the figure needs it
     except Exception as err:  # the report still stands without its picture
         return f"no plot: matplotlib does not import ({err})"
     groups = [("data loader, images/s", [f for f in figures if f.stage == "loader"], GOALS["dali_mixed"],
