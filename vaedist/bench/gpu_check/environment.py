@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import vaedist
 from vaedist.errors import UserError
 from vaedist.files import write_text_atomic
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     found, missing = check_imports(requirements() + CHECK_TOOLS)
     facts = machine_facts()
-    facts["vaedist"] = str(Path(__file__).resolve().parents[2])  # the checkout's, not an installed copy
+    facts["vaedist"] = str(Path(vaedist.__file__).parent)  # which copy imports: the checkout's, or an installed one
     facts["packages"] = found
     facts["missing"] = missing
     dali = [d for d in DALI_DISTS if d in found]
