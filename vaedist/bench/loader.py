@@ -92,8 +92,12 @@ class Contender:
 
 def seed_contender(folder: Path, cfg: DataConfig, batch: int) -> Contender:
     files = sorted(folder.glob("*.jpg"))
+    # The DALI rows' pipelines run threads in this process, and a fork beside running threads can leave the
+    # child a lock held forever or a segfault (seen once in the suite): the seed's workers come from a
+    # fork server instead, started once (persistent) so that the epochs timed after the first pay no start-up.
+    workers = {"multiprocessing_context": "forkserver", "persistent_workers": True} if cfg.workers else {}
     loader = torch.utils.data.DataLoader(SeedFolder(files, cfg.crop, cfg.size), batch_size=batch, shuffle=True,
-                                         drop_last=True, num_workers=cfg.workers)
+                                         drop_last=True, num_workers=cfg.workers, **workers)
     return Contender("seed", f"seed pipeline (Pillow + torchvision, {cfg.workers} workers)", lambda epoch: iter(loader))
 
 
