@@ -8,9 +8,11 @@ grammar. It imports neither torch nor Pillow, so a tool that only reads manifest
     OUT_DIR/train-000000.tar   a WebDataset tar: each sample's members, in plan order
     OUT_DIR/train-000000.idx   its DALI index (the text `wds2idx` writes)
     OUT_DIR/val-000000.tar ...
+    OUT_DIR/train-table.npy    the split's table: one row per sample, in shard order (see "The per-split
+    OUT_DIR/val-table.npy      tables" below); its size and sha256 are in the manifest
 
-A new kind of file (a per-split table beside the manifest, say) is added in one place: a name function
-below and one entry in DIRECTORY_FILES, which is what --overwrite removes and what a run refuses to mix.
+A new kind of file is added in one place: a name function below and one entry in DIRECTORY_FILES, which
+is what --overwrite removes and what a run refuses to mix. A new per-split column is one TableColumn.
 
 manifest.json
 {
@@ -23,25 +25,36 @@ manifest.json
   "classes": ["apple_pie", ...] | null,  # class names, index = the `cls` of a sample
   "splits": {
     "train": {"samples": 118287, "shards": [{"name": "train-000000.tar", "index": "train-000000.idx",
-                                              "samples": 1234, "bytes": 123456789, "sha256": "..."}, ...]},
+                                              "samples": 1234, "bytes": 123456789, "sha256": "..."}, ...],
+              "table": {"name": "train-table.npy", "rows": 118287, "bytes": 5678901, "sha256": "...",
+                        "columns": ["key", "shard", "position", "exact", "phash"]}},
     "val": {...}
   },
-  "skipped": [{"path": "train2017/bad.jpg", "reason": "truncated JPEG"}, ...]
-}
+  "skipped": [{"path": "train2017/bad.jpg", "reason": "truncated JPEG"}, ...],
+  "dropped": [{"path": "train2017/copy.jpg", "reason": "same pixels as val val2017/a.jpg"}, ...],  # --dedup drop
+  "duplicates": {...} | null           # what vaedist.shard.duplicates found (DuplicateReport.to_json); null
+}                                      # with --dedup off
 
 Each sample in a tar, members in this order (sorted extensions, like webdataset's TarWriter), each a
 USTAR regular file `<key>.<ext>` (mode 0444, a fixed mtime, so a tar's bytes depend only on its content):
   <key>.cls    decimal class index; labelled datasets only
   <key>.jpg    a JPEG every decoder renders the same, upright
-  <key>.json   {"path", "width", "height", "split", "class"}: the source path relative to the root and the
-               ORIGINAL width/height before any --max-side downscale, upright (EXIF orientation applied),
-               so they are the stored JPEG's size whenever no downscale was asked for
+  <key>.json   {"path", "width", "height", "split", "class", "exact", "phash"}: the source path relative to
+               the root and the ORIGINAL width/height before any --max-side downscale, upright (EXIF
+               orientation applied), so they are the stored JPEG's size whenever no downscale was asked for;
+               the image's exact and perceptual hashes (EXACT_HASH, PERCEPTUAL_HASH) as 32 and 16 hex
+               digits, null with --dedup off
 Keys are unique in the dataset and contain no dots or slashes.
 
 The .idx file is the text DALI's `wds2idx` writes (its `IndexCreator.create_index`; the tests compare
 ours with its output byte for byte): a line `v1.2 <samples>`, then per sample one line listing each
 member as `<ext> <data offset> <size> <member name>`, the offset in bytes from the start of the tar to
 the member's data (its 512-byte header excluded). v1.1 files (no member name) are read too.
+
+The per-split tables: `<split>-table.npy`, a NumPy structured array (`numpy.load(path, mmap_mode="r")`
+maps it without reading it), one row per sample of the split in the order the shards hold them (shard by
+shard as the manifest lists them, each in its .idx order), the columns TABLE_COLUMNS, each a fixed-size
+little-endian field. Written by vaedist.shard.table (atomically, after every shard), read through it too.
 """
 from __future__ import annotations
 
@@ -81,13 +94,23 @@ def manifest_path(shard_dir: str | Path) -> Path:
     return Path(shard_dir) / MANIFEST_NAME
 
 
-_SHARD_STEM = r"(?:" + "|".join(SPLITS) + r")-\d{6}"
+TABLE_SUFFIX = "-table.npy"
+
+
+def table_name(split: str) -> str:
+    """`train` -> `train-table.npy`: the split's per-sample table."""
+    return split + TABLE_SUFFIX
+
+
+_SPLIT = r"(?:" + "|".join(SPLITS) + r")"
+_SHARD_STEM = _SPLIT + r"-\d{6}"
 # Every kind of file the sharder writes into a shard directory, by name. --overwrite removes exactly these
 # (and their temporaries); a run that finds shard files it did not plan refuses to mix with them.
 DIRECTORY_FILES: dict[str, re.Pattern] = {
     "manifest": re.compile(re.escape(MANIFEST_NAME)),
     "tar": re.compile(_SHARD_STEM + re.escape(TAR_SUFFIX)),
     "index": re.compile(_SHARD_STEM + re.escape(INDEX_SUFFIX)),
+    "table": re.compile(_SPLIT + re.escape(TABLE_SUFFIX)),
 }
 SHARD_FILES = ("tar", "index")  # the kinds that hold samples: their presence means a run has started
 
@@ -131,6 +154,31 @@ def split_member_name(name: str) -> tuple[str, str]:
     return key, ext
 
 
+EXACT_HASH = ("xxh3-128 of b'RGBA8 <width> <height>\\n' and the upright image's pixels as RGBA bytes, alpha 255, "
+              "row by row (the decoded pixels, mode-normalised to 8-bit RGB: a re-saved copy of the same pixels "
+              "matches, a lossy re-encode does not)")
+EXACT_HASH_BYTES = 16
+PERCEPTUAL_HASH = ("imagehash.phash (64 bits, hash_size 8) of the upright RGB image box-filtered to 32x32; bit 63 is "
+                   "the first bit of imagehash's hex string")
+PERCEPTUAL_HASH_BITS = 64
+
+
+@dataclass(frozen=True)
+class ImageHashes:
+    """The two hashes of one image (definitions: EXACT_HASH, PERCEPTUAL_HASH; computed by shard/fingerprint.py)."""
+
+    exact: bytes  # EXACT_HASH_BYTES bytes
+    perceptual: int  # PERCEPTUAL_HASH_BITS bits, as an unsigned integer
+
+    @property
+    def exact_hex(self) -> str:
+        return self.exact.hex()
+
+    @property
+    def perceptual_hex(self) -> str:
+        return f"{self.perceptual:016x}"
+
+
 @dataclass(frozen=True)
 class SampleMeta:
     """A sample's .json member."""
@@ -140,10 +188,13 @@ class SampleMeta:
     height: int
     split: str
     class_name: str | None  # "class" in the JSON; None on unlabelled datasets
+    hashes: ImageHashes | None = None  # "exact" and "phash" in the JSON (hex); None with --dedup off
 
     def encode(self) -> bytes:
+        hashes = self.hashes
         return json.dumps({"path": self.path, "width": self.width, "height": self.height, "split": self.split,
-                           "class": self.class_name}).encode()
+                           "class": self.class_name, "exact": hashes.exact_hex if hashes else None,
+                           "phash": hashes.perceptual_hex if hashes else None}).encode()
 
 
 def sample_members(key: str, jpeg: bytes, meta: SampleMeta, label: int | None) -> list[tuple[str, bytes]]:
@@ -164,23 +215,28 @@ def tar_bytes(members: int) -> int:
     return -(-(members + 2 * TAR_BLOCK) // TAR_RECORD) * TAR_RECORD
 
 
-def meta_size(path: str, split: str, class_name: str | None) -> int:
-    """len(SampleMeta(path, width, height, split, class_name).encode()) for a 5-digit width and height,
-    without encoding it when no character needs escaping (the planner asks for every sample: this halves
-    the cost of the estimate on COCO's 164k samples)."""
+def meta_size(path: str, split: str, class_name: str | None, hashed: bool = False) -> int:
+    """len(SampleMeta(path, width, height, split, class_name, hashes if hashed).encode()) for a 5-digit width
+    and height, without encoding it when no character needs escaping (the planner asks for every sample:
+    this halves the cost of the estimate on COCO's 164k samples)."""
     text = path + split + (class_name or "")
     if not (text.isascii() and text.isprintable()) or '"' in text or "\\" in text:
-        return len(SampleMeta(path, 99999, 99999, split, class_name).encode())
-    return _META_FIXED_SIZE + len(path) + len(split) + (len(class_name) + 2 if class_name is not None else 4)
+        return len(SampleMeta(path, 99999, 99999, split, class_name, _SOME_HASHES if hashed else None).encode())
+    return (_META_FIXED_SIZE + len(path) + len(split) + (len(class_name) + 2 if class_name is not None else 4)
+            + (_META_HASHES_SIZE if hashed else 0))
 
 
+_SOME_HASHES = ImageHashes(bytes(EXACT_HASH_BYTES), 0)
 _META_FIXED_SIZE = len(SampleMeta("", 99999, 99999, "", None).encode()) - 4  # the keys, punctuation, "null"
+# hex digits in quotes instead of two nulls
+_META_HASHES_SIZE = len(SampleMeta("", 99999, 99999, "", None, _SOME_HASHES).encode()) - _META_FIXED_SIZE - 4
 
 
-def estimated_sample_bytes(image_bytes: float, path: str, split: str, class_name: str | None, label: int | None) -> float:
+def estimated_sample_bytes(image_bytes: float, path: str, split: str, class_name: str | None, label: int | None,
+                           hashed: bool = False) -> float:
     """What a sample will take in its tar, its members as `sample_members` writes them, when its JPEG has
     about `image_bytes` bytes: the JPEG's padding is counted as half a block (its average)."""
-    total = TAR_BLOCK + image_bytes + TAR_BLOCK / 2 + member_bytes(meta_size(path, split, class_name))
+    total = TAR_BLOCK + image_bytes + TAR_BLOCK / 2 + member_bytes(meta_size(path, split, class_name, hashed))
     return total + (member_bytes(len(str(label))) if label is not None else 0)
 
 
@@ -270,6 +326,46 @@ def parse_index(tar: Path, index: Path) -> ShardIndex:
     return ShardIndex(tar=tar, index=index, members=members, keys=keys)
 
 
+# --- the per-split tables ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TableColumn:
+    """One column of the per-split table: a fixed-size NumPy field (no numpy import here: the dtype is text)."""
+
+    name: str
+    dtype: str  # a NumPy dtype string; "S" alone: bytes as wide as the split's longest value
+    meaning: str
+
+
+# The columns, in this order. `key`, `shard` and `position` join a row to its sample (and to the .idx line
+# that locates its members); the hashes are --dedup's. Columns for the loader's start-up (offsets, sizes,
+# label) belong here too: a new TableColumn, filled where the sharder builds the rows (shard/table.py).
+TABLE_COLUMNS: tuple[TableColumn, ...] = (
+    TableColumn("key", "S", "the sample's key: its members' name up to the first dot"),
+    TableColumn("shard", "<u4", "the position of the sample's shard in the manifest's splits[split].shards"),
+    TableColumn("position", "<u4", "the sample's position in that shard: its line in the .idx, its order in the tar"),
+    TableColumn("exact", f"V{EXACT_HASH_BYTES}", "EXACT_HASH, as its 16 bytes"),
+    TableColumn("phash", "<u8", "PERCEPTUAL_HASH, as an unsigned 64-bit integer"),
+)
+HASH_COLUMNS = ("exact", "phash")  # absent from tables written with --dedup off
+
+
+@dataclass
+class TableInfo:
+    """A split's table as the manifest records it."""
+
+    name: str  # file name, relative to the shard directory
+    rows: int
+    bytes: int
+    sha256: str
+    columns: list[str]
+
+    @property
+    def hashed(self) -> bool:
+        return all(column in self.columns for column in HASH_COLUMNS)
+
+
 # --- the manifest -----------------------------------------------------------------------------------------
 
 
@@ -286,6 +382,7 @@ class ShardInfo:
 class SplitInfo:
     samples: int = 0
     shards: list[ShardInfo] = field(default_factory=list)
+    table: TableInfo | None = None  # None: written before the tables existed
 
 
 @dataclass
@@ -297,6 +394,8 @@ class Manifest:
     classes: list[str] | None
     splits: dict[str, SplitInfo]
     skipped: list[dict]
+    dropped: list[dict] = field(default_factory=list)  # {"path", "reason"}: removed by --dedup drop
+    duplicates: dict | None = None  # the duplicate report (shard/duplicates.py: DuplicateReport.to_json)
     created: str = ""
     format: int = FORMAT_VERSION
 
@@ -328,7 +427,8 @@ def load_manifest(shard_dir: str | Path) -> Manifest:
     try:
         raw = json.loads(path.read_text())
         splits = {
-            name: SplitInfo(samples=s["samples"], shards=[ShardInfo(**sh) for sh in s["shards"]])
+            name: SplitInfo(samples=s["samples"], shards=[ShardInfo(**sh) for sh in s["shards"]],
+                            table=TableInfo(**s["table"]) if s.get("table") else None)
             for name, s in raw["splits"].items()
         }
         return Manifest(
@@ -339,6 +439,8 @@ def load_manifest(shard_dir: str | Path) -> Manifest:
             classes=raw.get("classes"),
             splits=splits,
             skipped=raw.get("skipped", []),
+            dropped=raw.get("dropped", []),
+            duplicates=raw.get("duplicates"),
             created=raw.get("created", ""),
             format=raw.get("format", FORMAT_VERSION),
         )

@@ -4,7 +4,8 @@
 grey, no EXIF rotation, no downscale asked for) are stored byte for byte, so the shards hold exactly what
 the dataset authors published; everything a decoder could render differently — CMYK, palette, alpha,
 16-bit, PNG/WebP/other formats, EXIF orientation — is converted to 8-bit RGB and re-encoded as a JPEG
-at `jpeg_quality`.
+at `jpeg_quality`. With `hashes` (--dedup report or drop), the pixels decoded for the check are also
+hashed (fingerprint.py), upright and mode-normalised, before any downscale.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vaedist.shard.format import ImageHashes
 
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000x8000: above any photo in COCO/Food-101 (<= 640 px); ~190 MB as RGB
 DEFAULT_JPEG_QUALITY = 95  # re-encoded images only; copied JPEGs keep their own quality
@@ -33,6 +36,7 @@ class ImageOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_side: int | None = None  # longer side of the stored image at most this many pixels
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    hashes: bool = False  # compute the exact and perceptual hashes of the decoded pixels
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class PreparedImage:
     width: int  # upright size (EXIF orientation applied), before any --max-side downscale
     height: int
     copied: bool  # True: the source bytes unchanged; False: re-encoded
+    hashes: ImageHashes | None = None  # with ImageOptions.hashes
 
 
 class ImageRejected(Exception):
@@ -84,13 +89,24 @@ def prepare_image(path: str | Path, options: ImageOptions) -> PreparedImage:
         _decode(img)
         upright_w, upright_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
         if _is_clean_jpeg(img, orientation) and not scale_to:
-            return PreparedImage(jpeg=data, width=width, height=height, copied=True)
+            # the decoder's own RGB image: its memory can be hashed in place (fingerprint.py)
+            hashes = _hashes(img, straight_from_decoder=True) if options.hashes else None
+            return PreparedImage(jpeg=data, width=width, height=height, copied=True, hashes=hashes)
         clean = _to_rgb(ImageOps.exif_transpose(img) if orientation != 1 else img)
+        hashes = _hashes(clean, straight_from_decoder=False) if options.hashes else None
         if scale_to:
             clean = clean.resize(scale_to, Image.Resampling.LANCZOS)
         out = io.BytesIO()
         clean.save(out, format="JPEG", quality=options.jpeg_quality)
-        return PreparedImage(jpeg=out.getvalue(), width=upright_w, height=upright_h, copied=False)
+        return PreparedImage(jpeg=out.getvalue(), width=upright_w, height=upright_h, copied=False, hashes=hashes)
+
+
+def _hashes(img: Image.Image, straight_from_decoder: bool) -> ImageHashes:
+    # Imported here, in the workers that hash: imagehash imports numpy (OpenBLAS's thread pool) and SciPy,
+    # which the sharder's writing process and --dedup off never need (see _to_rgb on numpy's idle threads).
+    from vaedist.shard.fingerprint import image_hashes
+
+    return image_hashes(img, straight_from_decoder)
 
 
 def _decode(img: Image.Image) -> None:

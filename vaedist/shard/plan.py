@@ -48,8 +48,10 @@ def shuffled_indices(listing: SourceListing, split: str, seed: int) -> list[int]
     return indices
 
 
-def plan_shards(listing: SourceListing, seed: int, shard_size: int, bytes_ratio: float) -> list[PlannedShard]:
-    """Cut each split's shuffled samples into shards of at most about `shard_size` estimated stored bytes."""
+def plan_shards(listing: SourceListing, seed: int, shard_size: int, bytes_ratio: float,
+                hashed: bool = False) -> list[PlannedShard]:
+    """Cut each split's shuffled samples into shards of at most about `shard_size` estimated stored bytes
+    (`hashed`: their .json members carry the image hashes)."""
     shards: list[PlannedShard] = []
     classes = listing.classes or []
     for split in SPLITS:
@@ -59,7 +61,7 @@ def plan_shards(listing: SourceListing, seed: int, shard_size: int, bytes_ratio:
         for index in shuffled_indices(listing, split, seed):
             s = listing.samples[index]
             estimate = estimated_sample_bytes(s.size * bytes_ratio, s.path, split,
-                                              classes[s.label] if s.label is not None else None, s.label)
+                                              classes[s.label] if s.label is not None else None, s.label, hashed)
             if current and tar_bytes(round(filled + estimate)) > shard_size:
                 shards.append(PlannedShard(tar_name(shard_stem(split, number)), split, tuple(current)))
                 current, filled, number = [], 0, number + 1

@@ -8,7 +8,20 @@
                             encode_members()   writer.py      their tar members (format.py: names, order)
         this process:     ShardWriter          writer.py    parts -> tar + DALI index + sha256, temporary names
         a thread:         publish_shard()      writer.py    fsync, rename; then the done file (state.py)
+    write_table(...) per split                 table.py     keys, shard/position, hashes: from the done files
+    find_duplicates(...)                       duplicates.py  exact groups, near pairs, train<->val pairs
     write_manifest(...)                        format.py    the output is complete once this exists
+
+--dedup (default report): the workers hash each image they decode (fingerprint.py); the hashes go in its
+.json member and in the split's table, and the duplicates found among them in the manifest and the summary.
+--dedup drop also removes images while the shards are written, which is the only moment it can: the plan
+is fixed before any image is decoded (it is what makes a resume exact), and a hashing pass before it would
+decode everything twice. So val's shards are written first, whole, and then each train image is dropped if
+it matches an image kept before it (any val image, or an earlier train image, in plan order): a decision
+made from hashes already known, in an order that does not depend on timing, so that a resumed run, which
+first replays the kept hashes of its finished shards (their done records), decides exactly as an
+uninterrupted one. The cost: a shard that lost images is that much under --shard-size, and the writing
+process compares each train image with every kept one (faiss, one thread; see DropFilter).
 
 This process is the only serial step, so it does next to nothing per image: workers decode, check and
 re-encode the images and encode their tar members into part files (CHUNKSIZE images each); this process
@@ -37,10 +50,13 @@ from tqdm import tqdm
 from vaedist import __version__
 from vaedist.errors import UserError
 from vaedist.shard.images import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, ImageOptions
-from vaedist.shard.format import Manifest, ShardInfo, SplitInfo, load_manifest, manifest_path, write_manifest
+from vaedist.shard.duplicates import DEFAULT_THRESHOLD, DropFilter, HashSet, find_duplicates
+from vaedist.shard.format import (PERCEPTUAL_HASH_BITS, Manifest, ShardInfo, SplitInfo, load_manifest, manifest_path,
+                                  write_manifest)
 from vaedist.shard.plan import PlannedShard, listing_fingerprint, plan_shards
 from vaedist.shard.sources import DEFAULT_COCO_TRAIN_DIRS, SourceListing, SourceOptions, list_source, sample_keys
 from vaedist.shard.state import OutputDir
+from vaedist.shard.table import TableRows, build_table, write_table
 from vaedist.shard.workers import PackedChunk, chunk_tasks, chunks_of, measure_bytes_ratio, pack_in_parallel, worker_pool
 from vaedist.shard.writer import ClosedShard, ShardWriter, publish_shard, sync_directory
 
@@ -56,6 +72,8 @@ DEFAULT_SHARD_SIZE = 128_000_000
 # end than the thread on 2 cores); with more workers it would cap the run, so the kernel copies and a
 # thread hashes (reasoned from the per-image costs measured here; not measured on many cores).
 HASH_THREAD_FROM_WORKERS = 8
+# --dedup: off (no hashes, no report), report (hash, find, report: the default), drop (and remove from train)
+DEDUP_MODES = ("off", "report", "drop")
 
 
 @dataclass(frozen=True)
@@ -69,15 +87,23 @@ class ShardOptions:
     max_pixels: int
     jpeg_quality: int
     coco_train_dirs: tuple[str, ...]
+    dedup: str = "report"
+    dedup_threshold: int = DEFAULT_THRESHOLD
 
     def to_json(self) -> dict:
         return {"shard_size": self.shard_size, "max_side": self.max_side, "seed": self.seed,
                 "val_fraction": self.val_fraction, "max_pixels": self.max_pixels,
-                "jpeg_quality": self.jpeg_quality, "coco_train_dirs": list(self.coco_train_dirs)}
+                "jpeg_quality": self.jpeg_quality, "coco_train_dirs": list(self.coco_train_dirs),
+                "dedup": self.dedup, "dedup_threshold": self.dedup_threshold}
+
+    @property
+    def hashed(self) -> bool:
+        return self.dedup != "off"
 
     @property
     def image(self) -> ImageOptions:
-        return ImageOptions(max_pixels=self.max_pixels, max_side=self.max_side, jpeg_quality=self.jpeg_quality)
+        return ImageOptions(max_pixels=self.max_pixels, max_side=self.max_side, jpeg_quality=self.jpeg_quality,
+                            hashes=self.hashed)
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -123,15 +149,18 @@ def shard_dataset(
     progress: bool = True,
     coco_train_dirs: Sequence[str] = DEFAULT_COCO_TRAIN_DIRS,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    dedup: str = "report",
+    dedup_threshold: int = DEFAULT_THRESHOLD,
 ) -> Manifest:
     """Pack `root` (laid out as `dataset`: coco, food101 or folder) into WebDataset shards in `out`.
 
     Returns the manifest. Raises `UserError` (one line) for a wrong root or options, or when no valid image
-    was found; bad images are not errors, they are listed in the manifest's `skipped`.
+    was found; bad images are not errors, they are listed in the manifest's `skipped` (and with
+    dedup="drop", removed duplicates in its `dropped`).
     """
     workers = default_workers() if workers is None else workers
     options = _check_options(dataset, shard_size, max_side, seed, val_fraction, max_pixels, jpeg_quality, coco_train_dirs,
-                             workers)
+                             workers, dedup, dedup_threshold)
     listing = list_source(dataset, root, SourceOptions(tuple(coco_train_dirs), val_fraction, seed))
     output = OutputDir.create(Path(out).expanduser().resolve())
     with output.exclusive():
@@ -171,16 +200,18 @@ def _shard(dataset: str, listing: SourceListing, output: OutputDir, options: Sha
         else:
             bytes_ratio = state["bytes_ratio"]
             say(f"resuming the unfinished run in {out}")
-        plan = plan_shards(listing, options.seed, options.shard_size, bytes_ratio)
+        plan = plan_shards(listing, options.seed, options.shard_size, bytes_ratio, options.hashed)
         records = {shard.name: output.finished(shard) for shard in plan}
-        todo = [shard for shard in plan if records[shard.name] is None]
+        order = _write_order(plan, options.dedup)
+        todo = [shard for shard in order if records[shard.name] is None]
         for shard in todo:
             output.discard_unfinished(shard)
+        drop = _replayed_drop_filter(listing, keys, order, records, options) if options.dedup == "drop" else None
         started = time.perf_counter()
         done_before = sum(len(s.samples) for s in plan if records[s.name] is not None)
         with tqdm(total=len(listing.samples), initial=done_before, unit="img", disable=not progress,
                   desc=f"shard {dataset}", smoothing=0.05) as bar:
-            _write_shards(pool, workers, output, listing, keys, todo, options.image, records, bar)
+            _write_shards(pool, workers, output, listing, keys, todo, options.image, records, bar, drop)
         elapsed = time.perf_counter() - started
 
     manifest = _manifest(dataset, listing, options, plan, records)
@@ -188,6 +219,7 @@ def _shard(dataset: str, listing: SourceListing, output: OutputDir, options: Sha
     if total == 0:
         output.remove_everything_we_wrote()
         raise UserError(f"no valid image found under '{listing.root}': {_reasons_summary(manifest.skipped)}")
+    _add_tables_and_duplicates(manifest, out, listing, keys, plan, records, options)
     write_manifest(manifest, out)
     sync_directory(out)
     output.remove_progress_files()
@@ -200,7 +232,7 @@ def _shard(dataset: str, listing: SourceListing, output: OutputDir, options: Sha
 
 
 def _check_options(dataset, shard_size, max_side, seed, val_fraction, max_pixels, jpeg_quality, coco_train_dirs,
-                   workers) -> ShardOptions:
+                   workers, dedup, dedup_threshold) -> ShardOptions:
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     if max_side is not None and max_side < 1:
@@ -215,8 +247,12 @@ def _check_options(dataset, shard_size, max_side, seed, val_fraction, max_pixels
         raise UserError(f"--jpeg-quality must be in 1..100, got {jpeg_quality}")
     if isinstance(coco_train_dirs, str) or not coco_train_dirs:
         raise UserError("--coco-train-dirs must name at least one folder, e.g. train2017,test2017")
+    if dedup not in DEDUP_MODES:
+        raise UserError(f"--dedup must be one of {', '.join(DEDUP_MODES)}, got {dedup!r}")
+    if not 0 <= dedup_threshold < PERCEPTUAL_HASH_BITS:
+        raise UserError(f"--dedup-threshold must be in 0..{PERCEPTUAL_HASH_BITS - 1} bits, got {dedup_threshold}")
     return ShardOptions(parse_size(shard_size), max_side, int(seed), float(val_fraction), int(max_pixels),
-                        int(jpeg_quality), tuple(coco_train_dirs))
+                        int(jpeg_quality), tuple(coco_train_dirs), dedup, int(dedup_threshold))
 
 
 def _already_complete(output: OutputDir, dataset: str, listing: SourceListing, options: ShardOptions,
@@ -239,9 +275,36 @@ def _already_complete(output: OutputDir, dataset: str, listing: SourceListing, o
 # --- writing ------------------------------------------------------------------------------------------------
 
 
+def _write_order(plan: list[PlannedShard], dedup: str) -> list[PlannedShard]:
+    """The plan's order, except that --dedup drop writes val first: train images are compared with it."""
+    if dedup != "drop":
+        return list(plan)
+    return [s for s in plan if s.split == "val"] + [s for s in plan if s.split != "val"]
+
+
+def _label(listing: SourceListing, index: int) -> str:
+    """How a drop reason names the image it matched: `val val2017/000000000139.jpg`."""
+    sample = listing.samples[index]
+    return f"{sample.split} {sample.path}"
+
+
+def _replayed_drop_filter(listing: SourceListing, keys: list[str], order: list[PlannedShard],
+                          records: dict[str, dict | None], options: ShardOptions) -> DropFilter:
+    """A DropFilter that has seen the kept images of the finished shards, in write order (a resumed run)."""
+    drop = DropFilter(options.dedup_threshold)
+    index_of = {key: i for i, key in enumerate(keys)}
+    for shard in order:
+        record = records[shard.name]
+        if record is not None:
+            rows = TableRows.from_record(record["rows"])
+            for key, hashes in zip(rows.keys, rows.hashes or []):
+                drop.keep(hashes, _label(listing, index_of[key]))
+    return drop
+
+
 def _write_shards(pool: ProcessPoolExecutor, workers: int, output: OutputDir, listing: SourceListing,
                   keys: list[str], todo: list[PlannedShard], options: ImageOptions, records: dict[str, dict],
-                  bar: tqdm) -> None:
+                  bar: tqdm, drop: DropFilter | None) -> None:
     """Workers pack chunks; here they are appended shard by shard; a thread publishes each finished shard."""
     finishing: deque[tuple] = deque()  # written shards the publisher thread is syncing and renaming
     tasks = chunk_tasks(output, listing, keys, todo)
@@ -251,44 +314,71 @@ def _write_shards(pool: ProcessPoolExecutor, workers: int, output: OutputDir, li
     with ThreadPoolExecutor(1, thread_name_prefix="vaedist-publish") as publisher, \
             closing(pack_in_parallel(pool, workers, tasks, options)) as packed:
         for shard in todo:
-            closed, skipped = _write_shard(shard, output, listing, packed, bar, hash_in_thread)
+            closed, outcome = _write_shard(shard, output, listing, keys, packed, bar, hash_in_thread, drop)
             published = publisher.submit(publish_shard, closed) if closed else None
-            finishing.append((shard, skipped, published))
+            finishing.append((shard, outcome, published))
             while finishing and (finishing[0][2] is None or finishing[0][2].done()):
                 _finish_shard(output, records, *finishing.popleft())
         while finishing:
             _finish_shard(output, records, *finishing.popleft())
 
 
-def _write_shard(shard: PlannedShard, output: OutputDir, listing: SourceListing, packed: Iterator[PackedChunk],
-                 bar: tqdm, hash_in_thread: bool) -> tuple[ClosedShard | None, list[dict]]:
-    """Append the shard's packed chunks (parts) in order; None when every one of its inputs was rejected."""
+def _write_shard(shard: PlannedShard, output: OutputDir, listing: SourceListing, keys: list[str],
+                 packed: Iterator[PackedChunk], bar: tqdm, hash_in_thread: bool, drop: DropFilter | None
+                 ) -> tuple[ClosedShard | None, dict]:
+    """Append the shard's packed chunks (parts) in order; None when every one of its inputs was rejected
+    (or dropped). The outcome: the inputs rejected and dropped, the table rows of the samples written."""
     skipped: list[dict] = []
+    dropped: list[dict] = []
+    row_keys: list[str] = []
+    row_hashes: list | None = []
     with ShardWriter(output.path / shard.name, hash_in_thread) as writer:
         for _ in range(chunks_of(shard)):
             chunk = next(packed)
-            if chunk.size:
+            keep = [True] * len(chunk.indices)
+            if drop is not None and shard.split != "val":  # val is the evaluation set: never changed
+                reasons = drop.decide([(h, _label(listing, i)) for h, i in zip(chunk.hashes, chunk.indices)])
+                keep = [reason is None for reason in reasons]
+                dropped += [{"path": listing.samples[i].path, "reason": reason}
+                            for i, reason in zip(chunk.indices, reasons) if reason is not None]
+            elif drop is not None:
+                for hashes, i in zip(chunk.hashes, chunk.indices):
+                    drop.keep(hashes, _label(listing, i))
+            if all(keep) and chunk.size:
                 writer.append_part(chunk.part, chunk.size, chunk.samples)
+            elif chunk.size:
+                writer.append_part_subset(chunk.part, chunk.spans, chunk.samples, keep)
+            if chunk.size:
                 os.unlink(chunk.part)
+            kept = [n for n, wanted in enumerate(keep) if wanted]
+            row_keys += [keys[chunk.indices[n]] for n in kept]
+            if chunk.hashes is None:  # --dedup off
+                row_hashes = None
+            elif row_hashes is not None:
+                row_hashes += [chunk.hashes[n] for n in kept]
             skipped += [{"path": listing.samples[i].path, "reason": reason} for i, reason in chunk.skipped]
-            bar.update(len(chunk.samples) + len(chunk.skipped))
-        return (writer.close() if writer.samples else None), skipped
+            bar.update(len(chunk.indices) + len(chunk.skipped))
+        rows = TableRows(row_keys, row_hashes)
+        outcome = {"skipped": skipped, "dropped": dropped, "rows": rows.to_record()}
+        return (writer.close() if writer.samples else None), outcome
 
 
-def _finish_shard(output: OutputDir, records: dict[str, dict], shard: PlannedShard, skipped: list[dict],
+def _finish_shard(output: OutputDir, records: dict[str, dict], shard: PlannedShard, outcome: dict,
                   published: Future | None) -> None:
     """Record a shard as finished (its done file) once the publisher thread has put it in place."""
-    records[shard.name] = output.mark_finished(shard, published.result() if published else None, skipped)
+    records[shard.name] = output.mark_finished(shard, published.result() if published else None, **outcome)
 
 
 def _manifest(dataset: str, listing: SourceListing, options: ShardOptions, plan: list[PlannedShard],
               records: dict[str, dict]) -> Manifest:
     splits: dict[str, SplitInfo] = {}
     skipped = list(listing.skipped)
+    dropped: list[dict] = []
     for shard in plan:
         split = splits.setdefault(shard.split, SplitInfo())
         record = records[shard.name]
         skipped += record["skipped"]
+        dropped += record["dropped"]
         if record["shard"] is not None:
             info = ShardInfo(**record["shard"])
             split.shards.append(info)
@@ -301,8 +391,26 @@ def _manifest(dataset: str, listing: SourceListing, options: ShardOptions, plan:
         classes=listing.classes,
         splits=splits,
         skipped=sorted(skipped, key=lambda s: s["path"]),
+        dropped=sorted(dropped, key=lambda s: s["path"]),
         created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
+
+
+def _add_tables_and_duplicates(manifest: Manifest, out: Path, listing: SourceListing, keys: list[str],
+                               plan: list[PlannedShard], records: dict[str, dict], options: ShardOptions) -> None:
+    """Write each split's table from its shards' done records; find the duplicates among their hashes."""
+    path_of = {key: s.path for key, s in zip(keys, listing.samples)}
+    sets = []
+    for name, split in manifest.splits.items():
+        rows = [TableRows.from_record(records[s.name]["rows"]) for s in plan
+                if s.split == name and records[s.name]["shard"] is not None]  # the manifest's shards, in order
+        table = build_table(rows)
+        split.table = write_table(out, name, table)
+        if options.hashed:
+            sets.append(HashSet(name, table["exact"], table["phash"],
+                                lambda found, table=table: [path_of[table["key"][r].decode()] for r in found]))
+    if sets:
+        manifest.duplicates = find_duplicates(sets, options.dedup_threshold).to_json()
 
 
 def _reasons_summary(skipped: list[dict]) -> str:
@@ -324,4 +432,29 @@ def _summary(manifest: Manifest, out: Path, written: int, elapsed: float) -> str
         lines.append(f"    {entry['path']}: {entry['reason']}")
     if len(manifest.skipped) > 10:
         lines.append(f"    ... and {len(manifest.skipped) - 10} more (manifest.json, key 'skipped')")
+    if manifest.duplicates is not None:
+        lines += duplicates_summary(manifest.duplicates)
+    if manifest.options.get("dedup") == "drop":
+        lines.append(f"  dropped (--dedup drop): {len(manifest.dropped) or 'none'}")
+        lines += [f"    {entry['path']}: {entry['reason']}" for entry in manifest.dropped[:10]]
+        if len(manifest.dropped) > 10:
+            lines.append(f"    ... and {len(manifest.dropped) - 10} more (manifest.json, key 'dropped')")
     return "\n".join(lines)
+
+
+def _kind(pair: dict) -> str:
+    return "same pixels" if pair["exact"] else f"near ({pair['distance']})"
+
+
+def duplicates_summary(report: dict, shown: int = 5) -> list[str]:
+    """Lines for a terminal from a DuplicateReport's JSON: counts, then the first pairs of each kind."""
+    lines = [f"  duplicates (pixels identical, or perceptual hashes within {report['threshold']} bits):"]
+    for name, found in report["within"].items():
+        lines.append(f"    within {name}: {len(found['exact_groups'])} groups of identical images "
+                     f"({found['exact_copies']} extra copies), {len(found['near_pairs'])} near pairs")
+        lines += [f"      same pixels: {', '.join(group)}" for group in found["exact_groups"][:shown]]
+        lines += [f"      near ({p['distance']}): {p['a']}  {p['b']}" for p in found["near_pairs"][:shown]]
+    for pair in report["across"]:
+        lines.append(f"    {pair['a']} <-> {pair['b']}: {pair['exact_pairs']} identical, {pair['near_pairs']} near")
+        lines += [f"      {_kind(p)}: {p['a']}  {p['b']}" for p in pair["pairs"][:shown]]
+    return lines

@@ -1,7 +1,8 @@
 """What a run leaves in OUT_DIR while it works, so that a killed run can resume (img2dataset-style status).
 
     .vaedist-shard-state.json      written first: the inputs' fingerprint and the measured bytes ratio
-    .train-000003.done.json        one per finished shard: its ShardInfo and the inputs it rejected
+    .train-000003.done.json        one per finished shard: its ShardInfo, the inputs it rejected or dropped,
+                                   and its table rows (keys, hashes: table.TableRows)
     .train-000004.tar.tmp, .idx.tmp   the shard being written (swept away at the next start, like every .tmp)
     .train-000004.part00012.tmp    16 images a worker packed, not yet appended to the shard
     train-000003.tar / .idx        finished shards
@@ -26,7 +27,7 @@ from vaedist.shard.format import SHARD_FILES, ShardInfo, index_name, is_director
 from vaedist.shard.plan import PlannedShard
 
 STATE_NAME = ".vaedist-shard-state.json"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: done records hold the table rows
 DONE_FILE = re.compile(r"^\.[a-z]+-\d{6}\.done\.json$")
 
 
@@ -117,7 +118,7 @@ class OutputDir:
             record = json.loads(self.done_path(shard).read_text())
         except (FileNotFoundError, ValueError):
             return None
-        if record.get("plan") != shard.digest():
+        if record.get("plan") != shard.digest() or "rows" not in record:  # "rows": not a record of an older run
             return None
         info = record.get("shard")
         if info is not None:  # None: every sample was rejected, nothing to check on disk
@@ -126,8 +127,10 @@ class OutputDir:
                 return None
         return record
 
-    def mark_finished(self, shard: PlannedShard, info: ShardInfo | None, skipped: list[dict]) -> dict:
-        record = {"plan": shard.digest(), "shard": asdict(info) if info else None, "skipped": skipped}
+    def mark_finished(self, shard: PlannedShard, info: ShardInfo | None, skipped: list[dict], dropped: list[dict],
+                      rows: dict) -> dict:
+        record = {"plan": shard.digest(), "shard": asdict(info) if info else None, "skipped": skipped,
+                  "dropped": dropped, "rows": rows}
         write_json_atomic(self.done_path(shard), record)
         return record
 

@@ -17,12 +17,12 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from itertools import islice
 from typing import Iterator, Sequence
 
-from vaedist.shard.format import IndexEntry, SampleMeta, sample_members
+from vaedist.shard.format import ImageHashes, IndexEntry, SampleMeta, sample_members
 from vaedist.shard.images import ImageOptions, ImageRejected, PreparedImage, configure_pillow, prepare_image
 from vaedist.shard.plan import PlannedShard, probe_indices
 from vaedist.shard.sources import SourceListing
@@ -82,6 +82,9 @@ class PackedChunk:
     size: int
     samples: list[list[IndexEntry]]  # index entries of the packed samples, offsets relative to the part
     skipped: list[tuple[int, str]]  # (index, reason) of the rejected inputs
+    indices: list[int]  # [packed sample] -> its index in listing.samples
+    spans: list[tuple[int, int]]  # [packed sample] -> (offset, bytes) of all its members in the part
+    hashes: list[ImageHashes] | None  # [packed sample] -> its hashes; None when not asked for
 
 
 def _prepare_one(path: str, options: ImageOptions) -> PreparedImage | str:
@@ -107,14 +110,21 @@ def _pack_chunk(part: str, items: list[ChunkItem], options: ImageOptions) -> Pac
     packed = 0  # bytes in `pieces`
     samples: list[list[IndexEntry]] = []
     skipped: list[tuple[int, str]] = []
+    indices: list[int] = []
+    spans: list[tuple[int, int]] = []
+    hashes: list[ImageHashes] = []
     for item in items:
         result = _prepare_one(item.path, options)
         if isinstance(result, str):
             skipped.append((item.index, result))
             continue
-        meta = SampleMeta(item.path_in_root, result.width, result.height, item.split, item.class_name)
+        meta = SampleMeta(item.path_in_root, result.width, result.height, item.split, item.class_name, result.hashes)
         members, size, entries = encode_members(sample_members(item.key, result.jpeg, meta, item.label))
         samples.append([(name, packed + offset, length) for name, offset, length in entries])
+        indices.append(item.index)
+        spans.append((packed, size))
+        if result.hashes is not None:
+            hashes.append(result.hashes)
         pieces += members
         packed += size
     if packed:
@@ -123,7 +133,7 @@ def _pack_chunk(part: str, items: list[ChunkItem], options: ImageOptions) -> Pac
             write_pieces(fd, pieces)
         finally:
             os.close(fd)
-    return PackedChunk(part, packed, samples, skipped)
+    return PackedChunk(part, packed, samples, skipped, indices, spans, hashes if options.hashes else None)
 
 
 def chunk_tasks(output: OutputDir, listing: SourceListing, keys: list[str],
@@ -175,6 +185,7 @@ def measure_bytes_ratio(pool: ProcessPoolExecutor, listing: SourceListing, seed:
     if options.max_side is None:
         return 1.0
     paths = [f"{listing.root}/{listing.samples[i].path}" for i in probe_indices(listing, seed)]
+    options = replace(options, hashes=False)  # sizes only
     sizes = [size for size in pool.map(partial(_stored_size, options=options), paths) if size]
     stored, source = sum(s for s, _ in sizes), sum(s for _, s in sizes)
     return round(stored / source, 6) if source else 1.0

@@ -231,6 +231,22 @@ class ShardWriter:
         self._add_index(self._bytes, samples)
         self._appended(size)
 
+    def append_part_subset(self, part: str | Path, spans: list[tuple[int, int]], samples: list[list[IndexEntry]],
+                           keep: list[bool]) -> None:
+        """Append only the samples of `part` marked in `keep` (--dedup drop): each sample's members are one
+        contiguous span of the part, (offset, bytes); its index entries are part-relative like `samples`."""
+        data = memoryview(Path(part).read_bytes())  # one chunk of images: ~1 MB
+        pieces, kept, size = [], [], 0
+        for (start, length), entries, wanted in zip(spans, samples, keep, strict=True):
+            if wanted:
+                pieces.append(data[start : start + length])
+                kept.append([(name, size + offset - start, n) for name, offset, n in entries])
+                size += length
+        if size:
+            self._write_all(b"".join(pieces))
+            self._add_index(self._bytes, kept)
+            self._appended(size)
+
     def _read_hash_write_part(self, part: str | Path, size: int) -> int:
         if len(self._buffer) < size:
             self._buffer = bytearray(size)

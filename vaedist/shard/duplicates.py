@@ -1,0 +1,217 @@
+"""Exact and near duplicates among image hashes (definitions: format.EXACT_HASH, format.PERCEPTUAL_HASH).
+
+    near_pairs(codes, threshold)             every i < j with Hamming(codes[i], codes[j]) <= threshold
+    near_pairs(codes, threshold, others)     every (i, j) across two sets within the threshold
+    exact_groups(exact)                      rows sharing one exact hash (groups of two or more)
+    find_duplicates({"train": set, ...})     the report: within each set, across each pair of sets
+    DropFilter(threshold)                    --dedup drop's decision, one image after the other
+
+Hamming search is faiss's `IndexBinaryFlat` range search: every pair is compared, in C (a popcount per
+pair, ~0.5 ns here, on all cores through OpenMP), in blocks so that memory stays bounded. Chosen by
+measurement on 265,000 random 64-bit codes with planted pairs (docs/benchmarks.md, "Duplicates"): it was
+as fast as or faster than faiss's multi-index hashing (`IndexBinaryMultiHash`, 3x21 bits, 2 flips:
+35 s against 38 s; 4x16 bits: 178 s) and, unlike an index that buckets codes, its time does not depend
+on how the codes cluster (perceptual hashes of real photos do) or on the threshold. Recall is exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from vaedist.shard.format import EXACT_HASH, EXACT_HASH_BYTES, PERCEPTUAL_HASH, ImageHashes
+
+# Hamming distance <= this between two perceptual hashes = a near duplicate (--dedup-threshold). Chosen by
+# measurement (`python -m vaedist.bench dedup threshold`; docs/benchmarks.md): every resized and every
+# re-compressed copy (down to JPEG quality 10) of the test photographs is within it, most 2 %-crops too,
+# and of 8,000+ pairs of distinct photographs only degenerate near-black tiles come this close.
+DEFAULT_THRESHOLD = 8
+BLOCK = 16_384  # query rows per faiss call: bounds the result buffers, keeps every core busy
+
+
+def _as_codes(phash: np.ndarray) -> np.ndarray:
+    """uint64 [n] -> uint8 [n, 8], the layout faiss's binary indexes take (byte order does not matter to a
+    Hamming distance, as long as both sides share it)."""
+    return np.ascontiguousarray(phash, dtype=np.uint64).view(np.uint8).reshape(-1, 8)
+
+
+def near_pairs(phash: np.ndarray, threshold: int, others: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, distance) of every pair within `threshold`: i < j inside `phash` when `others` is None, else
+    i in `phash` and j in `others`. Sorted by (i, j)."""
+    import faiss  # ~0.2 s to import: only the runs that compare hashes pay it
+
+    codes = _as_codes(phash)
+    targets = codes if others is None else _as_codes(others)
+    found_i, found_j, found_d = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int16)]
+    for start in range(0, len(codes), BLOCK):
+        queries = codes[start : start + BLOCK]
+        # within one set, compare each row only with the rows from its block on (half the work)
+        offset = start if others is None else 0
+        if offset >= len(targets):
+            break
+        index = faiss.IndexBinaryFlat(64)
+        index.add(targets[offset:])
+        limits, distances, labels = index.range_search(queries, threshold + 1)  # faiss: distance < radius
+        rows = np.repeat(np.arange(start, start + len(queries)), np.diff(limits).astype(np.int64))
+        labels = labels.astype(np.int64) + offset
+        keep = rows < labels if others is None else np.ones(len(rows), bool)
+        found_i.append(rows[keep])
+        found_j.append(labels[keep])
+        found_d.append(distances[keep].astype(np.int16))
+    i, j, d = (np.concatenate(a) for a in (found_i, found_j, found_d))
+    order = np.lexsort((j, i))
+    return i[order], j[order], d[order]
+
+
+def exact_groups(exact: np.ndarray) -> list[np.ndarray]:
+    """Rows that share one exact hash, each group sorted, groups in the order of their first row."""
+    if len(exact) == 0:
+        return []
+    keys = np.ascontiguousarray(exact).view(f"V{EXACT_HASH_BYTES}").ravel()
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    rows = np.argsort(inverse, kind="stable")
+    groups = np.split(rows, np.cumsum(counts)[:-1])
+    return sorted((g for g in groups if len(g) > 1), key=lambda g: int(g[0]))
+
+
+@dataclass
+class HashSet:
+    """One set of images to compare (a split of a shard directory): their hashes, and how to name them."""
+
+    name: str  # "train"; in the dedup CLI "shards/coco:val"
+    exact: np.ndarray  # [n] V16
+    phash: np.ndarray  # [n] uint64
+    paths: Callable[[list[int]], list[str]]  # rows -> the paths to report (only the rows a report names)
+
+
+@dataclass
+class DuplicateReport:
+    """What find_duplicates found. `to_json()` is the manifest's "duplicates" and the CLI's report.json:
+
+    {"threshold": 8, "exact_hash": EXACT_HASH, "perceptual_hash": PERCEPTUAL_HASH,
+     "within": {"train": {"images": 118287, "exact_groups": [[path, path, ...], ...], "exact_copies": 3,
+                          "near_pairs": [{"a": path, "b": path, "distance": 4}, ...]}, ...},
+     "across": [{"a": "train", "b": "val", "exact_pairs": 1, "near_pairs": 2,
+                 "pairs": [{"a": path in a, "b": path in b, "distance": 0, "exact": true}, ...]}, ...]}
+
+    Near pairs within a set leave out the pairs of one exact group (those are the groups); pairs are sorted
+    exact first, then by distance.
+    """
+
+    threshold: int
+    within: dict[str, dict] = field(default_factory=dict)
+    across: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"threshold": self.threshold, "exact_hash": EXACT_HASH, "perceptual_hash": PERCEPTUAL_HASH,
+                "within": self.within, "across": self.across}
+
+
+def _names(hashes: HashSet, rows) -> dict[int, str]:
+    unique = sorted({int(r) for r in rows})
+    return dict(zip(unique, hashes.paths(unique)))
+
+
+def _within(hashes: HashSet, threshold: int) -> dict:
+    groups = exact_groups(hashes.exact)
+    i, j, d = near_pairs(hashes.phash, threshold)
+    other = hashes.exact[i] != hashes.exact[j]  # exact copies are reported as groups, not again as pairs
+    i, j, d = i[other], j[other], d[other]
+    names = _names(hashes, np.concatenate([*groups, i, j]) if groups or len(i) else [])
+    pairs = sorted(zip(d.tolist(), i.tolist(), j.tolist()))
+    return {"images": len(hashes.phash), "exact_groups": [[names[int(r)] for r in g] for g in groups],
+            "exact_copies": sum(len(g) - 1 for g in groups),
+            "near_pairs": [{"a": names[a], "b": names[b], "distance": dist} for dist, a, b in pairs]}
+
+
+def _across(a: HashSet, b: HashSet, threshold: int) -> dict:
+    i, j, d = near_pairs(a.phash, threshold, b.phash)
+    exact = (a.exact[i] == b.exact[j]).tolist()
+    names_a, names_b = _names(a, i), _names(b, j)
+    pairs = sorted(zip([not e for e in exact], d.tolist(), i.tolist(), j.tolist()))
+    return {"a": a.name, "b": b.name, "exact_pairs": sum(exact), "near_pairs": len(exact) - sum(exact),
+            "pairs": [{"a": names_a[x], "b": names_b[y], "distance": dist, "exact": not near}
+                      for near, dist, x, y in pairs]}
+
+
+def find_duplicates(sets: list[HashSet], threshold: int = DEFAULT_THRESHOLD) -> DuplicateReport:
+    """Exact groups and near pairs within each set, and every exact or near pair across each two sets."""
+    report = DuplicateReport(threshold)
+    for hashes in sets:
+        report.within[hashes.name] = _within(hashes, threshold)
+    for n, a in enumerate(sets):
+        for b in sets[n + 1 :]:
+            report.across.append(_across(a, b, threshold))
+    return report
+
+
+class DropFilter:
+    """--dedup drop, one image at a time in the order the sharder writes them (val first, then train):
+    an image is kept unless its pixels or its perceptual hash (within the threshold) match an image kept
+    before it; the kept ones are what later images are compared with.
+
+    The decision depends only on that order and the hashes, so a resumed run that first replays the kept
+    images of its finished shards (`keep`) decides every later image exactly as an uninterrupted run.
+    """
+
+    def __init__(self, threshold: int):
+        self.threshold = threshold
+        self._exact: dict[bytes, str] = {}  # exact hash -> the kept image's label ("val val2017/x.jpg")
+        self._codes = np.zeros(1024, np.uint64)  # kept perceptual hashes; grows by doubling
+        self._labels: list[str] = []
+        self._index = None  # faiss IndexBinaryFlat over the kept codes, created on first use
+
+    def keep(self, hashes: ImageHashes, label: str) -> None:
+        self._exact.setdefault(hashes.exact, label)
+        if len(self._labels) == len(self._codes):
+            self._codes = np.concatenate([self._codes, np.zeros(len(self._codes), np.uint64)])
+        self._codes[len(self._labels)] = hashes.perceptual
+        self._labels.append(label)
+        if self._index is not None:
+            self._index.add(_as_codes(self._codes[len(self._labels) - 1 : len(self._labels)]))
+
+    def decide(self, batch: list[tuple[ImageHashes, str]]) -> list[str | None]:
+        """For each (hashes, label) in order: None (keep: it is remembered) or the reason it is dropped."""
+        import faiss  # ~0.2 s to import: only --dedup drop pays it
+
+        if self._index is None:
+            self._index = faiss.IndexBinaryFlat(64)
+            self._index.add(_as_codes(self._codes[: len(self._labels)]))
+        known = len(self._labels)
+        matches: list[list[tuple[int, int]]] = [[] for _ in batch]
+        if known and batch:
+            queries = _as_codes(np.array([h.perceptual for h, _ in batch], np.uint64))
+            # One thread: this runs in the sharder's writing process while the workers use every core, and
+            # OpenMP's idle threads would spin on the decoders' cores.
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)
+            try:
+                limits, distances, labels = self._index.range_search(queries, self.threshold + 1)
+            finally:
+                faiss.omp_set_num_threads(threads)
+            for q in range(len(batch)):
+                lo, hi = int(limits[q]), int(limits[q + 1])
+                matches[q] = sorted(zip(distances[lo:hi].astype(int).tolist(), labels[lo:hi].tolist()))
+        reasons: list[str | None] = []
+        for q, (hashes, label) in enumerate(batch):
+            reason = self._reason(hashes, matches[q], known)
+            reasons.append(reason)
+            if reason is None:
+                self.keep(hashes, label)
+        return reasons
+
+    def _reason(self, hashes: ImageHashes, matches: list[tuple[int, int]], known: int) -> str | None:
+        twin = self._exact.get(hashes.exact)
+        if twin is not None:
+            return f"same pixels as {twin}"
+        # images kept earlier in this batch are past `known`: compared here, not by the index
+        for row in range(known, len(self._labels)):
+            distance = (int(self._codes[row]) ^ hashes.perceptual).bit_count()
+            if distance <= self.threshold:
+                matches.append((distance, row))
+        if matches:
+            distance, row = min(matches)
+            return f"near copy (perceptual distance {distance}) of {self._labels[row]}"
+        return None

@@ -1,0 +1,112 @@
+"""An image's two hashes, computed from the pixels the sharder decoded to check it (no second decode).
+
+    hashes = image_hashes(img, straight_from_decoder=True)   # format.ImageHashes(exact, perceptual)
+
+exact (format.EXACT_HASH): xxh3-128 over a header with the size and the upright pixels as 8-bit RGBA, alpha
+    255. Any two files that decode to the same pixels match — a byte copy, a PNG or lossless WebP re-save,
+    a grey JPEG and its RGB copy, an EXIF-rotated JPEG and its upright copy — and nothing else does: a JPEG
+    re-encode (even at quality 100) changes pixels, so it is a *near* copy. With --max-side a JPEG is
+    decoded at a reduced scale (DCT-domain, what the sharder stores): its exact hash covers those pixels,
+    so byte copies still match exactly but a PNG re-save of it only as a near copy.
+    xxh3, not sha256: this is a duplicate finder, not a signature, and sha256 over 1.2 MB of pixels took
+    ~0.5 ms here (half the decode), xxh3 ~20 us; 128 bits make an accidental collision among 10^6 images
+    ~10^-27 likely.
+perceptual (format.PERCEPTUAL_HASH): imagehash's pHash (the 8x8 lowest frequencies of a 32x32 DCT, each
+    bit above or below their median) of the green channel, box-averaged to ~32x32 first. The box average
+    over the whole image, not a sample of its pixels, is what makes it stable under resizing (sampled
+    thumbnails moved resized copies by up to 26 bits); green rather than luma because extracting one
+    channel is ~3x cheaper than converting to grey, and on the test photographs it moved planted copies no
+    more (docs/benchmarks.md, "Duplicates"). Grey images use their one channel, which is the green of their
+    RGB copy.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import imagehash
+import xxhash
+from PIL import Image
+
+from vaedist.shard.format import ImageHashes
+
+PHASH_INPUT_SIDE = 32  # imagehash.phash's own working size (hash_size 8 x highfreq_factor 4)
+
+
+def image_hashes(img: Image.Image, straight_from_decoder: bool = False) -> ImageHashes:
+    """Both hashes of an upright RGB or grey ("L") image.
+
+    `straight_from_decoder`: `img` is an RGB image as Pillow's decoder produced it, whose hidden fourth byte
+    per pixel is 255 (libjpeg-turbo and Pillow's unpackers write it so; the tests check it against the
+    general path), so its memory can be hashed in place. Other images (composited, converted) go through
+    a copy that sets that byte.
+    """
+    return ImageHashes(exact=exact_hash(img, straight_from_decoder), perceptual=perceptual_hash(img))
+
+
+def exact_hash(img: Image.Image, straight_from_decoder: bool = False) -> bytes:
+    digest = xxhash.xxh3_128(b"RGBA8 %d %d\n" % img.size)
+    in_place = _pixel_memory(img) if straight_from_decoder and img.mode == "RGB" else None
+    if in_place is not None:
+        digest.update(in_place[1])
+    else:
+        digest.update(img.convert("RGBA").tobytes())  # RGB -> RGBA sets alpha 255; grey is replicated
+    return digest.digest()
+
+
+def perceptual_hash(img: Image.Image) -> int:
+    channel = img.getchannel("G") if img.mode == "RGB" else img.convert("L")
+    factor = (max(1, channel.width // PHASH_INPUT_SIDE), max(1, channel.height // PHASH_INPUT_SIDE))
+    return int(str(imagehash.phash(channel.reduce(factor))), 16)
+
+
+# --- the pixels in place -------------------------------------------------------------------------------------
+# Pillow stores an RGB image as 4 bytes per pixel; tobytes() repacks them to 3 (~150 us for 640x480 here,
+# 8x the hash itself). Pillow (>= 11.2) also exports its memory through the Arrow C data interface, a
+# stable C ABI: the array's one child holds the pixels as RGBX bytes. Read through ctypes, without a copy.
+
+
+class _ArrowArray(ctypes.Structure):
+    pass
+
+
+_ArrowArray._fields_ = [("length", ctypes.c_int64), ("null_count", ctypes.c_int64), ("offset", ctypes.c_int64),
+                        ("n_buffers", ctypes.c_int64), ("n_children", ctypes.c_int64),
+                        ("buffers", ctypes.POINTER(ctypes.c_void_p)),
+                        ("children", ctypes.POINTER(ctypes.POINTER(_ArrowArray))),
+                        ("dictionary", ctypes.c_void_p), ("release", ctypes.c_void_p),
+                        ("private_data", ctypes.c_void_p)]
+
+
+class _ArrowSchema(ctypes.Structure):
+    pass
+
+
+_ArrowSchema._fields_ = [("format", ctypes.c_char_p), ("name", ctypes.c_char_p), ("metadata", ctypes.c_char_p),
+                         ("flags", ctypes.c_int64), ("n_children", ctypes.c_int64),
+                         ("children", ctypes.POINTER(ctypes.POINTER(_ArrowSchema))),
+                         ("dictionary", ctypes.c_void_p), ("release", ctypes.c_void_p),
+                         ("private_data", ctypes.c_void_p)]
+
+_capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+_capsule_pointer.restype = ctypes.c_void_p
+_capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+
+def _pixel_memory(img: Image.Image) -> tuple[object, memoryview] | None:
+    """(owner, RGBX bytes of `img`, row by row) without a copy; None where Pillow cannot export them (older
+    Pillow, an image stored in several blocks): the caller then copies. Keep `owner` alive while reading."""
+    try:
+        schema_capsule, array_capsule = img.__arrow_c_array__()
+    except (AttributeError, ValueError, OSError):
+        return None
+    schema = _ArrowSchema.from_address(_capsule_pointer(schema_capsule, b"arrow_schema"))
+    array = _ArrowArray.from_address(_capsule_pointer(array_capsule, b"arrow_array"))
+    # RGB images come as fixed-size lists of 4 bytes: anything else is not the layout we hash
+    if (schema.format != b"+w:4" or schema.n_children != 1 or schema.children[0].contents.format != b"C"
+            or array.n_children != 1 or array.length != img.width * img.height or array.offset != 0):
+        return None
+    pixels = array.children[0].contents
+    if pixels.n_buffers != 2 or pixels.offset != 0 or pixels.length != 4 * img.width * img.height:
+        return None
+    data = (ctypes.c_char * pixels.length).from_address(pixels.buffers[1])
+    return (schema_capsule, array_capsule), memoryview(data).cast("B")
