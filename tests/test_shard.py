@@ -272,8 +272,9 @@ def test_rerun_on_complete_output_says_so_and_changes_nothing(sample_trees, tmp_
             "--shard-size", "500KB")
     assert _run_cli(*args).returncode == 0
     before = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in tmp_path.iterdir()}
-    assert sorted(before) == sorted(["manifest.json"] + [n for s in load_manifest(tmp_path).splits.values()
-                                                         for sh in s.shards for n in (sh.name, sh.index)])
+    splits = load_manifest(tmp_path).splits.values()
+    assert sorted(before) == sorted(["manifest.json"] + [s.table.name for s in splits]
+                                    + [n for s in splits for sh in s.shards for n in (sh.name, sh.index)])
     again = _run_cli(*args)
     assert again.returncode == 0 and "already complete" in again.stdout
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in tmp_path.iterdir()} == before

@@ -80,12 +80,14 @@ def test_killed_sharder_resumes_without_duplicates(photo_folder, tmp_path, read_
     manifest = load_manifest(out)
     reference = shard_dataset("folder", photo_folder, tmp_path / "reference", workers=2, shard_size="300KB", seed=7,
                               val_fraction=0.1, progress=False)
-    assert manifest.splits == reference.splits  # same shards, same bytes (sha256), same counts
+    assert manifest.splits == reference.splits  # same shards, same bytes (sha256), same counts, same tables
+    assert all(s.table is not None and s.table.rows == s.samples for s in manifest.splits.values())
     assert manifest.splits["train"].samples + manifest.splits["val"].samples == IMAGES
     assert len(manifest.splits["train"].shards) > 10
     samples = read_shards(out, manifest)  # asserts every key is in one shard only
     assert sorted(s["meta"]["path"] for s in samples.values()) == sorted(p.name for p in photo_folder.iterdir())
-    expected = {"manifest.json"} | {n for s in manifest.splits.values() for sh in s.shards for n in (sh.name, sh.index)}
+    expected = {"manifest.json"} | {s.table.name for s in manifest.splits.values()} | \
+        {n for s in manifest.splits.values() for sh in s.shards for n in (sh.name, sh.index)}
     assert {p.name for p in out.iterdir()} == expected  # no temporary, state or done files left
     for split in ("train", "val"):
         assert len(dali_read_all(out, manifest, split, ["jpg", "json"])) == manifest.splits[split].samples

@@ -6,7 +6,8 @@ import sys
 
 from vaedist.errors import run_cli
 from vaedist.shard.images import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS
-from vaedist.shard.sharder import DEFAULT_SHARD_SIZE, default_workers, shard_dataset
+from vaedist.shard.duplicates import DEFAULT_THRESHOLD
+from vaedist.shard.sharder import DEDUP_MODES, DEFAULT_SHARD_SIZE, default_workers, shard_dataset
 from vaedist.shard.sources import DEFAULT_COCO_TRAIN_DIRS, SOURCES
 
 DESCRIPTION = """\
@@ -64,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--coco-train-dirs", default=",".join(DEFAULT_COCO_TRAIN_DIRS),
                         help="coco only: comma-separated folders that make split train (default: %(default)s; "
                         "older downloads name the test split test2015)")
+    parser.add_argument("--dedup", choices=DEDUP_MODES, default="report",
+                        help="report (default): hash every image (exact pixels + perceptual) into its .json and the "
+                        "split's table, and report exact copies, near copies and train<->val pairs in the summary and "
+                        "manifest.json; drop: also keep one copy within a split and remove from train every image "
+                        "matching a val image (val is never changed; manifest.json lists them under 'dropped'); "
+                        "off: no hashes, no report")
+    parser.add_argument("--dedup-threshold", type=int, default=DEFAULT_THRESHOLD, metavar="BITS",
+                        help="near copies: perceptual hashes at most this many of 64 bits apart (default: "
+                        "%(default)s, chosen by `python -m vaedist.bench dedup threshold`)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace shards, index files and manifest already in --out (other files stay)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar and no summary")
@@ -84,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         max_pixels=args.max_pixels,
         jpeg_quality=args.jpeg_quality,
         coco_train_dirs=tuple(d.strip() for d in args.coco_train_dirs.split(",") if d.strip()),
+        dedup=args.dedup,
+        dedup_threshold=args.dedup_threshold,
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )

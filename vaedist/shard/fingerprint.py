@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ctypes
 
-import imagehash
 import xxhash
 from PIL import Image
 
@@ -54,6 +53,10 @@ def exact_hash(img: Image.Image, straight_from_decoder: bool = False) -> bytes:
 
 
 def perceptual_hash(img: Image.Image) -> int:
+    # imagehash imports SciPy and numpy (~0.3 s, OpenBLAS's threads): only the worker processes that hash pay
+    # for it, not the sharder's writing process (which imports this module through images.py) nor --dedup off
+    import imagehash
+
     channel = img.getchannel("G") if img.mode == "RGB" else img.convert("L")
     factor = (max(1, channel.width // PHASH_INPUT_SIDE), max(1, channel.height // PHASH_INPUT_SIDE))
     return int(str(imagehash.phash(channel.reduce(factor))), 16)

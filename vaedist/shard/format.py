@@ -27,7 +27,7 @@ manifest.json
     "train": {"samples": 118287, "shards": [{"name": "train-000000.tar", "index": "train-000000.idx",
                                               "samples": 1234, "bytes": 123456789, "sha256": "..."}, ...],
               "table": {"name": "train-table.npy", "rows": 118287, "bytes": 5678901, "sha256": "...",
-                        "columns": ["key", "shard", "position", "exact", "phash"]}},
+                        "columns": ["key", "shard", "position", "exact", "phash"], "version": 1}},
     "val": {...}
   },
   "skipped": [{"path": "train2017/bad.jpg", "reason": "truncated JPEG"}, ...],
@@ -54,7 +54,9 @@ the member's data (its 512-byte header excluded). v1.1 files (no member name) ar
 The per-split tables: `<split>-table.npy`, a NumPy structured array (`numpy.load(path, mmap_mode="r")`
 maps it without reading it), one row per sample of the split in the order the shards hold them (shard by
 shard as the manifest lists them, each in its .idx order), the columns TABLE_COLUMNS, each a fixed-size
-little-endian field. Written by vaedist.shard.table (atomically, after every shard), read through it too.
+little-endian field. Written by vaedist.shard.table (atomically, once every shard is written), read through
+it too: a reader names the columns it needs (a table without them is a one-line error), so a column can be
+added without breaking readers; TABLE_VERSION changes only when a column changes meaning.
 """
 from __future__ import annotations
 
@@ -349,6 +351,8 @@ TABLE_COLUMNS: tuple[TableColumn, ...] = (
     TableColumn("phash", "<u8", "PERCEPTUAL_HASH, as an unsigned 64-bit integer"),
 )
 HASH_COLUMNS = ("exact", "phash")  # absent from tables written with --dedup off
+COMPUTED_COLUMNS = ("shard", "position")  # filled from the shards' order; every other column from the samples
+TABLE_VERSION = 1  # bumped when a column changes meaning (adding a column does not: readers ask for theirs)
 
 
 @dataclass
@@ -360,6 +364,7 @@ class TableInfo:
     bytes: int
     sha256: str
     columns: list[str]
+    version: int = TABLE_VERSION
 
     @property
     def hashed(self) -> bool:

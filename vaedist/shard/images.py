@@ -18,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vaedist.shard.fingerprint import image_hashes
 from vaedist.shard.format import ImageHashes
 
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000x8000: above any photo in COCO/Food-101 (<= 640 px); ~190 MB as RGB
@@ -90,23 +91,15 @@ def prepare_image(path: str | Path, options: ImageOptions) -> PreparedImage:
         upright_w, upright_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
         if _is_clean_jpeg(img, orientation) and not scale_to:
             # the decoder's own RGB image: its memory can be hashed in place (fingerprint.py)
-            hashes = _hashes(img, straight_from_decoder=True) if options.hashes else None
+            hashes = image_hashes(img, straight_from_decoder=True) if options.hashes else None
             return PreparedImage(jpeg=data, width=width, height=height, copied=True, hashes=hashes)
         clean = _to_rgb(ImageOps.exif_transpose(img) if orientation != 1 else img)
-        hashes = _hashes(clean, straight_from_decoder=False) if options.hashes else None
+        hashes = image_hashes(clean, straight_from_decoder=False) if options.hashes else None
         if scale_to:
             clean = clean.resize(scale_to, Image.Resampling.LANCZOS)
         out = io.BytesIO()
         clean.save(out, format="JPEG", quality=options.jpeg_quality)
         return PreparedImage(jpeg=out.getvalue(), width=upright_w, height=upright_h, copied=False, hashes=hashes)
-
-
-def _hashes(img: Image.Image, straight_from_decoder: bool) -> ImageHashes:
-    # Imported here, in the workers that hash: imagehash imports numpy (OpenBLAS's thread pool) and SciPy,
-    # which the sharder's writing process and --dedup off never need (see _to_rgb on numpy's idle threads).
-    from vaedist.shard.fingerprint import image_hashes
-
-    return image_hashes(img, straight_from_decoder)
 
 
 def _decode(img: Image.Image) -> None:

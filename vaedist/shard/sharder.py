@@ -358,7 +358,7 @@ def _write_shard(shard: PlannedShard, output: OutputDir, listing: SourceListing,
                 row_hashes += [chunk.hashes[n] for n in kept]
             skipped += [{"path": listing.samples[i].path, "reason": reason} for i, reason in chunk.skipped]
             bar.update(len(chunk.indices) + len(chunk.skipped))
-        rows = TableRows(row_keys, row_hashes)
+        rows = TableRows.of_samples(row_keys, row_hashes)
         outcome = {"skipped": skipped, "dropped": dropped, "rows": rows.to_record()}
         return (writer.close() if writer.samples else None), outcome
 

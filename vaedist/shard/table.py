@@ -1,15 +1,19 @@
 """The per-split tables (`train-table.npy`, `val-table.npy`; format: format.TABLE_COLUMNS): built, written, read.
 
-    rows = TableRows.from_record(record)                  per shard, what its done record holds
-    table = build_table([rows, ...])                      a split's shards, in the manifest's order
-    info = write_table(out_dir, "train", table)           after the last shard: one .npy, atomically
-    table = read_table(out_dir, manifest, "train")        a read-only memory map: table["phash"], ...
+    rows = TableRows.of_samples(keys, hashes)              per shard, in its order (the sharder's workers' output)
+    record = rows.to_record(); TableRows.from_record(record)   what the shard's done record holds (state.py)
+    table = build_table([rows, ...])                       a split's shards, in the manifest's order
+    info = write_table(out_dir, "train", table)            once every shard is written: one .npy, atomically
+    table = read_table(out_dir, manifest, "train", columns=("phash",))   a read-only memory map
 
 A table is a NumPy structured array saved with `numpy.save`, so any tool maps it (`numpy.load(path,
 mmap_mode="r")`) without vaedist; its rows follow the samples in shard order, so row i of the train table is
 the i-th sample of the split as the manifest's shards list them. While the sharder runs, each finished
 shard's rows live in its done record (state.py), written with the shard: a run killed and resumed builds
 the table from the same records, so it comes out byte for byte like an uninterrupted run's.
+
+A new column is a TableColumn in format.py plus its values in `TableRows.columns` where the sharder builds
+the rows; nothing here names a column except the computed ones (shard, position) and the hashes' helpers.
 """
 from __future__ import annotations
 
@@ -17,53 +21,80 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from vaedist.errors import UserError
-from vaedist.shard.format import (HASH_COLUMNS, RESHARD, TABLE_COLUMNS, ImageHashes, Manifest, TableInfo,
-                                  table_name, temporary_name)
+from vaedist.shard.format import (COMPUTED_COLUMNS, HASH_COLUMNS, RESHARD, TABLE_COLUMNS, TABLE_VERSION, ImageHashes,
+                                  Manifest, TableInfo, table_name, temporary_name)
+
+_COLUMNS = {column.name: column for column in TABLE_COLUMNS}
 
 
 @dataclass(frozen=True)
 class TableRows:
-    """The rows of one shard: its samples' keys and hashes (None with --dedup off), in the shard's order."""
+    """One shard's rows, in its order: column name -> one JSON value per sample (text for `key`, hex for a
+    bytes ("V") column, numbers otherwise). `shard` and `position` are not stored: build_table computes them."""
 
-    keys: list[str]
-    hashes: list[ImageHashes] | None
+    columns: dict[str, list]
+
+    def __post_init__(self):
+        unknown = set(self.columns) - set(_COLUMNS) | set(self.columns) & set(COMPUTED_COLUMNS)
+        if unknown or "key" not in self.columns or len({len(v) for v in self.columns.values()}) > 1:
+            raise ValueError(f"table rows need 'key' and columns of TABLE_COLUMNS of one length, got {sorted(self.columns)}")
+
+    def __len__(self) -> int:
+        return len(self.columns["key"])
+
+    @classmethod
+    def of_samples(cls, keys: list[str], hashes: list[ImageHashes] | None) -> "TableRows":
+        columns: dict[str, list] = {"key": list(keys)}
+        if hashes is not None:
+            columns["exact"] = [h.exact_hex for h in hashes]
+            columns["phash"] = [h.perceptual for h in hashes]
+        return cls(columns)
+
+    @property
+    def keys(self) -> list[str]:
+        return self.columns["key"]
+
+    @property
+    def hashes(self) -> list[ImageHashes] | None:
+        if not all(name in self.columns for name in HASH_COLUMNS):
+            return None
+        return [ImageHashes(bytes.fromhex(e), int(p)) for e, p in zip(self.columns["exact"], self.columns["phash"])]
 
     def to_record(self) -> dict:
-        """JSON for the shard's done record: hashes as hex, like the samples' .json members."""
-        hashes = [[h.exact_hex, h.perceptual_hex] for h in self.hashes] if self.hashes is not None else None
-        return {"keys": self.keys, "hashes": hashes}
+        return dict(self.columns)
 
     @classmethod
     def from_record(cls, record: dict) -> "TableRows":
-        hashes = record["hashes"]
-        return cls(keys=list(record["keys"]),
-                   hashes=[ImageHashes(bytes.fromhex(e), int(p, 16)) for e, p in hashes] if hashes is not None else None)
-
-
-def table_dtype(key_width: int, hashed: bool) -> np.dtype:
-    """The table's row type: TABLE_COLUMNS, keys as wide as the longest (at least 1), hashes when hashed."""
-    fields = [(c.name, f"S{max(1, key_width)}" if c.dtype == "S" else c.dtype) for c in TABLE_COLUMNS
-              if hashed or c.name not in HASH_COLUMNS]
-    return np.dtype(fields)
+        return cls({name: list(values) for name, values in record.items()})
 
 
 def build_table(shards: list[TableRows]) -> np.ndarray:
-    """One structured array from the rows of a split's shards, in the order given (the manifest's)."""
-    hashed = all(rows.hashes is not None for rows in shards)
+    """One structured array from the rows of a split's shards, in the order given (the manifest's). Its
+    columns: TABLE_COLUMNS's order, those every shard has (the hashes only when every shard was hashed)."""
+    present = set.intersection(*(set(rows.columns) for rows in shards)) if shards else {"key"}
+    names = [c.name for c in TABLE_COLUMNS if c.name in present or c.name in COMPUTED_COLUMNS]
     keys = [key.encode("ascii") for rows in shards for key in rows.keys]
-    table = np.zeros(len(keys), table_dtype(max(map(len, keys), default=1), hashed))
-    table["key"] = keys
-    table["shard"] = np.repeat(np.arange(len(shards), dtype=np.uint32), [len(rows.keys) for rows in shards])
-    table["position"] = np.concatenate([np.arange(len(rows.keys), dtype=np.uint32) for rows in shards]
-                                       or [np.zeros(0, np.uint32)])
-    if hashed:
-        hashes = [h for rows in shards for h in rows.hashes]
-        table["exact"] = np.frombuffer(b"".join(h.exact for h in hashes), dtype=table.dtype["exact"])
-        table["phash"] = np.array([h.perceptual for h in hashes], dtype=np.uint64)
+    width = max(map(len, keys), default=1)
+    dtype = np.dtype([(n, f"S{width}" if _COLUMNS[n].dtype == "S" else _COLUMNS[n].dtype) for n in names])
+    table = np.zeros(len(keys), dtype)
+    table["shard"] = np.repeat(np.arange(len(shards), dtype=np.uint32), [len(rows) for rows in shards])
+    table["position"] = np.concatenate([np.arange(len(rows), dtype=np.uint32) for rows in shards] or [np.zeros(0, np.uint32)])
+    for name in names:
+        if name in COMPUTED_COLUMNS:
+            continue
+        values = [v for rows in shards for v in rows.columns[name]]
+        field = dtype[name]
+        if name == "key":
+            table[name] = keys
+        elif field.kind == "V":  # bytes stored as hex in the records
+            table[name] = np.frombuffer(b"".join(bytes.fromhex(v) for v in values), dtype=field)
+        else:
+            table[name] = np.array(values, dtype=field)
     return table
 
 
@@ -82,30 +113,35 @@ def write_table(shard_dir: str | Path, split: str, table: np.ndarray) -> TableIn
         temporary.unlink(missing_ok=True)
         raise
     return TableInfo(name=path.name, rows=len(table), bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                     columns=list(table.dtype.names))
+                     columns=list(table.dtype.names), version=TABLE_VERSION)
 
 
-def read_table(shard_dir: str | Path, manifest: Manifest, split: str, *, hashes: bool = False,
+def read_table(shard_dir: str | Path, manifest: Manifest, split: str, *, columns: Sequence[str] = (),
                verify: bool = False) -> np.ndarray:
-    """The split's table, memory-mapped read-only. One-line UserErrors: no table in this manifest (older
-    shards), `hashes` asked of a table written with --dedup off, a missing or changed file (size; the
-    sha256 too with `verify`)."""
+    """The split's table, memory-mapped read-only, with at least `columns`. One-line UserErrors: no table in
+    this manifest (older shards), another table version, a column missing (the hashes: sharded with --dedup
+    off), a missing or changed file (its size; its sha256 too with `verify`)."""
     info = manifest.splits[split].table if split in manifest.splits else None
+    path = Path(shard_dir) / (info.name if info else table_name(split))
     if info is None:
         raise UserError(f"'{shard_dir}' has no {split} table (written before vaedist kept per-split tables); {RESHARD}")
-    if hashes and not info.hashed:
+    if info.version != TABLE_VERSION:
+        raise UserError(f"table '{path}' is version {info.version}, this vaedist reads version {TABLE_VERSION}; {RESHARD}")
+    missing = [name for name in columns if name not in info.columns]
+    if missing and set(missing) <= set(HASH_COLUMNS):
         raise UserError(f"'{shard_dir}' was sharded with --dedup off: its {split} table has no image hashes; "
                         f"re-run python -m vaedist.shard with --dedup report --overwrite (it decodes every image once)")
-    path = Path(shard_dir) / info.name
+    if missing:
+        raise UserError(f"table '{path}' has no column {', '.join(missing)} (written by an older vaedist); {RESHARD}")
     if not path.is_file() or path.stat().st_size != info.bytes:
         found = f"{path.stat().st_size} bytes" if path.is_file() else "missing"
-        raise UserError(f"table '{path}' is {found}, the manifest says {info.bytes} bytes: re-copy it; {RESHARD}")
+        raise UserError(f"table '{path}' is {found}, the manifest says {info.bytes} bytes: re-copy it or {RESHARD}")
     if verify and hashlib.sha256(path.read_bytes()).hexdigest() != info.sha256:
-        raise UserError(f"table '{path}' does not match its sha256 in the manifest: re-copy it; {RESHARD}")
+        raise UserError(f"table '{path}' does not match its sha256 in the manifest: re-copy it or {RESHARD}")
     try:
         table = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as err:
-        raise UserError(f"table '{path}' is not a NumPy table ({err}); {RESHARD}") from None
+        raise UserError(f"table '{path}' is not a NumPy table ({err}): re-copy it or {RESHARD}") from None
     if table.dtype.names is None or list(table.dtype.names) != info.columns or len(table) != info.rows:
-        raise UserError(f"table '{path}' does not have the rows and columns its manifest lists; {RESHARD}")
+        raise UserError(f"table '{path}' does not have the rows and columns its manifest lists: re-copy it or {RESHARD}")
     return table
