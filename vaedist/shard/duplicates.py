@@ -215,3 +215,21 @@ class DropFilter:
             distance, row = min(matches)
             return f"near copy (perceptual distance {distance}) of {self._labels[row]}"
         return None
+
+
+def _kind(pair: dict) -> str:
+    return "same pixels" if pair["exact"] else f"near ({pair['distance']})"
+
+
+def duplicates_summary(report: dict, shown: int = 5) -> list[str]:
+    """Lines for a terminal from a DuplicateReport's JSON: counts, then the first pairs of each kind."""
+    lines = [f"  duplicates (pixels identical, or perceptual hashes within {report['threshold']} bits):"]
+    for name, found in report["within"].items():
+        lines.append(f"    within {name}: {len(found['exact_groups'])} groups of identical images "
+                     f"({found['exact_copies']} extra copies), {len(found['near_pairs'])} near pairs")
+        lines += [f"      same pixels: {', '.join(group)}" for group in found["exact_groups"][:shown]]
+        lines += [f"      near ({p['distance']}): {p['a']}  {p['b']}" for p in found["near_pairs"][:shown]]
+    for pair in report["across"]:
+        lines.append(f"    {pair['a']} <-> {pair['b']}: {pair['exact_pairs']} identical, {pair['near_pairs']} near")
+        lines += [f"      {_kind(p)}: {p['a']}  {p['b']}" for p in pair["pairs"][:shown]]
+    return lines

@@ -50,7 +50,7 @@ from tqdm import tqdm
 from vaedist import __version__
 from vaedist.errors import UserError
 from vaedist.shard.images import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, ImageOptions
-from vaedist.shard.duplicates import DEFAULT_THRESHOLD, DropFilter, HashSet, find_duplicates
+from vaedist.shard.duplicates import DEFAULT_THRESHOLD, DropFilter, HashSet, duplicates_summary, find_duplicates
 from vaedist.shard.format import (PERCEPTUAL_HASH_BITS, Manifest, ShardInfo, SplitInfo, load_manifest, manifest_path,
                                   write_manifest)
 from vaedist.shard.plan import PlannedShard, listing_fingerprint, plan_shards
@@ -441,20 +441,3 @@ def _summary(manifest: Manifest, out: Path, written: int, elapsed: float) -> str
             lines.append(f"    ... and {len(manifest.dropped) - 10} more (manifest.json, key 'dropped')")
     return "\n".join(lines)
 
-
-def _kind(pair: dict) -> str:
-    return "same pixels" if pair["exact"] else f"near ({pair['distance']})"
-
-
-def duplicates_summary(report: dict, shown: int = 5) -> list[str]:
-    """Lines for a terminal from a DuplicateReport's JSON: counts, then the first pairs of each kind."""
-    lines = [f"  duplicates (pixels identical, or perceptual hashes within {report['threshold']} bits):"]
-    for name, found in report["within"].items():
-        lines.append(f"    within {name}: {len(found['exact_groups'])} groups of identical images "
-                     f"({found['exact_copies']} extra copies), {len(found['near_pairs'])} near pairs")
-        lines += [f"      same pixels: {', '.join(group)}" for group in found["exact_groups"][:shown]]
-        lines += [f"      near ({p['distance']}): {p['a']}  {p['b']}" for p in found["near_pairs"][:shown]]
-    for pair in report["across"]:
-        lines.append(f"    {pair['a']} <-> {pair['b']}: {pair['exact_pairs']} identical, {pair['near_pairs']} near")
-        lines += [f"      {_kind(p)}: {p['a']}  {p['b']}" for p in pair["pairs"][:shown]]
-    return lines
