@@ -1,0 +1,185 @@
+"""Duplicates on real photographs (the embedded sample's 14 photographs): planted exact copies (same bytes, the
+same pixels re-saved as PNG, a grey JPEG as RGB), planted near copies (resized, JPEG quality 10, cropped
+2 %), distinct photographs that must not match, a train<->val leak; --dedup report and drop; the dedup
+command across shard directories; the Hamming search against brute force."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vaedist.dedup import REPORT_NAME, SHEET_NAME, compare_shard_dirs
+from vaedist.sample import photo_paths
+from vaedist.shard import load_manifest, shard_dataset
+from vaedist.shard import duplicates
+from vaedist.shard.duplicates import DEFAULT_THRESHOLD, near_pairs
+from vaedist.shard.table import read_table
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTOS = {p.stem: p for p in photo_paths()}
+VAL_ONLY = "coins"
+# planted in train2017: name -> (photograph, how it was made, what it must be found as)
+EXACT = {"astronaut_copy.jpg": "astronaut", "chelsea_resaved.png": "chelsea", "camera_rgb.png": "camera"}
+NEAR = {"coffee_half.jpg": "coffee", "hubble_q10.jpg": "hubble", "rocket_crop2.jpg": "rocket"}
+LEAKS = {"retina.jpg": ("retina", True), "clock_small.jpg": ("clock", False)}  # in val2017: (train photo, exact)
+
+
+def _plant(root: Path) -> Path:
+    train, val = root / "train2017", root / "val2017"
+    train.mkdir(parents=True)
+    val.mkdir()
+    for stem, path in PHOTOS.items():
+        shutil.copyfile(path, (val if stem == VAL_ONLY else train) / path.name)
+    shutil.copyfile(PHOTOS["astronaut"], train / "astronaut_copy.jpg")  # same bytes
+    with Image.open(PHOTOS["chelsea"]) as img:
+        img.save(train / "chelsea_resaved.png")  # same pixels, another format
+    with Image.open(PHOTOS["camera"]) as img:
+        img.convert("RGB").save(train / "camera_rgb.png")  # a grey photograph as RGB: same pixels
+    with Image.open(PHOTOS["coffee"]) as img:
+        img.resize((img.width // 2, img.height // 2), Image.Resampling.LANCZOS).save(train / "coffee_half.jpg", quality=90)
+    with Image.open(PHOTOS["hubble"]) as img:
+        img.save(train / "hubble_q10.jpg", quality=10)
+    with Image.open(PHOTOS["rocket"]) as img:
+        dx, dy = round(img.width * 0.02), round(img.height * 0.02)
+        img.crop((dx, dy, img.width - dx, img.height - dy)).save(train / "rocket_crop2.jpg", quality=90)
+    shutil.copyfile(PHOTOS["retina"], val / "retina.jpg")  # the same file in train and val
+    with Image.open(PHOTOS["clock"]) as img:
+        img.resize((img.width * 3 // 4, img.height * 3 // 4), Image.Resampling.BICUBIC).save(val / "clock_small.jpg",
+                                                                                            quality=85)
+    return root
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> Path:
+    return _plant(tmp_path_factory.mktemp("planted") / "coco")
+
+
+def _shard(root: Path, out: Path, **options):
+    return shard_dataset("coco", root, out, workers=2, coco_train_dirs=("train2017",), shard_size="1MB",
+                         progress=False, **options)
+
+
+@pytest.fixture(scope="module")
+def reported(planted, tmp_path_factory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("reported")
+    return out, _shard(planted, out)
+
+
+def _pair(a: str, b: str) -> frozenset[str]:
+    return frozenset((Path(a).name, Path(b).name))
+
+
+def test_report_finds_every_planted_copy_and_no_distinct_photograph(reported):
+    _, manifest = reported
+    report = manifest.duplicates
+    assert report["threshold"] == DEFAULT_THRESHOLD
+    train = report["within"]["train"]
+    assert train["images"] == len(PHOTOS) - 1 + len(EXACT) + len(NEAR)
+    assert {frozenset(Path(p).name for p in group) for group in train["exact_groups"]} == \
+        {_pair(copy, PHOTOS[photo].name) for copy, photo in EXACT.items()}
+    assert train["exact_copies"] == len(EXACT)
+    # exactly the near copies: no two of the 13 distinct photographs (78 pairs) come within the threshold
+    assert {_pair(p["a"], p["b"]) for p in train["near_pairs"]} == {_pair(c, PHOTOS[p].name) for c, p in NEAR.items()}
+    assert report["within"]["val"]["exact_groups"] == [] and report["within"]["val"]["near_pairs"] == []
+    (across,) = report["across"]
+    assert (across["a"], across["b"], across["exact_pairs"], across["near_pairs"]) == ("train", "val", 1, 1)
+    assert {(Path(p["a"]).name, Path(p["b"]).name, p["exact"]) for p in across["pairs"]} == \
+        {(PHOTOS[photo].name, name, exact) for name, (photo, exact) in LEAKS.items()}
+
+
+def test_json_members_carry_the_hashes_and_identical_pixels_share_one(reported, read_shards):
+    out, manifest = reported
+    by_path = {s["meta"]["path"]: s["meta"] for s in read_shards(out, manifest).values()}
+    for copy, photo in EXACT.items():
+        assert by_path[f"train2017/{copy}"]["exact"] == by_path[f"train2017/{PHOTOS[photo].name}"]["exact"]
+    assert by_path["train2017/retina.jpg"]["exact"] == by_path["val2017/retina.jpg"]["exact"]
+    assert len({meta["exact"] for meta in by_path.values()}) == len(by_path) - len(EXACT) - 1  # and retina
+    assert all(len(meta["exact"]) == 32 and len(meta["phash"]) == 16 for meta in by_path.values())
+
+
+def test_the_summary_names_the_duplicates(planted, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "vaedist.shard", "coco", "--root", str(planted), "--out",
+                             str(tmp_path), "--workers", "2", "--coco-train-dirs", "train2017"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "within train: 3 groups of identical images (3 extra copies), 3 near pairs" in result.stdout
+    assert "train <-> val: 1 identical, 1 near" in result.stdout
+    assert "val2017/retina.jpg" in result.stdout
+
+
+def test_drop_removes_copies_and_every_train_image_that_matches_val_while_val_keeps_all(planted, tmp_path,
+                                                                                      read_shards, dali_read_all):
+    manifest = _shard(planted, tmp_path, dedup="drop")
+    dropped = {Path(d["path"]).name: d["reason"] for d in manifest.dropped}
+    assert len(dropped) == len(EXACT) + len(NEAR) + len(LEAKS)
+    assert dropped["retina.jpg"] == "same pixels as val val2017/retina.jpg"
+    assert dropped["clock.jpg"].startswith("near copy (perceptual distance") and "val2017/clock_small.jpg" in dropped["clock.jpg"]
+    assert all(d["path"].startswith("train2017/") for d in manifest.dropped)
+    assert manifest.splits["val"].samples == 3  # evaluation untouched
+    kept = {Path(s["meta"]["path"]).name for s in read_shards(tmp_path, manifest).values() if s["split"] == "train"}
+    # one of each copy and its photograph is kept (which one: the first in the shuffled plan)
+    for copy, photo in {**EXACT, **NEAR}.items():
+        assert len(kept & {copy, PHOTOS[photo].name}) == 1
+    assert manifest.splits["train"].samples == len(kept) == len(PHOTOS) - 1 - len(LEAKS)
+    table = read_table(tmp_path, manifest, "train", columns=("key",))
+    assert len(table) == len(kept) == len(dali_read_all(tmp_path, manifest, "train", ["jpg", "json"]))
+    assert manifest.duplicates["across"][0]["pairs"] == []  # nothing left to leak
+
+
+def test_dedup_command_compares_shard_directories_from_their_tables(reported, planted, tmp_path):
+    out, _ = reported
+    other = tmp_path / "other"  # a second dataset sharing one photograph (re-encoded) with the first
+    (other / "train2017").mkdir(parents=True)
+    (other / "val2017").mkdir()
+    with Image.open(PHOTOS["hubble"]) as img:
+        img.save(other / "train2017" / "hubble_again.jpg", quality=70)
+    shutil.copyfile(PHOTOS["ihc"], other / "val2017" / "ihc.jpg")
+    _shard(other, tmp_path / "other_shards")
+    result = subprocess.run([sys.executable, "-m", "vaedist.dedup", str(out), str(tmp_path / "other_shards"),
+                             "--out", str(tmp_path / "report")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report" / REPORT_NAME).read_text())
+    across = {(a["a"], a["b"]): {(Path(p["a"]).name, Path(p["b"]).name) for p in a["pairs"]} for a in report["across"]}
+    assert across[(f"{out}:train", f"{tmp_path / 'other_shards'}:train")] == {("hubble.jpg", "hubble_again.jpg"),
+                                                                              ("hubble_q10.jpg", "hubble_again.jpg")}
+    assert across[(f"{out}:train", f"{tmp_path / 'other_shards'}:val")] == {("ihc.jpg", "ihc.jpg")}
+    with Image.open(tmp_path / "report" / SHEET_NAME) as sheet:  # one row per near pair shown, both thumbnails
+        near = sum(len(f["near_pairs"]) for f in report["within"].values()) + \
+            sum(not p["exact"] for a in report["across"] for p in a["pairs"])
+        assert sheet.format == "PNG" and sheet.height >= near * 160
+
+
+def test_dedup_command_on_shards_without_hashes_is_one_line(sample_trees, tmp_path):
+    shard_dataset("food101", sample_trees["food101"], tmp_path / "plain", workers=2, dedup="off", progress=False)
+    result = subprocess.run([sys.executable, "-m", "vaedist.dedup", str(tmp_path / "plain"), "--out",
+                             str(tmp_path / "report")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "--dedup off" in result.stderr
+    assert not (tmp_path / "report").exists()
+
+
+def test_hamming_search_finds_exactly_the_pairs_brute_force_finds(monkeypatch):
+    monkeypatch.setattr(duplicates, "BLOCK", 128)  # several blocks, as on a real table
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 2**63, 1000, dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
+    for n in range(0, 600, 3):  # planted near copies at every distance up to 12 bits
+        flips = rng.choice(64, n % 13, replace=False)
+        codes[n + 1] = codes[n] ^ np.uint64(sum(1 << int(f) for f in flips))
+    others = codes[::7] ^ np.uint64(0b1011)
+    bits = np.unpackbits(codes.view(np.uint8).reshape(-1, 8), axis=1)
+    for threshold in (0, 5, DEFAULT_THRESHOLD, 12):
+        distance = (bits[:, None, :] != bits[None, :, :]).sum(-1)
+        i, j = np.nonzero(np.triu(distance <= threshold, k=1))
+        found = near_pairs(codes, threshold)
+        assert np.array_equal(found[0], i) and np.array_equal(found[1], j) and np.array_equal(found[2], distance[i, j])
+        other_bits = np.unpackbits(others.view(np.uint8).reshape(-1, 8), axis=1)
+        cross = (bits[:, None, :] != other_bits[None, :, :]).sum(-1)
+        i, j = np.nonzero(cross <= threshold)
+        found = near_pairs(codes, threshold, others)
+        assert np.array_equal(found[0], i) and np.array_equal(found[1], j)
