@@ -42,10 +42,10 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _start_and_kill(root: Path, out: Path, after_shards: int) -> None:
-    """Start the CLI, SIGKILL it as soon as `after_shards` finished tars exist; its workers must die too."""
+def _start_and_kill(root: Path, out: Path, after_shards: int, extra: tuple[str, ...] = ()) -> None:
+    """Start the CLI, SIGKILL it as soon as `after_shards` finished train tars exist; its workers must die too."""
     proc = subprocess.Popen([sys.executable, "-m", "vaedist.shard", "folder", "--root", str(root), "--out", str(out),
-                             *ARGS], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             *ARGS, *extra], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     workers: set[int] = set()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -91,6 +91,25 @@ def test_killed_sharder_resumes_without_duplicates(photo_folder, tmp_path, read_
     assert {p.name for p in out.iterdir()} == expected  # no temporary, state or done files left
     for split in ("train", "val"):
         assert len(dali_read_all(out, manifest, split, ["jpg", "json"])) == manifest.splits[split].samples
+
+
+@pytest.mark.slow
+def test_killed_drop_run_resumes_to_the_same_shards_tables_and_dropped_images(photo_folder, tmp_path):
+    """--dedup drop decides each train image from the images kept before it: a resumed run must replay the
+    finished shards' kept hashes (their done records) to decide the rest exactly as an uninterrupted run."""
+    out = tmp_path / "out"
+    _start_and_kill(photo_folder, out, after_shards=2, extra=("--dedup", "drop"))
+    finish = subprocess.run([sys.executable, "-m", "vaedist.shard", "folder", "--root", str(photo_folder), "--out",
+                             str(out), *ARGS[:-1], "--dedup", "drop"], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert finish.returncode == 0, finish.stderr
+    assert "resuming" in finish.stdout and "dropped (--dedup drop):" in finish.stdout
+    manifest = load_manifest(out)
+    reference = shard_dataset("folder", photo_folder, tmp_path / "reference", workers=2, shard_size="300KB", seed=7,
+                              val_fraction=0.1, dedup="drop", progress=False)
+    assert manifest.dropped and manifest.dropped == reference.dropped
+    assert manifest.splits == reference.splits  # same shards and the same tables, byte for byte
+    assert manifest.splits["train"].samples + manifest.splits["val"].samples + len(manifest.dropped) == IMAGES
 
 
 @pytest.mark.slow
