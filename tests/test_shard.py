@@ -308,7 +308,7 @@ def test_bench_prints_both_rates_and_the_parallel_efficiency():
                              "--workers", "2"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "single-process decode" in result.stdout and "sharder, 2 workers" in result.stdout
-    assert "parallel efficiency" in result.stdout
+    assert "parallel efficiency" in result.stdout and "--dedup report adds" in result.stdout
 
 
 @pytest.mark.gpu

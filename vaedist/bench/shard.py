@@ -1,7 +1,7 @@
 """Sharder benchmark: the sharder's images/s with N workers against a single-process decode of the same files.
 
     python -m vaedist.bench shard [--root DIR] [--dataset folder] [--images 400] [--workers N] [--repeats 2]
-                                  [--shard-size 128MB]
+                                  [--shard-size 128MB] [--dedup report]
 
 Rows, side by side in one run, on the same files (read once beforehand, so all measure decoding, not the disk):
   single process   prepare_image() on every file in this process, nothing written: the work itself
@@ -9,6 +9,8 @@ Rows, side by side in one run, on the same files (read once beforehand, so all m
                    writing, sha256, manifest
   ceiling          N plain processes, each decoding 1/N of the files: what this machine gives N decoders
                    right now (other processes, shared caches), so a shared machine's noise is visible
+  ... --dedup off  the single-process and sharder rows again without the image hashes (--dedup, default
+                   report, hashes every image): the added cost of the duplicate finder (goal: under 5 %)
 Parallel efficiency = (sharder img/s / single-process img/s) / N; the goal is >= 80 % on all cores.
 Without --root it writes --images COCO-sized (640x480) JPEG photographs to a temporary folder.
 Each row is timed --repeats times, alternating, and the best is kept (other processes add noise). It also
@@ -30,7 +32,7 @@ from pathlib import Path
 from vaedist.sample import build_full_size_jpegs
 from vaedist.shard import DEFAULT_SHARD_SIZE, SOURCES, load_manifest, shard_dataset
 from vaedist.shard.images import ImageOptions, ImageRejected, configure_pillow, prepare_image
-from vaedist.shard.sharder import default_workers
+from vaedist.shard.sharder import DEDUP_MODES, default_workers
 from vaedist.shard.sources import SourceOptions, list_source
 
 
@@ -93,14 +95,15 @@ def time_plain_processes(files: list[Path], options: ImageOptions, workers: int)
     return watch.timing
 
 
-def time_sharder(dataset: str, root: Path, workers: int, max_side: int | None, out: Path, shard_size: str) -> Timing:
+def time_sharder(dataset: str, root: Path, workers: int, max_side: int | None, out: Path, shard_size: str,
+                 dedup: str = "report") -> Timing:
     # The previous run's output is removed before the clock starts: freeing ~90 MB of page cache (~20-30 ms
     # here) is not sharding, and --overwrite would otherwise do it inside the timed run.
     shutil.rmtree(out, ignore_errors=True)
     # the pool's workers are joined before shard_dataset returns, so their CPU time is in RUSAGE_CHILDREN
     with _Stopwatch() as watch:
         shard_dataset(dataset, root, out, workers=workers, max_side=max_side, progress=False, overwrite=True,
-                      shard_size=shard_size)
+                      shard_size=shard_size, dedup=dedup)
     return watch.timing
 
 
@@ -116,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-size", default=f"{DEFAULT_SHARD_SIZE // 10**6}MB",
                         help="the sharder's --shard-size (default: %(default)s: one shard for a few thousand images; "
                         "smaller gives many shards)")
+    parser.add_argument("--dedup", choices=DEDUP_MODES, default="report",
+                        help="the sharder's --dedup (default: %(default)s); unless off, the rows are also timed "
+                        "with --dedup off, for the cost of hashing")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="vaedist-bench-shard-") as tmp:
@@ -128,13 +134,19 @@ def main(argv: list[str] | None = None) -> int:
         files = [listing.root / s.path for s in listing.samples]  # list_source refused an empty root
         for path in files:  # page cache: both rows then measure decoding, not the disk
             path.read_bytes()
-        options = ImageOptions(max_side=args.max_side)
-        single, plain, sharder = [], [], []
-        for run in range(args.repeats):
+        hashed = args.dedup != "off"
+        options = ImageOptions(max_side=args.max_side, hashes=hashed)
+        plain_options = ImageOptions(max_side=args.max_side)
+        single, plain, sharder, single_off, sharder_off = [], [], [], [], []
+        for run in range(args.repeats):  # alternating, so that a burst of noise hits every row alike
             single.append(time_single_process(files, options))
             plain.append(time_plain_processes(files, options, args.workers))
             sharder.append(time_sharder(args.dataset, root, args.workers, args.max_side, scratch / "shards",
-                                        args.shard_size))
+                                        args.shard_size, args.dedup))
+            if hashed:
+                single_off.append(time_single_process(files, plain_options))
+                sharder_off.append(time_sharder(args.dataset, root, args.workers, args.max_side,
+                                                scratch / "shards_off", args.shard_size, "off"))
         shards = sum(len(split.shards) for split in load_manifest(scratch / "shards").splits.values())
     # Each run's efficiency against the single-process row of the same round: the spread shows the noise.
     print("sharder per run: " + ", ".join(
@@ -152,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{best_sharder.cpu:>8.2f}")
     print(f"{f'ceiling: {workers} plain decoders':<30}{n / best_plain.wall:>9.1f}{best_plain.wall:>9.2f}"
           f"{best_plain.cpu:>8.2f}")
+    if hashed:
+        off_single, off_sharder = min(single_off, key=lambda t: t.wall), min(sharder_off, key=lambda t: t.wall)
+        print(f"{'single-process, --dedup off':<30}{n / off_single.wall:>9.1f}{off_single.wall:>9.2f}{off_single.cpu:>8.2f}")
+        print(f"{f'sharder, --dedup off':<30}{n / off_sharder.wall:>9.1f}{off_sharder.wall:>9.2f}{off_sharder.cpu:>8.2f}")
+        print(f"--dedup {args.dedup} adds {best_sharder.wall / off_sharder.wall - 1:+.1%} to the sharder's time "
+              f"({best_sharder.cpu / off_sharder.cpu - 1:+.1%} CPU s), {best_single.wall / off_single.wall - 1:+.1%} to "
+              f"one process decoding ({(best_single.wall - off_single.wall) / n * 1e3:.2f} ms per image); goal < 5 %")
     print(f"speed-up {speedup:.2f}x on {workers} workers: parallel efficiency {speedup / workers:.0%} (goal >= 80%); "
           f"this machine's ceiling (plain decoders, no sharding) {best_single.wall / best_plain.wall / workers:.0%}")
     # Other processes steal cores from the workers but not from the single-process row; the CPU-time ratio
