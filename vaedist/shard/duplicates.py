@@ -7,11 +7,11 @@
     DropFilter(threshold)                    --dedup drop's decision, one image after the other
 
 Hamming search is faiss's `IndexBinaryFlat` range search: every pair is compared, in C (a popcount per
-pair, ~0.5 ns here, on all cores through OpenMP), in blocks so that memory stays bounded. Chosen by
-measurement on 265,000 random 64-bit codes with planted pairs (docs/benchmarks.md, "Duplicates"): it was
-as fast as or faster than faiss's multi-index hashing (`IndexBinaryMultiHash`, 3x21 bits, 2 flips:
-35 s against 38 s; 4x16 bits: 178 s) and, unlike an index that buckets codes, its time does not depend
-on how the codes cluster (perceptual hashes of real photos do) or on the threshold. Recall is exact.
+pair, on all cores through OpenMP), in blocks so that memory stays bounded. Its time does not depend on how
+the codes cluster (perceptual hashes of real photos do) or on the threshold, and its recall is exact
+(tests/test_duplicates.py checks it against brute force). Measured (`python -m vaedist.bench dedup index`,
+2026-12-01, 2-core CPU VM shared with other jobs): all pairs within 8 bits of 265,000 hashes in 86 s.
+An index that buckets codes (faiss's IndexBinaryMultiHash, multi-index hashing) was not measured.
 """
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ import numpy as np
 from vaedist.shard.format import EXACT_HASH, EXACT_HASH_BYTES, PERCEPTUAL_HASH, ImageHashes
 
 # Hamming distance <= this between two perceptual hashes = a near duplicate (--dedup-threshold). Chosen by
-# measurement (`python -m vaedist.bench dedup threshold`; docs/benchmarks.md): every resized and every
-# re-compressed copy (down to JPEG quality 10) of the test photographs is within it, most 2 %-crops too,
-# and of 8,000+ pairs of distinct photographs only degenerate near-black tiles come this close.
+# measurement (`python -m vaedist.bench dedup threshold`, README "Duplicates"): on the sample's 14 photographs
+# every resized copy (75/50/25 %) is within 4 bits, every re-compression down to JPEG quality 20 within 6
+# (quality 10: 13 of 14 within 8), 11 of 14 2 %-crops within 8; the closest of 2,359 distinct pairs is 18
+# bits apart. 10 would catch a few more copies but, at 265k images, ~36x more chance pairs (~9 at 8 bits).
 DEFAULT_THRESHOLD = 8
 BLOCK = 16_384  # query rows per faiss call: bounds the result buffers, keeps every core busy
 

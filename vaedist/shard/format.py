@@ -160,8 +160,9 @@ EXACT_HASH = ("xxh3-128 of b'RGBA8 <width> <height>\\n' and the upright image's 
               "row by row (the decoded pixels, mode-normalised to 8-bit RGB: a re-saved copy of the same pixels "
               "matches, a lossy re-encode does not)")
 EXACT_HASH_BYTES = 16
-PERCEPTUAL_HASH = ("imagehash.phash (64 bits, hash_size 8) of the upright RGB image box-filtered to 32x32; bit 63 is "
-                   "the first bit of imagehash's hex string")
+PERCEPTUAL_HASH = ("imagehash.phash (64 bits, hash_size 8) of the upright image's green channel (grey images: their one "
+                   "channel), first box-averaged by an integer factor to about 32x32 (PIL Image.reduce); bit 63 is the "
+                   "first bit of imagehash's hex string")
 PERCEPTUAL_HASH_BITS = 64
 
 
