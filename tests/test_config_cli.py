@@ -2,6 +2,9 @@
 And the shipped seed configs hold the seed's hyper-parameters exactly (SPEC.md)."""
 from __future__ import annotations
 
+import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +37,58 @@ def test_training_command_reports_config_mistakes_in_one_line(args, named, tmp_p
     assert len(lines) == 1 and lines[0].startswith("train: error: ") and named in lines[0], proc.stderr
     if "shards" not in named:
         assert proc.returncode == 2
+
+
+def _non_utf8_config(tmp_path: Path) -> Path:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("train:\n  epochs: 2  # réglé\n".encode("latin-1"))  # an editor's legacy encoding
+    return path
+
+
+def _folder_as_config(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def _fifo_as_config(tmp_path: Path) -> Path:
+    path = tmp_path / "fifo.yaml"
+    os.mkfifo(path)  # opening it for reading would block until a writer comes
+    return path
+
+
+@pytest.mark.parametrize("make, says", [(_non_utf8_config, "is not UTF-8 text"), (_folder_as_config, "is a directory"),
+                                        (_fifo_as_config, "is not a regular file")])
+def test_a_config_file_that_is_no_utf8_text_file_is_one_line(make, says, tmp_path):
+    config = make(tmp_path)
+    proc = subprocess.run([sys.executable, "launch/train.py", "--config", str(config), f"run.dir={tmp_path / 'run'}",
+                           "logging.wandb=false"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("train: error: ") and str(config) in lines[0] and says in lines[0], proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override, named", [
+    ("train.encoder.lr=.inf", "train.encoder.lr"),  # accepted before, and the run failed at step 2
+    ("train.decoder.lr=.nan", "train.decoder.lr"),
+    ("train.beta=-.inf", "train.beta"),
+    ("train.lambda_mse=1e400", "train.lambda_mse"),  # a string that float() reads as inf
+    ("train.encoder.betas=[0.9, .nan]", "train.encoder.betas[1]"),
+    ("model.bn_momentum=.nan", "model.bn_momentum"),
+    ("train.encoder.warmup_epochs=.inf", "train.encoder.warmup_epochs"),
+    ("data.max_bad_fraction=.nan", "data.max_bad_fraction"),
+])
+def test_non_finite_numbers_are_refused_at_load_naming_the_key(override, named, tmp_path):
+    with pytest.raises(ConfigError, match=f"'{re.escape(named)}' must be a finite number"):
+        load_config(None, [override])
+    key, value = override.split("=")
+    section, *rest = key.split(".")
+    nested = value
+    for part in reversed(rest):
+        nested = {part: nested}
+    config = tmp_path / "c.yaml"
+    config.write_text(f"{section}: {json.dumps(nested).replace(chr(34), '')}\n")  # the same in a YAML file
+    with pytest.raises(ConfigError, match=f"'{re.escape(named)}' must be a finite number"):
+        load_config(config)
 
 
 @pytest.mark.parametrize(

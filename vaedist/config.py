@@ -8,6 +8,7 @@ Unknown keys, wrong types and missing files raise `ConfigError` naming the key: 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,6 +34,10 @@ class DataConfig:
     workers: int = 4  # DALI CPU threads / DataLoader worker processes
     prefetch: int = 2  # batches decoded ahead
     seed: int = 12345  # shuffling and flips; every rank derives its own stream from it
+    # A sample that fails to decode (damaged after sharding): `skip` replaces it in its batch and goes on,
+    # `stop` ends the run naming it. More than `max_bad_fraction` of a split bad stops the run either way.
+    bad_samples: Literal["skip", "stop"] = "skip"
+    max_bad_fraction: float = 0.001  # of the split; at least one bad sample is always tolerated under skip
 
 
 @dataclass
@@ -162,6 +167,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        if not math.isfinite(value):  # YAML's .inf / .nan: no key of ours means anything with them
+            raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -245,14 +252,24 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     tree: dict = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file '{path}' is a directory; give a YAML file, e.g. configs/demo.yaml")
         if not path.is_file():
+            if path.exists():  # a FIFO, a socket, a device: reading it could block forever
+                raise ConfigError(f"config file '{path}' is not a regular file; give a YAML file")
             raise ConfigError(f"config file '{path}' not found (shipped configs are in configs/)")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file '{path}' is not UTF-8 text (byte {err.start}: {err.reason}); "
+                              "save it as UTF-8") from None
+        except OSError as err:
+            raise ConfigError(f"config file '{path}' cannot be read: {err.strerror or err}") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"config file '{path}'{where} is not valid YAML: {getattr(err, 'problem', err)}")
+            problem = str(getattr(err, "problem", None) or err).splitlines()[0]  # the first line: no "in <string>"
+            raise ConfigError(f"config file '{path}'{where} is not valid YAML: {problem}")
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -291,6 +308,7 @@ def validate(cfg: Config) -> None:
         ("data.size", d.size, _at_least(8)),
         ("data.workers", d.workers, _at_least(0)),
         ("data.prefetch", d.prefetch, _at_least(1)),
+        ("data.max_bad_fraction", d.max_bad_fraction, _UNIT),
         ("model.latent_dim", m.latent_dim, _at_least(1)),
         ("model.hidden_dim", m.hidden_dim, _at_least(1)),
         ("model.bn_momentum", m.bn_momentum, _UNIT),
