@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -421,3 +423,81 @@ def test_progress_bar_counts_every_input_and_the_summary_lists_the_rejected(samp
     assert "84/84" in result.stderr  # tqdm's bar: every input counted, the rejected one too
     assert f"images/{train_lines[0]}.jpg: empty file" in result.stdout
     assert "train: 59 samples" in result.stdout
+
+
+def _odd_tree(root: Path) -> dict[str, str]:
+    """Two classes of photos plus every kind of entry a walk can trip on; returns path -> expected reason."""
+    photos = photo_paths()
+    for cls, picks in (("a", photos[:3]), ("b", photos[3:5])):
+        (root / cls).mkdir(parents=True)
+        for p in picks:
+            shutil.copy(p, root / cls / p.name)
+    os.symlink(".", root / "a" / "self")  # a/self/self/... : ELOOP after ~40 levels before
+    os.symlink("..", root / "a" / "up")  # back to the root: every class again, forever
+    os.symlink(".", root / "top")  # a "class" that is the root itself
+    os.symlink("nowhere.jpg", root / "b" / "dangling.jpg")
+    os.symlink("loop.jpg", root / "b" / "loop.jpg")  # a link to itself
+    os.mkfifo(root / "b" / "fifo.jpg")  # opened for reading, it would block the sharder for ever
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(root / "b" / "sock.jpg"))
+    server.close()
+    os.symlink("/dev/null", root / "b" / "null.jpg")
+    return {"a/self": "symlink loop", "a/up": "symlink loop", "top": "symlink loop",
+            "b/dangling.jpg": "dangling symlink", "b/loop.jpg": "symlink loop", "b/fifo.jpg": "not a regular file (a FIFO)",
+            "b/sock.jpg": "not a regular file (a socket)", "b/null.jpg": "not a regular file (a character device)"}
+
+
+def test_symlink_loops_and_special_files_are_listed_as_skipped_and_never_block(tmp_path):
+    expected = _odd_tree(tmp_path / "tree")
+    result = _run_cli("folder", "--root", str(tmp_path / "tree"), "--out", str(tmp_path / "out"), "--workers", "1",
+                      "--no-progress")  # _run_cli's timeout turns a hang into a failure
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    manifest = load_manifest(tmp_path / "out")
+    assert manifest.classes == ["a", "b"] and manifest.splits["train"].samples == 5
+    skipped = {s["path"]: s["reason"] for s in manifest.skipped}
+    assert set(skipped) == set(expected)
+    for path, reason in expected.items():
+        assert skipped[path].startswith(reason), (path, skipped[path])
+    packed = sorted(s["meta"]["path"] for s in read_shards(tmp_path / "out", manifest).values())
+    assert packed == sorted(f"{c}/{p.name}" for c, picks in (("a", photo_paths()[:3]), ("b", photo_paths()[3:5]))
+                            for p in picks)
+
+
+@pytest.mark.timeout(30)  # reading a FIFO blocks: a regression hangs, and this turns it into a failure
+def test_a_fifo_put_in_place_of_an_image_after_listing_is_rejected_without_blocking(tmp_path):
+    from vaedist.shard.images import ImageOptions, ImageRejected, prepare_image
+
+    os.mkfifo(tmp_path / "late.jpg")
+    with pytest.raises(ImageRejected, match="not a regular file"):
+        prepare_image(tmp_path / "late.jpg", ImageOptions())
+
+
+def test_val_fraction_holds_out_validated_images_only_and_resumes_to_the_same_split(tmp_path, monkeypatch):
+    root = tmp_path / "photos"
+    (root / "only").mkdir(parents=True)
+    for p in photo_paths()[:10]:
+        shutil.copy(p, root / "only" / p.name)
+    for i in range(3000):  # empty files sorted among the photos, far more of them than of photos
+        (root / "only" / f"e{i:05d}.jpg").write_bytes(b"")
+    manifest = shard_dataset("folder", root, tmp_path / "out", workers=2, val_fraction=0.2, seed=3, progress=False)
+    assert manifest.splits["val"].samples == 2 and manifest.splits["train"].samples == 8  # 20 % of the 10 photos
+    assert len(manifest.skipped) == 3000 and {s["reason"] for s in manifest.skipped} == {"empty file"}
+    held_out = sorted(s["meta"]["path"] for s in read_shards(tmp_path / "out", manifest).values() if s["split"] == "val")
+
+    # Killed after its validation pass, the run resumes from the state it left: the same split, no second draw.
+    import vaedist.shard.sharder as sharder
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sharder, "_write_shards", killed)
+    with pytest.raises(KeyboardInterrupt):
+        shard_dataset("folder", root, tmp_path / "again", workers=1, val_fraction=0.2, seed=3, progress=False)
+    monkeypatch.undo()
+
+    def validate_again(*args, **kwargs):
+        raise AssertionError("a resumed run must take the rejected inputs from its state")
+    monkeypatch.setattr(sharder, "rejected_inputs", validate_again)
+    resumed = shard_dataset("folder", root, tmp_path / "again", workers=1, val_fraction=0.2, seed=3, progress=False)
+    assert resumed.splits == manifest.splits  # same shards, byte for byte (sha256)
+    assert sorted(s["meta"]["path"] for s in read_shards(tmp_path / "again", resumed).values()
+                  if s["split"] == "val") == held_out

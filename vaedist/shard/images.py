@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import io
+import os
+import stat
 import struct
 import warnings
 from dataclasses import dataclass
@@ -65,7 +67,7 @@ def configure_pillow() -> None:
 
 def prepare_image(path: str | Path, options: ImageOptions) -> PreparedImage:
     """Decode `path` fully and return the JPEG to store, or raise `ImageRejected` with the reason."""
-    data = Path(path).read_bytes()
+    data = _read_regular_file(path)
     if not data:
         raise ImageRejected("empty file")
     try:
@@ -100,6 +102,18 @@ def prepare_image(path: str | Path, options: ImageOptions) -> PreparedImage:
         out = io.BytesIO()
         clean.save(out, format="JPEG", quality=options.jpeg_quality)
         return PreparedImage(jpeg=out.getvalue(), width=upright_w, height=upright_h, copied=False, hashes=hashes)
+
+
+def _read_regular_file(path: str | Path) -> bytes:
+    """The file's bytes; never blocks on a FIFO (or a device) put in place of an image after listing."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageRejected("not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
 
 
 def _decode(img: Image.Image) -> None:

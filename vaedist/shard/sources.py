@@ -6,9 +6,12 @@ sorted order, plus the inputs it could not use at listing time (a Food-101 meta 
 """
 from __future__ import annotations
 
+import dataclasses
+import errno
 import os
 import random
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -42,26 +45,102 @@ class SourceListing:
 @dataclass(frozen=True)
 class SourceOptions:
     coco_train_dirs: tuple[str, ...] = DEFAULT_COCO_TRAIN_DIRS
-    val_fraction: float = 0.0  # folder only: share of each class moved to split "val"
-    seed: int = 0
 
 
-def _is_image_file(entry: os.DirEntry | Path) -> bool:
-    name = entry.name
+def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in image_extensions()
 
 
-def _image_files(directory: Path | str, recursive: bool) -> list[str]:
-    """Paths (str: a dataset has ~10^5 of them) of the files Pillow can open, sorted; other files are ignored."""
-    found: list[str] = []
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=True):
-                if recursive and not entry.name.startswith("."):
-                    found.extend(_image_files(entry.path, recursive))
-            elif entry.is_file(follow_symlinks=True) and _is_image_file(entry):
-                found.append(entry.path)
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"))
+
+
+def unusable_file_reason(path: str | Path) -> str | None:
+    """Why `path` cannot be read as an image file (None: a regular file, or a link to one).
+
+    Special files are never opened: a FIFO opened for reading blocks until someone writes to it.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symlink loop (the link never reaches a file)"
+        if err.errno == errno.ENOENT:
+            return "dangling symlink (its target is missing)" if os.path.islink(path) else "missing"
+        return f"unreadable ({err.strerror or err})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder, not an image file"
+    kind = next((name for test, name in _SPECIAL_KINDS if test(mode)), "a special file")
+    return f"not a regular file ({kind})"
+
+
+@dataclass
+class _Folder:
+    """What one folder holds: sub-folders (path, (st_dev, st_ino)), image files, and image-named entries
+    that are not usable files (with the reason)."""
+
+    folders: list[tuple[str, tuple[int, int]]] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _scan(directory: str) -> _Folder:
+    """One folder, not recursive. Hidden entries and files without an image extension are not looked at."""
+    out = _Folder()
+    try:
+        with os.scandir(directory) as it:
+            entries = list(it)
+    except OSError as err:  # permission denied, or removed while we list
+        out.skipped.append((directory, f"folder cannot be listed ({err.strerror or err})"))
+        return out
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_symlink() and entry.is_file():  # the common case, from the directory entry alone
+            if _is_image_name(entry.name):
+                out.files.append(entry.path)
+            continue
+        try:
+            st = os.stat(entry.path)  # follows links: ELOOP / ENOENT for broken ones
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            out.folders.append((entry.path, (st.st_dev, st.st_ino)))
+        elif _is_image_name(entry.name):
+            reason = unusable_file_reason(entry.path)
+            if reason is None:
+                out.files.append(entry.path)
+            else:
+                out.skipped.append((entry.path, reason))
+    return out
+
+
+def _image_files(directory: str, ancestors: frozenset[tuple[int, int]], skipped: list[tuple[str, str]],
+                 recursive: bool = True) -> list[str]:
+    """Image files under `directory` (str paths: a dataset has ~10^5 of them), sorted. `ancestors`: the
+    (device, inode) of `directory` and every folder above it, so that a link back up (`self -> .`,
+    `up -> ..`) is reported as a loop instead of being walked until the path is too long (ELOOP)."""
+    folder = _scan(directory)
+    skipped += folder.skipped
+    found = folder.files
+    if recursive:
+        for path, ident in folder.folders:
+            if ident in ancestors:
+                skipped.append((path, "symlink loop (links to a folder it is inside)"))
+            else:
+                found.extend(_image_files(path, ancestors | {ident}, skipped))
     return sorted(found)
+
+
+def _folder_ident(path: str | Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _skipped_entries(root: Path, skipped: list[tuple[str, str]]) -> list[dict]:
+    return [{"path": os.path.relpath(path, root).replace(os.sep, "/"), "reason": reason} for path, reason in skipped]
 
 
 def _sample(root: Path, path: str, split: str, label: int | None) -> SourceSample:
@@ -96,12 +175,13 @@ def list_coco(root: Path, options: SourceOptions) -> SourceListing:
             f"COCO root '{root}' has no {', '.join(missing)} folder ({COCO_LAYOUT_HELP}); "
             "unpack it there, or choose the training folders with --coco-train-dirs"
         )
+    skipped: list[tuple[str, str]] = []
     samples = [
         _sample(root, path, split, None)
         for name, split in wanted.items()
-        for path in _image_files(found[name], recursive=False)
+        for path in _image_files(str(found[name]), frozenset(), skipped, recursive=False)
     ]
-    return SourceListing(root=root, samples=samples)
+    return SourceListing(root=root, samples=samples, skipped=_skipped_entries(root, skipped))
 
 
 # --- Food-101 -----------------------------------------------------------------------------------------
@@ -130,8 +210,10 @@ def list_food101(root: Path, options: SourceOptions) -> SourceListing:
             rel = f"images/{entry}.jpg"
             if class_name not in label_of:
                 listing.skipped.append({"path": rel, "reason": f"meta/{meta_file}: class '{class_name}' not in classes.txt"})
-            elif not (root / rel).is_file():
-                listing.skipped.append({"path": rel, "reason": f"listed in meta/{meta_file} but the image is missing"})
+            elif (problem := unusable_file_reason(root / rel)) is not None:
+                if problem == "missing":
+                    problem = f"listed in meta/{meta_file} but the image is missing"
+                listing.skipped.append({"path": rel, "reason": problem})
             else:
                 listing.samples.append(_sample(root, str(root / rel), split, label_of[class_name]))
     return listing
@@ -143,30 +225,52 @@ def list_food101(root: Path, options: SourceOptions) -> SourceListing:
 def list_folder(root: Path, options: SourceOptions) -> SourceListing:
     """Class = sub-folder (sorted names); with no sub-folders, the images directly in ROOT, unlabelled.
 
-    Split `train` only, unless `val_fraction` > 0: then that share of each class (seeded pick) is split `val`.
+    Everything is split `train` here; `hold_out_val` moves a share of each class to `val` once the images
+    are validated.
     """
     if not root.is_dir():
         raise UserError(f"'{root}' is not a directory")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    per_class = [(d.name, _image_files(d, recursive=True)) for d in class_dirs]
+    root_ident = _folder_ident(root)
+    top = _scan(str(root))
+    skipped = list(top.skipped)
+    per_class = []
+    for path, ident in sorted(top.folders):
+        if ident == root_ident:
+            skipped.append((path, "symlink loop (links to a folder it is inside)"))
+        else:
+            per_class.append((os.path.basename(path), _image_files(path, frozenset({root_ident, ident}), skipped)))
     per_class = [(name, files) for name, files in per_class if files]
-    top_level = _image_files(root, recursive=False)
+    top_level = sorted(top.files)
     listing = SourceListing(root=root, samples=[])
     if per_class:
         listing.classes = [name for name, _ in per_class]
-        listing.skipped = [{"path": os.path.basename(p), "reason": "not in a class sub-folder"} for p in top_level]
+        skipped += [(p, "not in a class sub-folder") for p in top_level]
         groups = [(label, files) for label, (_, files) in enumerate(per_class)]
     else:
         groups = [(None, top_level)]
-    for label, files in groups:
-        val = _val_pick(files, options.val_fraction, f"{options.seed}-val-{label}")
-        listing.samples += [_sample(root, p, "val" if p in val else "train", label) for p in files]
+    listing.skipped = _skipped_entries(root, skipped)
+    listing.samples = [_sample(root, p, "train", label) for label, files in groups for p in files]
     return listing
 
 
-def _val_pick(files: Sequence[str], fraction: float, seed: str) -> set[str]:
-    count = round(len(files) * fraction)
-    return set(random.Random(seed).sample(list(files), count)) if count else set()
+def hold_out_val(listing: SourceListing, rejected: dict[str, str], fraction: float, seed: int) -> SourceListing:
+    """Split `val` for --val-fraction: that share of each class's VALID images (a seeded pick).
+
+    Decided after every image was validated (`rejected`: path -> reason of those the sharder rejects), so
+    that empty or corrupt files never take a place in `val` (10,000 empty files and a few photos used to
+    leave `val` with none). The rejected inputs leave the samples for `skipped`. Deterministic in
+    (listing, rejected, fraction, seed): a resumed run (the sharder's state keeps `rejected`) splits alike.
+    """
+    valid = [s for s in listing.samples if s.path not in rejected]
+    held_out: set[str] = set()
+    for label in dict.fromkeys(s.label for s in valid):
+        files = [s.path for s in valid if s.label == label]  # sorted, as listed
+        count = round(len(files) * fraction)
+        if count:
+            held_out |= set(random.Random(f"{seed}-val-{label}").sample(files, count))
+    samples = [dataclasses.replace(s, split="val") if s.path in held_out else s for s in valid]
+    skipped = listing.skipped + [{"path": path, "reason": reason} for path, reason in rejected.items()]
+    return dataclasses.replace(listing, samples=samples, skipped=skipped)
 
 
 SOURCES: dict[str, Callable[[Path, SourceOptions], SourceListing]] = {

@@ -1,6 +1,7 @@
 """What a run leaves in OUT_DIR while it works, so that a killed run can resume (img2dataset-style status).
 
-    .vaedist-shard-state.json      written first: the inputs' fingerprint and the measured bytes ratio
+    .vaedist-shard-state.json      written first: the inputs' fingerprint, the measured bytes ratio and
+                                   (--val-fraction) the inputs its validation pass rejected
     .train-000003.done.json        one per finished shard: its ShardInfo, the inputs it rejected or dropped,
                                    and its table rows (keys, hashes: table.TableRows)
     .train-000004.tar.tmp, .idx.tmp   the shard being written (swept away at the next start, like every .tmp)
@@ -106,9 +107,13 @@ class OutputDir:
             return None  # cannot happen with atomic writes; treat as absent and start over
         return state if state.get("version") == STATE_VERSION else None
 
-    def write_state(self, fingerprint: str, bytes_ratio: float) -> None:
-        write_json_atomic(self.state_path, {"version": STATE_VERSION, "fingerprint": fingerprint,
-                                            "bytes_ratio": bytes_ratio})
+    def write_state(self, fingerprint: str, bytes_ratio: float, rejected: dict[str, str] | None = None) -> None:
+        """`rejected` (--val-fraction): the inputs the validation pass rejected, path -> reason; the split,
+        hence the plan, depends on them."""
+        state = {"version": STATE_VERSION, "fingerprint": fingerprint, "bytes_ratio": bytes_ratio}
+        if rejected is not None:
+            state["rejected"] = rejected
+        write_json_atomic(self.state_path, state)
 
     # --- finished shards ---------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from itertools import islice
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from vaedist.shard.format import ImageHashes, IndexEntry, SampleMeta, sample_members
 from vaedist.shard.images import ImageOptions, ImageRejected, PreparedImage, configure_pillow, prepare_image
@@ -169,6 +169,26 @@ def pack_in_parallel(pool: ProcessPoolExecutor, workers: int, tasks: Iterator[tu
     finally:
         for future in in_flight:  # stopped early (error, Ctrl-C): don't decode what nobody will read
             future.cancel()
+
+
+def _rejection(path: str, options: ImageOptions) -> str | None:
+    result = _prepare_one(path, options)
+    return result if isinstance(result, str) else None
+
+
+def rejected_inputs(pool: ProcessPoolExecutor, listing: SourceListing, options: ImageOptions,
+                    progress: Callable[[int], object]) -> dict[str, str]:
+    """Decode every input once, as the writing pass will: path -> reason of those it rejects.
+
+    Only for --val-fraction, whose split must be drawn from valid images before the shards are planned.
+    """
+    paths = [f"{listing.root}/{s.path}" for s in listing.samples]
+    rejected: dict[str, str] = {}
+    for sample, reason in zip(listing.samples, pool.map(partial(_rejection, options=options), paths, chunksize=CHUNKSIZE)):
+        progress(1)
+        if reason is not None:
+            rejected[sample.path] = reason
+    return rejected
 
 
 def _stored_size(path: str, options: ImageOptions) -> tuple[int, int] | None:
