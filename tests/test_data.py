@@ -254,9 +254,9 @@ def salted(shards, tmp_path) -> Path:
     return Path(shutil.copytree(shards["food"], tmp_path / "food"))
 
 
-def one_line_error(shard_dir: Path) -> str:
+def one_line_error(shard_dir: Path, **kw) -> str:
     with pytest.raises(UserError) as err:
-        build_loader(cfg(shard_dir), "train", train=True, batch_size=4)
+        build_loader(cfg(shard_dir, **kw), "train", train=True, batch_size=4)
     message = str(err.value)
     assert "\n" not in message
     return message
@@ -322,29 +322,138 @@ def damage_member(shard_dir: Path, ext: str, edit) -> tuple[str, str]:
 def test_damaged_jpeg_header_stops_with_one_line_naming_shard_key_and_member(salted, backend):
     name, key = damage_member(salted, "jpg", lambda jpg: b"\0" * 64 + jpg[64:])
     with pytest.raises(UserError) as err:
-        build_loader(cfg(salted, backend=backend), "train", train=True, batch_size=4)
+        build_loader(cfg(salted, backend=backend, bad_samples="stop"), "train", train=True, batch_size=4)
     message = str(err.value)
     assert "\n" not in message
     assert name in message and f"'{key}'" in message and ".jpg member" in message and "not a readable JPEG" in message
-    assert message.endswith("re-run python -m vaedist.shard with --overwrite")
+    assert "data.bad_samples=stop" in message and "re-run python -m vaedist.shard with --overwrite" in message
+    # skip (the default): the sample is known bad from the start and never decoded
+    loader = build_loader(cfg(salted, backend=backend), "train", train=True, batch_size=4)
+    assert [(b.shard, b.key, b.member) for b in loader.bad_samples.known.values()] == [(name, key, "jpg")]
+    assert all(len(x) == 4 for x, _ in loader)
 
 
 def test_damaged_label_stops_with_one_line_naming_shard_key_and_member(salted):
     name, key = damage_member(salted, "cls", lambda cls: b"Z" * len(cls))
-    message = one_line_error(salted)
+    message = one_line_error(salted, bad_samples="stop")
     assert name in message and f"'{key}'" in message and ".cls member" in message and "not a class index" in message
     assert "is damaged" in message and "--overwrite" in message
 
 
 def test_damaged_metadata_stops_with_one_line_naming_shard_key_and_member(salted):
     name, key = damage_member(salted, "json", lambda js: b"}" + js[1:])  # not JSON any more
-    message = one_line_error(salted)
+    message = one_line_error(salted, bad_samples="stop")
     assert name in message and f"'{key}'" in message and ".json member" in message and "not valid JSON" in message
     assert "is damaged" in message and "--overwrite" in message
 
     damage_member(salted, "json", lambda js: b"{" + js[1:].replace(b'"width"', b'"wjdth"'))  # valid JSON, no width
-    message = one_line_error(salted)
+    message = one_line_error(salted, bad_samples="stop")
     assert name in message and f"'{key}'" in message and '.json member that lacks a "width"' in message
+
+
+# --- a JPEG damaged after sharding: found while decoding, named, replaced, skipped later -----------------
+
+
+def damage_scan(jpg: bytes) -> bytes:
+    """Flip bytes of the Huffman table and zero the start-of-scan header: the frame header (size) still
+    reads, so start-up passes, and both DALI and Pillow fail on the sample when they decode it."""
+    data = bytearray(jpg)
+    dht, sos = data.find(b"\xff\xc4"), data.find(b"\xff\xda")
+    assert 0 < dht < sos
+    for k in range(dht + 4, dht + 20):
+        data[k] ^= 0xFF
+    data[sos : sos + 12] = b"\0" * 12
+    return bytes(data)
+
+
+def sample_position(shard_dir: Path, split: str, key: str) -> int:
+    return load_split_index(shard_dir, load_manifest(shard_dir), split,
+                            validate_split(shard_dir, load_manifest(shard_dir), split)).keys.index(key)
+
+
+def batches_of(loader, epoch: int) -> list[torch.Tensor]:
+    loader.set_epoch(epoch)
+    return [x for x, _ in loader]
+
+
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_a_jpeg_damaged_after_sharding_is_named_replaced_in_its_batch_and_skipped_in_later_epochs(shards, salted, backend):
+    name, key = damage_member(salted, "jpg", damage_scan)
+    bad = sample_position(salted, "train", key)
+    clean = build_loader(cfg(shards["food"], backend=backend), "train", train=True, batch_size=4)
+    loader = build_loader(cfg(salted, backend=backend), "train", train=True, batch_size=4)
+    assert not loader.bad_samples.known  # start-up reads the frame header only: the damage is further in
+    for epoch in (0, 1):
+        expected = batches_of(clean, epoch)
+        got = batches_of(loader, epoch)  # no exception: the run goes on
+        assert len(got) == len(expected) and all(len(x) == 4 for x in got)  # every step keeps its size
+        batches = clean.plan.batches(epoch)
+        (at,) = [b for b, batch in enumerate(batches) if bad in batch]
+        for b in range(len(got)):
+            if b != at:
+                assert torch.equal(got[b], expected[b])
+        position = list(batches[at]).index(bad)  # replaced by the sample after it in its batch (cyclically)
+        want = expected[at].clone()
+        want[position] = expected[at][(position + 1) % 4]
+        assert torch.equal(got[at], want)
+    (record,) = loader.bad_samples.known.values()
+    assert (record.split, record.shard, record.key, record.member) == ("train", name, key, "jpg")
+    decoder = "DALI: " if backend == "dali" else "Pillow: "
+    assert record.reason.startswith(f"fails to decode ({decoder}") and "Pillow: cannot load this image" in record.reason
+    assert [r.key for r in loader.bad_samples.take_found()] == [key]  # found once: later epochs knew it
+
+
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_evaluation_drops_a_sample_that_fails_to_decode(shards, salted, backend):
+    info = load_manifest(salted).splits["val"].shards[0]
+    idx = parse_index(salted / info.name, salted / info.index)
+    off, size = idx.members[2]["jpg"]
+    data = bytearray((salted / info.name).read_bytes())
+    data[off : off + size] = damage_scan(bytes(data[off : off + size]))
+    (salted / info.name).write_bytes(bytes(data))
+    clean_x, clean_y = collect(build_loader(cfg(shards["food"], backend=backend), "val", train=False, batch_size=8))
+    x, y = collect(build_loader(cfg(salted, backend=backend), "val", train=False, batch_size=8))
+    bad = sample_position(salted, "val", idx.keys[2])
+    keep = [i for i in range(len(clean_x)) if i != bad]
+    assert torch.equal(x, clean_x[keep]) and torch.equal(y, clean_y[keep])  # no image counted twice
+
+
+def test_a_damaged_jpeg_under_the_stop_policy_ends_with_one_line_naming_it(salted):
+    name, key = damage_member(salted, "jpg", damage_scan)
+    loader = build_loader(cfg(salted, bad_samples="stop"), "train", train=True, batch_size=4)
+    with pytest.raises(UserError) as err:
+        for _ in loader:
+            pass
+    message = str(err.value)
+    assert "\n" not in message and name in message and f"'{key}'" in message and ".jpg member that fails to decode" in message
+    assert "data.bad_samples=stop" in message
+
+
+def test_more_bad_samples_than_the_budget_stop_the_run_saying_to_reshard(salted):
+    info = load_manifest(salted).splits["train"].shards[0]
+    idx = parse_index(salted / info.name, salted / info.index)
+    data = bytearray((salted / info.name).read_bytes())
+    for k in (0, 1):  # two damaged samples; 0.1 % of 60 tolerates one
+        off, size = idx.members[k]["jpg"]
+        data[off : off + size] = damage_scan(bytes(data[off : off + size]))
+    (salted / info.name).write_bytes(bytes(data))
+    with pytest.raises(UserError) as err:
+        for _ in build_loader(cfg(salted), "train", train=True, batch_size=4):
+            pass
+    message = str(err.value)
+    assert "\n" not in message and "2 of the 60 samples of split 'train'" in message and "data.max_bad_fraction=0.001" in message
+    assert "vaedist.data.verify" in message and "--overwrite" in message
+    loader = build_loader(cfg(salted, max_bad_fraction=0.05), "train", train=True, batch_size=4)  # a larger budget
+    assert len(batches_of(loader, 0)) == len(loader) and len(loader.bad_samples) == 2
+
+
+def test_the_decode_once_cache_completes_without_the_bad_sample_and_serves_its_replacement(shards, salted):
+    _, key = damage_member(salted, "jpg", damage_scan)
+    plain = build_loader(cfg(salted), "train", train=True, batch_size=4)
+    cached = build_loader(cfg(salted, cache="host"), "train", train=True, batch_size=4)
+    for epoch in (0, 1, 2):
+        assert all(torch.equal(a, b) for a, b in zip(batches_of(cached, epoch), batches_of(plain, epoch), strict=True))
+    assert cached.cache.complete
 
 
 def test_dali_webdataset_reader_reads_our_index_files_and_errors_on_missing_members(shards, salted):

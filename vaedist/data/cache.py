@@ -72,6 +72,11 @@ class DecodeOnceCache:
     def missing(self, indices: np.ndarray) -> np.ndarray:
         return indices[~self._filled[self._row[indices]]]
 
+    def exclude(self, indices: np.ndarray) -> None:
+        """Samples that will never be asked for (they fail to decode): the cache is complete without them."""
+        rows = self._row[indices]
+        self._filled[rows[rows >= 0]] = True
+
     def store(self, indices: np.ndarray, images: torch.Tensor) -> None:
         rows = self._row[indices]
         self.images[torch.from_numpy(rows).to(self.images.device)] = images.to(self.images.device)

@@ -23,7 +23,9 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
+from vaedist.data.bad_samples import BadSamples
 from vaedist.data.index import SplitIndex, TarReader
+from vaedist.data.reference import pillow_problem
 from vaedist.data.transform import TransformSpec, centre_crop_window
 
 
@@ -69,6 +71,10 @@ class _EpochSource:
         self.reader = TarReader(index.shard_dir, index.shards)
         self.batches: Iterable[np.ndarray] = ()
 
+    def jpegs(self, batch: np.ndarray) -> list[np.ndarray]:
+        ix = self.index
+        return [np.frombuffer(self.reader.view(ix.shard[i], ix.offset[i], ix.size[i]), dtype=np.uint8) for i in batch]
+
     def __iter__(self):
         ix = self.index
         for batch in self.batches:
@@ -91,12 +97,19 @@ class _EpochSource:
 
 
 class DaliDecoder:
-    """Turns batches of sample indices into uint8 [N, 3, size, size] on `device`."""
+    """Turns batches of sample indices into uint8 [N, 3, size, size] on `device`.
+
+    When the pipeline fails (DALI names no sample: "nvImageCodec failure", and the pipeline is dead), the
+    samples of the batch it failed on are decoded one by one on the host (`undecodable`), the bad ones go to
+    `bad` (policy), the pipeline is rebuilt, and decoding goes on from that batch, fixed by `bad`'s rule.
+    Nothing of this runs while every sample decodes: the fast path is the plain pipeline.
+    """
 
     def __init__(self, index: SplitIndex, spec: TransformSpec, batch_size: int, device: torch.device,
-                 workers: int, prefetch: int, seed: int):
+                 workers: int, prefetch: int, seed: int, bad: BadSamples):
         self.device = device
         self._size = spec.size
+        self._bad = bad
         cuda = device.type == "cuda"
         self._source = _EpochSource(index, spec.crop, inside_only=not cuda)
         self._args = dict(
@@ -113,28 +126,92 @@ class DaliDecoder:
             self._pipe.build()
         return self._pipe
 
-    def decode(self, batches: list[np.ndarray]) -> Iterator[torch.Tensor]:
-        """Yield one uint8 batch per (non-empty) index batch, in order."""
-        pipe = self._pipeline()
-        self._source.batches = batches
-        finished = False
+    def decode(self, batches: list[np.ndarray], keep_size: bool = True) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """(indices, uint8 images) per (non-empty) index batch, in order; `indices` differ from the batch's
+        where a sample failed to decode (replaced, or dropped when not `keep_size`)."""
+        queue, done = list(batches), 0  # batches to yield, and how many of them are yielded
+        while True:
+            pipe = self._pipeline()
+            self._source.batches = [b for b in queue[done:] if len(b)]
+            finished, failure = False, None
+            try:
+                while True:
+                    while done < len(queue) and not len(queue[done]):  # emptied by dropping its bad samples
+                        yield queue[done], self._empty()
+                        done += 1
+                    try:
+                        outputs = pipe.run()
+                    except StopIteration:
+                        finished = True
+                        return
+                    except RuntimeError as err:
+                        failure = err
+                        break
+                    if self._args["decoder_device"] == "cpu":
+                        images = finish_windows(outputs[0], outputs[1], self._size)
+                    else:
+                        images = _to_torch(outputs[0], self.device)
+                    done += 1
+                    yield queue[done - 1], images
+            finally:
+                if finished:
+                    pipe.reset()
+                else:  # left mid-epoch, or failed: prefetched batches would leak into the next epoch, start afresh
+                    self._pipe = None
+                    del pipe
+            queue = self._recover(queue, done, failure, keep_size)
+
+    def _recover(self, queue: list[np.ndarray], failed: int, err: RuntimeError, keep_size: bool) -> list[np.ndarray]:
+        """Find the bad samples of the batch the pipeline failed on, hand them to the policy, and return the
+        queue with the batches from there on fixed. DALI reports failures in batch order; should the failed
+        batch decode sample by sample after all, the batches prefetched after it are searched too."""
+        for batch in queue[failed : failed + 1 + self._args["prefetch_queue_depth"]]:
+            jpegs = self._source.jpegs(batch)
+            culprits = undecodable(jpegs, self._args["decoder_device"], self._args["device_id"])
+            if culprits:
+                break
+        else:
+            raise err  # no sample is to blame (out of memory, a driver error...): not a bad-sample case
+        for position, reason in culprits.items():
+            pillow = pillow_problem(bytes(jpegs[position]))
+            self._bad.add(int(batch[position]), "jpg", f"fails to decode (DALI: {reason}; Pillow: {pillow or 'decodes it'})")
+        return queue[:failed] + [self._bad.fix(b, keep_size) for b in queue[failed:]]
+
+    def _empty(self) -> torch.Tensor:
+        return torch.empty((0, 3, self._size, self._size), dtype=torch.uint8, device=self.device)
+
+
+@pipeline_def
+def _one_by_one_pipeline(decoder_device: str):
+    jpegs = fn.external_source(name="jpegs", dtype=types.UINT8, ndim=1)
+    return fn.decoders.image(jpegs, device=decoder_device, output_type=types.RGB, adjust_orientation=False)
+
+
+def dali_reason(err: BaseException) -> str:
+    """DALI's own words for a failure, without its pipeline boilerplate: "nvImageCodec failure: '#3'"."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if "encountered:" in lines:
+        lines = lines[lines.index("encountered:") + 1 :]
+    lines = [line for line in lines if "pipeline" not in line.lower() and not line.startswith("File ")]
+    return "; ".join(lines)[:200] or type(err).__name__
+
+
+def undecodable(jpegs: list[np.ndarray], decoder_device: str = "cpu", device_id: int | None = None) -> dict[int, str]:
+    """Positions of the JPEGs that DALI's decoder rejects when each is decoded alone, with DALI's reason."""
+    found: dict[int, str] = {}
+    pipe = None
+    for position, data in enumerate(jpegs):
+        if pipe is None:
+            pipe = _one_by_one_pipeline(decoder_device=decoder_device, batch_size=1, num_threads=1,
+                                        device_id=device_id, prefetch_queue_depth=1)
+            pipe.build()
+        pipe.feed_input("jpegs", [data])
         try:
-            while True:
-                try:
-                    outputs = pipe.run()
-                except StopIteration:
-                    finished = True
-                    break
-                if self._args["decoder_device"] == "cpu":
-                    yield finish_windows(outputs[0], outputs[1], self._size)
-                else:
-                    yield _to_torch(outputs[0], self.device)
-        finally:
-            if finished:
-                pipe.reset()
-            else:  # left mid-epoch: prefetched batches would leak into the next epoch, so start afresh
-                self._pipe = None
-                del pipe
+            pipe.run()
+        except RuntimeError as err:
+            found[position] = dali_reason(err)
+            pipe = None  # a failed pipeline is no longer valid
+    return found
 
 
 def finish_windows(inside, padding, size: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import mmap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,9 @@ class SplitIndex:
     stored_width: np.ndarray  # float32: the JPEG's own width (= orig_width on full-size shards)
     stored_height: np.ndarray  # float32
     keys: list[str]
+    # Samples whose .cls/.json/.jpg header was found damaged while indexing: (position, member, what is wrong).
+    # Their label, sizes are placeholders; the loader's BadSamples policy decides (skip them or stop).
+    damaged: list[tuple[int, str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.offset)
@@ -95,14 +98,15 @@ def load_split_index(shard_dir: str | Path, manifest: Manifest, split: str, shar
     """Flatten validated shard indexes into arrays and read each sample's label and original size.
 
     A member whose content was damaged after sharding (same size, other bytes: only `verify_split`'s hash
-    sees that) stops here with one line naming the tar, the sample and the member.
+    sees that) is listed in `damaged` with what is wrong with it, for the loader's bad-sample policy.
     """
     shard_dir = Path(shard_dir)
     shards = manifest.splits[split].shards
     reader = TarReader(shard_dir, shards)
     rows: list[tuple[int, int, int, int, float, float, int, int, str]] = []
+    damaged: list[tuple[int, str, str]] = []
     for s, idx in enumerate(shard_indexes):
-        for number, (members, key) in enumerate(zip(idx.members, idx.keys)):
+        for members, key in zip(idx.members, idx.keys):
             off, size = members[IMAGE_EXT]
             try:
                 label = (decode_label(bytes(reader.view(s, *members[LABEL_EXT])))
@@ -112,8 +116,9 @@ def load_split_index(shard_dir: str | Path, manifest: Manifest, split: str, shar
                 # (in the DALI graph, peeking the size and ~30 scalar operators cost ~40 % of a small JPEG's time).
                 stored_w, stored_h = _stored_size(reader.view(s, off, size))
             except DamagedMember as err:
-                raise UserError(f"shard '{idx.tar}' is damaged: sample {number} ('{key}') has a .{err.ext} member that "
-                                f"{err.what}; {RESHARD}") from None
+                damaged.append((len(rows), err.ext, err.what))
+                label = 0 if manifest.labelled else -1  # placeholders: the sample is never decoded
+                orig_w, orig_h, stored_w, stored_h = 1.0, 1.0, 1, 1
             rows.append((s, off, size, label, orig_w, orig_h, stored_w, stored_h, key))
     cols = list(zip(*rows)) if rows else [[]] * 9
     return SplitIndex(
@@ -128,6 +133,7 @@ def load_split_index(shard_dir: str | Path, manifest: Manifest, split: str, shar
         stored_width=np.asarray(cols[6], dtype=np.float32),
         stored_height=np.asarray(cols[7], dtype=np.float32),
         keys=list(cols[8]),
+        damaged=damaged,
     )
 
 

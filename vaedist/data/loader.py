@@ -7,7 +7,9 @@
             ...
 
 Set-up order: manifest -> start-up validation (one-line errors) -> index + per-sample metadata ->
-sample plan (ranks, order, flips) -> decoder backend (DALI or reference) -> optional decode-once cache.
+bad-sample policy (members found damaged so far) -> sample plan (ranks, order, flips) -> decoder backend
+(DALI or reference) -> optional decode-once cache. A sample that fails to decode later is found by its
+backend and handled by the same policy (`bad_samples.py`).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 
 from vaedist.config import DataConfig
 from vaedist.data.backend import resolve_backend
+from vaedist.data.bad_samples import BadSamples
 from vaedist.data.cache import DecodeOnceCache, plan_cache
 from vaedist.data.index import SplitIndex, load_split_index
 from vaedist.data.order import SamplePlan
@@ -32,17 +35,22 @@ log = logging.getLogger(__name__)
 
 
 class Decoder(Protocol):
-    """A backend: batches of global sample indices -> uint8 [n, 3, size, size] on the device, in order."""
+    """A backend: non-empty batches of global sample indices -> (the indices decoded, uint8 [n, 3, size, size]
+    on the device) per batch, in order. The indices are the batch's own unless a sample failed to decode:
+    then the backend hands it to its `BadSamples` and yields the batch as `BadSamples.fix` makes it."""
 
-    def decode(self, batches: list[np.ndarray]) -> Iterator[torch.Tensor]: ...
+    def decode(self, batches: list[np.ndarray], keep_size: bool = True) -> Iterator[tuple[np.ndarray, torch.Tensor]]: ...
 
 
 class Loader:
     """Iterable of (images float32 [N, 3, S, S] in [-1, 1], labels int64 [N] | None) on the device."""
 
     def __init__(self, manifest: Manifest, index: SplitIndex, plan: SamplePlan, spec: TransformSpec, decoder: Decoder,
-                 backend: str, device: torch.device, cache: DecodeOnceCache | None, cache_info: str):
+                 backend: str, device: torch.device, cache: DecodeOnceCache | None, cache_info: str,
+                 bad_samples: BadSamples):
         self.manifest, self.index, self.plan, self.spec = manifest, index, plan, spec
+        # Samples that fail to decode: replaced in their training batch / dropped from evaluation, every epoch.
+        self.bad_samples = bad_samples
         self.backend = backend
         self.device = device
         self.cache = cache
@@ -69,24 +77,27 @@ class Loader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         epoch = self.epoch
-        batches = self.plan.batches(epoch)[self.start_batch :]
+        batches = [self.bad_samples.fix(b, keep_size=self.plan.train) for b in self.plan.batches(epoch)[self.start_batch :]]
         flips = self.plan.flips(epoch) if (self.plan.train and self.spec.flip) else None
         if self.cache is not None and self.cache.complete:
-            images = (self.cache.take(b) for b in batches)
+            decoded = ((b, self.cache.take(b)) for b in batches)
         else:
-            images = self._decode_and_fill(batches)
-        for i, uint8 in enumerate(images):
-            yield self._finish(batches[i], uint8, flips)
+            decoded = self._decode_and_fill(batches)
+        for indices, uint8 in decoded:
+            yield self._finish(indices, uint8, flips)
 
-    def _decode_and_fill(self, batches: list[np.ndarray]) -> Iterator[torch.Tensor]:
-        nonempty = [b for b in batches if len(b)]
-        # Iterate the decoder itself to its end (not zip) so that it finishes its epoch cleanly.
-        for i, uint8 in enumerate(self._decoder.decode(nonempty) if nonempty else ()):
-            if self.cache is not None:
-                self.cache.store(nonempty[i], uint8)
-            yield uint8
-        for _ in range(len(batches) - len(nonempty)):  # evaluation: a rank with one sample fewer
-            yield torch.empty((0, 3, self.spec.size, self.spec.size), dtype=torch.uint8, device=self.device)
+    def _decode_and_fill(self, batches: list[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        decoded = self._decoder.decode([b for b in batches if len(b)], keep_size=self.plan.train)
+        for batch in batches:
+            if len(batch):
+                indices, uint8 = next(decoded)
+                if self.cache is not None:
+                    self.cache.store(indices, uint8)
+            else:  # evaluation: a rank with one sample fewer, or a batch of bad samples only
+                indices, uint8 = batch, torch.empty((0, 3, self.spec.size, self.spec.size), dtype=torch.uint8,
+                                                    device=self.device)
+            yield indices, uint8
+        next(decoded, None)  # run the decoder to its end, so that it finishes its epoch cleanly
         if self.cache is not None and not self.cache.complete:
             self._fill_cache(self.cache.missing(self.plan.owned))
 
@@ -94,9 +105,11 @@ class Loader:
         """Decode the samples the epoch did not (the drop-last remainder; the batches before a resumed epoch's
         start) so that later epochs need no decoder."""
         size = self.plan.batch_size
+        missing = self.bad_samples.fix(missing, keep_size=False)
         chunks = [missing[i : i + size] for i in range(0, len(missing), size)]
-        for i, uint8 in enumerate(self._decoder.decode(chunks)):
-            self.cache.store(chunks[i], uint8)
+        for indices, uint8 in self._decoder.decode(chunks, keep_size=False):
+            self.cache.store(indices, uint8)
+        self.cache.exclude(np.asarray(sorted(self.bad_samples.known), dtype=np.int64))  # never served
         log.info("%s: complete after epoch %d", self.cache_info, self.epoch)
 
     def _finish(self, batch: np.ndarray, uint8: torch.Tensor, flips: np.ndarray | None):
@@ -127,6 +140,9 @@ def build_loader(cfg: DataConfig, split: str, *, train: bool, batch_size: int, a
     manifest = load_manifest(cfg.shards)
     shard_indexes = validate_split(cfg.shards, manifest, split)
     index = load_split_index(cfg.shards, manifest, split, shard_indexes)
+    bad_samples = BadSamples(index, split, cfg.bad_samples, cfg.max_bad_fraction)
+    for i, member, what in index.damaged:  # members found damaged while indexing: the same policy
+        bad_samples.add(i, member, what)
     plan = SamplePlan(len(index), batch_size, train, cfg.seed, rank=shard_id, world=num_shards)
     spec = TransformSpec.from_config(cfg)
 
@@ -135,12 +151,12 @@ def build_loader(cfg: DataConfig, split: str, *, train: bool, batch_size: int, a
     if backend == "dali":
         from vaedist.data.dali import DaliDecoder  # nvidia.dali: optional, the reference backend runs without it
 
-        decoder = DaliDecoder(index, spec, batch_size, device, cfg.workers, cfg.prefetch, cfg.seed + shard_id)
+        decoder = DaliDecoder(index, spec, batch_size, device, cfg.workers, cfg.prefetch, cfg.seed + shard_id, bad_samples)
     else:
-        decoder = ReferenceDecoder(index, spec, device, cfg.workers, cfg.prefetch)
+        decoder = ReferenceDecoder(index, spec, device, cfg.workers, cfg.prefetch, bad_samples)
 
     cache_plan = plan_cache(cfg.cache, len(plan.owned), spec.size, device)
     cache = None if cache_plan.location == "off" else DecodeOnceCache(cache_plan, plan.owned, len(index), spec.size, device)
     if cfg.cache != "off":
         log.info("%s split: %s", split, cache_plan.reason)
-    return Loader(manifest, index, plan, spec, decoder, backend, device, cache, cache_plan.reason)
+    return Loader(manifest, index, plan, spec, decoder, backend, device, cache, cache_plan.reason, bad_samples)

@@ -5,12 +5,14 @@ parity test and the fallback where DALI does not import.
 from __future__ import annotations
 
 import io
+import struct
 from typing import Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
+from vaedist.data.bad_samples import BadSamples
 from vaedist.data.index import SplitIndex, TarReader
 from vaedist.data.transform import TransformSpec, centre_crop_window
 
@@ -25,8 +27,28 @@ def pil_seed_transform(jpeg: bytes, orig_width: float, orig_height: float, spec:
     return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous()
 
 
+# What Pillow raises on damaged data (as vaedist.shard.images' full decode sees it): such a sample is bad.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, Image.DecompressionBombError)
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text[:160]
+
+
+def pillow_problem(jpeg: bytes) -> str | None:
+    """Why Pillow cannot decode `jpeg` fully (None: it can). The reference backend's verdict on a sample."""
+    try:
+        with Image.open(io.BytesIO(jpeg)) as img:
+            img.load()
+    except DECODE_ERRORS as err:
+        return _short(err)
+    return None
+
+
 class ShardSamples(torch.utils.data.Dataset):
-    """Map-style dataset over one split: item i -> (uint8 [3, size, size], i)."""
+    """Map-style dataset over one split: item i -> (uint8 [3, size, size], i, "") or, for a sample that fails
+    to decode, (zeros, i, Pillow's reason): one damaged JPEG must not end the DataLoader's epoch."""
 
     def __init__(self, index: SplitIndex, spec: TransformSpec):
         self.index, self.spec = index, spec
@@ -35,23 +57,39 @@ class ShardSamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
         ix = self.index
         jpeg = bytes(self.reader.view(ix.shard[i], ix.offset[i], ix.size[i]))
-        return pil_seed_transform(jpeg, float(ix.orig_width[i]), float(ix.orig_height[i]), self.spec), i
+        try:
+            return pil_seed_transform(jpeg, float(ix.orig_width[i]), float(ix.orig_height[i]), self.spec), i, ""
+        except DECODE_ERRORS as err:
+            return torch.zeros((3, self.spec.size, self.spec.size), dtype=torch.uint8), i, _short(err)
 
 
 class ReferenceDecoder:
-    """Turns batches of sample indices into uint8 [N, 3, size, size] on `device`, in DataLoader workers."""
+    """Turns batches of sample indices into uint8 [N, 3, size, size] on `device`, in DataLoader workers.
+    A sample that fails to decode goes to `bad` (policy), and its batch is fixed by `bad`'s rule."""
 
-    def __init__(self, index: SplitIndex, spec: TransformSpec, device: torch.device, workers: int, prefetch: int):
+    def __init__(self, index: SplitIndex, spec: TransformSpec, device: torch.device, workers: int, prefetch: int,
+                 bad: BadSamples):
         self.dataset = ShardSamples(index, spec)
         self.device, self.workers, self.prefetch = device, workers, prefetch
+        self.bad = bad
 
-    def decode(self, batches: list[np.ndarray]) -> Iterator[torch.Tensor]:
+    def decode(self, batches: list[np.ndarray], keep_size: bool = True) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """(indices, uint8 images) per batch, in order; `indices` differ from the batch's where a sample failed."""
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=[b.tolist() for b in batches], num_workers=self.workers,
             prefetch_factor=self.prefetch if self.workers else None, pin_memory=self.device.type == "cuda",
         )
-        for images, _ in loader:
-            yield images.to(self.device, non_blocking=True)
+        for batch, (images, _, reasons) in zip(batches, loader):
+            if any(reasons):
+                for i, reason in zip(batch.tolist(), reasons):
+                    if reason:
+                        self.bad.add(i, "jpg", f"fails to decode (Pillow: {reason})")
+                fixed = self.bad.fix(batch, keep_size)
+                # The replacements are samples of the same batch, decoded already: take their images.
+                position = {int(i): p for p, i in reversed(list(enumerate(batch.tolist())))}
+                images = images[torch.as_tensor([position[int(i)] for i in fixed], dtype=torch.long)]
+                batch = fixed
+            yield batch, images.to(self.device, non_blocking=True)
