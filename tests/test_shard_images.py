@@ -134,3 +134,22 @@ def test_max_side_downscales_the_longer_side_and_keeps_the_original_size_in_meta
     assert _decoded(prepared.jpeg).size == (64, 40)
     assert (prepared.width, prepared.height) == (320, 200)
     assert prepare_image(path, ImageOptions(max_side=320)).copied  # already small enough: untouched
+
+
+def test_a_jpeg_with_stray_bytes_between_header_segments_is_re_encoded_so_dali_can_parse_it(tmp_path, photo):
+    """libjpeg (Pillow) reads past stray bytes between segments; DALI's parser refuses such a file (and can
+    crash on it in a batch): the sharder must not copy it byte for byte."""
+    from vaedist.data.dali import undecodable
+    from vaedist.data.reference import pillow_problem
+
+    good = io.BytesIO()
+    photo.save(good, "JPEG", quality=90)
+    data = good.getvalue()
+    dht = data.find(b"\xff\xc4")
+    quirky = data[:dht] + b"\x00\x11\x22\x33" + data[dht:]
+    assert pillow_problem(quirky) is None and undecodable([np.frombuffer(quirky, np.uint8)])  # as found in the wild
+    (tmp_path / "quirky.jpg").write_bytes(quirky)
+    prepared = prepare_image(tmp_path / "quirky.jpg", ImageOptions())
+    assert not prepared.copied and (prepared.width, prepared.height) == photo.size
+    assert undecodable([np.frombuffer(prepared.jpeg, np.uint8)]) == {}
+    assert np.abs(np.asarray(_decoded(prepared.jpeg), float) - np.asarray(_decoded(quirky), float)).mean() < 2

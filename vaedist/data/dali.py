@@ -5,7 +5,7 @@ Encoded JPEG bytes enter through `fn.external_source`, read at the .idx offsets 
 inside a buffer and by tar order, not globally per epoch, (b) cannot give exact equal-per-rank batch
 counts together with whole-split evaluation, and (c) cannot put each sample's ORIGINAL size (in its
 .json member) into the graph, which the --max-side crop scaling needs. `read_with_webdataset_reader`
-runs DALI's own reader over the same shards and index files (used by `vaedist.data.verify_split`).
+runs DALI's own reader over the same shards and index files (used by `vaedist.data.verify.verify_split`).
 
 Decoding runs on the GPU (`mixed`: nvJPEG / the hardware JPEG engines) when training on CUDA, on CPU
 threads otherwise (`device_id=None`: no GPU needed). Each sample's crop window is computed on the host
@@ -15,6 +15,7 @@ torch pads and resizes it (`finish_windows`); on the GPU, DALI does all of it.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -193,6 +194,8 @@ def dali_reason(err: BaseException) -> str:
     if "encountered:" in lines:
         lines = lines[lines.index("encountered:") + 1 :]
     lines = [line for line in lines if "pipeline" not in line.lower() and not line.startswith("File ")]
+    # "Failed to decode sample #0 :": the position is the probe's, meaningless to the user
+    lines = [re.sub(r"\s*sample #\d+\s*:?\s*$", "", re.sub(r"sample #\d+\s*:\s*", "", line)) for line in lines]
     return "; ".join(lines)[:200] or type(err).__name__
 
 
@@ -211,6 +214,32 @@ def undecodable(jpegs: list[np.ndarray], decoder_device: str = "cpu", device_id:
         except RuntimeError as err:
             found[position] = dali_reason(err)
             pipe = None  # a failed pipeline is no longer valid
+    return found
+
+
+@pipeline_def
+def _batch_decode_pipeline():
+    jpegs = fn.external_source(name="jpegs", dtype=types.UINT8, ndim=1)
+    return fn.decoders.image(jpegs, device="cpu", output_type=types.RGB, adjust_orientation=False)
+
+
+def decode_problems(jpegs: list[np.ndarray], num_threads: int, batch_size: int = 64) -> dict[int, str]:
+    """Every JPEG decoded by DALI on the CPU, `batch_size` at a time; a batch that fails is decoded again one
+    by one (`undecodable`). Positions of the rejected ones, with DALI's reason (`vaedist.data.verify`)."""
+    found: dict[int, str] = {}
+    pipe = None
+    for start in range(0, len(jpegs), batch_size):
+        chunk = jpegs[start : start + batch_size]
+        if pipe is None:
+            pipe = _batch_decode_pipeline(batch_size=batch_size, num_threads=num_threads, device_id=None,
+                                          prefetch_queue_depth=1)
+            pipe.build()
+        pipe.feed_input("jpegs", chunk)
+        try:
+            pipe.run()
+        except RuntimeError:
+            pipe = None
+            found.update({start + position: reason for position, reason in undecodable(chunk).items()})
     return found
 
 

@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from vaedist.errors import UserError
 from vaedist.shard.format import (IMAGE_EXT, LABEL_EXT, META_EXT, RESHARD, DamagedMember, Manifest, ShardIndex, ShardInfo,
                                   decode_label, decode_original_size)
+from vaedist.jpeg import marker_chain_problem
 
 
 @dataclass
@@ -94,14 +95,15 @@ def jpeg_size(data: memoryview | bytes) -> tuple[int, int]:
         return img.size
 
 
-def load_split_index(shard_dir: str | Path, manifest: Manifest, split: str, shard_indexes: list[ShardIndex]) -> SplitIndex:
+def load_split_index(shard_dir: str | Path, manifest: Manifest, split: str, shard_indexes: list[ShardIndex],
+                     shards: list[ShardInfo] | None = None) -> SplitIndex:
     """Flatten validated shard indexes into arrays and read each sample's label and original size.
 
-    A member whose content was damaged after sharding (same size, other bytes: only `verify_split`'s hash
+    A member whose content was damaged after sharding (same size, other bytes: only `vaedist.data.verify`'s hash
     sees that) is listed in `damaged` with what is wrong with it, for the loader's bad-sample policy.
     """
     shard_dir = Path(shard_dir)
-    shards = manifest.splits[split].shards
+    shards = manifest.splits[split].shards if shards is None else shards  # `shards`: some of them, e.g. one
     reader = TarReader(shard_dir, shards)
     rows: list[tuple[int, int, int, int, float, float, int, int, str]] = []
     damaged: list[tuple[int, str, str]] = []
@@ -138,6 +140,9 @@ def load_split_index(shard_dir: str | Path, manifest: Manifest, split: str, shar
 
 
 def _stored_size(data: memoryview) -> tuple[int, int]:
+    problem = marker_chain_problem(data)  # DALI's parser rejects such a file, and may crash in a batch
+    if problem is not None:
+        raise DamagedMember(IMAGE_EXT, problem)
     try:
         return jpeg_size(data)
     except Exception as err:  # whatever Pillow's fallback parser raises for bytes that are no JPEG

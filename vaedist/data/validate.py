@@ -1,17 +1,13 @@
-"""Start-up checks of a split's shards: cheap (stat sizes, parse the .idx files), run before training starts,
-so a missing or truncated shard stops with one line naming it instead of a C++ error mid-epoch.
-
-`verify_split` is the expensive, optional check: SHA-256 of every tar against the manifest, then one pass
-of DALI's own `fn.readers.webdataset` over the tars and index files (missing_component_behavior="error").
+"""Start-up checks of a split's shards: cheap (the split's count, stat sizes, parse the .idx files), run
+before training starts, so a missing or truncated shard stops with one line naming it instead of a C++ error
+mid-epoch. The expensive check of every byte and every image is `vaedist.data.verify`, built on `check_shard`.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-from vaedist.data.backend import dali_available
 from vaedist.errors import UserError
-from vaedist.shard.format import RESHARD, Manifest, ShardIndex, member_exts, parse_index
+from vaedist.shard.format import RESHARD, Manifest, ShardIndex, ShardInfo, member_exts, parse_index
 
 
 def check_split_name(manifest: Manifest, split: str, shard_dir: Path) -> None:
@@ -22,60 +18,48 @@ def check_split_name(manifest: Manifest, split: str, shard_dir: Path) -> None:
         raise UserError(f"split '{split}' of '{shard_dir}' has no samples; {RESHARD}")
 
 
+def check_split_count(manifest: Manifest, split: str, shard_dir: Path) -> None:
+    """The split's `samples` in manifest.json must be the sum of its shards' (an edited or mixed-up manifest)."""
+    info = manifest.splits[split]
+    total = sum(shard.samples for shard in info.shards)
+    if info.samples != total:
+        raise UserError(f"'{shard_dir}/manifest.json' says split '{split}' has {info.samples} samples, its shards "
+                        f"list {total}; {RESHARD}")
+
+
+def check_shard(shard_dir: Path, info: ShardInfo, required: tuple[str, ...]) -> ShardIndex:
+    """One shard against its index and its manifest entry (sizes only, no hashing); returns its parsed index."""
+    tar, idx_path = shard_dir / info.name, shard_dir / info.index
+    if not tar.is_file():
+        raise UserError(f"shard '{tar}' is missing; {RESHARD}")
+    if not idx_path.is_file():
+        raise UserError(f"index '{idx_path}' of shard '{tar}' is missing; {RESHARD}")
+    tar_bytes = tar.stat().st_size
+    if info.bytes and tar_bytes != info.bytes:
+        state = "truncated" if tar_bytes < info.bytes else "larger than recorded"
+        raise UserError(f"shard '{tar}' is {state} ({tar_bytes} bytes, manifest says {info.bytes}); {RESHARD}")
+    idx = parse_index(tar, idx_path)
+    if len(idx.members) != info.samples:
+        raise UserError(
+            f"index '{idx_path}' lists {len(idx.members)} samples but the manifest says shard '{tar}' has {info.samples}; {RESHARD}"
+        )
+    for n, members in enumerate(idx.members):
+        missing = [ext for ext in required if ext not in members]
+        if missing:
+            raise UserError(f"shard '{tar}' sample {n} ('{idx.keys[n]}') has no .{missing[0]} member; {RESHARD}")
+        end = max(off + size for off, size in members.values())
+        if end > tar_bytes:
+            raise UserError(
+                f"index '{idx_path}' does not match shard '{tar}': sample {n} ends at byte {end}, "
+                f"the tar has {tar_bytes}; {RESHARD}"
+            )
+    return idx
+
+
 def validate_split(shard_dir: str | Path, manifest: Manifest, split: str) -> list[ShardIndex]:
     """Check every shard of `split` against its index and the manifest; return the parsed indexes."""
     shard_dir = Path(shard_dir)
     check_split_name(manifest, split, shard_dir)
+    check_split_count(manifest, split, shard_dir)
     required = member_exts(manifest.labelled)
-    indexes = []
-    for info in manifest.splits[split].shards:
-        tar, idx_path = shard_dir / info.name, shard_dir / info.index
-        if not tar.is_file():
-            raise UserError(f"shard '{tar}' is missing; {RESHARD}")
-        if not idx_path.is_file():
-            raise UserError(f"index '{idx_path}' of shard '{tar}' is missing; {RESHARD}")
-        tar_bytes = tar.stat().st_size
-        if info.bytes and tar_bytes != info.bytes:
-            state = "truncated" if tar_bytes < info.bytes else "larger than recorded"
-            raise UserError(f"shard '{tar}' is {state} ({tar_bytes} bytes, manifest says {info.bytes}); {RESHARD}")
-        idx = parse_index(tar, idx_path)
-        if len(idx.members) != info.samples:
-            raise UserError(
-                f"index '{idx_path}' lists {len(idx.members)} samples but the manifest says shard '{tar}' has {info.samples}; {RESHARD}"
-            )
-        for n, members in enumerate(idx.members):
-            missing = [ext for ext in required if ext not in members]
-            if missing:
-                raise UserError(f"shard '{tar}' sample {n} ('{idx.keys[n]}') has no .{missing[0]} member; {RESHARD}")
-            end = max(off + size for off, size in members.values())
-            if end > tar_bytes:
-                raise UserError(
-                    f"index '{idx_path}' does not match shard '{tar}': sample {n} ends at byte {end}, "
-                    f"the tar has {tar_bytes}; {RESHARD}"
-                )
-        indexes.append(idx)
-    return indexes
-
-
-def verify_split(shard_dir: str | Path, manifest: Manifest, split: str, *, dali_reader: bool = True) -> None:
-    """Hash every tar of `split` and compare with the manifest (slow: reads every byte)."""
-    shard_dir = Path(shard_dir)
-    validate_split(shard_dir, manifest, split)
-    for info in manifest.splits[split].shards:
-        digest = hashlib.sha256()
-        with open(shard_dir / info.name, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                digest.update(chunk)
-        if info.sha256 and digest.hexdigest() != info.sha256:
-            raise UserError(f"shard '{shard_dir / info.name}' does not match its SHA-256 in the manifest; {RESHARD}")
-    if dali_reader and dali_available():
-        from vaedist.data.dali import read_with_webdataset_reader  # nvidia.dali: optional (checked just above)
-
-        infos = manifest.splits[split].shards
-        try:
-            read_with_webdataset_reader([shard_dir / s.name for s in infos], [shard_dir / s.index for s in infos],
-                                        list(member_exts(manifest.labelled)))
-        except RuntimeError as err:
-            last = [line for line in str(err).splitlines() if line.strip() and "pipeline" not in line]
-            raise UserError(f"DALI's webdataset reader rejects split '{split}' of '{shard_dir}': "
-                            f"{last[-1] if last else err}; {RESHARD}")
+    return [check_shard(shard_dir, info, required) for info in manifest.splits[split].shards]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vaedist.jpeg import marker_chain_problem
 from vaedist.shard.fingerprint import image_hashes
 from vaedist.shard.format import ImageHashes
 
@@ -91,7 +92,7 @@ def prepare_image(path: str | Path, options: ImageOptions) -> PreparedImage:
             img.draft(img.mode if img.mode in ("RGB", "L") else None, scale_to)
         _decode(img)
         upright_w, upright_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-        if _is_clean_jpeg(img, orientation) and not scale_to:
+        if _is_clean_jpeg(img, orientation, data) and not scale_to:
             # the decoder's own RGB image: its memory can be hashed in place (fingerprint.py)
             hashes = image_hashes(img, straight_from_decoder=True) if options.hashes else None
             return PreparedImage(jpeg=data, width=width, height=height, copied=True, hashes=hashes)
@@ -147,9 +148,11 @@ def _downscaled_size(width: int, height: int, orientation: int, max_side: int | 
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _is_clean_jpeg(img: Image.Image, orientation: int) -> bool:
+def _is_clean_jpeg(img: Image.Image, orientation: int, data: bytes) -> bool:
     # MPO (camera multi-picture JPEGs) and CMYK/YCCK JPEGs render differently across decoders: convert them.
-    return img.format == "JPEG" and img.mode in ("RGB", "L") and orientation == 1
+    # Stray bytes between header segments: Pillow reads past them, DALI refuses the file (vaedist.jpeg).
+    return (img.format == "JPEG" and img.mode in ("RGB", "L") and orientation == 1
+            and marker_chain_problem(data) is None)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
