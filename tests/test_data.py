@@ -296,6 +296,14 @@ def test_index_that_does_not_match_its_tar_stops_with_one_line(salted):
     assert info.index in one_line_error(salted)
 
 
+def test_a_wrong_split_level_count_in_the_manifest_stops_start_up_with_one_line(salted):
+    raw = json.loads((salted / "manifest.json").read_text())
+    raw["splits"]["train"]["samples"] -= 7  # e.g. a manifest edited by hand, or from another run
+    (salted / "manifest.json").write_text(json.dumps(raw))
+    message = one_line_error(salted)
+    assert "manifest.json' says split 'train' has 53 samples, its shards list 60" in message and "--overwrite" in message
+
+
 def test_verify_hashes_every_shard(salted):
     manifest = load_manifest(salted)
     assert verify_split(salted, manifest, "val").problems == []
