@@ -89,6 +89,9 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = only at epoch ends)
     keep_checkpoints: int = 2
     max_steps: int = 0  # stop after this many steps (0 = run all epochs); for smoke tests and benchmarks
+    # Seconds a collective (gradient all-reduce, log row, checkpoint barrier) may wait for the other ranks: a
+    # frozen or vanished rank then ends the job (one line naming it) instead of holding it until its time limit.
+    collective_timeout: float = 300.0
 
 
 @dataclass
@@ -322,6 +325,7 @@ def validate(cfg: Config) -> None:
         ("train.checkpoint_every", t.checkpoint_every, _at_least(0)),
         ("train.keep_checkpoints", t.keep_checkpoints, _at_least(1)),
         ("train.max_steps", t.max_steps, _at_least(0)),
+        ("train.collective_timeout", t.collective_timeout, _POSITIVE),
         ("logging.num_reconstructions", log.num_reconstructions, _at_least(0)),
         ("logging.num_samples", log.num_samples, _at_least(0)),
         ("logging.table_rows", log.table_rows, _at_least(0)),
