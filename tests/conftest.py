@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -224,3 +226,38 @@ class TrackingSample:
 @pytest.fixture(scope="session")
 def tracking_sample(sample_trees) -> TrackingSample:
     return TrackingSample(sample_trees["food101"])
+
+
+def _mount_tmpfs(path: Path, options: str) -> bool:
+    """A small tmpfs at `path` (root only): a real read-only or full filesystem, not a permission bit."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """An existing folder nothing can be written into: a read-only tmpfs as root, else a folder without write
+    permission (which root would ignore)."""
+    path = tmp_path / "ro"
+    if _mount_tmpfs(path, "size=1m,ro"):
+        yield path
+        subprocess.run(["umount", "-l", str(path)], check=False)
+        return
+    if os.geteuid() == 0:
+        pytest.skip("root without mount: no way to make a folder read-only")
+    path.mkdir()
+    path.chmod(0o555)
+    yield path
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB filesystem (tmpfs, root only) to fill up; skipped where none can be mounted."""
+    path = tmp_path / "small"
+    if not _mount_tmpfs(path, "size=3m"):
+        pytest.skip("needs root to mount a small tmpfs")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=False)

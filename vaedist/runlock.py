@@ -38,7 +38,7 @@ def _check_can_create(run_dir: Path) -> None:
         raise UserError(f"run.dir '{run_dir}' is a file, not a folder: give the run a folder of its own")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:  # a parent is a file: mkdir reports the path as existing
+    except (FileExistsError, NotADirectoryError):  # a folder above it is a file
         raise UserError(f"cannot create run.dir '{run_dir}': a folder above it is a file") from None
     except OSError as err:
         raise UserError(f"cannot create run.dir '{run_dir}': {err.strerror or err}") from None

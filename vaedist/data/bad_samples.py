@@ -27,7 +27,8 @@ from typing import Iterable
 
 import numpy as np
 
-from vaedist.data.index import RESHARD, SplitIndex
+from vaedist.data.index import SplitIndex
+from vaedist.shard.format import RESHARD
 from vaedist.errors import UserError
 
 log = logging.getLogger(__name__)
