@@ -261,3 +261,35 @@ def small_disk(tmp_path):
         pytest.skip("needs root to mount a small tmpfs")
     yield path
     subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _damage_scan(jpg: bytes) -> bytes:
+    """Flip bytes inside the Huffman table and zero the start-of-scan header's body: the marker chain and the
+    frame header still read (start-up passes), and DALI and Pillow both fail when they decode the sample."""
+    data = bytearray(jpg)
+    dht, sos = data.find(b"\xff\xc4"), data.find(b"\xff\xda")
+    for k in range(dht + 5, dht + 21):
+        data[k] ^= 0xFF
+    data[sos + 4 : sos + 12] = b"\0" * 8
+    return bytes(data)
+
+
+@pytest.fixture(scope="session")
+def damaged_food_shards(food_shards, tmp_path_factory) -> tuple[Path, list[tuple[str, str, str]]]:
+    """A copy of `food_shards` where one training and one validation JPEG were damaged in place after sharding
+    (found by Python's tarfile, same sizes). Returns (shard dir, [(split, tar name, key)])."""
+    import tarfile
+
+    out = tmp_path_factory.mktemp("damaged") / "food101"
+    shutil.copytree(food_shards, out)
+    damaged = []
+    for split in ("train", "val"):
+        tar = sorted(out.glob(f"{split}-*.tar"))[0]
+        with tarfile.open(tar) as tf:
+            member = [m for m in tf.getmembers() if m.name.endswith(".jpg")][3]
+        data = bytearray(tar.read_bytes())
+        data[member.offset_data : member.offset_data + member.size] = _damage_scan(
+            bytes(data[member.offset_data : member.offset_data + member.size]))
+        tar.write_bytes(bytes(data))
+        damaged.append((split, tar.name, member.name.split(".", 1)[0]))
+    return out, damaged

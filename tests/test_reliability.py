@@ -1,0 +1,298 @@
+"""The trainer under a demanding cluster's attacks, with real processes, real signals, real shards: a JPEG
+damaged after sharding, SIGTERM / SIGKILL to the launcher, two trainings on one run.dir, a frozen rank, a full
+disk, a run.dir that cannot hold a run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+# 60 training images, batch 16, drop-last: 3 steps per epoch, 12 steps in all; a checkpoint every 2 steps
+RUN = ["--config", "configs/demo.yaml", "train.epochs=4", "train.batch_size=16", "train.log_every=1",
+       "train.checkpoint_every=2", "train.keep_checkpoints=2", "train.eval_every=0", "logging.wandb=false"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true", "ACCELERATE_USE_CPU": "true"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def train_command(shards: Path, run_dir: Path, *extra: str, launcher: str | None = None) -> list[str]:
+    """`python launch/train.py ...`, or the same under `accelerate launch` (launcher "one": the README's one-GPU
+    command, "two": two gloo processes)."""
+    args = ["launch/train.py", *RUN, f"data.shards={shards}", f"run.dir={run_dir}", *extra]
+    if launcher is None:
+        return [sys.executable, *args]
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+                  "--dynamo_backend", "no"]
+    if launcher == "two":
+        accelerate += ["--multi_gpu", "--num_processes", "2", "--main_process_port", "0"]
+    else:
+        accelerate += ["--num_processes", "1"]
+    return [*accelerate, *args]
+
+
+def start(cmd: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(condition, proc: subprocess.Popen | None = None, timeout: float = 180, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"ended before {what}:\n" + proc.stdout.read()[-3000:])
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def checkpoints(run_dir: Path) -> list[str]:
+    root = run_dir / "checkpoints"
+    return sorted(p.name for p in root.iterdir() if p.name.startswith("step-")) if root.is_dir() else []
+
+
+def lock_holder(run_dir: Path) -> int | None:
+    try:
+        return json.loads((run_dir / "run.lock").read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+def assert_same_weights(run: Path, reference: Path) -> None:
+    got, want = load_file(run / "final" / "model.safetensors"), load_file(reference / "final" / "model.safetensors")
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.fixture(scope="module")
+def straight_run(food_shards, tmp_path_factory) -> Path:
+    """The uninterrupted run every interrupted one must end equal to."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    proc = subprocess.run(train_command(food_shards, run), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return run
+
+
+# --- 1. a JPEG damaged after sharding --------------------------------------------------------------------
+
+
+def test_a_damaged_jpeg_never_ends_the_run_is_recorded_and_skipped_after_resume(damaged_food_shards, tmp_path):
+    shards, damaged = damaged_food_shards
+    straight = tmp_path / "straight"
+    proc = subprocess.run(train_command(shards, straight, "logging.wandb=true", "train.eval_every=2"), cwd=REPO,
+                          env=ENV, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
+    records = [json.loads(line) for line in (straight / "bad_samples.jsonl").read_text().splitlines()]
+    assert sorted((r["split"], r["shard"], r["key"], r["member"]) for r in records) == sorted(
+        (split, tar, key, "jpg") for split, tar, key in damaged)  # each once, though seen every epoch
+    assert all(r["reason"].startswith("fails to decode (") for r in records)
+    for split, tar, key in damaged:
+        assert sum(f"'{key}'" in line and "skipping a bad sample" in line for line in out.splitlines()) == 1
+    assert "2 bad samples skipped" in out and "bad_samples.jsonl" in out  # named in the final summary
+    rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in rows if "train/loss_encoder" in r][-1]["train/bad_samples"] == 1  # W&B's count metrics too
+    assert [r for r in rows if "val/psnr" in r][-1]["val/bad_samples"] == 1
+    summary = json.loads(next((straight / "wandb").glob("offline-run-*/files/wandb-summary.json")).read_text())
+    assert {r["key"] for r in summary["bad_samples"]} == {key for _, _, key in damaged}
+
+    # Interrupted (before or after the samples were found), resumed: the records are read back, the run ends equal.
+    run = tmp_path / "interrupted"
+    proc = start(train_command(shards, run, "train.eval_every=2"))
+    wait_for(lambda: "step-00000004" in checkpoints(run), proc, what="a checkpoint after the bad sample")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    proc.stdout.close()
+    resumed = subprocess.run(train_command(shards, run, "train.eval_every=2"), cwd=REPO, env=ENV, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    lines = (run / "bad_samples.jsonl").read_text().splitlines()
+    assert len(lines) == len(set(lines)) == 2
+    assert_same_weights(run, straight)
+
+
+def test_a_damaged_jpeg_under_the_stop_policy_is_one_line_on_two_processes(damaged_food_shards, tmp_path):
+    shards, damaged = damaged_food_shards
+    proc = subprocess.run(train_command(shards, tmp_path / "run", "data.bad_samples=stop", launcher="two"), cwd=REPO,
+                          env=ENV, capture_output=True, text=True, timeout=600)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("train: error:")]
+    assert proc.returncode != 0 and len(errors) == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (_, tar, key), = [d for d in damaged if d[0] == "train"]
+    assert tar in errors[0] and f"'{key}'" in errors[0] and "data.bad_samples=stop" in errors[0]
+
+
+# --- 2. a signal to the launcher ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_signal_to_a_one_process_launcher_reaches_the_training_which_checkpoints_and_resumes_exactly(
+        sig, food_shards, straight_run, tmp_path):
+    """SIGTERM used to kill `accelerate launch` and orphan the training; SIGKILL leaves it no time to forward."""
+    run = tmp_path / "run"
+    launcher = start(train_command(food_shards, run, launcher="one"))
+    wait_for(lambda: checkpoints(run), launcher, what="the first checkpoint")
+    trainer = lock_holder(run)
+    assert trainer in children(launcher.pid)
+    launcher.send_signal(sig)
+    assert launcher.wait(timeout=60) == -sig  # the launcher's command line exits 128 + signal (a shell's $?)
+    wait_for(lambda: not alive(trainer), timeout=120, what="the orphaned training to stop")
+    out = launcher.stdout.read()  # the training inherited the pipe: its lines too, to its end
+    launcher.stdout.close()
+    assert "SIGTERM: saving a checkpoint, then exiting" in out and "stopped by SIGTERM at step" in out, out[-3000:]
+    stopped_at = int(out.split("stopped by SIGTERM at step ")[1].split(":")[0])
+    assert checkpoints(run)[-1] == f"step-{stopped_at:08d}"
+    resumed = subprocess.run(train_command(food_shards, run, launcher="one"), cwd=REPO, env=ENV, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert_same_weights(run, straight_run)
+
+
+# --- 3. two trainings, one run.dir -------------------------------------------------------------------------
+
+
+def _snapshot(run_dir: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(run_dir)): (p.stat().st_mtime_ns, p.stat().st_size) for p in run_dir.rglob("*")
+            if p.is_file() and "checkpoints" not in p.parts and p.name != "metrics.jsonl"}
+
+
+@pytest.mark.parametrize("second", [None, "two"])
+def test_a_second_training_on_a_busy_run_dir_is_refused_naming_the_holder_before_it_writes(second, food_shards, tmp_path):
+    run = tmp_path / "run"
+    first = start(train_command(food_shards, run, "train.epochs=12", "logging.wandb=true"))
+    wait_for(lambda: checkpoints(run), first, what="the first training's first checkpoint")
+    holder = json.loads((run / "run.lock").read_text())
+    before = _snapshot(run)
+    runs_before = sorted((run / "wandb").glob("offline-run-*"))
+    proc = subprocess.run(train_command(food_shards, run, "train.epochs=12", "logging.wandb=true", launcher=second),
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("train: error:")]
+    assert proc.returncode != 0 and len(errors) == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert f"run.dir '{run}' is in use by another training (host {holder['host']}, pid {first.pid}, started " \
+           f"{holder['started']})" in errors[0]
+    if second is None:
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert _snapshot(run) == before  # no config.yaml rewrite, no metrics truncation, no W&B run
+    assert sorted((run / "wandb").glob("offline-run-*")) == runs_before
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=120) == 128 + signal.SIGTERM
+    first.stdout.close()
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # every row once
+
+
+# --- 4. a frozen rank ---------------------------------------------------------------------------------------
+
+
+def test_a_frozen_rank_makes_the_other_exit_in_bounded_time_with_one_line_naming_it(food_shards, tmp_path):
+    run = tmp_path / "run"
+    launcher = start(train_command(food_shards, run, "train.epochs=40", "train.collective_timeout=15", launcher="two"))
+    try:
+        wait_for(lambda: checkpoints(run), launcher, timeout=240, what="the first checkpoint")
+        rank0 = lock_holder(run)
+        workers = [pid for pid in children(launcher.pid) if "launch/train.py" in Path(f"/proc/{pid}/cmdline").read_text()]
+        (rank1,) = [pid for pid in workers if pid != rank0]
+        os.kill(rank1, signal.SIGSTOP)
+        stopped = time.monotonic()
+        code = launcher.wait(timeout=15 + 30 + 60)  # the timeout, the launcher's 30 s grace, slack for a busy CI
+        waited = time.monotonic() - stopped
+    finally:
+        for pid in children(launcher.pid):
+            os.kill(pid, signal.SIGKILL)
+        if launcher.poll() is None:
+            launcher.kill()
+    out = launcher.stdout.read()
+    launcher.stdout.close()
+    lines = [line for line in out.splitlines() if "train: error:" in line]
+    assert code != 0 and len(lines) == 1, out[-4000:]
+    assert "rank 0: a collective at step" in lines[0] and "within train.collective_timeout=15 s" in lines[0]
+    assert f"rank 1 (host {socket.gethostname()}, pid {rank1})" in lines[0]
+    assert waited < 15 + 30 + 60
+
+
+# --- 6. one line where a traceback was ------------------------------------------------------------------
+
+
+def _file(tmp_path: Path) -> Path:
+    (tmp_path / "taken").write_text("x\n")
+    return tmp_path / "taken"
+
+
+@pytest.mark.parametrize("where, says", [("file", "is a file, not a folder"), ("under_file", "a folder above it is a file"),
+                                         ("read_only", "")])
+def test_a_run_dir_that_cannot_hold_a_run_is_one_line_before_any_loader_is_built(where, says, tmp_path, request):
+    run = {"file": lambda: _file(tmp_path), "under_file": lambda: _file(tmp_path) / "run",
+           "read_only": lambda: request.getfixturevalue("read_only_dir") / "run"}[where]()
+    # the shards do not exist: had the loaders been built first, the line would be about them
+    proc = subprocess.run(train_command(tmp_path / "no-shards", run), cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("train: error: ") and str(run) in lines[0] and says in lines[0]
+
+
+@pytest.mark.parametrize("size, saving", [("20m", "checkpoint"), ("34m", "final weights")])
+def test_a_full_disk_while_saving_is_one_line_and_leaves_no_partial_folder(size, saving, food_shards, tmp_path):
+    """Checkpoints of the demo model are ~26 MB, its weights ~13 MB: 20 MB take no checkpoint, 34 MB one
+    checkpoint (epoch 1's) and not the weights beside it."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)]).returncode:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        run = mount / "run"
+        proc = subprocess.run(train_command(food_shards, run, "train.epochs=1", "train.checkpoint_every=0",
+                                            "train.keep_checkpoints=1"), cwd=REPO, env=ENV, capture_output=True,
+                              text=True, timeout=300)
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("train: error:")]
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr[-3000:]
+        assert "No space left on device" in lines[0] and f"saving the {saving}" in lines[0]
+        assert not (run / "final").exists()  # no empty or partial final/
+        assert not list((run / "checkpoints").glob(".tmp-*")) if (run / "checkpoints").is_dir() else True
+        if saving == "final weights":
+            assert checkpoints(run) == ["step-00000003"]  # the checkpoint before is intact: resume from it
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_checkpoint_folder_can_be_evaluated_directly(straight_run, food_shards, tmp_path):
+    checkpoint = straight_run / "checkpoints" / checkpoints(straight_run)[-1]
+    out = tmp_path / "metrics.json"
+    proc = subprocess.run([sys.executable, "-m", "vaedist.evaluate", str(checkpoint), "--shards", str(food_shards),
+                           "--out", str(out)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = subprocess.run([sys.executable, "-m", "vaedist.evaluate", str(straight_run / "final"), "--shards",
+                            str(food_shards)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert json.loads(out.read_text())["val/images"] == 24
+    assert proc.stdout.strip().splitlines()[-1] == final.stdout.strip().splitlines()[-1]  # the same weights
