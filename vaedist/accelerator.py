@@ -1,14 +1,16 @@
 """The Accelerator a command runs under, built from the config in one place: the precision policy,
-torch.compile, and W&B as Accelerate's tracker.
+torch.compile, W&B as Accelerate's tracker, and the process group's timeout (train.collective_timeout).
 
     accelerator = build_accelerator(cfg)                    # training (vaedist.train.setup)
     accelerator = build_accelerator(cfg, training=False)    # standalone evaluation: the precision only
 """
 from __future__ import annotations
 
+from datetime import timedelta
+
 import torch
 from accelerate import Accelerator
-from accelerate.utils import parse_flag_from_env
+from accelerate.utils import InitProcessGroupKwargs, parse_flag_from_env
 
 from vaedist.config import Config
 from vaedist.errors import ConfigError
@@ -35,9 +37,11 @@ def resolve_precision(precision: str, cpu: bool = False) -> str:
 def build_accelerator(cfg: Config, *, training: bool = True, cpu: bool = False) -> Accelerator:
     """The Accelerator of a training run: mixed precision per train.precision, torch.compile per
     train.compile, W&B as Accelerate's tracker unless logging.wandb=false (vaedist.tracking starts the run).
-    `training=False` (the evaluate command): the precision only. `cpu=True` stays on the CPU (tests)."""
+    `training=False` (the evaluate command): the precision only. `cpu=True` stays on the CPU (tests).
+    Every collective of the process group gives up after train.collective_timeout (vaedist.collective)."""
     return Accelerator(
         cpu=cpu,
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.collective_timeout))],
         mixed_precision=resolve_precision(cfg.train.precision, cpu=cpu),
         dynamo_backend="inductor" if training and cfg.train.compile else None,
         log_with="wandb" if training and cfg.logging.wandb else None,

@@ -3,7 +3,9 @@ plus our progress counters, saved atomically in the run directory (`RunDir.check
 
 Atomic: every rank writes into the checkpoint's temporary folder, then the main process renames it once all
 ranks are done, so a kill at any moment leaves either a complete checkpoint or none (the temporary folder
-is removed on the next save). Only the last `keep` checkpoints stay.
+is removed on the next save). Only the last `keep` checkpoints stay. A save that fails for the disk's sake
+(full, quota, I/O error) is one line on every rank, its temporary folder removed: the checkpoints before it
+are intact, and the run resumes from the latest once there is room.
 """
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vaedist.batch import GlobalBatch
+from vaedist.collective import raise_together
 from vaedist.config import flatten
-from vaedist.errors import ConfigError
+from vaedist.errors import ConfigError, UserError
+from vaedist.files import write_failure
 from vaedist.rundir import RunDir
 
 # Config keys a checkpoint fixes: they decide the shapes of the weights and of the optimizers' states.
@@ -78,8 +82,22 @@ def save_checkpoint(accelerator, run_dir: RunDir, step: int, keep: int) -> Path:
         for stale in run_dir.unfinished_checkpoints():  # left by a killed save
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+    error = None
+    try:
+        accelerator.save_state(str(tmp))
+    except Exception as err:  # torch.save and safetensors do not raise OSError on a full disk: write_failure
+        reason = write_failure(err, tmp)
+        if reason is None:
+            raise
+        latest = run_dir.latest_checkpoint()
+        error = UserError(f"saving the checkpoint '{done}' failed: {reason}; make room under '{run_dir.path}' and run "
+                          f"the same command to resume ({f'from {latest}' if latest else 'no checkpoint was saved before'})")
+    try:
+        raise_together(accelerator, error)  # also the barrier before the rename
+    except UserError:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if accelerator.is_main_process:
         if done.exists():  # e.g. a mid-epoch checkpoint at the epoch's last step: the epoch-end state wins
             replaced = run_dir.checkpoint_being_replaced(step)

@@ -6,6 +6,7 @@ weights), so that a kill at any moment never leaves a half-written one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from pathlib import Path
@@ -61,3 +62,24 @@ def check_output_file(path: str | Path, option: str) -> Path:
     if not path.parent.is_dir():
         raise UserError(f"{option} '{path}': folder '{path.parent}' does not exist; create it first")
     return path
+
+
+FULL_BELOW = 1 << 20  # free bytes under which a failed write is taken for a full disk
+
+
+def write_failure(err: BaseException, folder: str | Path) -> str | None:
+    """Why writing into `folder` failed when it is the disk's doing (full, quota, read-only, I/O error), as
+    the system words it; None for anything else (a bug, which should keep its traceback).
+
+    torch.save reports a full disk as "unexpected pos N vs M" (a RuntimeError) and safetensors as a
+    SafetensorError naming "os error 28", so besides OSError the message and the free space tell.
+    """
+    if isinstance(err, OSError) and err.errno is not None:
+        return err.strerror or str(err)
+    if "No space left on device" in str(err) or "os error 28" in str(err):
+        return os.strerror(errno.ENOSPC)
+    try:
+        stat = os.statvfs(folder if Path(folder).exists() else Path(folder).parent)
+    except OSError:
+        return None
+    return os.strerror(errno.ENOSPC) if stat.f_bavail * stat.f_frsize < FULL_BELOW else None

@@ -9,6 +9,8 @@ A trained model is loaded with `vaedist.load_model(run_dir_or_final_dir)`.
 """
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import torch
@@ -153,12 +155,18 @@ def save_model(model: VAE, cfg: Config, out_dir: str | Path) -> Path:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> VAE:
-    """Load a VAE from a `final/` folder, a run folder (uses its `final/`), or a `model.safetensors` file.
+    """Load a VAE from a `final/` folder, a run folder (uses its `final/`), a checkpoint folder, or a
+    `model.safetensors` file.
 
     The model comes back in eval mode: `encode`, `decode`, `reconstruct(x)`, `sample(n)`.
     """
     files = ModelFiles.find(path)
     cfg = load_config(files.config)
     model = VAE(cfg.model, image_size=cfg.data.size)
-    model.load_state_dict(load_file(str(files.weights)))
+    # A checkpoint's weights are Accelerate's, saved from the wrapped model: DDP's and torch.compile's prefixes
+    state = {_WRAPPER_PREFIX.sub("", key): value for key, value in load_file(str(files.weights)).items()}
+    model.load_state_dict(state)
     return model.to(device).eval()
+
+
+_WRAPPER_PREFIX = re.compile(r"^(?:module\.|_orig_mod\.)+")

@@ -1,12 +1,14 @@
 """A training process whose parent (the launcher) dies stops as on SIGTERM: it saves a checkpoint and exits.
 
-    signal_when_parent_dies()      # first thing in the training command
+    if launched():                 # under accelerate launch / torchrun (not a plain `python` from a shell)
+        signal_when_parent_dies()  # first thing in the training command
 
 `accelerate launch` with one process runs the training as a plain subprocess and forwards no signal: a
 SIGTERM to the launcher killed it and left the training running on as an orphan, without a checkpoint, beside
 the next start. The kernel can send a signal to a process when its parent exits (Linux's
 PR_SET_PDEATHSIG): asked for SIGTERM, the training takes its ordinary stop path. Elsewhere (no prctl), a
-thread notices the change of parent and sends the same signal.
+thread notices the change of parent and sends the same signal. Only under a launcher: a training started
+from a shell with nohup must outlive the shell.
 """
 from __future__ import annotations
 
@@ -19,6 +21,11 @@ import time
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 POLL_S = 1.0
+
+
+def launched() -> bool:
+    """True under `accelerate launch` (it always sets ACCELERATE_MIXED_PRECISION) or torchrun (LOCAL_RANK)."""
+    return "ACCELERATE_MIXED_PRECISION" in os.environ or "LOCAL_RANK" in os.environ
 
 
 def signal_when_parent_dies(signum: int = signal.SIGTERM) -> None:

@@ -7,6 +7,8 @@
       checkpoints/step-<NNNNNNNN>/ Accelerate's state (.tmp-step-* and .old-step-* only while one is saved)
       final/                       the trained model: model.safetensors + config.yaml (`ModelFiles`)
       wandb/, wandb_run_id         W&B's own folder and the W&B run id a resumed training continues
+      bad_samples.jsonl            one JSON object per sample that failed to decode (`BadSample.to_json`)
+      run.lock                     flock'ed for the life of a training (`vaedist.runlock`): host, pid, start
     Under a W&B sweep agent RUN_DIR is run.dir/<W&B run id> (`RunDir.for_training`).
 
 Every module that writes or reads a run directory goes through `RunDir`; none spells a name itself
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,10 +56,14 @@ class RunDir:
     images = _Name("images")
     checkpoints = _Name("checkpoints")
     final = _Name("final")
+    final_being_written = _Name(".tmp-final")  # final/ is written here, then renamed: never half there
+    final_being_replaced = _Name(".old-final")
     wandb = _Name("wandb")
     # Tables logged offline wait here for `wandb sync` (W&B's WANDB_DATA_DIR), so they travel with the run.
     wandb_staging = _Name("wandb/data")
     wandb_run_id = _Name("wandb_run_id")
+    bad_samples = _Name("bad_samples.jsonl")
+    lock = _Name("run.lock")
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -124,6 +131,28 @@ class RunDir:
         write_text_atomic(self.metrics, "".join(json.dumps(row) + "\n" for row in kept))
         return kept
 
+    # --- bad_samples.jsonl ---------------------------------------------------------------------------
+
+    def append_bad_samples(self, records: list[dict]) -> None:
+        """Samples found damaged, one line each (appended once per finding: the trainer skips known ones)."""
+        if records:
+            with open(self.bad_samples, "a") as fh:
+                fh.write("".join(json.dumps(row) + "\n" for row in records))
+
+    def read_bad_samples(self) -> list[dict]:
+        """The recorded bad samples in order; a torn last line (a killed process) is ignored."""
+        if not self.bad_samples.is_file():
+            return []
+        rows = []
+        for line in self.bad_samples.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+        return rows
+
     # --- images/ -------------------------------------------------------------------------------------
 
     def image(self, kind: str, epoch: int) -> Path:
@@ -168,11 +197,27 @@ class RunDir:
         checkpoints = self.list_checkpoints()
         return checkpoints[-1] if checkpoints else None
 
+    @classmethod
+    def of_checkpoint(cls, path: str | Path) -> RunDir | None:
+        """The run directory a checkpoint folder belongs to (RUN/checkpoints/step-N), None for any other path."""
+        path = Path(path)
+        if _CHECKPOINT.match(path.name) and path.parent.name == cls.checkpoints.name:
+            return cls(path.parent.parent)
+        return None
+
     # --- final/ --------------------------------------------------------------------------------------
 
     @property
     def final_files(self) -> ModelFiles:
         return ModelFiles.in_folder(self.final)
+
+    def publish_final(self) -> None:
+        """`final_being_written` (complete) becomes final/, replacing an earlier export."""
+        if self.final.exists():
+            shutil.rmtree(self.final_being_replaced, ignore_errors=True)
+            self.final.rename(self.final_being_replaced)
+        self.final_being_written.rename(self.final)
+        shutil.rmtree(self.final_being_replaced, ignore_errors=True)
 
     # --- W&B -----------------------------------------------------------------------------------------
 
@@ -205,12 +250,16 @@ class ModelFiles:
 
     @classmethod
     def find(cls, path: str | Path) -> ModelFiles:
-        """The model of a `final/` folder, of a run folder (its `final/`), or of a `model.safetensors` file
-        (its config.yaml beside it); one-line UserErrors when something is missing."""
+        """The model of a `final/` folder, of a run folder (its `final/`), of a checkpoint folder (Accelerate's
+        model.safetensors with the run's config.yaml), or of a `model.safetensors` file (its config.yaml
+        beside it); one-line UserErrors when something is missing."""
         path = Path(path)
         if path.is_dir() and not (path / WEIGHTS_NAME).is_file() and RunDir(path).final_files.weights.is_file():
             path = RunDir(path).final
         files = cls.in_folder(path) if path.is_dir() else cls(path, path.parent / CONFIG_NAME)
+        run = RunDir.of_checkpoint(path) if path.is_dir() else None
+        if run is not None and not files.config.is_file():  # a checkpoint: its config is the run's
+            files = cls(files.weights, run.config)
         if not files.weights.is_file():
             raise UserError(f"no trained model at '{path}': expected {WEIGHTS_NAME} (a run's {RunDir.final.name}/ folder)")
         if not files.config.is_file():

@@ -1,6 +1,6 @@
 """One run directory, one training: a lock held for the life of the run.
 
-    lock = RunLock.acquire(run_dir)   # or a one-line RunDirInUse naming the holder (host, pid, start time)
+    lock = RunLock.acquire(run_dir)   # a RunDir or its path; or a one-line RunDirInUse naming the holder (host, pid, start time)
     ...                               # train; the kernel releases the lock if the process dies, even on kill -9
     lock.release()
 
@@ -22,8 +22,7 @@ import time
 from pathlib import Path
 
 from vaedist.errors import UserError
-
-LOCK_NAME = "run.lock"
+from vaedist.rundir import RunDir
 
 
 class RunDirInUse(UserError):
@@ -51,10 +50,10 @@ class RunLock:
         self.path, self._fd = path, fd
 
     @classmethod
-    def acquire(cls, run_dir: str | Path) -> "RunLock":
-        run_dir = Path(run_dir)
+    def acquire(cls, run: RunDir | str | Path) -> "RunLock":
+        run = run if isinstance(run, RunDir) else RunDir(run)
+        run_dir, path = run.path, run.lock
         _check_can_create(run_dir)
-        path = run_dir / LOCK_NAME
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as err:

@@ -251,6 +251,11 @@ class Tracker:
         if self.run is not None:
             self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=int(step))
 
+    def summarize(self, key: str, value: Any) -> None:
+        """A value of the W&B run's summary (e.g. the list of bad samples); the run dir keeps its own record."""
+        if self.active and self.run is not None:
+            self.run.summary[key] = value
+
     # -- pictures --
 
     @torch.no_grad()

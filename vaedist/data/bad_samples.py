@@ -8,6 +8,11 @@ fails finds the sample on the host, and `BadSamples` applies the policy (`data.b
     bad.add(i, "jpg", "fails to decode (...)")   # skip: recorded, logged; stop: BadSampleStop (one line)
     batch = bad.fix(batch, keep_size=True)        # before decoding: known bad samples replaced
 
+In a multi-process training the policy is the trainer's to apply (`deferred`): a sample found on one rank is
+only recorded (`found`) and the batch fixed; at the next log row the ranks exchange what they found and
+every rank calls `judge` with the same records, so that all of them skip the same samples, or all of them
+stop with the same line (vaedist.train.bad_samples).
+
 Replacement rule: each bad position of a batch takes the sample of the first good position after it
 (cyclically). It depends only on the batch and the set of bad samples, so a batch whose bad sample is found
 while decoding it and the same batch in a later epoch or session (the sample known bad from the start) hold
@@ -75,6 +80,7 @@ class BadSamples:
         self.allowed = max(1, int(max_fraction * len(index)))
         self.known: dict[int, BadSample] = {}  # position in the split -> record
         self.found: list[BadSample] = []  # found by this process and not yet handed on (`take_found`)
+        self.deferred = False  # True: `add` only records, the caller applies the policy with `judge`
         self._sorted = np.empty(0, dtype=np.int64)  # the keys of `known`, for np.isin
 
     def __len__(self) -> int:
@@ -90,14 +96,33 @@ class BadSamples:
         if i in self.known:
             return self.known[i]
         bad = self.record(i, member, reason)
-        if self.policy == "stop":
-            raise BadSampleStop(f"{bad.describe(self.index.shard_dir)} (data.bad_samples=stop); {RESHARD}, "
-                                "or set data.bad_samples=skip to train on without it")
+        if self.policy == "stop" and not self.deferred:
+            raise self.stop_error(bad)
         self._remember(i, bad)
         self.found.append(bad)
-        log.warning("skipping a bad sample: %s", bad.describe(self.index.shard_dir))
-        self.check_budget()
+        if self.policy == "skip":
+            log.warning("skipping a bad sample: %s", bad.describe(self.index.shard_dir))
+        if not self.deferred:
+            self.check_budget()
         return bad
+
+    def judge(self, records: list[BadSample], every_rank: bool = False) -> int:
+        """The policy applied to `records` (found here or on any rank): under stop, BadSampleStop naming the
+        first; under skip, they are skipped from now on (and the budget checked). `every_rank`: every rank
+        judges the same records (its error is printed once). Returns how many were new here."""
+        try:
+            if self.policy == "stop" and any(bad.split == self.split for bad in records):
+                raise self.stop_error(next(bad for bad in records if bad.split == self.split))
+            new = self.skip(records)
+            self.check_budget()
+            return new
+        except BadSampleStop as err:
+            err.every_rank = every_rank
+            raise
+
+    def stop_error(self, bad: BadSample) -> BadSampleStop:
+        return BadSampleStop(f"{bad.describe(self.index.shard_dir)} (data.bad_samples=stop); {RESHARD}, "
+                             "or set data.bad_samples=skip to train on without it")
 
     def skip(self, records: Iterable[BadSample]) -> int:
         """Samples known bad from elsewhere (the run directory, other ranks): skipped from now on, without

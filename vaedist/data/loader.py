@@ -21,7 +21,7 @@ import torch
 
 from vaedist.config import DataConfig
 from vaedist.data.backend import resolve_backend
-from vaedist.data.bad_samples import BadSamples
+from vaedist.data.bad_samples import BadSamples, BadSampleStop
 from vaedist.data.cache import DecodeOnceCache, plan_cache
 from vaedist.data.index import SplitIndex, load_split_index
 from vaedist.data.order import SamplePlan
@@ -141,8 +141,12 @@ def build_loader(cfg: DataConfig, split: str, *, train: bool, batch_size: int, a
     shard_indexes = validate_split(cfg.shards, manifest, split)
     index = load_split_index(cfg.shards, manifest, split, shard_indexes)
     bad_samples = BadSamples(index, split, cfg.bad_samples, cfg.max_bad_fraction)
-    for i, member, what in index.damaged:  # members found damaged while indexing: the same policy
-        bad_samples.add(i, member, what)
+    try:
+        for i, member, what in index.damaged:  # members found damaged while indexing: the same policy
+            bad_samples.add(i, member, what)
+    except BadSampleStop as err:
+        err.every_rank = True  # every rank indexes the whole split: the same line on each, printed once
+        raise
     plan = SamplePlan(len(index), batch_size, train, cfg.seed, rank=shard_id, world=num_shards)
     spec = TransformSpec.from_config(cfg)
 

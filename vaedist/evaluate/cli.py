@@ -18,7 +18,7 @@ from vaedist.rundir import WEIGHTS_NAME, ModelFiles, RunDir
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vaedist.evaluate", description="Evaluate trained weights on a whole split.")
     parser.add_argument("weights", type=Path,
-                        help=f"a run folder, its {RunDir.final.name}/ folder, or a {WEIGHTS_NAME} file")
+                        help=f"a run folder, its {RunDir.final.name}/ folder, one of its checkpoint folders, or a {WEIGHTS_NAME} file")
     parser.add_argument("--shards", required=True, help="shard directory (holds manifest.json)")
     parser.add_argument("--split", default=None, help="split to evaluate (default: the config's data.val_split)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per batch and process")
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         check_output_file(args.out, "--out")  # now, not after the whole evaluation
     files = ModelFiles.find(args.weights)
-    model = load_model(files.weights)
+    model = load_model(args.weights)
     cfg = load_config(files.config)  # the config saved with the weights
     cfg.data.shards = args.shards
     accelerator = build_accelerator(cfg, training=False)

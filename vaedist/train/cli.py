@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vaedist.config import load_config
 from vaedist.errors import is_rank_zero
+from vaedist.parent import launched, signal_when_parent_dies
 from vaedist.train.loop import train
 
 
@@ -20,6 +21,8 @@ def parse_args(argv: list[str]) -> tuple[Path | None, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if launched():  # a launcher that dies (SIGTERM to a one-process accelerate launch) stops us as SIGTERM would
+        signal_when_parent_dies()
     config_path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     cfg = load_config(config_path, overrides)
     show_info_messages()

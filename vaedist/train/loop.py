@@ -1,9 +1,14 @@
 """The training loop: epochs of data -> step -> log -> checkpoint, an evaluation every train.eval_every epochs,
 the final weights at the end. Set-up, resume, the step and the collective bookkeeping are behind the calls.
+
+A collective that times out (train.collective_timeout: a rank frozen or gone) ends the run with one line
+naming the late rank (vaedist.collective); bad samples are exchanged at log rows and after evaluations
+(vaedist.train.bad_samples).
 """
 from __future__ import annotations
 
 import itertools
+import shutil
 import signal
 from typing import Iterator
 
@@ -12,8 +17,11 @@ from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 from vaedist.checkpoint import save_checkpoint
+from vaedist.collective import is_collective_timeout, raise_together
 from vaedist.config import Config
+from vaedist.errors import UserError
 from vaedist.evaluate import evaluate
+from vaedist.files import write_failure
 from vaedist.model import save_model
 from vaedist.train.setup import Trainer, close, setup
 from vaedist.train.step import train_step
@@ -23,10 +31,16 @@ from vaedist.train.window import LogWindow
 def train(cfg: Config, loaders: tuple | None = None, evaluate_at_end: bool = True) -> int:
     """The whole run; returns the exit code (0, or 128+signal when stopped by SIGTERM/SIGINT)."""
     t = setup(cfg, loaders)
+    broken = False
     try:
         return run(t, evaluate_at_end)
+    except RuntimeError as err:
+        if t.accelerator.num_processes == 1 or not is_collective_timeout(err):
+            raise
+        broken = True
+        raise t.roll.timeout(t.progress.step + 1, cfg.train.collective_timeout) from None
     finally:
-        close(t)
+        close(t, process_group_broken=broken)
 
 
 def run(t: Trainer, evaluate_at_end: bool = True) -> int:
@@ -56,6 +70,7 @@ def train_epoch(t: Trainer, epoch: int) -> None:
     window = LogWindow(t.accelerator.device)
     with progress_bar(t, epoch) as bar:
         for images, _ in window.timed(epoch_batches(t, epoch)):
+            t.roll.at(p.step + 1)  # the heartbeat tells which step this rank is in
             losses = train_step(t, images)
             p.step, p.batch_in_epoch = p.step + 1, p.batch_in_epoch + 1
             window.add(losses, images.shape[0], p.step)
@@ -93,9 +108,13 @@ def progress_bar(t: Trainer, epoch: int) -> tqdm:
 
 def log(t: Trainer, window: LogWindow, bar: tqdm | None = None) -> None:
     """Collective (non-finite check, stop vote): the window's training row to metrics.jsonl and W&B."""
-    totals = window.flush(t.accelerator, t.stop, t.last_checkpoint)
+    totals = window.flush(t.accelerator, t.stop, t.last_checkpoint, bad_found=t.bad_samples.pending())
+    if totals.bad_found:  # some rank found a sample that fails to decode: every rank learns of it
+        t.bad_samples.share(t.accelerator, t.tracker)
     (opt_e, opt_d), (sched_e, sched_d) = t.optimizers, t.schedules
     row = totals.row(t.progress.epoch, sched_e.lr(opt_e), sched_d.lr(opt_d), values_per_image=3 * t.cfg.data.size**2)
+    if (bad := t.bad_samples.count(t.cfg.data.train_split)) is not None:
+        row["train/bad_samples"] = bad
     t.tracker.log(row, t.progress.step)
     if bar is not None:
         bar.set_postfix(img_s=f"{row['train/images_per_s']:.0f}", loss=f"{row['train/loss_encoder']:.4g}")
@@ -114,9 +133,11 @@ def end_epoch(t: Trainer) -> None:
 def stop(t: Trainer) -> int:
     """Every rank agreed to stop (SIGTERM/SIGINT): checkpoint, say how to resume, exit with 128 + signal."""
     checkpoint(t)
+    t.bad_samples.share(t.accelerator, t.tracker)
     name = signal.Signals(t.stop.agreed).name
     t.accelerator.print(f"stopped by {name} at step {t.progress.step}: checkpoint {t.last_checkpoint}; "
                         "run the same command to resume")
+    print_bad_samples(t)
     return 128 + t.stop.agreed
 
 
@@ -125,16 +146,39 @@ def evaluate_and_log(t: Trainer, epoch: int) -> None:
         return
     average_batchnorm_statistics(t)
     result = evaluate(t.model, t.val_loader, t.accelerator, t.cfg)
+    t.bad_samples.share(t.accelerator, t.tracker)  # those the evaluation found (dropped from its metrics)
+    if (bad := t.bad_samples.count(t.cfg.data.val_split)) is not None:
+        result.metrics["val/bad_samples"] = float(bad)
     t.tracker.log_evaluation(result, t.vae, step=t.progress.step, epoch=epoch)
     t.accelerator.print(f"epoch {epoch} step {t.progress.step}: " + "  ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
 
 
 def export_weights(t: Trainer) -> None:
+    """Collective: final/ written whole or not at all (a temporary folder renamed), then the run's summary."""
+    t.bad_samples.share(t.accelerator, t.tracker)
     average_batchnorm_statistics(t)
+    error = None
     if t.accelerator.is_main_process:
-        save_model(t.vae, t.cfg, t.run_dir.final)
-    t.accelerator.wait_for_everyone()
+        folder = t.run_dir.final_being_written
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            save_model(t.vae, t.cfg, folder)
+            t.run_dir.publish_final()
+        except Exception as err:  # a full disk surfaces as SafetensorError or OSError: write_failure tells
+            reason = write_failure(err, folder)
+            shutil.rmtree(folder, ignore_errors=True)
+            if reason is None:
+                raise
+            error = UserError(f"saving the final weights into '{t.run_dir.final}' failed: {reason}; make room "
+                              f"and run the same command again to export them (checkpoint {t.last_checkpoint} is intact)")
+    raise_together(t.accelerator, error)
     t.accelerator.print(f"done: {t.progress.step} steps, {t.progress.epoch} epochs; weights in {t.run_dir.final}")
+    print_bad_samples(t)
+
+
+def print_bad_samples(t: Trainer) -> None:
+    if summary := t.bad_samples.summary():
+        t.accelerator.print(summary)
 
 
 def evaluated_before(t: Trainer) -> bool:

@@ -1,8 +1,13 @@
 """Set-up: everything a training run needs, built once, and restored from the run's latest checkpoint.
 
-    t = setup(cfg)        # Accelerator, model, two optimizers and their schedules, loaders, run dir, tracker
-    ...
-    close(t)              # every rank: the signals given back, the tracker (and the process group) finished
+    t = setup(cfg)        # Accelerator, the run dir's lock, model, two optimizers and their schedules,
+    ...                   # loaders, tracker, the bad samples recorded so far
+    close(t)              # every rank: the signals given back, the tracker (and the process group) finished,
+                          # the lock released
+
+The run directory is locked (vaedist.runlock) right after the Accelerator is built, before any loader is
+built or anything is written: a second training on the same run.dir, or a run.dir that cannot hold a run, is
+one line while the shards have not been opened yet.
 """
 from __future__ import annotations
 
@@ -17,13 +22,17 @@ from accelerate.utils import set_seed
 from vaedist.accelerator import build_accelerator
 from vaedist.batch import GlobalBatch
 from vaedist.checkpoint import Progress
+from vaedist.collective import RollCall, raise_together
 from vaedist.config import Config, save_config
 from vaedist.data import Loader, build_loader
 from vaedist.losses import LossWeights, loss_weights
 from vaedist.model import VAE
 from vaedist.optim import Schedule, build_optimizer, build_schedule
+from vaedist.errors import UserError
 from vaedist.rundir import RunDir
+from vaedist.runlock import RunLock
 from vaedist.tracking import Tracker
+from vaedist.train.bad_samples import BadSampleLog
 from vaedist.train.resume import resume
 from vaedist.train.signals import StopRequest
 
@@ -57,6 +66,9 @@ class Trainer:
     tracker: Tracker
     progress: Progress  # where training stands; saved in every checkpoint
     stop: StopRequest  # SIGTERM/SIGINT: save a checkpoint and exit
+    roll: RollCall  # who is who, and heartbeats: which rank is late when a collective times out
+    bad_samples: BadSampleLog  # samples that failed to decode: exchanged, recorded, judged alike
+    lock: RunLock | None  # the run directory's (rank 0 holds it)
     last_checkpoint: Path | None = None
 
 
@@ -64,6 +76,33 @@ def setup(cfg: Config, loaders: tuple[TrainLoader, Loader | None] | None = None)
     """Build the run and restore its latest checkpoint. `loaders=(train, val)` replaces the shard loaders
     (benchmarks and tests: synthetic data, no manifest)."""
     accelerator = build_accelerator(cfg)
+    run_dir = RunDir.for_training(cfg.run.dir)  # under a W&B sweep agent, a sub-directory per run
+    cfg.run.dir = str(run_dir.path)
+    lock = lock_run_dir(accelerator, run_dir)
+    roll = RollCall.start(accelerator)
+    try:
+        return build(cfg, accelerator, run_dir, lock, roll, loaders)
+    except BaseException:
+        roll.stop()
+        if lock is not None:
+            lock.release()  # a run that failed to start leaves the run dir free (in this process too)
+        raise
+
+
+def lock_run_dir(accelerator: Accelerator, run_dir: RunDir) -> RunLock | None:
+    """Collective: rank 0 takes the run directory's lock; a refusal is every rank's one-line error."""
+    lock, error = None, None
+    if accelerator.is_main_process:
+        try:
+            lock = RunLock.acquire(run_dir)
+        except UserError as err:
+            error = err
+    raise_together(accelerator, error)
+    return lock
+
+
+def build(cfg: Config, accelerator: Accelerator, run_dir: RunDir, lock: RunLock | None, roll: RollCall,
+          loaders: tuple[TrainLoader, Loader | None] | None) -> Trainer:
     batch = GlobalBatch(cfg.train.batch_size, accelerator.num_processes)
     set_seed(cfg.train.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_model(cfg, accelerator)
@@ -80,12 +119,10 @@ def setup(cfg: Config, loaders: tuple[TrainLoader, Loader | None] | None = None)
     progress = Progress()
     accelerator.register_for_checkpointing(progress, *schedules)  # order is part of the checkpoint format
 
-    run_dir = RunDir.for_training(cfg.run.dir)  # under a W&B sweep agent, a sub-directory per run
-    cfg.run.dir = str(run_dir.path)
     last_checkpoint = resume(accelerator, run_dir, cfg, batch, progress, optimizers, schedules)
     progress.batch_size, progress.processes = batch.size, batch.processes
+    bad_samples = BadSampleLog.start(accelerator, run_dir, (train_loader, val_loader))
     if accelerator.is_main_process:
-        run_dir.path.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir.config)
     accelerator.wait_for_everyone()
 
@@ -95,7 +132,8 @@ def setup(cfg: Config, loaders: tuple[TrainLoader, Loader | None] | None = None)
         schedules=schedules, weights=loss_weights(cfg.train, batch), train_loader=train_loader,
         val_loader=val_loader, run_dir=run_dir,
         tracker=Tracker(cfg, accelerator, run_dir, manifest, resumed_step=progress.step),
-        progress=progress, stop=StopRequest(accelerator.process_index), last_checkpoint=last_checkpoint,
+        progress=progress, stop=StopRequest(accelerator.process_index), roll=roll, bad_samples=bad_samples,
+        lock=lock, last_checkpoint=last_checkpoint,
     )
     t.stop.install()
     return t
@@ -118,9 +156,16 @@ def build_loaders(cfg: Config, accelerator: Accelerator, per_process_batch: int)
     return split(cfg.data.train_split, True), split(cfg.data.val_split, False)
 
 
-def close(t: Trainer) -> None:
+def close(t: Trainer, process_group_broken: bool = False) -> None:
     """End what `setup` started, on every rank: give the signals back, then finish the tracker (which also
     ends the process group: left to the interpreter's final garbage collection, a gloo thread finishing its
-    work cannot take the GIL and aborts the process after a successful run)."""
+    work cannot take the GIL and aborts the process after a successful run), then release the lock.
+    `process_group_broken` (a collective timed out): no collective is tried on the way out."""
     t.stop.restore()
-    t.tracker.finish()
+    t.roll.stop()
+    try:
+        if not process_group_broken:
+            t.tracker.finish()
+    finally:
+        if t.lock is not None:
+            t.lock.release()

@@ -2,8 +2,9 @@
 per log row.
 
 Per step nothing leaves the device (no GPU sync per step). At a log row `LogWindow.flush` gathers once from
-every rank: the loss sums, the first non-finite step (then every rank raises NonFiniteLoss) and the stop
-votes (a signal may reach only some ranks; all of them stop together).
+every rank: the loss sums, the first non-finite step (then every rank raises NonFiniteLoss), the stop
+votes (a signal may reach only some ranks; all of them stop together) and how many bad samples the ranks
+found (then they exchange them: vaedist.train.bad_samples).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class WindowTotals:
     steps: int
     seconds: float  # wall time of the window
     data_wait: float  # of which this rank waited for its batches
+    bad_found: int = 0  # samples found bad by any rank since the last row, not yet exchanged
 
     def row(self, epoch: int, lr_encoder: float, lr_decoder: float, values_per_image: int) -> dict[str, float]:
         """The training row of metrics.jsonl and W&B."""
@@ -89,18 +91,23 @@ class LogWindow:
         self.sums[4] += images
         self.steps += 1
 
-    def flush(self, accelerator: Accelerator, stop: StopRequest, last_checkpoint: Path | None) -> WindowTotals:
+    def flush(self, accelerator: Accelerator, stop: StopRequest, last_checkpoint: Path | None,
+              bad_found: int = 0) -> WindowTotals:
         """Collective: the window's totals over all ranks, then a fresh window. Raises NonFiniteLoss (on every
-        rank) when any rank saw a non-finite loss; records in `stop.agreed` a stop requested on any rank."""
-        local = torch.cat([self.sums, self.first_bad_step.view(1), torch.tensor([float(stop.requested)], device=self.device)])
-        gathered = accelerator.gather(local.view(1, -1)).view(-1, local.numel()).cpu()  # [world, 7]
+        rank) when any rank saw a non-finite loss; records in `stop.agreed` a stop requested on any rank.
+        `bad_found`: this rank's bad samples not yet exchanged."""
+        flags = torch.tensor([float(stop.requested), float(bad_found)], device=self.device)
+        local = torch.cat([self.sums, self.first_bad_step.view(1), flags])
+        gathered = accelerator.gather(local.view(1, -1)).view(-1, local.numel()).cpu()  # [world, 8]
         bad_step = gathered[:, 5].min().item()
         stop.agreed = int(gathered[:, 6].max().item())
+        bad_found = int(gathered[:, 7].sum().item())
         if bad_step < self.NO_BAD_STEP:
             where = f"last good checkpoint: {last_checkpoint}" if last_checkpoint else "no checkpoint was saved yet"
             raise NonFiniteLoss(f"non-finite loss at step {int(bad_step)}; stopped ({where}). Try a lower lr, grad_clip or train.precision=no")
         loss_e, loss_d, kl, mse, images = gathered[:, :5].sum(0).tolist()
         totals = WindowTotals(loss_e, loss_d, kl, mse, images, self.steps,
-                              seconds=max(time.perf_counter() - self.start, 1e-9), data_wait=self.data_wait)
+                              seconds=max(time.perf_counter() - self.start, 1e-9), data_wait=self.data_wait,
+                              bad_found=bad_found)
         self.reset()
         return totals
