@@ -206,7 +206,7 @@ def test_an_epoch_started_at_a_batch_yields_the_rest_of_the_epoch_bit_for_bit_wi
     resumed = loader()
     decoded: list[list[int]] = []
     decode = resumed._decoder.decode
-    resumed._decoder.decode = lambda chunks: (decoded.append(sorted(int(i) for c in chunks for i in c)), decode(chunks))[1]
+    resumed._decoder.decode = lambda chunks, **kw: (decoded.append(sorted(int(i) for c in chunks for i in c)), decode(chunks, **kw))[1]
     resumed.set_epoch(1, start_batch=3)
     got = list(resumed)
     assert len(got) == len(expected) == len(resumed) - 3 == 4

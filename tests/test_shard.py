@@ -447,7 +447,7 @@ def _odd_tree(root: Path) -> dict[str, str]:
             "b/sock.jpg": "not a regular file (a socket)", "b/null.jpg": "not a regular file (a character device)"}
 
 
-def test_symlink_loops_and_special_files_are_listed_as_skipped_and_never_block(tmp_path):
+def test_symlink_loops_and_special_files_are_listed_as_skipped_and_never_block(tmp_path, read_shards):
     expected = _odd_tree(tmp_path / "tree")
     result = _run_cli("folder", "--root", str(tmp_path / "tree"), "--out", str(tmp_path / "out"), "--workers", "1",
                       "--no-progress")  # _run_cli's timeout turns a hang into a failure
@@ -472,7 +472,7 @@ def test_a_fifo_put_in_place_of_an_image_after_listing_is_rejected_without_block
         prepare_image(tmp_path / "late.jpg", ImageOptions())
 
 
-def test_val_fraction_holds_out_validated_images_only_and_resumes_to_the_same_split(tmp_path, monkeypatch):
+def test_val_fraction_holds_out_validated_images_only_and_resumes_to_the_same_split(tmp_path, monkeypatch, read_shards):
     root = tmp_path / "photos"
     (root / "only").mkdir(parents=True)
     for p in photo_paths()[:10]:
