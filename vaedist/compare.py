@@ -282,6 +282,14 @@ def _spans_decades(values: list[float]) -> bool:
     return bool(values) and min(values) > 0 and max(values) / min(values) >= 10
 
 
+def parameter_axis(runs: list[RunRecord], parameter: str) -> str:
+    """'log', 'linear' or 'categorical': how a parameter's values are laid out along the x axis."""
+    values = [run.value(parameter) for run in runs if run.value(parameter) is not MISSING]
+    if not values or not all(_is_number(v) for v in values):
+        return "categorical"
+    return "log" if _spans_decades([float(v) for v in values]) else "linear"
+
+
 def parameter_svg(runs: list[RunRecord], parameter: str, ranking: Ranking, highlight: int = HIGHLIGHT) -> str | None:
     """The ranked metric's best value of every run against one parameter: a scatter (log x where the values span
     decades), or one column per value for a categorical parameter. None when no run has both."""
@@ -295,7 +303,7 @@ def parameter_svg(runs: list[RunRecord], parameter: str, ranking: Ranking, highl
         if numeric:
             xs = [float(v) for v, _, _ in pairs]
             if _spans_decades(xs):
-                ax.set_xscale("log")
+                ax.set_xscale("log")  # learning rates, lambda_mse, ...
         else:
             categories = sorted({str(v) for v, _, _ in pairs})
             xs = [categories.index(str(v)) for v, _, _ in pairs]
@@ -443,7 +451,8 @@ def render_report(runs: list[RunRecord], title: str = "vaedist run comparison", 
         if figures:
             parts.append(f'<h2 id="parameters">Best {e(sort_key)} against each {"swept parameter" if info.swept else "differing config key"}</h2>'
                          f'<p>One point per run; the best {highlight} in colour, labelled with their rank.</p><div class="plots">')
-            parts += [f'<figure data-key="{e(p)}" data-kind="parameter">{svg}</figure>' for p, svg in figures]
+            parts += [f'<figure data-key="{e(p)}" data-kind="parameter" data-axis="{parameter_axis(runs, p)}">{svg}</figure>'
+                      for p, svg in figures]
             parts.append("</div>")
 
     # -- curves --

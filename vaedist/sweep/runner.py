@@ -244,7 +244,10 @@ def check_point_configs(spec: SweepSpec, state: SweepState, points: list[PointSt
         parsed = trainer_overrides(argv)
         if parsed is None:
             continue
-        config, overrides = parsed
+        config, overrides, options = parsed
+        if options:
+            raise ConfigError(f"{spec.path}: the command passes {options[0]} to vaedist's trainer, which takes key=value "
+                              "overrides: use ${args_no_hyphens} in command (W&B's default command uses ${args}, i.e. --key=value)")
         cwd = Path(state.cwd)
         try:
             load_config(cwd / config if config else None, overrides)

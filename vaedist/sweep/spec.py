@@ -317,8 +317,10 @@ def write_args_json_file(spec: SweepSpec, values: dict[str, Any], sweep_id: str,
     write_text_atomic(path, json.dumps(values))
 
 
-def trainer_overrides(argv: list[str]) -> tuple[str | None, list[str]] | None:
-    """(config file, overrides) when argv runs vaedist's trainer (launch/train.py or -m vaedist.train), else None.
+def trainer_overrides(argv: list[str]) -> tuple[str | None, list[str], list[str]] | None:
+    """(config file, overrides, other options) when argv runs vaedist's trainer (launch/train.py or -m vaedist.train),
+    else None. The trainer takes only --config and key=value: other options (W&B's default ${args} gives --key=value)
+    would stop it.
 
     Lets the runner load every point's config before the first one starts: a typo in a sweep file is then
     one line naming the point and the key, not N failed runs.
@@ -326,15 +328,17 @@ def trainer_overrides(argv: list[str]) -> tuple[str | None, list[str]] | None:
     for i, token in enumerate(argv):
         if token.endswith("launch/train.py") or token == "launch/train.py" or (token == "vaedist.train" and i and argv[i - 1] == "-m"):
             rest = argv[i + 1 :]
-            config, overrides, j = None, [], 0
+            config, overrides, options, j = None, [], [], 0
             while j < len(rest):
                 if rest[j] == "--config" and j + 1 < len(rest):
                     config, j = rest[j + 1], j + 2
                     continue
                 if rest[j].startswith("--config="):
                     config = rest[j].split("=", 1)[1]
-                elif not rest[j].startswith("-"):
+                elif rest[j].startswith("-"):
+                    options.append(rest[j])
+                else:
                     overrides.append(rest[j])
                 j += 1
-            return config, overrides
+            return config, overrides, options
     return None
