@@ -96,8 +96,9 @@ class Parameter:
 
 
 def _plain(value: float) -> float:
-    """A float without the binary noise of arithmetic (0.30000000000000004 -> 0.3), so commands read well."""
-    return float(f"{float(value):.12g}")
+    """A drawn float to 6 significant digits (0.000250326996814 -> 0.000250327, 0.30000000000000004 -> 0.3):
+    finer than any hyper-parameter needs, and the command lines stay readable."""
+    return float(f"{float(value):.6g}")
 
 
 def _quantize(value: float, q: float | int) -> float | int:
