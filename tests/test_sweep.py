@@ -238,6 +238,20 @@ def attempts(log: Path) -> list[tuple[datetime, datetime | None]]:
     return [tuple(s) for s in spans]
 
 
+def command_of(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # ended meanwhile
+        return ""
+
+
+def signal_process(process: psutil.Process, sig: int) -> None:
+    try:
+        process.send_signal(sig)
+    except psutil.Error:
+        pass
+
+
 def assert_each_step_logged_once(run_dir: Path, epochs: int) -> None:
     rows = read_metrics(run_dir)
     for kind in ("train/loss_encoder", "val/mse"):
@@ -266,20 +280,28 @@ def test_grid_sweep_killed_with_kill_9_resumes_and_runs_nothing_twice(food_shard
         state = read_state(out) if (out / "sweep.json").is_file() else None
         if state and any(p.status == DONE for p in state.points):
             running = [p for p in state.points if p.status == "running" and (out / p.name / "checkpoints").is_dir()]
-            if running:
+            children = psutil.Process(proc.pid).children(recursive=True)
+            trainers = [c for c in children if "launch/train.py" in command_of(c) and "accelerate" not in command_of(c)
+                        and any(f"model.latent_dim={p.parameters['model.latent_dim']} train.kl_weight={p.parameters['train.kl_weight']}"
+                                in command_of(c) for p in running)]
+            if trainers:
                 break
         time.sleep(0.2)
     finished_before = {p.name: (out / p.name / "metrics.jsonl").read_bytes() for p in state.points if p.status == DONE}
-    children = psutil.Process(proc.pid).children(recursive=True)
-    trainers = [c for c in children if "launch/train.py" in " ".join(c.cmdline()) and "accelerate" not in " ".join(c.cmdline())]
-    assert trainers, [c.cmdline() for c in children]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    for child in children:  # freeze the killed sweep's points, so that they are surely alive when it starts again
+        signal_process(child, signal.SIGSTOP)
 
-    # started again at once, while the killed sweep's points are still saving their checkpoints
     again = start_sweep(sweep, out, "--stop-timeout", "60")
+    deadline = time.monotonic() + 180
+    while "still alive" not in (out / "sweep.log").read_text():  # it waits for them instead of starting the point
+        assert time.monotonic() < deadline and again.poll() is None, "the restarted sweep did not wait for the old point"
+        time.sleep(0.2)
+    for child in children:
+        signal_process(child, signal.SIGCONT)  # now they see the SIGTERM their supervisor got when the sweep died
     gone, alive = psutil.wait_procs(children, timeout=90)  # every process of the killed sweep dies with it
-    assert not alive, [p.cmdline() for p in alive]
+    assert not alive, [command_of(p) for p in alive]
     output, _ = again.communicate(timeout=400)
     assert again.returncode == 0, output[-4000:]
 
@@ -299,7 +321,6 @@ def test_grid_sweep_killed_with_kill_9_resumes_and_runs_nothing_twice(food_shard
         assert point.metric["final"] == read_metrics(run_dir)[-1]["val/mse"]
         assert point.metric["best"] == min(r["val/mse"] for r in read_metrics(run_dir) if "val/mse" in r)
     assert resumed >= 1  # the point killed mid-run went on from its checkpoint
-    assert "still alive" in (out / "sweep.log").read_text() or resumed
 
     report = parse(out / "report.html")  # the comparison page names every run, ranked by the sweep's metric
     runs = report.tables["runs"]
