@@ -8,7 +8,6 @@ import math
 import shutil
 import subprocess
 import sys
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -21,89 +20,6 @@ from vaedist.config import save_config
 from vaedist.errors import UserError
 from vaedist.sweep.state import PointState, SweepState, read_state, write_state
 from vaedist.rundir import IMAGE_KINDS, RunDir
-
-
-class ReportParser(HTMLParser):
-    """Collects what the tests look at: tables (header, rows by data-key in page order), images, inline SVGs by
-    figure, external references."""
-
-    def __init__(self):
-        super().__init__()
-        self.tables: dict[str, dict[str, list[str]]] = {}  # table class -> data-key -> cell texts
-        self.header: dict[str, list[str]] = {}  # table class -> column titles
-        self.row_order: dict[str, list[str]] = {}  # table class -> data-keys in page order
-        self.images: list[dict[str, str]] = []
-        self.svg_figures: list[str] = []
-        self.figure_kinds: dict[str, str] = {}  # data-key -> data-kind
-        self.figure_attrs: dict[str, dict[str, str]] = {}
-        self.svg_text: dict[str, str] = {}  # figure data-key -> the text drawn in its SVG
-        self.external: list[str] = []
-        self._table = self._row = None
-        self._cell: list[str] | None = None
-        self._th: list[str] | None = None
-        self._figure_key = None
-        self._svg_key = None
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        for name in ("src", "href"):
-            if name in a and not a[name].startswith(("data:", "#")):
-                self.external.append(a[name])
-        if tag == "table":
-            self._table = a.get("class")
-            self.tables.setdefault(self._table, {})
-            self.header.setdefault(self._table, [])
-            self.row_order.setdefault(self._table, [])
-        elif tag == "th" and self._table:
-            self._th = []
-        elif tag == "tr" and self._table and "data-key" in a:
-            self._row = a["data-key"]
-            self._cells: list[str] = []
-        elif tag == "td" and self._row is not None:
-            self._cell = []
-        elif tag == "img":
-            self.images.append(a)
-        elif tag == "figure" and "data-key" in a:
-            self._figure_key = a["data-key"]
-            self.figure_kinds[a["data-key"]] = a.get("data-kind", "")
-            self.figure_attrs[a["data-key"]] = a
-        elif tag == "svg" and self._figure_key:
-            self.svg_figures.append(self._figure_key)
-            self._svg_key, self._figure_key = self._figure_key, None
-            self.svg_text[self._svg_key] = ""
-
-    def handle_endtag(self, tag):
-        if tag == "td" and self._cell is not None:
-            self._cells.append("".join(self._cell).strip())
-            self._cell = None
-        elif tag == "th" and self._th is not None:
-            self.header[self._table].append("".join(self._th).strip())
-            self._th = None
-        elif tag == "tr" and self._row is not None:
-            self.tables[self._table][self._row] = self._cells
-            self.row_order[self._table].append(self._row)
-            self._row = None
-        elif tag == "table":
-            self._table = None
-        elif tag == "svg":
-            self._svg_key = None
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell.append(data)
-        elif self._th is not None:
-            self._th.append(data)
-        elif self._svg_key is not None:
-            self.svg_text[self._svg_key] += data + "\n"
-
-    def cell(self, table: str, row: str, column: str) -> str:
-        return self.tables[table][row][self.header[table].index(column)]
-
-
-def parse(path: Path) -> ReportParser:
-    parser = ReportParser()
-    parser.feed(path.read_text(encoding="utf-8"))
-    return parser
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +39,8 @@ def two_runs(tracking_sample, tmp_path_factory):
     return runs
 
 
-def test_runs_table_has_the_config_keys_that_differ_as_columns(two_runs, tmp_path):
-    report = parse(compare(two_runs, tmp_path / "report.html"))
+def test_runs_table_has_the_config_keys_that_differ_as_columns(read_report, two_runs, tmp_path):
+    report = read_report(compare(two_runs, tmp_path / "report.html"))
     header = report.header["runs"]
     assert "train.kl_weight" in header and "run.dir" not in header  # run.dir names the run, not the experiment
     config_columns = header[header.index("run") + 1:header.index("best val/mse")]
@@ -132,30 +48,30 @@ def test_runs_table_has_the_config_keys_that_differ_as_columns(two_runs, tmp_pat
     assert [report.cell("runs", name, "train.kl_weight") for name in ("kl-batch", "kl-one")] == ["batch", "one"]
 
 
-def test_runs_are_ranked_by_the_best_value_of_the_chosen_metric(two_runs, tmp_path):
+def test_runs_are_ranked_by_the_best_value_of_the_chosen_metric(read_report, two_runs, tmp_path):
     rows = {d.name: RunDir(d).read_metrics() for d in two_runs}
     best_mse = {name: min(r["val/mse"] for r in rr if "val/mse" in r) for name, rr in rows.items()}
-    report = parse(compare(two_runs, tmp_path / "report.html"))  # default: val/mse, lower is better
+    report = read_report(compare(two_runs, tmp_path / "report.html"))  # default: val/mse, lower is better
     assert report.row_order["runs"] == sorted(best_mse, key=best_mse.get)
     assert report.cell("runs", "kl-one", "#") == "1" and report.cell("runs", "kl-one", "best val/mse") == "0.001"
     for name, value in best_mse.items():
         assert float(report.cell("runs", name, "best val/mse")) == pytest.approx(value, rel=1e-5)
     # higher is better for PSNR: the same order here, since kl-one's last row has the best of both
-    report = parse(compare(two_runs, tmp_path / "psnr.html", sort="val/psnr"))
+    report = read_report(compare(two_runs, tmp_path / "psnr.html", sort="val/psnr"))
     best_psnr = {name: max(r["val/psnr"] for r in rr if "val/psnr" in r) for name, rr in rows.items()}
     assert report.row_order["runs"] == sorted(best_psnr, key=best_psnr.get, reverse=True)
     # the KL has no "better" direction: the user says which
     with pytest.raises(UserError, match="--goal minimize or --goal maximize"):
         compare(two_runs, tmp_path / "kl.html", sort="val/kl")
-    report = parse(compare(two_runs, tmp_path / "kl.html", sort="val/kl", goal="maximize"))
+    report = read_report(compare(two_runs, tmp_path / "kl.html", sort="val/kl", goal="maximize"))
     best_kl = {name: max(r["val/kl"] for r in rr if "val/kl" in r) for name, rr in rows.items()}
     assert report.row_order["runs"] == sorted(best_kl, key=best_kl.get, reverse=True)
     with pytest.raises(UserError, match="--sort val/nope: no run logged it"):
         compare(two_runs, tmp_path / "x.html", sort="val/nope")
 
 
-def test_report_final_metrics_are_each_runs_last_values(two_runs, tmp_path):
-    report = parse(compare(two_runs, tmp_path / "report.html"))
+def test_report_final_metrics_are_each_runs_last_values(read_report, two_runs, tmp_path):
+    report = read_report(compare(two_runs, tmp_path / "report.html"))
     for run_dir in two_runs:
         rows = RunDir(run_dir).read_metrics()
         last_mse = [r["val/mse"] for r in rows if "val/mse" in r][-1]
@@ -167,9 +83,9 @@ def test_report_final_metrics_are_each_runs_last_values(two_runs, tmp_path):
         assert key in report.header["final-metrics"], key
 
 
-def test_report_overlays_every_logged_scalar_as_inline_svg(two_runs, tmp_path):
+def test_report_overlays_every_logged_scalar_as_inline_svg(read_report, two_runs, tmp_path):
     out = compare(two_runs, tmp_path / "report.html")
-    report = parse(out)
+    report = read_report(out)
     keys = {k for run in two_runs for row in RunDir(run).read_metrics() for k in row} - {"step", "epoch"}
     assert {k for k, kind in report.figure_kinds.items() if kind == "curve"} == keys
     text = out.read_text()
@@ -177,8 +93,8 @@ def test_report_overlays_every_logged_scalar_as_inline_svg(two_runs, tmp_path):
     assert all("kl-batch" in report.svg_text[k] and "kl-one" in report.svg_text[k] for k in keys)  # legends name the runs
 
 
-def test_report_embeds_each_runs_latest_images_side_by_side_best_first(two_runs, tmp_path):
-    report = parse(compare(two_runs, tmp_path / "report.html"))
+def test_report_embeds_each_runs_latest_images_side_by_side_best_first(read_report, two_runs, tmp_path):
+    report = read_report(compare(two_runs, tmp_path / "report.html"))
     assert report.external == []  # self-contained: nothing to fetch, nothing next to the file
     assert len(report.images) == len(IMAGE_KINDS) * len(two_runs)
     by_run_and_kind = {}
@@ -194,11 +110,11 @@ def test_report_embeds_each_runs_latest_images_side_by_side_best_first(two_runs,
     assert recon == report.row_order["runs"] == ["kl-one", "kl-batch"]
 
 
-def test_run_without_config_or_images_is_still_reported(two_runs, tmp_path):
+def test_run_without_config_or_images_is_still_reported(read_report, two_runs, tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "metrics.jsonl").write_text('{"step": 5, "train/loss_encoder": 3.0}\n{"step": 6, "train/loss_en')  # torn
-    report = parse(compare([two_runs[0], bare], tmp_path / "report.html"))
+    report = read_report(compare([two_runs[0], bare], tmp_path / "report.html"))
     assert report.cell("final-metrics", "bare", "train/loss_encoder") == "3"
     assert report.cell("runs", "bare", "train.kl_weight") == "(absent)"
     assert report.row_order["runs"] == ["kl-batch", "bare"]  # no val/mse: ranked last
@@ -227,11 +143,11 @@ def test_bad_run_dir_is_a_one_line_error_and_leaves_the_old_report(two_runs, tmp
     assert out.read_bytes() == before and not list(tmp_path.glob("*.tmp"))
 
 
-def test_cli_writes_the_report(two_runs, tmp_path, capsys):
+def test_cli_writes_the_report(read_report, two_runs, tmp_path, capsys):
     out = tmp_path / "cli.html"
     assert main([str(d) for d in two_runs] + ["-o", str(out)]) == 0
     assert out.is_file() and "wrote" in capsys.readouterr().out
-    assert parse(out).cell("runs", "kl-one", "train.kl_weight") == "one"
+    assert read_report(out).cell("runs", "kl-one", "train.kl_weight") == "one"
 
 
 @pytest.mark.parametrize("where", ["missing-folder/report.html", "."])
@@ -296,9 +212,9 @@ def sweep_of_32(two_runs, sample_trees, tmp_path_factory):
     return base
 
 
-def test_a_sweep_of_32_runs_is_ranked_plotted_per_parameter_and_stays_small(sweep_of_32, tmp_path):
+def test_a_sweep_of_32_runs_is_ranked_plotted_per_parameter_and_stays_small(read_report, sweep_of_32, tmp_path):
     out = compare([sweep_of_32], tmp_path / "report.html")
-    report = parse(out)
+    report = read_report(out)
     state = read_state(sweep_of_32)
     best = {p.name: min(r["val/mse"] for r in RunDir(sweep_of_32 / p.name).read_metrics() if "val/mse" in r) for p in state.points}
     ranked = sorted(best, key=best.get)

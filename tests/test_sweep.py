@@ -19,8 +19,6 @@ import pytest
 import yaml
 from scipy import stats
 
-from tests.test_compare import parse
-from tests.test_tracking import inspect_records
 from vaedist.config import load_config
 from vaedist.errors import ConfigError, UserError
 from vaedist.sweep.runner import SweepOptions, run_sweep
@@ -261,7 +259,7 @@ def assert_each_step_logged_once(run_dir: Path, epochs: int) -> None:
 
 
 @pytest.mark.slow
-def test_grid_sweep_killed_with_kill_9_resumes_and_runs_nothing_twice(food_shards, tmp_path):
+def test_grid_sweep_killed_with_kill_9_resumes_and_runs_nothing_twice(read_report, food_shards, tmp_path):
     epochs = 3
     sweep = write_sweep(tmp_path / "grid.yaml", {
         "name": "kill-test", "program": "launch/train.py", "method": "grid",
@@ -322,7 +320,7 @@ def test_grid_sweep_killed_with_kill_9_resumes_and_runs_nothing_twice(food_shard
         assert point.metric["best"] == min(r["val/mse"] for r in read_metrics(run_dir) if "val/mse" in r)
     assert resumed >= 1  # the point killed mid-run went on from its checkpoint
 
-    report = parse(out / "report.html")  # the comparison page names every run, ranked by the sweep's metric
+    report = read_report(out / "report.html")  # the comparison page names every run, ranked by the sweep's metric
     runs = report.tables["runs"]
     assert set(runs) == {p.name for p in state.points}
     best = sorted(state.points, key=lambda p: p.metric["best"])
@@ -331,7 +329,7 @@ def test_grid_sweep_killed_with_kill_9_resumes_and_runs_nothing_twice(food_shard
 
 
 @pytest.mark.slow
-def test_random_sweep_runs_two_points_at_once_reproducibly_in_one_wandb_group(food_shards, tmp_path):
+def test_random_sweep_runs_two_points_at_once_reproducibly_in_one_wandb_group(inspect_records, read_report, food_shards, tmp_path):
     sweep = write_sweep(tmp_path / "random.yaml", {
         "name": "random-test", "program": "launch/train.py", "method": "random",
         "metric": {"name": "val/psnr", "goal": "maximize"},
@@ -365,6 +363,6 @@ def test_random_sweep_runs_two_points_at_once_reproducibly_in_one_wandb_group(fo
         tags.append(set(run["tags"]))
     assert groups == {f"random-test-{state.sweep_id}"}
     assert all({"sweep", f"sweep-{state.sweep_id}", "random-test"} <= t for t in tags)
-    report = parse(out / "report.html")
+    report = read_report(out / "report.html")
     assert set(report.tables["runs"]) == {"point-000", "point-001"}
     assert report.header["runs"][:3] == ["#", "run", "status"] and "best val/psnr" in report.header["runs"]

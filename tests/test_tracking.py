@@ -27,15 +27,6 @@ from vaedist.rundir import IMAGE_KINDS, RunDir
 from vaedist.tracking import Tracker, has_wandb_credentials, resolve_wandb_mode, run_identity
 
 REPO = Path(__file__).resolve().parents[1]
-def inspect_records(offline_run: Path) -> list[dict]:
-    """`wandb leet inspect --json`: one JSON record per line of the run's .wandb transaction log."""
-    out = subprocess.run(
-        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(offline_run)],
-        capture_output=True, text=True, timeout=120, check=True,
-    ).stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
 def history(records: list[dict]) -> list[dict]:
     return [r["history"]["item"] for r in records if r["type"] == "history"]
 
@@ -44,7 +35,7 @@ def history(records: list[dict]) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def offline_run(tracking_sample, tmp_path_factory):
+def offline_run(inspect_records, tracking_sample, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tracked") / "run"
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("WANDB_MODE", raising=False)  # logging.mode=offline must be enough on its own
@@ -136,7 +127,7 @@ def test_quality_metrics_keep_their_best_value_as_the_wandb_summary(offline_run)
 
 
 @pytest.mark.parametrize("launcher", ["vaedist.sweep", "wandb-agent"])
-def test_sweep_points_share_the_sweeps_group_and_tags_in_the_offline_run(launcher, tracking_sample, tmp_path, monkeypatch):
+def test_sweep_points_share_the_sweeps_group_and_tags_in_the_offline_run(inspect_records, launcher, tracking_sample, tmp_path, monkeypatch):
     """What `wandb sync` uploads later: every point of one sweep in one group, with the sweep's tags."""
     if launcher == "vaedist.sweep":
         env = sweepenv.point_environment("k3j9x2ab", "kl-sweep", "k3j9x2ab-004", tmp_path / "sweep" / "point-004")
@@ -255,7 +246,7 @@ def test_auto_mode_is_online_only_with_credentials(tmp_path, monkeypatch):
     assert resolve_wandb_mode(load_config(None, ["logging.mode=offline"])) == "offline"
 
 
-def test_resumed_tracker_continues_the_same_wandb_run_and_drops_rows_after_the_checkpoint(tracking_sample, tmp_path):
+def test_resumed_tracker_continues_the_same_wandb_run_and_drops_rows_after_the_checkpoint(inspect_records, tracking_sample, tmp_path):
     run_dir = tmp_path / "run"
     first, model, _ = tracking_sample.run(run_dir, [], epochs=1)
     first_id = first.run.id
@@ -384,7 +375,7 @@ def test_only_the_main_process_writes_metrics_images_and_wandb(tmp_path):
 
 
 @pytest.mark.slow
-def test_auto_mode_with_credentials_but_no_server_falls_back_to_offline(tracking_sample, tmp_path, monkeypatch, capfd):
+def test_auto_mode_with_credentials_but_no_server_falls_back_to_offline(inspect_records, tracking_sample, tmp_path, monkeypatch, capfd):
     """A ~/.netrc on a shared home of an air-gapped cluster: online is tried, fails, and the run goes offline."""
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "c" * 40)
@@ -421,7 +412,7 @@ def test_non_finite_latent_means_are_left_out_of_the_projection(tracking_sample,
     assert (tmp_path / "run" / "images" / "latent_pca_latest.png").is_file()
 
 
-def test_an_infinite_kl_is_logged_without_ending_the_wandb_run(tracking_sample, tmp_path, monkeypatch):
+def test_an_infinite_kl_is_logged_without_ending_the_wandb_run(inspect_records, tracking_sample, tmp_path, monkeypatch):
     """Early in training a log-variance can explode: val/kl=inf must not take the run down with W&B on."""
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cfg = load_config(None, tracking_sample.SMALL + [f"run.dir={tmp_path / 'run'}", "logging.mode=offline"])

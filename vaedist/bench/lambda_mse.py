@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from vaedist.config import load_config
+from vaedist.train import close, setup, train_step
 
 LAMBDAS = (1e-6, 1e-4, 1e-2, 1.0)
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
@@ -38,8 +39,6 @@ def _flat(params) -> torch.Tensor:
 
 def decoder_trajectory(cfg, steps: int) -> dict:
     """Train `steps` steps; return the decoder's first update, final weights, gradient RMS per step, sqrt(v)."""
-    from vaedist.train import close, setup, train_step
-
     t = setup(cfg)
     try:
         decoder = t.vae.decoder

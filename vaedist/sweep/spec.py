@@ -34,6 +34,7 @@ import numpy as np
 import yaml
 
 from vaedist.errors import UserError
+from vaedist.files import write_text_atomic
 from vaedist.goals import goal as known_goal
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
@@ -311,8 +312,6 @@ def write_args_json_file(spec: SweepSpec, values: dict[str, Any], sweep_id: str,
     """What the agent does before starting a command that has ${args_json_file}."""
     if "${args_json_file}" not in spec.command:
         return
-    from vaedist.files import write_text_atomic
-
     path = Path(args_json_path(sweep_id, run_id, environ))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(values))
