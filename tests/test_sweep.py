@@ -21,11 +21,11 @@ from scipy import stats
 
 from vaedist.config import load_config
 from vaedist.errors import ConfigError, UserError
+from vaedist.rundir import RunDir
 from vaedist.sweep.runner import SweepOptions, run_sweep
 from vaedist.sweep.spec import agent_command, load_spec, write_args_json_file
 from vaedist.sweep.state import DONE, read_state
 from vaedist.sweep.supervise import END_MARK, START_MARK
-from vaedist.tracking import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p.name for p in (REPO / "configs").glob("sweep*.yaml"))
@@ -251,7 +251,7 @@ def signal_process(process: psutil.Process, sig: int) -> None:
 
 
 def assert_each_step_logged_once(run_dir: Path, epochs: int) -> None:
-    rows = read_metrics(run_dir)
+    rows = RunDir(run_dir).read_metrics()
     for kind in ("train/loss_encoder", "val/mse"):
         steps = [r["step"] for r in rows if kind in r]
         assert steps == sorted(set(steps)), (run_dir, kind, steps)
@@ -316,8 +316,8 @@ def test_grid_sweep_killed_with_kill_9_resumes_and_runs_nothing_twice(read_repor
             assert point.attempts == 1 and (run_dir / "metrics.jsonl").read_bytes() == finished_before[point.name]
         elif point.attempts > 1 and "resuming from" in log.read_text().split(START_MARK)[-1]:
             resumed += 1
-        assert point.metric["final"] == read_metrics(run_dir)[-1]["val/mse"]
-        assert point.metric["best"] == min(r["val/mse"] for r in read_metrics(run_dir) if "val/mse" in r)
+        assert point.metric["final"] == RunDir(run_dir).read_metrics()[-1]["val/mse"]
+        assert point.metric["best"] == min(r["val/mse"] for r in RunDir(run_dir).read_metrics() if "val/mse" in r)
     assert resumed >= 1  # the point killed mid-run went on from its checkpoint
 
     report = read_report(out / "report.html")  # the comparison page names every run, ranked by the sweep's metric
