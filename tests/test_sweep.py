@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+import torch
 import yaml
 from scipy import stats
 
 from vaedist.config import load_config
 from vaedist.errors import ConfigError, UserError
 from vaedist.rundir import RunDir
-from vaedist.sweep.runner import SweepOptions, run_sweep
+from vaedist.sweep.runner import SweepOptions, make_slots, run_sweep
 from vaedist.sweep.spec import agent_command, load_spec, write_args_json_file
 from vaedist.sweep.state import DONE, read_state
 from vaedist.sweep.supervise import END_MARK, START_MARK
@@ -191,6 +192,25 @@ def test_dry_run_prints_every_points_command_and_writes_nothing(tmp_path):
     assert all("/usr/bin/env accelerate launch launch/train.py --config" in line for line in lines)
 
 
+def test_points_get_one_gpu_each_round_robin_and_cpu_points_their_own_cores(monkeypatch):
+    slots = make_slots(3, ["0", "1"], cpu=False)  # more points than GPUs: shared round-robin
+    assert [s.label for s in slots] == ["gpu 0", "gpu 1", "gpu 0"]
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "1", "0"] and all(s.cpus is None for s in slots)
+    cores = sorted(os.sched_getaffinity(0))
+    cpu = make_slots(2, ["0", "1"], cpu=True)  # --cpu wins over GPUs, and hides them from the points
+    assert all(s.env["CUDA_VISIBLE_DEVICES"] == "" for s in cpu)
+    share = len(cores) // 2
+    assert [s.cpus for s in cpu] == [cores[:share], cores[share:2 * share]]  # disjoint halves, not all cores each
+    assert {s.env["OMP_NUM_THREADS"] for s in cpu} == {str(share)}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert [s.label for s in make_slots(None, None, cpu=False)] == ["gpu 3", "gpu 5"]  # default: one point per GPU
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in make_slots(None, None, cpu=False)] == [""]  # no GPU: one CPU point
+    dry = subprocess.run([sys.executable, "-m", "vaedist.sweep", "configs/sweep_beta.yaml", "--dry-run", "--gpus", "0,1",
+                          "--parallel", "3"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0 and "3 at a time on gpu 0, gpu 1, gpu 0" in dry.stdout.splitlines()[0], dry.stdout + dry.stderr
+
+
 def test_a_random_sweep_needs_a_count_and_a_wrong_point_config_stops_before_anything_runs(tmp_path):
     sweep = {"method": "random", "program": "launch/train.py", "parameters": {"train.kl_weight": {"values": ["batch", "half"]}}}
     path = write_sweep(tmp_path / "r.yaml", sweep)
@@ -219,9 +239,9 @@ def sweep_command(shards: Path, launcher: list[str], *extra: str) -> list[str]:
             "${args_no_hyphens}"]
 
 
-def start_sweep(sweep: Path, out: Path, *args: str) -> subprocess.Popen:
+def start_sweep(sweep: Path, out: Path, *args: str, devices: tuple[str, ...] = ("--parallel", "2", "--cpu")) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.Popen([sys.executable, "-m", "vaedist.sweep", str(sweep), "--out", str(out), "--parallel", "2", "--cpu",
+    return subprocess.Popen([sys.executable, "-m", "vaedist.sweep", str(sweep), "--out", str(out), *devices,
                              "--refresh", "0.5", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -366,3 +386,21 @@ def test_random_sweep_runs_two_points_at_once_reproducibly_in_one_wandb_group(in
     report = read_report(out / "report.html")
     assert set(report.tables["runs"]) == {"point-000", "point-001"}
     assert report.header["runs"][:3] == ["#", "run", "status"] and "best val/psnr" in report.header["runs"]
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_a_gpu_sweep_runs_each_point_on_its_own_gpu(food_shards, tmp_path):
+    gpus = [str(i) for i in range(min(2, torch.cuda.device_count()))]
+    sweep = write_sweep(tmp_path / "gpu.yaml", {
+        "name": "gpu-test", "program": "launch/train.py", "method": "grid",
+        "metric": {"name": "val/mse", "goal": "minimize"}, "parameters": {"train.kl_weight": {"values": ["batch", "one"]}},
+        "command": sweep_command(food_shards, ["${interpreter}"], "train.epochs=1", "logging.wandb=false"),
+    })
+    out = tmp_path / "sweep"
+    proc = start_sweep(sweep, out, devices=("--gpus", ",".join(gpus), "--parallel", str(len(gpus))))
+    output, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, output[-4000:]
+    state = read_state(out)
+    assert [p.status for p in state.points] == [DONE, DONE]
+    assert {p.device for p in state.points} == {f"gpu {g}" for g in gpus}
