@@ -200,7 +200,10 @@ def sweep_of_32(two_runs, sample_trees, tmp_path_factory):
         config["train"]["encoder"]["lr"] = lr
         (run / "config.yaml").write_text(yaml.safe_dump(config))
         quality = 0.02 + 0.01 * abs(math.log10(lr) + 3.3) + 0.002 * beta + rng.normal(0, 0.001)
-        rows = [dict(r, **({"val/mse": quality * (1.2 - 0.1 * r["epoch"])} if "val/mse" in r else {})) for r in template]
+        # every third run gets worse in its last epoch: ranked by its best value, not its last
+        last_epoch = max(r["epoch"] for r in template)
+        factor = lambda epoch: (1.5 if i % 3 == 0 else 1.0) if epoch == last_epoch else 1.1  # noqa: E731
+        rows = [dict(r, **({"val/mse": quality * factor(r["epoch"])} if "val/mse" in r else {})) for r in template]
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         photo_grid(sample_trees["food101"], 2, 16, i).save(run / "images" / "reconstructions_latest.png")
         photo_grid(sample_trees["food101"], 5, 5, 100 + i).save(run / "images" / "prior_samples_latest.png")
@@ -218,6 +221,8 @@ def test_a_sweep_of_32_runs_is_ranked_plotted_per_parameter_and_stays_small(read
     state = read_state(sweep_of_32)
     best = {p.name: min(r["val/mse"] for r in RunDir(sweep_of_32 / p.name).read_metrics() if "val/mse" in r) for p in state.points}
     ranked = sorted(best, key=best.get)
+    last = {p.name: [r["val/mse"] for r in RunDir(sweep_of_32 / p.name).read_metrics() if "val/mse" in r][-1] for p in state.points}
+    assert ranked != sorted(last, key=last.get)  # the fixture tells the two orders apart
     assert report.row_order["runs"] == ranked  # every run named, best first
     assert [report.cell("runs", name, "status") for name in ranked] == ["done"] * 32
     assert {"train.beta", "train.encoder.lr", "train.kl_weight"} <= set(report.header["runs"])
@@ -247,3 +252,21 @@ def test_a_sweep_of_32_runs_is_ranked_plotted_per_parameter_and_stays_small(read
     size = out.stat().st_size
     print(f"\n32-run report: {size / 1e6:.2f} MB (all full PNGs would be {full_pngs / 1e6:.2f} MB of pictures alone)")
     assert size < 7e6 and size < 0.5 * full_pngs  # measured: 5.9 MB here, 4.7 MB for 32 copies of a demo run
+
+
+def test_a_short_log_axis_has_plain_labels_that_do_not_run_into_each_other():
+    """Learning rates over 1.5 decades: matplotlib's default labels every minor tick (2x10^-4, 3x10^-4, ...) at
+    10 px, where they overlap; the parameter plot labels 1 and 3 x each power of ten, plainly, at 7 px."""
+    import re
+
+    from vaedist.compare import RunRecord, SweepInfo, parameter_svg, rank_runs
+
+    lrs = [1.2e-4, 2.5e-4, 4e-4, 8e-4, 1.5e-3, 2.9e-3]
+    runs = [RunRecord(f"r{i}", Path("."), {"train.encoder.lr": lr}, [{"step": 1, "val/mse": 0.05 + i / 1000}])
+            for i, lr in enumerate(lrs)]
+    svg = parameter_svg(runs, "train.encoder.lr", rank_runs(runs, None, None, SweepInfo()))
+    texts = [(re.sub(r"<[^>]+>|\s", "", element.split(">", 1)[1]), re.findall(r"font-size: ([\d.]+)px", element))
+             for element in re.findall(r"<text.*?</text>", svg, re.S)]
+    x_labels = [(text, sizes) for text, sizes in texts[: [t for t, _ in texts].index("train.encoder.lr")]]
+    assert [text for text, _ in x_labels] == ["0.0003", "0.001", "0.003"]
+    assert all(set(sizes) == {"7"} for _, sizes in x_labels)

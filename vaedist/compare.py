@@ -31,12 +31,13 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on cluster nodes; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from vaedist.config import flatten  # noqa: E402
 from vaedist.errors import UserError, run_cli  # noqa: E402
 from vaedist.files import check_output_file, write_text_atomic  # noqa: E402
-from vaedist.goals import Goal, goal as known_goal  # noqa: E402
+from vaedist.goals import Goal, best as best_of, goal as known_goal  # noqa: E402
 from vaedist.rundir import IMAGE_KINDS, RunDir  # noqa: E402
 from vaedist.sweep.state import is_sweep_dir, point_run_dirs, read_state  # noqa: E402
 
@@ -86,9 +87,7 @@ class RunRecord:
 
     def best(self, key: str, direction: Goal) -> float | None:
         values = [float(row[key]) for row in self.rows if _is_number(row.get(key))]
-        if not values:
-            return None
-        return min(values) if direction == "minimize" else max(values)
+        return best_of(values, direction) if values else None
 
     def value(self, key: str) -> object:
         """A swept parameter's value: what the sweep passed, else the run's config."""
@@ -257,7 +256,9 @@ def curves_svg(runs: list[RunRecord], key: str, ranking: Ranking, highlight: int
             every_value += values
             if steps:
                 stride = max(1, math.ceil(len(steps) / MAX_POINTS_PER_CURVE))
+                # a marker where a run has few points: a one-evaluation run is a dot, not an invisible line
                 ax.plot(steps[::stride], values[::stride], color=GREY, linewidth=0.7, alpha=0.5, rasterized=True,
+                        marker="." if len(steps) < 30 else None, markersize=3,
                         label=f"{len(others)} other runs" if not grey_drawn else None, zorder=1)
                 grey_drawn += 1
         for colour, i in zip(_colours(len(shown)), shown):
@@ -282,6 +283,16 @@ def _spans_decades(values: list[float]) -> bool:
     return bool(values) and min(values) > 0 and max(values) / min(values) >= 10
 
 
+def _log_axis(axis, values: list[float]) -> None:
+    """Plain labels (0.0003, 0.001) at 1 and 3 x each power of ten over two decades or less, at the powers only
+    beyond; none on the minor ticks. matplotlib's default labels the minor ticks of a short log axis in
+    mathtext ("2x10^-4 3x10^-4 ...") at the default font size, where they run into each other."""
+    decades = math.log10(max(values) / min(values))
+    axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 3.0) if decades <= 2 else (1.0,), numticks=8))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
 def parameter_axis(runs: list[RunRecord], parameter: str) -> str:
     """'log', 'linear' or 'categorical': how a parameter's values are laid out along the x axis."""
     values = [run.value(parameter) for run in runs if run.value(parameter) is not MISSING]
@@ -304,6 +315,7 @@ def parameter_svg(runs: list[RunRecord], parameter: str, ranking: Ranking, highl
             xs = [float(v) for v, _, _ in pairs]
             if _spans_decades(xs):
                 ax.set_xscale("log")  # learning rates, lambda_mse, ...
+                _log_axis(ax.xaxis, xs)
         else:
             categories = sorted({str(v) for v, _, _ in pairs})
             xs = [categories.index(str(v)) for v, _, _ in pairs]
