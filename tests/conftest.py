@@ -1,12 +1,15 @@
 """Shared fixtures: the embedded sample photographs laid out as dataset trees, built once per session; shards
-read back with tarfile and with DALI's own reader; a small real VAE writing run dirs through the Tracker."""
+read back with tarfile and with DALI's own reader; a small real VAE writing run dirs through the Tracker;
+compare's HTML page and W&B's offline runs read back with parsers we did not write."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -293,3 +296,110 @@ def damaged_food_shards(food_shards, tmp_path_factory) -> tuple[Path, list[tuple
         tar.write_bytes(bytes(data))
         damaged.append((split, tar.name, member.name.split(".", 1)[0]))
     return out, damaged
+
+
+# --- what compare and W&B wrote, read back with parsers we did not write -----------------------------
+
+
+class ReportParser(HTMLParser):
+    """Collects what the tests look at: tables (header, rows by data-key in page order), images, inline SVGs by
+    figure, external references."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: dict[str, dict[str, list[str]]] = {}  # table class -> data-key -> cell texts
+        self.header: dict[str, list[str]] = {}  # table class -> column titles
+        self.row_order: dict[str, list[str]] = {}  # table class -> data-keys in page order
+        self.images: list[dict[str, str]] = []
+        self.svg_figures: list[str] = []
+        self.figure_kinds: dict[str, str] = {}  # data-key -> data-kind
+        self.figure_attrs: dict[str, dict[str, str]] = {}
+        self.svg_text: dict[str, str] = {}  # figure data-key -> the text drawn in its SVG
+        self.external: list[str] = []
+        self._table = self._row = None
+        self._cell: list[str] | None = None
+        self._th: list[str] | None = None
+        self._figure_key = None
+        self._svg_key = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        for name in ("src", "href"):
+            if name in a and not a[name].startswith(("data:", "#")):
+                self.external.append(a[name])
+        if tag == "table":
+            self._table = a.get("class")
+            self.tables.setdefault(self._table, {})
+            self.header.setdefault(self._table, [])
+            self.row_order.setdefault(self._table, [])
+        elif tag == "th" and self._table:
+            self._th = []
+        elif tag == "tr" and self._table and "data-key" in a:
+            self._row = a["data-key"]
+            self._cells: list[str] = []
+        elif tag == "td" and self._row is not None:
+            self._cell = []
+        elif tag == "img":
+            self.images.append(a)
+        elif tag == "figure" and "data-key" in a:
+            self._figure_key = a["data-key"]
+            self.figure_kinds[a["data-key"]] = a.get("data-kind", "")
+            self.figure_attrs[a["data-key"]] = a
+        elif tag == "svg" and self._figure_key:
+            self.svg_figures.append(self._figure_key)
+            self._svg_key, self._figure_key = self._figure_key, None
+            self.svg_text[self._svg_key] = ""
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            self._cells.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "th" and self._th is not None:
+            self.header[self._table].append("".join(self._th).strip())
+            self._th = None
+        elif tag == "tr" and self._row is not None:
+            self.tables[self._table][self._row] = self._cells
+            self.row_order[self._table].append(self._row)
+            self._row = None
+        elif tag == "table":
+            self._table = None
+        elif tag == "svg":
+            self._svg_key = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+        elif self._th is not None:
+            self._th.append(data)
+        elif self._svg_key is not None:
+            self.svg_text[self._svg_key] += data + "\n"
+
+    def cell(self, table: str, row: str, column: str) -> str:
+        return self.tables[table][row][self.header[table].index(column)]
+
+
+def parse_report(path: Path) -> ReportParser:
+    parser = ReportParser()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+@pytest.fixture(scope="session")
+def read_report():
+    """The HTML page of `vaedist.compare`, parsed by the standard library's HTMLParser: read_report(path)."""
+    return parse_report
+
+
+def _inspect_wandb_run(offline_run: Path) -> list[dict]:
+    """`wandb leet inspect --json`: one JSON record per line of the run's .wandb transaction log."""
+    out = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(offline_run)],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def inspect_records():
+    """inspect_records(OFFLINE_RUN_DIR): the records of a W&B offline run, as `wandb leet inspect --json` reads them."""
+    return _inspect_wandb_run

@@ -19,7 +19,7 @@ import torch
 import yaml
 from PIL import Image
 
-from vaedist import visualize
+from vaedist import sweepenv, visualize
 from vaedist.config import load_config
 from vaedist.errors import UserError
 from vaedist.model import VAE
@@ -27,15 +27,6 @@ from vaedist.rundir import IMAGE_KINDS, RunDir
 from vaedist.tracking import Tracker, has_wandb_credentials, resolve_wandb_mode, run_identity
 
 REPO = Path(__file__).resolve().parents[1]
-def inspect_records(offline_run: Path) -> list[dict]:
-    """`wandb leet inspect --json`: one JSON record per line of the run's .wandb transaction log."""
-    out = subprocess.run(
-        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(offline_run)],
-        capture_output=True, text=True, timeout=120, check=True,
-    ).stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
 def history(records: list[dict]) -> list[dict]:
     return [r["history"]["item"] for r in records if r["type"] == "history"]
 
@@ -44,7 +35,7 @@ def history(records: list[dict]) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def offline_run(tracking_sample, tmp_path_factory):
+def offline_run(inspect_records, tracking_sample, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tracked") / "run"
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("WANDB_MODE", raising=False)  # logging.mode=offline must be enough on its own
@@ -118,6 +109,49 @@ def test_offline_run_records_name_group_tags_and_nested_config(tracking_sample, 
     assert config["dataset"]["name"] == "food101" and config["dataset"]["classes"] == 6
     # W&B's files live inside the run dir
     assert offline_run["offline"].parent == offline_run["dir"] / "wandb"
+
+
+def test_quality_metrics_keep_their_best_value_as_the_wandb_summary(offline_run):
+    """W&B's run table shows a run's summary: the best val/mse (min) and val/psnr (max), the last val/kl."""
+    records = offline_run["records"]
+    declared = {r["metric"]["name"]: r["metric"]["summary"] for r in records if r["type"] == "metric" and r["metric"].get("name")}
+    assert declared == {"val/mse": {"min": True}, "val/psnr": {"max": True}, "val/ssim": {"max": True}, "val/pcc": {"max": True}}
+    summary = {}
+    for r in records:
+        if r["type"] == "summary":
+            summary.update(r["summary"].get("update", {}))
+    results = offline_run["results"]
+    assert summary["val/mse"] == {"min": pytest.approx(min(r.metrics["val/mse"] for r in results))}
+    assert summary["val/psnr"] == {"max": pytest.approx(max(r.metrics["val/psnr"] for r in results))}
+    assert summary["val/kl"] == pytest.approx(results[-1].metrics["val/kl"])  # no better direction: the last value
+
+
+@pytest.mark.parametrize("launcher", ["vaedist.sweep", "wandb-agent"])
+def test_sweep_points_share_the_sweeps_group_and_tags_in_the_offline_run(inspect_records, launcher, tracking_sample, tmp_path, monkeypatch):
+    """What `wandb sync` uploads later: every point of one sweep in one group, with the sweep's tags."""
+    if launcher == "vaedist.sweep":
+        env = sweepenv.point_environment("k3j9x2ab", "kl-sweep", "k3j9x2ab-004", tmp_path / "sweep" / "point-004")
+        group, tags, run_dir = "kl-sweep-k3j9x2ab", {"sweep", "sweep-k3j9x2ab", "kl-sweep"}, tmp_path / "sweep" / "point-004"
+    else:
+        env = {"WANDB_SWEEP_ID": "k3j9x2ab", "WANDB_RUN_ID": "qwerty12"}
+        group, tags, run_dir = "sweep-k3j9x2ab", {"sweep", "sweep-k3j9x2ab"}, tmp_path / "runs" / "qwerty12"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    # the command line's run.dir is shared; each point gets its own
+    assert RunDir.for_training(tmp_path / "runs").path.resolve() == run_dir.resolve()
+    tracker, _, _ = tracking_sample.run(run_dir, ["train.kl_weight=one"], epochs=1)
+    tracker.finish()
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    records = inspect_records(offline)
+    (run,) = [r["run"] for r in records if r["type"] == "run"]
+    assert run["run_group"] == group and tags <= set(run["tags"]) and {"food101", "kl_weight=one"} <= set(run["tags"])
+    assert run["run_id"] == (env.get("VAEDIST_SWEEP_RUN_ID") or env["WANDB_RUN_ID"])
+    config = {}
+    for r in records:
+        if r["type"] == "config":
+            config.update(r["config"].get("update", {}))
+    sweep = config["sweep"].get("value", config["sweep"])  # filterable in W&B's run table
+    assert sweep["id"] == "k3j9x2ab" and sweep["launcher"] == launcher
 
 
 def test_finish_prints_the_wandb_sync_command(tracking_sample, tmp_path, capfd):
@@ -212,7 +246,7 @@ def test_auto_mode_is_online_only_with_credentials(tmp_path, monkeypatch):
     assert resolve_wandb_mode(load_config(None, ["logging.mode=offline"])) == "offline"
 
 
-def test_resumed_tracker_continues_the_same_wandb_run_and_drops_rows_after_the_checkpoint(tracking_sample, tmp_path):
+def test_resumed_tracker_continues_the_same_wandb_run_and_drops_rows_after_the_checkpoint(inspect_records, tracking_sample, tmp_path):
     run_dir = tmp_path / "run"
     first, model, _ = tracking_sample.run(run_dir, [], epochs=1)
     first_id = first.run.id
@@ -251,30 +285,21 @@ def test_run_identity_separates_the_ablations(tracking_sample):
 # --- sweeps -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["sweep.yaml", "sweep_beta.yaml"])
-def test_sweep_grid_points_are_valid_trainer_command_lines(name):
-    """Every grid point, turned into arguments the way wandb's agent does, must load as a vaedist config."""
-    import itertools
+def test_shipped_sweeps_spend_their_points_on_axes_that_matter():
+    """lambda_mse changes nothing with RMSprop (README, measured): it is an axis only next to plain SGD."""
+    from vaedist.sweep.spec import load_spec
 
-    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
-
-    sweep = yaml.safe_load((REPO / "configs" / name).read_text())
-    assert sweep["command"][:6] == ["${env}", "accelerate", "launch", "${program}", "--config", "configs/food101.yaml"]
-    assert sweep["program"] == "launch/train.py" and sweep["command"][-1] == "${args_no_hyphens}"
-    assert sweep["metric"]["name"] == "val/mse"
-    params = sweep["parameters"]
-    keys = list(params)
-    choices = [p["values"] if "values" in p else [p["value"]] for p in params.values()]
-    seen = set()
-    for point in itertools.product(*choices):
-        args = create_sweep_command_args({"args": {k: {"value": v} for k, v in zip(keys, point)}})["args_no_hyphens"]
-        cfg = load_config(None, args)  # the trainer applies these after --config FILE
-        seen.add((cfg.train.mode, cfg.train.kl_weight if cfg.train.mode == "vae" else cfg.train.beta, cfg.train.lambda_mse))
-    if name == "sweep.yaml":
-        assert {m for m, _, _ in seen} == {"vae"} and {w for _, w, _ in seen} == {"batch", "one"}
-        assert 1e-6 in {lam for _, _, lam in seen}  # the seed's value is one of the points
-    else:
-        assert {m for m, _, _ in seen} == {"beta-vae"} and 1.0 in {b for _, b, _ in seen} and len({b for _, b, _ in seen}) > 2
+    axes = {}
+    for path in sorted((REPO / "configs").glob("sweep*.yaml")):
+        spec = load_spec(path)
+        assert spec.metric == "val/mse" and spec.goal == "minimize" and spec.command[-1] == "${args_no_hyphens}"
+        axes[path.name] = set(spec.swept)
+        if "train.lambda_mse" in spec.swept:
+            assert set(spec.parameters["train.decoder.name"].grid_values()) == {"rmsprop", "sgd"}, path
+    assert axes["sweep.yaml"] == {"train.kl_weight", "model.latent_dim"}
+    assert axes["sweep_beta.yaml"] == {"train.beta"} and 1.0 in load_spec(REPO / "configs" / "sweep_beta.yaml").parameters["train.beta"].grid_values()
+    assert {"train.encoder.lr", "train.decoder.lr", "train.batch_size"} <= axes["sweep_random.yaml"]
+    assert [name for name, swept in axes.items() if "train.lambda_mse" in swept] == ["sweep_lambda_mse.yaml"]
 
 
 def test_sweep_agent_runs_get_their_own_run_dir_and_the_agents_run_id(tmp_path, monkeypatch):
@@ -350,7 +375,7 @@ def test_only_the_main_process_writes_metrics_images_and_wandb(tmp_path):
 
 
 @pytest.mark.slow
-def test_auto_mode_with_credentials_but_no_server_falls_back_to_offline(tracking_sample, tmp_path, monkeypatch, capfd):
+def test_auto_mode_with_credentials_but_no_server_falls_back_to_offline(inspect_records, tracking_sample, tmp_path, monkeypatch, capfd):
     """A ~/.netrc on a shared home of an air-gapped cluster: online is tried, fails, and the run goes offline."""
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "c" * 40)
@@ -387,7 +412,7 @@ def test_non_finite_latent_means_are_left_out_of_the_projection(tracking_sample,
     assert (tmp_path / "run" / "images" / "latent_pca_latest.png").is_file()
 
 
-def test_an_infinite_kl_is_logged_without_ending_the_wandb_run(tracking_sample, tmp_path, monkeypatch):
+def test_an_infinite_kl_is_logged_without_ending_the_wandb_run(inspect_records, tracking_sample, tmp_path, monkeypatch):
     """Early in training a log-variance can explode: val/kl=inf must not take the run down with W&B on."""
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cfg = load_config(None, tracking_sample.SMALL + [f"run.dir={tmp_path / 'run'}", "logging.mode=offline"])

@@ -53,12 +53,14 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["rmsprop", "adam", "adamw"] = "rmsprop"
+    # sgd: plain SGD (with momentum if set); its step scales with the loss, so train.lambda_mse scales the decoder's
+    # step with it, where RMSprop/Adam cancel a constant factor (README, "What lambda_mse does").
+    name: Literal["rmsprop", "adam", "adamw", "sgd"] = "rmsprop"
     lr: float = 1e-3
     alpha: float = 0.9  # RMSprop smoothing (seed: 0.9)
     eps: float = 1e-8
     weight_decay: float = 0.0
-    momentum: float = 0.0  # RMSprop only
+    momentum: float = 0.0  # RMSprop and SGD
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam/AdamW only
     scheduler: Literal["exponential", "cosine", "none"] = "exponential"
     gamma: float = 0.75  # ExponentialLR, stepped once per epoch (seed)

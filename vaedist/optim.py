@@ -17,7 +17,8 @@ from vaedist.config import OptimConfig
 
 def build_optimizer(cfg: OptimConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     # the seed: RMSprop(lr=1e-3, alpha=0.9, eps=1e-8, weight_decay=0, momentum=0)
-    optimizer_class = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.name]
+    optimizer_class = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+                       "sgd": torch.optim.SGD}[cfg.name]
     return optimizer_class(list(params), lr=cfg.lr, **_hyperparameters(cfg))
 
 
@@ -25,6 +26,8 @@ def _hyperparameters(cfg: OptimConfig) -> dict:
     """The optimizer's settings besides lr, as its param groups hold them (at creation and after a resume)."""
     if cfg.name == "rmsprop":
         return {"alpha": cfg.alpha, "eps": cfg.eps, "weight_decay": cfg.weight_decay, "momentum": cfg.momentum}
+    if cfg.name == "sgd":
+        return {"momentum": cfg.momentum, "weight_decay": cfg.weight_decay}
     return {"betas": tuple(cfg.betas), "eps": cfg.eps, "weight_decay": cfg.weight_decay}
 
 

@@ -9,7 +9,8 @@
       wandb/, wandb_run_id         W&B's own folder and the W&B run id a resumed training continues
       bad_samples.jsonl            one JSON object per sample that failed to decode (`BadSample.to_json`)
       run.lock                     flock'ed for the life of a training (`vaedist.runlock`): host, pid, start
-    Under a W&B sweep agent RUN_DIR is run.dir/<W&B run id> (`RunDir.for_training`).
+    Under a W&B sweep agent RUN_DIR is run.dir/<W&B run id>, under `python -m vaedist.sweep` the point's own
+    SWEEP_DIR/point-NNN (`RunDir.for_training`).
 
 Every module that writes or reads a run directory goes through `RunDir`; none spells a name itself
 (tests/test_architecture.py checks it). A new file is one `_Name` line in `RunDir`. No torch here:
@@ -18,7 +19,6 @@ Every module that writes or reads a run directory goes through `RunDir`; none sp
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -28,6 +28,7 @@ import yaml
 
 from vaedist.errors import UserError
 from vaedist.files import write_bytes_atomic, write_text_atomic
+from vaedist.sweepenv import current_point
 
 CONFIG_NAME = "config.yaml"  # in the run directory and, with the weights, in final/
 WEIGHTS_NAME = "model.safetensors"
@@ -80,13 +81,14 @@ class RunDir:
     @classmethod
     def for_training(cls, run_dir: str | Path) -> RunDir:
         """The run directory of a training with run.dir=`run_dir`: itself, or run_dir/<W&B run id> under a W&B
-        sweep agent. Every run of a sweep gets the same command line, hence the same run.dir; without this,
-        the second sweep run would resume the first one's checkpoints and W&B run. (The agent's
-        `${envvar:...}` macro cannot help: wandb 0.31 expands it before it sets WANDB_RUN_ID.)"""
-        run_id = os.environ.get("WANDB_RUN_ID", "").strip()
-        if os.environ.get("WANDB_SWEEP_ID") and _WANDB_ID.fullmatch(run_id):
-            return cls(Path(run_dir) / run_id)
-        return cls(run_dir)
+        sweep agent, or the point's own run dir under `python -m vaedist.sweep` (SWEEP_DIR/point-NNN). Every
+        run of a sweep gets the same command line, hence the same run.dir; without this, the second sweep run
+        would resume the first one's checkpoints and W&B run. (The agent's `${envvar:...}` macro cannot
+        help: wandb 0.31 expands it before it sets WANDB_RUN_ID.)"""
+        point = current_point()
+        if point is None:
+            return cls(run_dir)
+        return cls(point.run_dir if point.run_dir is not None else Path(run_dir) / point.run_id)
 
     # --- config.yaml ---------------------------------------------------------------------------------
 

@@ -38,8 +38,10 @@ from vaedist import visualize
 from vaedist.config import Config, to_dict
 from vaedist.errors import UserError
 from vaedist.evaluate.result import EvalResult
+from vaedist.goals import EVALUATION_GOALS
 from vaedist.rundir import RunDir
 from vaedist.shard.format import Manifest
+from vaedist.sweepenv import current_point
 
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"
 
@@ -89,7 +91,12 @@ def dataset_name(cfg: Config, manifest: Manifest | None) -> str:
 
 
 def run_identity(cfg: Config, manifest: Manifest | None) -> tuple[str, str, list[str]]:
-    """(name, group, tags) for the W&B run table: one group per dataset and mode, tags per ablation axis."""
+    """(name, group, tags) for the W&B run table: one group per dataset and mode, tags per ablation axis.
+
+    The points of a sweep (W&B's agent or `python -m vaedist.sweep`) share one group instead, the sweep's,
+    and carry its tags, so that W&B shows a sweep together also when its runs are synced later from offline.
+    An explicit logging.group wins over both.
+    """
     dataset = dataset_name(cfg, manifest)
     t = cfg.train
     if t.mode == "vae":
@@ -99,8 +106,9 @@ def run_identity(cfg: Config, manifest: Manifest | None) -> tuple[str, str, list
         weighting, weighting_tag = f"beta{_short_number(t.beta)}", f"beta={_short_number(t.beta)}"
     tags = [dataset, t.mode, weighting_tag, f"lambda_mse={_short_number(t.lambda_mse)}"]
     name = cfg.run.name or f"{dataset}-{t.mode}-{weighting}-lmse{_short_number(t.lambda_mse)}"
-    group = cfg.logging.group or f"{dataset}-{t.mode}"
-    for tag in cfg.logging.tags:
+    point = current_point()
+    group = cfg.logging.group or (point.group if point else f"{dataset}-{t.mode}")
+    for tag in (point.tags if point else []) + list(cfg.logging.tags):
         if tag not in tags:
             tags.append(tag)
     return name, group, [tag[:64] for tag in tags]  # W&B rejects tags longer than 64 characters
@@ -111,12 +119,13 @@ def _read_or_create_run_id(run_dir: RunDir, resuming: bool = True) -> str:
 
     A training that starts from step 0 gets a new id even when one is stored: the earlier attempt died
     before its first checkpoint, and its W&B steps would shadow the new ones. Under a sweep agent, W&B
-    has already chosen the id (WANDB_RUN_ID) and the run must use it.
+    has already chosen the id (WANDB_RUN_ID) and the run must use it; `python -m vaedist.sweep` chooses one
+    per point (vaedist.sweepenv).
     """
-    agent_id = os.environ.get("WANDB_RUN_ID", "").strip() if os.environ.get("WANDB_SWEEP_ID") else ""
+    point = current_point()
     stored = run_dir.read_wandb_run_id()
-    if agent_id:
-        run_id = agent_id
+    if point is not None:
+        run_id = point.run_id
     elif resuming and stored is not None:
         return stored
     else:
@@ -220,13 +229,10 @@ class Tracker:
         self.accelerator.init_trackers(self.cfg.logging.project, config=self._run_config(), init_kwargs={"wandb": wandb_kwargs})
         self.run = self.accelerator.get_tracker("wandb", unwrap=True)
         # The global step is the x axis of every chart (wandb's own step); "epoch" is logged alongside so that
-        # W&B can plot against it instead. Summaries: the best value for metrics with a direction.
-        self.run.define_metric("train/*", summary="last")
-        self.run.define_metric("val/*", summary="last")
-        self.run.define_metric("val/mse", summary="min")
-        self.run.define_metric("val/ssim", summary="max")
-        self.run.define_metric("val/psnr", summary="max")
-        self.run.define_metric("val/pcc", summary="max")
+        # W&B can plot against it instead. Summaries: the best value of the quality metrics (W&B then stores
+        # e.g. {"val/mse": {"min": ...}}); every other key keeps W&B's default, its last value.
+        for key, direction in EVALUATION_GOALS.items():
+            self.run.define_metric(key, summary="min" if direction == "minimize" else "max")
 
     def _run_config(self) -> dict:
         """The whole config, nested (W&B shows train.kl_weight etc. as run-table columns), plus the dataset."""
@@ -237,6 +243,9 @@ class Tracker:
                 "classes": len(self.manifest.classes or []),
                 "samples": {split: info.samples for split, info in self.manifest.splits.items()},
             }
+        point = current_point()
+        if point is not None:  # filterable in W&B's run table, like the group
+            config["sweep"] = {"id": point.sweep_id, "name": point.name, "launcher": point.launcher}
         return config
 
     # -- scalars --
