@@ -58,6 +58,11 @@ def ssim_per_image(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if min(h, w) < window.numel():
         raise ValueError(f"SSIM needs images of at least {window.numel()} x {window.numel()} pixels, got {h} x {w}")
     x, y = x.float(), y.float()
+    # Variances as E[x^2] - E[x]^2 cancel badly in float32 where a patch is flat; taking the moments of x and y
+    # minus their channel means (variances do not change, the means are added back) keeps the result within
+    # 1e-6 of scikit-image's float64 value on photographs (3e-5 without, on an 11x11 image).
+    x_offset, y_offset = x.mean(dim=(2, 3), keepdim=True), y.mean(dim=(2, 3), keepdim=True)
+    x, y = x - x_offset, y - y_offset
     # The five local moments of every channel at once: one separable depthwise filter over [N, 5C, H, W].
     stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)
     taps = window.to(device=x.device, dtype=torch.float32)
@@ -66,6 +71,7 @@ def ssim_per_image(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     stack = F.conv2d(stack, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
     ux, uy, uxx, uyy, uxy = stack.split(c, dim=1)
     vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
+    ux, uy = ux + x_offset, uy + y_offset
     c1, c2 = SSIM_K1**2, SSIM_K2**2  # data range 1
     ssim_map = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     return ssim_map.double().mean(dim=(1, 2, 3)).float()
