@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vaedist.compare import compare, main
+from vaedist.compare import _best_index, compare, main
 from vaedist.config import save_config
 from vaedist.errors import UserError
 from vaedist.rundir import IMAGE_KINDS, RunDir
@@ -185,3 +185,8 @@ def test_the_atomic_writer_leaves_no_temporary_file_when_the_rename_fails(tmp_pa
     with pytest.raises(OSError):  # os.replace of a file over a folder
         write_text_atomic(folder, "text")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-folder"]
+
+
+def test_a_spread_over_images_is_not_marked_best():
+    assert _best_index("val/psnr", [20.0, 25.0]) == 1
+    assert _best_index("val/psnr_std", [3.0, 4.0]) is None  # a standard deviation: no better direction

@@ -436,6 +436,49 @@ def test_seed_configs_carry_the_seeds_hyperparameters():
 # --- evaluation ----------------------------------------------------------------------------------------
 
 
+def seed_pearson_correlation(y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
+    """seed train_utils.py `PearsonCorrelation.forward`: one correlation over every value of the whole batch
+    (`vx = y_pred - torch.mean(y_pred)`, ...)."""
+    vx, vy = y_pred - y_pred.mean(), y_true - y_true.mean()
+    return (vx * vy).sum() / (vx.pow(2).sum().sqrt() * vy.pow(2).sum().sqrt())
+
+
+def seed_structural_similarity(img1: torch.Tensor, img2: torch.Tensor) -> torch.Tensor:
+    """seed train_utils.py `StructuralSimilarity.forward` on [N, C, H, W] images in [0, 1] (it maps [-1, 1]
+    images back first): an 11-tap Gaussian (sigma 1.5) window, `F.conv2d(img, window, padding=pad,
+    groups=channels)` -- zero padding --, C1 = 0.01^2, C2 = 0.03^2 (val_range unused), and
+    `ssim_score.mean()` over the whole map, batch and channels together."""
+    g = torch.tensor([np.exp(-((x - 5) ** 2) / (2 * 1.5**2)) for x in range(11)], dtype=torch.float32)
+    g = g / g.sum()
+    channels = img1.shape[1]
+    window = (g[:, None] @ g[None, :]).expand(channels, 1, 11, 11).contiguous()
+    conv = lambda t: F.conv2d(t, window, padding=5, groups=channels)  # noqa: E731
+    mu1, mu2 = conv(img1), conv(img2)
+    sigma1, sigma2, sigma12 = conv(img1 * img1) - mu1**2, conv(img2 * img2) - mu2**2, conv(img1 * img2) - mu1 * mu2
+    c1, c2 = 0.01**2, 0.03**2
+    return (((2 * mu1 * mu2 + c1) * (2 * sigma12 + c2)) / ((mu1**2 + mu2**2 + c1) * (sigma1 + sigma2 + c2))).mean()
+
+
+def test_the_seeds_metric_definitions_relate_to_ours_as_the_readme_says():
+    """The seed logs `nn.MSELoss()(out, data_target)` on [-1, 1] images: 4x our val/mse; its PCC is over the
+    batch, its SSIM zero-padded and averaged over the whole map, each a different number from ours."""
+    from vaedist.metrics import ReconstructionMetrics
+
+    x = (photo_batch(12) + 1) / 2
+    rec = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
+    metrics = ReconstructionMetrics()
+    metrics.update(x, rec)
+    ours = metrics.compute()
+    assert nn.MSELoss()(rec * 2 - 1, x * 2 - 1).item() == pytest.approx(4 * ours["mse"], rel=1e-5)
+    assert abs(seed_pearson_correlation(rec, x).item() - ours["pcc"]) > 0.005
+    assert abs(seed_structural_similarity(rec, x).item() - ours["ssim"]) > 0.005
+    # identical images: every definition agrees on 1
+    assert seed_structural_similarity(x, x).item() == pytest.approx(1.0, abs=1e-6)
+    assert seed_pearson_correlation(x, x).item() == pytest.approx(1.0, abs=1e-6)
+
+
+
+
 def test_evaluation_decodes_mu_by_default_and_the_seeds_sampled_z_when_asked(food_shards):
     """train.eval_latent=sample is the seed's evaluation forward (eval mode, reparameterised z), noise included:
     its generator is seeded with train.seed like a fresh process's. The default decodes mu. Both report the

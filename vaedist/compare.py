@@ -140,6 +140,8 @@ def _best_index(key: str, values: list[float | None]) -> int | None:
     if len(present) < 2:
         return None
     name = key.split("/")[-1]
+    if name.endswith("_std"):  # a spread over images (val/psnr_std): neither direction is better
+        return None
     if any(word in name for word in HIGHER_IS_BETTER):
         return max(present)[1]
     if any(word in name for word in LOWER_IS_BETTER):
