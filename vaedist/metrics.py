@@ -14,8 +14,8 @@ the way the SD-VAE and LDM tables give "PSNR 24.1 ± 3.9". An image whose origin
 exactly constant (a flat grey original) has no PCC; it is left out of the PCC mean and standard deviation.
 
 Why our own code instead of a library's metric object: torchmetrics' SSIM changed definition between
-releases (1.9 averages a reflect-padded map, border included: up to 0.034 below scikit-image's value on
-64x64 photos), so the number depended on the installed version. Here the definition is this
+releases (1.9 averages a reflect-padded map, border included: -0.044 to +0.021 from scikit-image's value
+per 64x64 photograph in tests/test_metrics.py's pairs), so the number depended on the installed version. Here the definition is this
 file, and tests/test_metrics.py holds it to scikit-image (within 1e-4) and numpy on real photographs.
 torchmetrics serves only as the reducer: `Metric` states summed over ranks at `compute()`.
 
