@@ -26,14 +26,17 @@ from skimage.metrics import structural_similarity
 from torch import nn
 from torchvision import transforms
 
+from vaedist.batch import GlobalBatch
 from vaedist.config import DataConfig, ModelConfig, TrainConfig, load_config
 from vaedist.data import build_loader
 from vaedist.data.transform import centre_crop_window
 from vaedist.evaluate import evaluate
 from vaedist.losses import loss_weights, vae_losses
-from vaedist.model import VAE
+from vaedist.metrics import ReconstructionMetrics
+from vaedist.model import VAE, reparameterise
 from vaedist.sample import PHOTOS_DIR
 from vaedist.shard import shard_dataset
+from vaedist.train import close, setup, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 LEVEL = 2 / 255  # one uint8 level in [-1, 1] units
@@ -305,8 +308,6 @@ def test_eval_mode_forward_is_the_seeds_bit_for_bit():
         torch.manual_seed(5)
         seed_out = seed(x)
         torch.manual_seed(5)
-        from vaedist.model import reparameterise
-
         assert torch.equal(model.decode(reparameterise(mu, logvar)), seed_out)
 
 
@@ -316,7 +317,8 @@ def test_both_losses_equal_the_seeds_for_every_kl_weighting(mode, kl_weighting, 
     torch.manual_seed(3)
     x_tilde, _, mus, log_variances, _ = seed.train()(x)
     want_encoder, want_decoder = seed_losses(x, x_tilde, mus, log_variances, mode, kl_weighting, 1e-6, beta)
-    weights = loss_weights(TrainConfig(mode=mode, kl_weight=kl_weighting, beta=beta, batch_size=len(x), lambda_mse=1e-6))
+    train = TrainConfig(mode=mode, kl_weight=kl_weighting, beta=beta, batch_size=len(x), lambda_mse=1e-6)
+    weights = loss_weights(train, GlobalBatch(train.batch_size, processes=1))
     got = vae_losses(x, x_tilde, mus, log_variances, weights)
     # the same sums in another order: equal to float32 rounding
     torch.testing.assert_close(got.loss_encoder, want_encoder, rtol=1e-6, atol=0)
@@ -338,8 +340,6 @@ class NoLoader:
 
 
 def seed_config_trainer(tmp_path: Path, *overrides: str):
-    from vaedist.train import setup
-
     cfg = load_config(REPO / "configs" / "seed_food101.yaml",
                       [f"run.dir={tmp_path / 'run'}", "logging.wandb=false", "train.batch_size=8", *overrides])
     return setup(cfg, loaders=(NoLoader(), None))
@@ -355,8 +355,6 @@ def capture_optimizer_gradients(optimizer: torch.optim.Optimizer, into: list) ->
 def test_each_optimizer_receives_the_seeds_gradient(tmp_path):
     """The encoder's optimizer gets d loss_encoder / d encoder, the decoder's d loss_decoder / d decoder, at the
     same parameters (our one backward, see vaedist.losses), as the seed's two backward passes give them."""
-    from vaedist.train import close, train_step
-
     t = seed_config_trainer(tmp_path)
     try:
         seed = seed_copy_of(t.vae)
@@ -384,8 +382,6 @@ def test_one_seed_config_step_equals_the_seeds_step_including_every_batchnorm_bu
     """configs/seed_food101.yaml, one step from the same weights with the same noise: every parameter and
     every BatchNorm buffer as the seed leaves them. The buffers come out of the forward passes only, so they
     must match exactly; the decoder's running statistics are ~90 % the prior batch's (momentum 0.9)."""
-    from vaedist.train import close, train_step
-
     x = photo_batch(8)
     results = {}
     for prior_pass in (True, False):
@@ -463,8 +459,6 @@ def seed_structural_similarity(img1: torch.Tensor, img2: torch.Tensor) -> torch.
 def test_the_seeds_metric_definitions_relate_to_ours_as_the_readme_says():
     """The seed logs `nn.MSELoss()(out, data_target)` on [-1, 1] images: 4x our val/mse; its PCC is over the
     batch, its SSIM zero-padded and averaged over the whole map, each a different number from ours."""
-    from vaedist.metrics import ReconstructionMetrics
-
     x = (photo_batch(12) + 1) / 2
     rec = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
     metrics = ReconstructionMetrics()
