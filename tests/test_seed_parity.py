@@ -645,6 +645,30 @@ def test_preprocessing_equals_the_seeds_torchvision_pipeline_on_edge_images(edge
     assert min(shifted.values()) > 0.06 * LEVEL
 
 
+def coordinate_image(width: int, height: int) -> Image.Image:
+    """Every pixel names its own position (R, G: x, y mod 256; B: 1 + the high parts), never black, so a crop
+    shows exactly which source pixels it took and where it padded."""
+    x, y = np.meshgrid(np.arange(width), np.arange(height))
+    rgb = np.stack([x % 256, y % 256, 1 + (x // 256) * 16 + y // 256], axis=-1).astype(np.uint8)
+    return Image.fromarray(rgb, "RGB")
+
+
+@pytest.mark.parametrize("crop", [375, 64, 7])
+def test_the_crop_window_is_torchvisions_center_crop_itself(crop):
+    """`centre_crop_window` on full-size images against `torchvision.transforms.CenterCrop` run on an image
+    whose pixels name their positions: odd and even margins, larger and smaller than the crop in each axis
+    (zero padding split like torchvision's), one-pixel images."""
+    center_crop = transforms.CenterCrop((crop, crop))
+    sides = sorted({1, 2, crop - 3, crop - 2, crop - 1, crop, crop + 1, crop + 2, crop + 3, crop + 5, crop + 6, 2 * crop + 1} - {0, -1, -2})
+    for width in sides:
+        for height in sides:
+            img = coordinate_image(width, height)
+            x0, y0, w, h = (int(v) for v in centre_crop_window(width, height, width, height, crop))
+            assert (w, h) == (crop, crop)
+            ours = np.asarray(img.crop((x0, y0, x0 + w, y0 + h)))  # Pillow fills outside the image with zeros
+            np.testing.assert_array_equal(ours, np.asarray(center_crop(img)), err_msg=f"{width}x{height}, crop {crop}")
+
+
 def test_max_side_window_is_torchvisions_scaled_to_the_nearest_stored_pixel():
     """Each edge of the stored window is within half a stored pixel of torchvision's edge scaled by
     stored/original size; with no downscale, the window is torchvision's exactly."""
