@@ -15,7 +15,7 @@ import pytest
 import yaml
 from PIL import Image, ImageOps
 
-from vaedist.compare import compare, main
+from vaedist.compare import _best_index, compare, main
 from vaedist.config import save_config
 from vaedist.errors import UserError
 from vaedist.sweep.state import PointState, SweepState, read_state, write_state
@@ -270,3 +270,8 @@ def test_a_short_log_axis_has_plain_labels_that_do_not_run_into_each_other():
     x_labels = [(text, sizes) for text, sizes in texts[: [t for t, _ in texts].index("train.encoder.lr")]]
     assert [text for text, _ in x_labels] == ["0.0003", "0.001", "0.003"]
     assert all(set(sizes) == {"7"} for _, sizes in x_labels)
+
+
+def test_a_spread_over_images_is_not_marked_best():
+    assert _best_index("val/psnr", [20.0, 25.0]) == 1
+    assert _best_index("val/psnr_std", [3.0, 4.0]) is None  # a standard deviation: no better direction

@@ -85,6 +85,10 @@ class TrainConfig:
     # Several GPUs: BatchNorm statistics over the global batch like the seed's single GPU (CUDA only;
     # torch's SyncBatchNorm has no CPU kernel, so CPU processes normalise over their own share).
     sync_batchnorm: bool = True
+    # The seed decodes a batch of z ~ N(0, I) every training step; unused by any loss, it still moves the
+    # decoder's BatchNorm running statistics, hence every evaluation output (vaedist.model.prior_pass).
+    prior_pass: bool = False
+    eval_latent: Literal["mean", "sample"] = "mean"  # evaluation decodes mu, or a sampled z like the seed
     seed: int = 8
     log_every: int = 10  # steps between training metric rows
     eval_every: int = 1  # epochs between evaluations (0 = only at the end)

@@ -89,6 +89,30 @@ class Decoder(nn.Module):
         return self.to_rgb(self.features(h))
 
 
+def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """z = mu + eps * exp(logvar / 2), eps ~ N(0, I) drawn like `randn_like(mu)` (from `generator` if given)."""
+    eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+    return mu + eps * torch.exp(0.5 * logvar)
+
+
+@torch.no_grad()
+def prior_pass(model: "VAE", batch_size: int) -> None:
+    """The seed's prior pass, for its side effect: decode `batch_size` draws of z ~ N(0, I) in the model's
+    current mode and throw the images away.
+
+    Seed `models/vae.py`, `VAE.forward` in training mode, after decoding the reparameterised z:
+    `z_p = Variable(torch.randn(len(x), self.z_size).to(self.device), requires_grad=True)`,
+    `x_p = self.decoder(z_p)`; `vae_train.py` never uses x_p in a loss. So no gradient reaches any parameter
+    (hence no_grad here: the same numbers without the graph), but in training mode every decoder BatchNorm
+    updates its running statistics from this batch, after the reconstruction pass updated them: with the
+    seed's momentum 0.9 the running statistics evaluation uses are ~90 % the prior batch's. Drawn like the
+    seed's: on the CPU generator, after the reparameterisation noise, then moved to the model's device.
+    Called by the training step when `train.prior_pass` is on (configs/seed_*.yaml).
+    """
+    device = next(model.parameters()).device
+    model.decode(torch.randn(batch_size, model.latent_dim).to(device))
+
+
 def init_weights(module: nn.Module) -> None:
     """Seed init: Xavier-normal (gain 1) on conv, transposed conv and linear weights; zero biases."""
     for m in module.modules():
@@ -125,8 +149,7 @@ class VAE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encoder(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterisation
-        return self.decoder(z), mu, logvar
+        return self.decoder(reparameterise(mu, logvar)), mu, logvar
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

@@ -80,10 +80,9 @@ class _EpochSource:
         ix = self.index
         for batch in self.batches:
             jpegs = [np.frombuffer(self.reader.view(ix.shard[i], ix.offset[i], ix.size[i]), dtype=np.uint8) for i in batch]
-            # float64 numpy, the same formula and precision as the reference backend's Python numbers
-            width, height = ix.stored_width[batch].astype(np.float64), ix.stored_height[batch].astype(np.float64)
-            x0, y0, w, h = centre_crop_window(width, height, ix.orig_width[batch].astype(np.float64),
-                                              ix.orig_height[batch].astype(np.float64), self.crop, floor=np.floor)
+            # the same numpy formula as the reference backend's, on the whole batch at once
+            width, height = ix.stored_width[batch], ix.stored_height[batch]
+            x0, y0, w, h = centre_crop_window(width, height, ix.orig_width[batch], ix.orig_height[batch], self.crop)
             if self.inside_only:
                 inside_x0, inside_y0 = np.maximum(x0, 0), np.maximum(y0, 0)
                 inside_w = np.minimum(x0 + w, width) - inside_x0

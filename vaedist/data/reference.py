@@ -21,7 +21,7 @@ def pil_seed_transform(jpeg: bytes, orig_width: float, orig_height: float, spec:
     """Encoded JPEG -> uint8 [3, size, size]: the transform's deterministic part (see `transform.py`)."""
     with Image.open(io.BytesIO(jpeg)) as img:
         img = img.convert("RGB")  # grey, CMYK -> 3 channels
-    x0, y0, w, h = centre_crop_window(img.width, img.height, orig_width, orig_height, spec.crop)
+    x0, y0, w, h = (int(v) for v in centre_crop_window(img.width, img.height, orig_width, orig_height, spec.crop))
     img = img.crop((x0, y0, x0 + w, y0 + h))  # Pillow fills outside the image with zeros
     img = img.resize((spec.size, spec.size), Image.BILINEAR)  # Pillow's resize is antialiased
     return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous()

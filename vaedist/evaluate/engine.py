@@ -1,27 +1,29 @@
-"""The evaluation engine: the seed's metrics (SPEC.md) over a whole split with torchmetrics, on every rank.
+"""The evaluation engine: the split's metrics (definitions in `vaedist.metrics`) over a whole split, on every rank.
 
     result = evaluate(model, val_loader, accelerator, cfg)      # collective; an EvalResult
 
-Metrics are computed on images mapped back to [0, 1]; reconstructions are decoded from the latent means:
-  val/mse   mean squared error per value          val/psnr  10 log10(1 / mse) over the whole split
-  val/ssim  Gaussian window 11, sigma 1.5, (0.01)^2, (0.03)^2, data range 1, mean over images
-  val/pcc   Pearson correlation over all values   val/kl    KL(q(z|x) || N(0, I)) per image (summed over z)
+Metrics are computed on images mapped back to [0, 1], per image, then averaged over the split (each with
+its standard deviation over images, `val/<name>_std`): val/mse, val/psnr, val/ssim (scikit-image's
+standard SSIM), val/pcc (Pearson correlation of each image's values), and val/kl, KL(q(z|x) || N(0, I))
+per image (summed over z). Reconstructions decode the latent means (`train.eval_latent=mean`), or, like
+the seed, a sampled z = mu + sigma * eps (`sample`; eps from a generator seeded by train.seed and the rank,
+so the same weights give the same numbers and training's random stream is left alone).
 
 Across ranks: the evaluation loader deals the split to the ranks without duplicates (a rank's last batch
-may be short or empty), so each rank updates torchmetrics with its own samples and torchmetrics merges
-the states of all ranks at `compute()`.
+may be short or empty), so each rank updates torchmetrics states with its own samples and torchmetrics
+sums the states of all ranks at `compute()`.
 """
 from __future__ import annotations
 
 import torch
 import torchmetrics
-from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
-from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef
 from tqdm.auto import tqdm
 
 from vaedist.config import Config
 from vaedist.evaluate.result import EvalResult
 from vaedist.losses import per_dim_kl
+from vaedist.metrics import ReconstructionMetrics, gaussian_window
+from vaedist.model import reparameterise
 
 
 class PerDimMean(torchmetrics.Metric):
@@ -41,17 +43,11 @@ class PerDimMean(torchmetrics.Metric):
 
 
 class SplitMetrics:
-    """The seed's metrics, accumulated over a split; `compute` merges all ranks."""
+    """The split's metrics (definitions: `vaedist.metrics`), accumulated on every rank; `compute` merges all ranks."""
 
-    def __init__(self, latent_dim: int, device: torch.device):
-        self.metrics = torchmetrics.MetricCollection(
-            {
-                "mse": MeanSquaredError(),
-                "psnr": PeakSignalNoiseRatio(data_range=1.0),
-                "ssim": StructuralSimilarityIndexMeasure(gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=1.0, k1=0.01, k2=0.03),
-            }
-        ).to(device)
-        self.pcc = PearsonCorrCoef().to(device)
+    def __init__(self, latent_dim: int, device: torch.device, image_size: int = 64):
+        # SSIM's 11-pixel window needs images at least that large (data.size 8 has no SSIM)
+        self.reconstruction = ReconstructionMetrics(ssim=image_size >= gaussian_window().numel()).to(device)
         self.kl = torchmetrics.MeanMetric().to(device)
         self.kl_per_dim = PerDimMean(latent_dim).to(device)
 
@@ -59,16 +55,12 @@ class SplitMetrics:
         """x01, rec01: [n, 3, S, S] in [0, 1]; kl_rows: [n, latent]."""
         if x01.shape[0] == 0:  # a rank's share of the split can end with an empty batch
             return
-        # torchmetrics' MSE/PSNR flatten with .view(-1), which a channels_last tensor refuses
-        x01, rec01 = x01.contiguous(), rec01.contiguous()
-        self.metrics.update(rec01, x01)
-        self.pcc.update(rec01.flatten(), x01.flatten())  # Pearson over all values, like the seed
+        self.reconstruction.update(x01, rec01)
         self.kl.update(kl_rows.sum(1))
         self.kl_per_dim.update(kl_rows)
 
     def compute(self) -> tuple[dict[str, float], torch.Tensor]:
-        values = {f"val/{k}": float(v) for k, v in self.metrics.compute().items()}
-        values["val/pcc"] = float(self.pcc.compute())
+        values = {f"val/{k}": v for k, v in self.reconstruction.compute().items()}
         values["val/kl"] = float(self.kl.compute())
         # reshape: torchmetrics returns a one-element result as a 0-d tensor (model.latent_dim=1)
         return values, self.kl_per_dim.compute().reshape(-1).cpu()
@@ -111,12 +103,15 @@ def evaluate(model: torch.nn.Module, loader, accelerator, cfg: Config) -> EvalRe
     vae = accelerator.unwrap_model(model, keep_torch_compile=False)  # the plain VAE: its own encode/decode
     was_training = vae.training
     vae.eval()
-    metrics = SplitMetrics(vae.latent_dim, accelerator.device)
+    metrics = SplitMetrics(vae.latent_dim, accelerator.device, cfg.data.size)
     world, log = accelerator.num_processes, cfg.logging
     keep_mu = FirstRows(max(log.projection_points, log.table_rows), world)
     keep_labels = FirstRows(keep_mu.count, world)
     keep_thumbs = FirstRows(log.table_rows, world)
     keep_pairs = FirstRows(log.num_reconstructions, world)
+    noise = None
+    if cfg.train.eval_latent == "sample":  # the seed's rule: decode a sampled z (seed `VAE.forward` in eval mode)
+        noise = torch.Generator(device=accelerator.device).manual_seed(cfg.train.seed + accelerator.process_index)
     seen = torch.zeros((), dtype=torch.int64, device=accelerator.device)
     labelled = False
     bar = tqdm(total=len(loader), desc="evaluate", unit="batch", disable=not accelerator.is_main_process, dynamic_ncols=True, leave=False)
@@ -125,7 +120,7 @@ def evaluate(model: torch.nn.Module, loader, accelerator, cfg: Config) -> EvalRe
             images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
             mu, logvar = vae.encode(images)
-            rec = vae.decode(mu)
+            rec = vae.decode(mu if noise is None else reparameterise(mu, logvar, noise))
         x01 = (images.float() + 1) / 2
         rec01 = ((rec.float() + 1) / 2).clamp(0, 1)
         metrics.update(x01, rec01, per_dim_kl(mu, logvar))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from vaedist.losses import VAELosses, scale_decoder_gradients, vae_losses
+from vaedist.model import prior_pass
 from vaedist.train.setup import Trainer
 
 
@@ -12,6 +13,9 @@ def train_step(t: Trainer, x: torch.Tensor) -> VAELosses:
     if t.cfg.train.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     x_rec, mu, logvar = t.model(x)  # Accelerate runs the forward under autocast and returns fp32
+    if t.cfg.train.prior_pass:  # the seed's extra decode, for its BatchNorm side effect (see prior_pass)
+        with t.accelerator.autocast():
+            prior_pass(t.vae, x.shape[0])
     losses = vae_losses(x, x_rec, mu, logvar, t.weights)
     t.accelerator.backward(t.batch.global_sum(losses.loss_encoder))  # DDP averages: see vaedist.batch
     step_optimizers(t)
