@@ -35,9 +35,10 @@ MAX_POINTS_PER_CURVE = 1500  # keeps the inline SVGs small for long runs
 IGNORED_CONFIG_KEYS = {"run.dir"}
 # Direction of "better" for the final-metrics table (bold = best); anything else is left unmarked.
 LOWER_IS_BETTER = ("mse", "loss", "kl")
-HIGHER_IS_BETTER = ("psnr", "ssim", "pcc", "active_units", "images_per_s")
+HIGHER_IS_BETTER = ("psnr", "ssim", "pcc", "active_units", "images_per_s", "probe_acc", "knn_acc")
 IMAGE_TITLES = {
     "reconstructions": "Reconstructions (validation images above their reconstructions)",
+    "interpolations": "Interpolations (decoded along the line between two validation images' latent means)",
     "latent_pca": "Latent means, 2-D PCA",
     "prior_samples": "Decoded prior samples z ~ N(0, I) (fixed noise)",
     "kl_per_dim": "KL per latent dimension",

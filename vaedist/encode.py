@@ -225,7 +225,7 @@ def load_for_encoding(path: str | Path) -> tuple[torch.nn.Module, Config, str]:
         first = str(err).strip().splitlines()
         raise UserError(f"'{files.weights}' does not fit the model '{files.config}' describes "
                         f"({first[1].strip() if len(first) > 1 else first[0]}); keep a run's {WEIGHTS_NAME} "
-                        "with its own config.yaml")
+                        f"with its own {files.config.name}")
     return model, cfg, file_sha256(files.weights)
 
 

@@ -53,6 +53,11 @@ class SamplePlan:
             self.num_batches = -(-per_rank_max // self.batch_size)
 
     @property
+    def subset_size(self) -> int:
+        """Evaluation: samples all ranks see together (the subset's, else the split's)."""
+        return self.num_total if self.subset is None else len(self.subset)
+
+    @property
     def num_samples(self) -> int:
         """Samples this rank yields per epoch."""
         return self.num_batches * self.batch_size if self.train else len(self.owned)

@@ -124,7 +124,7 @@ def evaluate_and_log(t: Trainer, epoch: int) -> None:
     if t.val_loader is None:
         return
     average_batchnorm_statistics(t)
-    result = evaluate(t.model, t.val_loader, t.accelerator, t.cfg)
+    result = evaluate(t.model, t.val_loader, t.accelerator, t.cfg, t.probe_loader)
     t.tracker.log_evaluation(result, t.vae, step=t.progress.step, epoch=epoch)
     t.accelerator.print(f"epoch {epoch} step {t.progress.step}: " + "  ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
 
