@@ -190,6 +190,10 @@ class TrackingSample:
         to01 = lambda t: (t + 1) / 2  # noqa: E731
         k = cfg.logging.num_reconstructions
         mse = float(((to01(recon) - to01(x)) ** 2).mean())
+        pairs, steps = cfg.logging.interpolation_pairs, cfg.logging.interpolation_steps
+        t = torch.linspace(0, 1, steps).view(1, steps, 1)
+        line = (1 - t) * mu[0 : 2 * pairs : 2].unsqueeze(1) + t * mu[1 : 2 * pairs : 2].unsqueeze(1)  # [P, T, latent]
+        strips = to01(model.decode(line.flatten(0, 1))).clamp(0, 1).view(-1, steps, *x.shape[1:])
         return EvalResult(
             metrics={"val/mse": mse, "val/psnr": float(-10 * np.log10(mse)), "val/kl": float(kl_per_dim.sum())},
             kl_per_dim=kl_per_dim,
@@ -198,6 +202,7 @@ class TrackingSample:
             thumbnails=(to01(x) * 255).round().to(torch.uint8)[: cfg.logging.table_rows],
             originals=to01(x[:k]),
             reconstructions=to01(recon[:k]).clamp(0, 1),
+            interpolations=strips,
         )
 
     @staticmethod

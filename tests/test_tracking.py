@@ -115,7 +115,8 @@ def test_quality_metrics_keep_their_best_value_as_the_wandb_summary(offline_run)
     """W&B's run table shows a run's summary: the best val/mse (min) and val/psnr (max), the last val/kl."""
     records = offline_run["records"]
     declared = {r["metric"]["name"]: r["metric"]["summary"] for r in records if r["type"] == "metric" and r["metric"].get("name")}
-    assert declared == {"val/mse": {"min": True}, "val/psnr": {"max": True}, "val/ssim": {"max": True}, "val/pcc": {"max": True}}
+    assert declared == {"val/mse": {"min": True}, "val/psnr": {"max": True}, "val/ssim": {"max": True}, "val/pcc": {"max": True},
+                        "val/probe_acc": {"max": True}, "val/knn_acc": {"max": True}}
     summary = {}
     for r in records:
         if r["type"] == "summary":

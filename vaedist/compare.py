@@ -52,6 +52,7 @@ IGNORED_CONFIG_KEYS = {"run.dir"}
 DEFAULT_SORT = ("val/mse", "val/psnr", "val/ssim")  # the first one logged, when no --sort and no sweep metric
 IMAGE_TITLES = {
     "reconstructions": "Reconstructions (validation images above their reconstructions)",
+    "interpolations": "Interpolations (decoded along the line between two validation images' latent means)",
     "latent_pca": "Latent means, 2-D PCA",
     "prior_samples": "Decoded prior samples z ~ N(0, I) (fixed noise)",
     "kl_per_dim": "KL per latent dimension",

@@ -118,6 +118,17 @@ class LoggingConfig:
     num_samples: int = 25  # prior samples decoded at every evaluation (seed: 25)
     table_rows: int = 512  # rows of the latent-means table (W&B projection panel)
     projection_points: int = 2000  # validation latent means in the 2-D scatter
+    interpolation_pairs: int = 4  # strips between fixed pairs of validation images (images 2i and 2i+1); 0 = none
+    interpolation_steps: int = 8  # images per strip, both ends included (the two reconstructions)
+
+
+@dataclass
+class ProbeConfig:
+    # Labelled datasets only: a linear probe and k-NN on the latent means (val/probe_acc, val/knn_acc).
+    train_samples: int = 5000  # training images (a seeded random subset) the probe is fitted on; 0 = off
+    val_samples: int = 5000  # the first validation images it is scored on
+    knn_k: int = 20  # neighbours voting in val/knn_acc
+    max_iter: int = 1000  # logistic regression (lbfgs) iterations
 
 
 @dataclass
@@ -127,6 +138,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
 # --- YAML <-> dataclasses -------------------------------------------------------------------------
@@ -336,6 +348,12 @@ def validate(cfg: Config) -> None:
         ("logging.num_samples", log.num_samples, _at_least(0)),
         ("logging.table_rows", log.table_rows, _at_least(0)),
         ("logging.projection_points", log.projection_points, _at_least(0)),
+        ("logging.interpolation_pairs", log.interpolation_pairs, _at_least(0)),
+        ("logging.interpolation_steps", log.interpolation_steps, _at_least(2)),
+        ("probe.train_samples", cfg.probe.train_samples, _at_least(0)),
+        ("probe.val_samples", cfg.probe.val_samples, _at_least(0)),
+        ("probe.knn_k", cfg.probe.knn_k, _at_least(1)),
+        ("probe.max_iter", cfg.probe.max_iter, _at_least(1)),
     ]
     for key in ("encoder_channels", "decoder_channels"):
         channels = getattr(m, key)

@@ -19,6 +19,8 @@ EVALUATION_GOALS: dict[str, Goal] = {
     "val/psnr": "maximize",
     "val/ssim": "maximize",
     "val/pcc": "maximize",
+    "val/probe_acc": "maximize",  # labelled datasets only (vaedist.evaluate.probe)
+    "val/knn_acc": "maximize",
 }
 
 # By the last part of a key, for everything else (train/*, metrics of other splits: train/mse from

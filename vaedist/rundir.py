@@ -33,7 +33,7 @@ from vaedist.sweepenv import current_point
 CONFIG_NAME = "config.yaml"  # in the run directory and, with the weights, in final/
 WEIGHTS_NAME = "model.safetensors"
 # The pictures of every evaluation, in the order reports show them.
-IMAGE_KINDS = ("reconstructions", "prior_samples", "latent_pca", "kl_per_dim")
+IMAGE_KINDS = ("reconstructions", "interpolations", "prior_samples", "latent_pca", "kl_per_dim")
 _CHECKPOINT = re.compile(r"^step-(\d{8,})$")
 _WANDB_ID = re.compile(r"[A-Za-z0-9_-]+")
 

@@ -11,7 +11,7 @@ Every method does nothing on processes other than the main one, except `finish`,
 
 What lands where (the run dir is the record, `vaedist.rundir` its layout; W&B is a view of it):
 - metrics: one row per `log` call: {"step": 100, "epoch": 0, "train/...": ...}.
-- images: per evaluation and kind (reconstructions, prior_samples, latent_pca, kl_per_dim), with a latest copy
+- images: per evaluation and kind (reconstructions, interpolations, prior_samples, latent_pca, kl_per_dim), with a latest copy
   (`vaedist.compare` reads those).
 - W&B under the run dir's wandb/: scalars under "train/..." and "val/...", pictures under "images/...", the
   latent-means table and the KL histogram under "latents/...". Online when credentials exist, else offline.
@@ -290,6 +290,8 @@ class Tracker:
             "prior_samples": visualize.sample_grid(self.decode_prior_samples(model)),
             "kl_per_dim": visualize.kl_per_dim_plot(kl_per_dim),
         }
+        if result.interpolations is not None and result.interpolations.shape[0]:
+            pictures["interpolations"] = visualize.interpolation_grid(result.interpolations)
         points = result.mu[: self.cfg.logging.projection_points].float().cpu()
         labels = result.labels[: points.shape[0]].cpu() if result.labels is not None else None
         finite = torch.isfinite(points).all(dim=1)  # an fp16 overflow must not take the whole evaluation down
@@ -326,6 +328,9 @@ class Tracker:
             )
         if "latent_pca" in pictures:
             media["images/latent_pca"] = wandb.Image(pictures["latent_pca"])
+        if "interpolations" in pictures:
+            media["images/interpolations"] = wandb.Image(
+                pictures["interpolations"], caption="each row: decoded from one validation image's latent mean to another's")
         self.accelerator.log(media, step=int(step))
 
     def latent_table(self, result: EvalResult):

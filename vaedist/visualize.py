@@ -53,6 +53,13 @@ def reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, 
     return to_uint8_hwc(grid)
 
 
+def interpolation_grid(strips: torch.Tensor) -> np.ndarray:
+    """[P, T, 3, H, W] float in [0, 1] -> one row per pair, from the first image's reconstruction (left) to the
+    second's (right): [H', W', 3] uint8."""
+    pairs, steps = strips.shape[:2]
+    return to_uint8_hwc(make_grid(strips.flatten(0, 1).float().cpu(), nrow=steps, padding=2, pad_value=1.0))
+
+
 def sample_grid(images: torch.Tensor) -> np.ndarray:
     """[N, 3, H, W] float in [0, 1] -> a near-square grid [H', W', 3] uint8 (25 samples: 5 x 5, like the seed)."""
     per_row = max(1, math.ceil(math.sqrt(images.shape[0])))

@@ -4,7 +4,8 @@ import sys
 from vaedist.errors import run_cli
 
 COMMANDS = {"shard": "vaedist.bench.shard", "loader": "vaedist.bench.loader", "train": "vaedist.bench.train",
-            "dedup": "vaedist.bench.dedup", "lambda": "vaedist.bench.lambda_mse"}
+            "dedup": "vaedist.bench.dedup", "lambda": "vaedist.bench.lambda_mse",
+            "encode": "vaedist.bench.encode"}
 
 
 def main() -> int:
@@ -14,7 +15,8 @@ def main() -> int:
               "  loader  DALI, the reference loader and the cache against the seed's pipeline, side by side\n"
               "  train   the training step on synthetic data, through the loader, and through the cache\n"
               "  dedup   the duplicate finder: Hamming search on 265k hashes (index), the near-copy threshold\n"
-              "  lambda  the decoder's steps at lambda_mse 1e-6 to 1 with RMSprop, Adam and SGD (its gradient RMS vs eps)")
+              "  lambda  the decoder's steps at lambda_mse 1e-6 to 1 with RMSprop, Adam and SGD (its gradient RMS vs eps)\n"
+              "  encode  python -m vaedist.encode against the training loader on the same shards")
         return 0
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         print(usage, file=sys.stderr)

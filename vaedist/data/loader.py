@@ -121,7 +121,7 @@ class Loader:
 
 def build_loader(cfg: DataConfig, split: str, *, train: bool, batch_size: int, accelerator=None,
                  device: torch.device | None = None, shard_id: int | None = None,
-                 num_shards: int | None = None) -> Loader:
+                 num_shards: int | None = None, samples: np.ndarray | None = None) -> Loader:
     """Build the loader of `split` of the shard directory `cfg.shards`.
 
     `batch_size` is per process. Distribution comes from `accelerator` (shard_id = process_index,
@@ -147,7 +147,9 @@ def build_loader(cfg: DataConfig, split: str, *, train: bool, batch_size: int, a
     except BadSampleStop as err:
         err.every_rank = True  # every rank indexes the whole split: the same line on each, printed once
         raise
-    plan = SamplePlan(len(index), batch_size, train, cfg.seed, rank=shard_id, world=num_shards)
+    if samples is not None and train:
+        raise ValueError("samples= selects evaluation samples; a training loader takes the whole split")
+    plan = SamplePlan(len(index), batch_size, train, cfg.seed, rank=shard_id, world=num_shards, subset=samples)
     spec = TransformSpec.from_config(cfg)
 
     backend = resolve_backend(cfg.backend)

@@ -30,9 +30,14 @@ class SamplePlan:
     seed: int
     rank: int = 0
     world: int = 1
+    # Evaluation only: the global indices to deal to the ranks, in order (default: the whole split). A resumed
+    # `vaedist.encode` passes the samples it has still to write; the probe a bounded subset of the train split.
+    subset: np.ndarray | None = None
 
     def __post_init__(self):
         if self.train:
+            if self.subset is not None:
+                raise ValueError("a subset is for evaluation plans only")
             fixed = np.random.default_rng([self.seed, 0x5EED]).permutation(self.num_total)
             self.owned = np.sort(fixed[self.rank :: self.world])
             self.num_batches = (self.num_total // self.world) // self.batch_size
@@ -42,9 +47,15 @@ class SamplePlan:
                     f"per process on {self.world} process(es); lower train.batch_size"
                 )
         else:
-            self.owned = np.arange(self.rank, self.num_total, self.world)
-            per_rank_max = -(-self.num_total // self.world)
+            chosen = np.arange(self.num_total) if self.subset is None else np.asarray(self.subset, dtype=np.int64)
+            self.owned = chosen[self.rank :: self.world]
+            per_rank_max = -(-len(chosen) // self.world)
             self.num_batches = -(-per_rank_max // self.batch_size)
+
+    @property
+    def subset_size(self) -> int:
+        """Evaluation: samples all ranks see together (the subset's, else the split's)."""
+        return self.num_total if self.subset is None else len(self.subset)
 
     @property
     def num_samples(self) -> int:

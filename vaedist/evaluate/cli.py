@@ -10,6 +10,7 @@ from vaedist.accelerator import build_accelerator
 from vaedist.config import load_config
 from vaedist.data import build_loader
 from vaedist.evaluate.engine import evaluate
+from vaedist.evaluate.probe import build_probe_loader
 from vaedist.files import check_output_file, write_text_atomic
 from vaedist.model import load_model
 from vaedist.rundir import WEIGHTS_NAME, ModelFiles, RunDir
@@ -35,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     model = model.to(accelerator.device)
     split = args.split or cfg.data.val_split
     loader = build_loader(cfg.data, split, train=False, batch_size=args.batch_size, accelerator=accelerator)
-    result = evaluate(model, loader, accelerator, cfg)
+    # the probe is fitted on the training split: not when that split is what is being evaluated
+    probe_loader = build_probe_loader(cfg, accelerator, args.batch_size) if split != cfg.data.train_split else None
+    result = evaluate(model, loader, accelerator, cfg, probe_loader)
     # named after the split evaluated: train/mse for --split train (the trainer logs val/ for its val split)
     metrics = {f"{split}/{key.split('/', 1)[1]}": value for key, value in result.metrics.items()}
     if accelerator.is_main_process:

@@ -15,3 +15,5 @@ class EvalResult:
     thumbnails: torch.Tensor  # [T, 3, H, W] uint8 images of the first T rows of mu (T <= logging.table_rows)
     originals: torch.Tensor  # [K, 3, H, W] float in [0, 1]: the fixed validation images (same every time)
     reconstructions: torch.Tensor  # [K, 3, H, W] float in [0, 1]: their reconstructions (decoded from mu)
+    # [P, T, 3, H, W] float in [0, 1]: strip i decodes T points from mu of validation image 2i to that of 2i+1
+    interpolations: torch.Tensor | None = None

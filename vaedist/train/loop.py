@@ -145,7 +145,7 @@ def evaluate_and_log(t: Trainer, epoch: int) -> None:
     if t.val_loader is None:
         return
     average_batchnorm_statistics(t)
-    result = evaluate(t.model, t.val_loader, t.accelerator, t.cfg)
+    result = evaluate(t.model, t.val_loader, t.accelerator, t.cfg, t.probe_loader)
     t.bad_samples.share(t.accelerator, t.tracker)  # those the evaluation found (dropped from its metrics)
     if (bad := t.bad_samples.count(t.cfg.data.val_split)) is not None:
         result.metrics["val/bad_samples"] = float(bad)

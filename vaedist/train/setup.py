@@ -25,6 +25,7 @@ from vaedist.checkpoint import Progress
 from vaedist.collective import RollCall, raise_together
 from vaedist.config import Config, save_config
 from vaedist.data import Loader, build_loader
+from vaedist.evaluate.probe import build_probe_loader
 from vaedist.losses import LossWeights, loss_weights
 from vaedist.model import VAE
 from vaedist.optim import Schedule, build_optimizer, build_schedule
@@ -70,6 +71,7 @@ class Trainer:
     bad_samples: BadSampleLog  # samples that failed to decode: exchanged, recorded, judged alike
     lock: RunLock | None  # the run directory's (rank 0 holds it)
     last_checkpoint: Path | None = None
+    probe_loader: Loader | None = None  # labelled datasets: the probe's training subset (vaedist.evaluate.probe)
 
 
 def setup(cfg: Config, loaders: tuple[TrainLoader, Loader | None] | None = None) -> Trainer:
@@ -111,8 +113,9 @@ def build(cfg: Config, accelerator: Accelerator, run_dir: RunDir, lock: RunLock 
     if loaders is None:
         train_loader, val_loader = build_loaders(cfg, accelerator, batch.per_process)
         manifest = train_loader.manifest
+        probe_loader = build_probe_loader(cfg, accelerator, batch.per_process)
     else:
-        (train_loader, val_loader), manifest = loaders, None
+        (train_loader, val_loader), manifest, probe_loader = loaders, None, None
     schedules = (build_schedule(cfg.train.encoder, optimizers[0], len(train_loader), cfg.train.epochs),
                  build_schedule(cfg.train.decoder, optimizers[1], len(train_loader), cfg.train.epochs))
     prepared, _, _ = accelerator.prepare(model, *optimizers)
@@ -133,7 +136,7 @@ def build(cfg: Config, accelerator: Accelerator, run_dir: RunDir, lock: RunLock 
         val_loader=val_loader, run_dir=run_dir,
         tracker=Tracker(cfg, accelerator, run_dir, manifest, resumed_step=progress.step),
         progress=progress, stop=StopRequest(accelerator.process_index), roll=roll, bad_samples=bad_samples,
-        lock=lock, last_checkpoint=last_checkpoint,
+        lock=lock, last_checkpoint=last_checkpoint, probe_loader=probe_loader,
     )
     t.stop.install()
     return t
