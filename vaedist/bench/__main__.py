@@ -4,7 +4,7 @@ import sys
 from vaedist.errors import run_cli
 
 COMMANDS = {"shard": "vaedist.bench.shard", "loader": "vaedist.bench.loader", "train": "vaedist.bench.train",
-            "dedup": "vaedist.bench.dedup"}
+            "dedup": "vaedist.bench.dedup", "quality": "vaedist.bench.quality"}
 
 
 def main() -> int:
@@ -13,7 +13,8 @@ def main() -> int:
         print(usage + "\n\n  shard   the sharder's images/s against one process decoding the same files\n"
               "  loader  DALI, the reference loader and the cache against the seed's pipeline, side by side\n"
               "  train   the training step on synthetic data, through the loader, and through the cache\n"
-              "  dedup   the duplicate finder: Hamming search on 265k hashes (index), the near-copy threshold")
+              "  dedup   the duplicate finder: Hamming search on 265k hashes (index), the near-copy threshold\n"
+              "  quality recipes trained for the same steps, val PSNR/SSIM/PCC/KL next to no-learning baselines")
         return 0
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         print(usage, file=sys.stderr)

@@ -11,7 +11,7 @@ from vaedist.config import load_config
 from vaedist.data import build_loader
 from vaedist.evaluate.engine import evaluate
 from vaedist.files import check_output_file, write_text_atomic
-from vaedist.model import load_model
+from vaedist.models import load_model
 from vaedist.rundir import WEIGHTS_NAME, ModelFiles, RunDir
 
 

@@ -129,7 +129,7 @@ def evaluate(model: torch.nn.Module, loader, accelerator, cfg: Config) -> EvalRe
         x01 = (images.float() + 1) / 2
         rec01 = ((rec.float() + 1) / 2).clamp(0, 1)
         metrics.update(x01, rec01, per_dim_kl(mu, logvar))
-        keep_mu.add(mu.float())
+        keep_mu.add(mu.float().flatten(1))  # a spatial latent [n, z, h, w] is projected as z*h*w numbers
         labelled = labelled or labels is not None
         keep_labels.add(labels if labels is not None else torch.full((images.shape[0],), -1, dtype=torch.int64, device=images.device))
         keep_thumbs.add((x01 * 255).round().to(torch.uint8))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import signal
+import sys
 from typing import Iterator
 
 import torch
@@ -14,10 +15,11 @@ from tqdm.auto import tqdm
 from vaedist.checkpoint import save_checkpoint
 from vaedist.config import Config
 from vaedist.evaluate import evaluate
-from vaedist.model import save_model
+from vaedist.losses import kl_warmup_factor
+from vaedist.models import LOGVAR_MAX, save_model
 from vaedist.train.setup import Trainer, close, setup
 from vaedist.train.step import train_step
-from vaedist.train.window import LogWindow
+from vaedist.train.window import LogWindow, WindowTotals
 
 
 def train(cfg: Config, loaders: tuple | None = None, evaluate_at_end: bool = True) -> int:
@@ -53,7 +55,7 @@ def run(t: Trainer, evaluate_at_end: bool = True) -> int:
 def train_epoch(t: Trainer, epoch: int) -> None:
     """One epoch from the position in `t.progress` (inside the epoch after a mid-epoch resume)."""
     cfg, p = t.cfg.train, t.progress
-    window = LogWindow(t.accelerator.device)
+    window = LogWindow(t.accelerator.device, t.cfg.train.blowup_kl)
     with progress_bar(t, epoch) as bar:
         for images, _ in window.timed(epoch_batches(t, epoch)):
             losses = train_step(t, images)
@@ -96,9 +98,21 @@ def log(t: Trainer, window: LogWindow, bar: tqdm | None = None) -> None:
     totals = window.flush(t.accelerator, t.stop, t.last_checkpoint)
     (opt_e, opt_d), (sched_e, sched_d) = t.optimizers, t.schedules
     row = totals.row(t.progress.epoch, sched_e.lr(opt_e), sched_d.lr(opt_d), values_per_image=3 * t.cfg.data.size**2)
+    row["train/kl_warmup"] = kl_warmup_factor(t.cfg.train, t.progress.step - 1, len(t.train_loader))  # the last step's
     t.tracker.log(row, t.progress.step)
+    if totals.blowups:
+        warn_blowups(t, totals)
     if bar is not None:
         bar.set_postfix(img_s=f"{row['train/images_per_s']:.0f}", loss=f"{row['train/loss_encoder']:.4g}")
+
+
+def warn_blowups(t: Trainer, totals: WindowTotals) -> None:
+    t.blowups += totals.blowups
+    t.accelerator.print(
+        f"warning: {totals.blowups} of the {totals.steps} steps up to step {t.progress.step} blew up (KL per latent "
+        f"value above train.blowup_kl={t.cfg.train.blowup_kl:g}, or a log-variance at its clamp {LOGVAR_MAX:g}); "
+        f"largest KL of one image {totals.kl_max:.3g}. Counted in train/blowups; lower the learning rate or use a "
+        "KL/lr warm-up", file=sys.stderr)
 
 
 def checkpoint(t: Trainer) -> None:
@@ -134,7 +148,8 @@ def export_weights(t: Trainer) -> None:
     if t.accelerator.is_main_process:
         save_model(t.vae, t.cfg, t.run_dir.final)
     t.accelerator.wait_for_everyone()
-    t.accelerator.print(f"done: {t.progress.step} steps, {t.progress.epoch} epochs; weights in {t.run_dir.final}")
+    blowups = f", {t.blowups} blow-up steps (train/blowups)" if t.blowups else ""
+    t.accelerator.print(f"done: {t.progress.step} steps, {t.progress.epoch} epochs{blowups}; weights in {t.run_dir.final}")
 
 
 def evaluated_before(t: Trainer) -> bool:

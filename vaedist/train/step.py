@@ -1,9 +1,11 @@
 """The training step: one forward, ONE backward, both optimizers (vaedist.losses says why one backward)."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from vaedist.losses import VAELosses, scale_decoder_gradients, vae_losses
+from vaedist.losses import VAELosses, kl_warmup_factor, scale_decoder_gradients, vae_losses
 from vaedist.train.setup import Trainer
 
 
@@ -12,7 +14,8 @@ def train_step(t: Trainer, x: torch.Tensor) -> VAELosses:
     if t.cfg.train.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     x_rec, mu, logvar = t.model(x)  # Accelerate runs the forward under autocast and returns fp32
-    losses = vae_losses(x, x_rec, mu, logvar, t.weights)
+    warmup = kl_warmup_factor(t.cfg.train, t.progress.step, len(t.train_loader))
+    losses = vae_losses(x, x_rec, mu, logvar, dataclasses.replace(t.weights, kl=warmup * t.weights.kl))
     t.accelerator.backward(t.batch.global_sum(losses.loss_encoder))  # DDP averages: see vaedist.batch
     step_optimizers(t)
     return losses
