@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -253,3 +254,26 @@ def test_a_saved_spatial_model_loads_back_as_the_spatial_architecture(tmp_path):
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     torch.testing.assert_close(loaded.reconstruct(x), model.reconstruct(x))
     assert loaded.sample(3).shape == (3, 3, 16, 16)
+
+
+def test_dc_ae_shortcuts_are_a_2x2_average_down_and_a_nearest_copy_up():
+    """With their convolutions zeroed, the shortcut paths alone: numpy's block mean and np.repeat."""
+    from vaedist.models.spatial import Downsample, Upsample
+
+    x = torch.randn(2, 4, 8, 8)
+    down, up = Downsample(4, shortcut=True), Upsample(4, shortcut=True)
+    for conv in (down.conv, up.conv):
+        torch.nn.init.zeros_(conv.weight), torch.nn.init.zeros_(conv.bias)
+    np.testing.assert_allclose(down(x).detach().numpy(), x.numpy().reshape(2, 4, 4, 2, 4, 2).mean(axis=(3, 5)), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(up(x).detach().numpy(), x.numpy().repeat(2, axis=2).repeat(2, axis=3), rtol=1e-6, atol=1e-6)
+    plain = Downsample(4, shortcut=False)
+    torch.nn.init.zeros_(plain.conv.weight), torch.nn.init.zeros_(plain.conv.bias)
+    assert plain(x).abs().max() == 0  # off: the (zeroed) convolution alone
+
+
+def test_spatial_shortcuts_add_no_parameters_and_need_a_last_width_the_latent_channels_divide():
+    plain = build_model(load_config(None, ["model.arch=spatial"]))
+    with_shortcuts = build_model(load_config(None, ["model.arch=spatial", "model.spatial.shortcuts=true"]))
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in with_shortcuts.parameters())
+    with pytest.raises(ConfigError, match="model.spatial.channels' must end with a multiple of model.spatial.latent_channels"):
+        load_config(None, ["model.arch=spatial", "model.spatial.shortcuts=true", "model.spatial.latent_channels=3"])

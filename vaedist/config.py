@@ -44,6 +44,9 @@ class SpatialConfig:
     blocks: int = 1  # residual blocks per level in the encoder (the decoder has one more, as in LDM)
     latent_channels: int = 4
     norm_groups: int = 32  # GroupNorm groups; must divide every width
+    # DC-AE's parameter-free shortcuts around every downsampling/upsampling and the latent (vaedist/models/spatial.py);
+    # the last width must then be a multiple of latent_channels
+    shortcuts: bool = False
 
 
 @dataclass
@@ -317,6 +320,9 @@ def _check_spatial(sp: SpatialConfig) -> None:
     if len(sp.channels) != levels:
         raise ConfigError(f"config key 'model.spatial.channels' must list {levels} widths for model.spatial.downsample="
                           f"{sp.downsample} (one per resolution level), got {len(sp.channels)}: {sp.channels}")
+    if sp.shortcuts and sp.channels[-1] % sp.latent_channels:
+        raise ConfigError(f"config key 'model.spatial.channels' must end with a multiple of model.spatial.latent_channels "
+                          f"({sp.latent_channels}) when model.spatial.shortcuts is true, got {sp.channels[-1]}")
     for i, c in enumerate(sp.channels):
         if c % sp.norm_groups:
             raise ConfigError(f"config key 'model.spatial.channels[{i}]' ({c}) must be a multiple of "

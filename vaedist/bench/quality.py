@@ -143,7 +143,10 @@ def evaluate_baselines(cfg: Config, sides: list[int]) -> list[Row]:
 
 
 def _fmt(value: float | None, spec: str) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+    """`format(value, spec)`, or a dash as wide (spec '8.4g' -> 8 characters) where there is no value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—".rjust(int(spec.split(".")[0].rstrip("dfg") or 0))
+    return format(value, spec)
 
 
 def print_table(rows: list[Row], header: str) -> None:

@@ -11,6 +11,11 @@ diffusers' `AutoencoderKL`, without what a 64-pixel, CPU-sized model does not ne
   decoder  conv3x3 -> 2 residual blocks -> per level, coarsest first: `blocks + 1` residual blocks, then
            nearest-neighbour x2 + conv3x3 (not after the finest level) -> GroupNorm, SiLU, conv3x3 to RGB
   residual block: GroupNorm, SiLU, conv3x3, GroupNorm, SiLU, conv3x3, plus the input (1x1 conv where widths change)
+`shortcuts: true` adds DC-AE's "residual autoencoding" (Chen et al. 2024, arXiv:2410.10733) around every
+change of shape: parameter-free paths (2x2 average at each downsampling, nearest-neighbour copy at each
+upsampling, the features averaged in groups into mu, each latent channel copied to the decoder's first
+features) that the learned layers add to. At equal widths DC-AE's space-to-channel + channel averaging is
+exactly a 2x2 average, its channel duplication + channel-to-space exactly a nearest-neighbour copy.
 Left out: the self-attention of LDM's middle block and its 1x1 quant convs (a linear map the conv before
 them can learn). Upsampling is interpolation + convolution, never a transposed convolution (whose uneven
 kernel overlap leaves the checkerboard texture the seed's decoder shows). The output is not squashed by a
@@ -45,23 +50,28 @@ class ResidualBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Stride-2 conv3x3 with LDM's asymmetric padding (right/bottom): side s -> s/2 exactly."""
+    """Stride-2 conv3x3 with LDM's asymmetric padding (right/bottom): side s -> s/2 exactly; with `shortcut`, plus
+    the 2x2 average of its input (a parameter-free residual path)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, shortcut: bool):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+        self.conv, self.shortcut = nn.Conv2d(channels, channels, 3, stride=2), shortcut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
+        h = self.conv(F.pad(x, (0, 1, 0, 1)))
+        return h + F.avg_pool2d(x, 2) if self.shortcut else h
 
 
 class Upsample(nn.Module):
-    def __init__(self, channels: int):
+    """Nearest-neighbour x2, then conv3x3; with `shortcut`, plus the upsampled input itself."""
+
+    def __init__(self, channels: int, shortcut: bool):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv, self.shortcut = nn.Conv2d(channels, channels, 3, padding=1), shortcut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.conv(x) + x if self.shortcut else self.conv(x)
 
 
 def _middle(channels: int, groups: int) -> nn.Sequential:
@@ -81,12 +91,18 @@ class Encoder(nn.Module):
                 layers.append(ResidualBlock(c, width, g))
                 c = width
             if level < len(widths) - 1:
-                layers.append(Downsample(c))
-        layers += [_middle(c, g), _norm(c, g), nn.SiLU(), nn.Conv2d(c, 2 * cfg.latent_channels, 3, padding=1)]
+                layers.append(Downsample(c, cfg.shortcuts))
+        layers += [_middle(c, g)]
         self.layers = nn.Sequential(*layers)
+        self.out = nn.Sequential(_norm(c, g), nn.SiLU(), nn.Conv2d(c, 2 * cfg.latent_channels, 3, padding=1))
+        self.z, self.shortcut = cfg.latent_channels, cfg.shortcuts
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.layers(x).chunk(2, dim=1)  # [N, 2z, s, s] -> 2 x [N, z, s, s]
+        h = self.layers(x)  # [N, C, s, s]
+        mu, logvar = self.out(h).chunk(2, dim=1)  # [N, 2z, s, s] -> 2 x [N, z, s, s]
+        if self.shortcut:  # mu also gets the features averaged in z groups of C/z channels
+            n, c, s1, s2 = h.shape
+            mu = mu + h.view(n, self.z, c // self.z, s1, s2).mean(2)
         return mu, logvar
 
 
@@ -97,18 +113,23 @@ class Decoder(nn.Module):
         super().__init__()
         widths, g = cfg.channels, cfg.norm_groups
         c = widths[-1]
-        layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, c, 3, padding=1), _middle(c, g)]
+        self.conv_in, self.repeats = nn.Conv2d(cfg.latent_channels, c, 3, padding=1), c // cfg.latent_channels
+        self.shortcut = cfg.shortcuts
+        layers: list[nn.Module] = [_middle(c, g)]
         for level in reversed(range(len(widths))):
             for _ in range(cfg.blocks + 1):
                 layers.append(ResidualBlock(c, widths[level], g))
                 c = widths[level]
             if level > 0:
-                layers.append(Upsample(c))
+                layers.append(Upsample(c, cfg.shortcuts))
         layers += [_norm(c, g), nn.SiLU(), nn.Conv2d(c, 3, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.layers(z)
+        h = self.conv_in(z)  # [N, C, s, s]
+        if self.shortcut:  # each latent channel also goes to C/z feature channels as it is
+            h = h + z.repeat_interleave(self.repeats, dim=1)
+        return self.layers(h)
 
 
 class SpatialVAE(VAEBase):
