@@ -160,7 +160,7 @@ def test_a_planted_huge_logvar_stays_finite_through_loss_and_backward_and_is_cou
         if arch == "seed":
             model.encoder.logvar.bias.fill_(1e4)
         else:
-            model.encoder.layers[-1].bias[cfg.model.spatial.latent_channels:].fill_(1e4)
+            model.encoder.out[-1].bias[cfg.model.spatial.latent_channels:].fill_(1e4)
     x = torch.rand(4, 3, 16, 16) * 2 - 1
     x_rec, mu, logvar = model(x)
     losses = vae_losses(x, x_rec, mu, logvar, loss_weights(TrainConfig(batch_size=4), GlobalBatch(4, 1)))
