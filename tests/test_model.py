@@ -277,3 +277,29 @@ def test_spatial_shortcuts_add_no_parameters_and_need_a_last_width_the_latent_ch
     assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in with_shortcuts.parameters())
     with pytest.raises(ConfigError, match="model.spatial.channels' must end with a multiple of model.spatial.latent_channels"):
         load_config(None, ["model.arch=spatial", "model.spatial.shortcuts=true", "model.spatial.latent_channels=3"])
+
+
+@pytest.mark.parametrize("name", ["coco", "food101", "food101_spatial"])
+def test_the_recommended_configs_weigh_the_kl_alike_at_any_batch_size_and_warm_up(name):
+    """The recipe the quality benchmark chose (configs/*.yaml comments): its KL-to-reconstruction weight is
+    beta at every batch size (the seed's 1/batch_size is not), both warm-ups are on, BatchNorm momentum is
+    PyTorch's own 0.1 (not the seed's Keras-style 0.9)."""
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+    small, large = (loss_weights(cfg.train, GlobalBatch(b, 1)) for b in (64, 512))
+    assert small.kl / small.mse == pytest.approx(large.kl / large.mse) == pytest.approx(cfg.train.beta)
+    assert cfg.train.kl_warmup_epochs > 0 and cfg.train.encoder.warmup_epochs > 0 and cfg.train.decoder.scheduler == "cosine"
+    assert cfg.model.bn_momentum == 0.1 or cfg.model.arch == "spatial"
+
+
+@pytest.mark.parametrize("name", ["seed_coco", "seed_food101"])
+def test_the_seed_configs_keep_the_seeds_batch_dependent_kl_weight_and_schedule(name):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+    small, large = (loss_weights(cfg.train, GlobalBatch(b, 1)) for b in (64, 512))
+    assert (small.kl, large.kl, small.mse) == (1 / 64, 1 / 512, 1.0)
+    t = cfg.train
+    assert (cfg.model.arch, cfg.model.bn_momentum, t.mode, t.kl_warmup_epochs, t.encoder.name, t.encoder.scheduler,
+            t.encoder.gamma, t.lambda_mse, t.batch_size) == ("seed", 0.9, "vae", 0.0, "rmsprop", "exponential", 0.75, 1e-6, 512)
