@@ -50,7 +50,8 @@ from vaedist.config import load_config  # noqa: E402
 from vaedist.data import build_loader  # noqa: E402
 from vaedist.evaluate import evaluate  # noqa: E402
 from vaedist.metrics import ReconstructionMetrics  # noqa: E402
-from vaedist.model import load_model, reparameterise  # noqa: E402
+from vaedist.models import load_model  # noqa: E402
+from vaedist.models.seed import reparameterise  # noqa: E402
 from vaedist.rundir import RunDir  # noqa: E402
 from vaedist.sample import build_sample  # noqa: E402
 from vaedist.shard import shard_dataset  # noqa: E402

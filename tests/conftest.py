@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 from vaedist.accelerator import build_accelerator
 from vaedist.config import Config, load_config
 from vaedist.evaluate import EvalResult
-from vaedist.model import VAE
+from vaedist.models import SeedVAE as VAE
 from vaedist.rundir import RunDir
 from vaedist.sample import SampleSizes, build_coco, build_food101
 from vaedist.shard.format import Manifest, split_member_name

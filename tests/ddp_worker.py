@@ -10,7 +10,9 @@ BatchNorm: SyncBatchNorm has no CPU kernel, so on CPU each rank normalises over 
 reference therefore runs its forward pass per half (same halves, same noise) and sums the losses. That is
 exactly the global-batch loss of the 2-process run, so the comparison is valid.
 Also: evaluation's FirstRows gathers the split's first rows in split order across the ranks.
-Writes "OK <steps>" to the file given as argv[1] on success (rank 0).
+argv: OUT_FILE RUN_DIR [ARCH]: ARCH seed (default; the seed's losses) or spatial (GroupNorm, a [2, 8, 8] latent,
+per-image mean losses: the 1/global-batch weights must survive the processes' x2 and DDP's average).
+Writes "OK <steps>" to OUT_FILE on success (rank 0).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import sys
 import torch
 
 from vaedist.batch import GlobalBatch
-from vaedist.config import Config, ModelConfig
+from vaedist.config import Config, ModelConfig, SpatialConfig
 from vaedist.evaluate import FirstRows
 from vaedist.losses import loss_weights, vae_losses
 from vaedist.optim import build_optimizer
@@ -48,8 +50,12 @@ def flat_params(model: torch.nn.Module) -> torch.Tensor:
 
 def main() -> None:
     out_file, run_dir = sys.argv[1], sys.argv[2]
+    arch = sys.argv[3] if len(sys.argv) > 3 else "seed"
     cfg = Config()
-    cfg.model = ModelConfig(latent_dim=8, encoder_channels=[4, 8], hidden_dim=16, decoder_channels=[8, 4])
+    cfg.model = ModelConfig(arch=arch, latent_dim=8, encoder_channels=[4, 8], hidden_dim=16, decoder_channels=[8, 4],
+                            spatial=SpatialConfig(channels=[4, 8], downsample=2, blocks=1, latent_channels=2, norm_groups=2))
+    if arch == "spatial":
+        cfg.train.mode, cfg.train.beta = "per-image", 0.5
     cfg.data.size = SIZE
     cfg.train.batch_size = GLOBAL_BATCH
     cfg.train.lambda_mse = 1e-3  # different from 1 so that the decoder's rule is visible

@@ -102,7 +102,7 @@ LATE_VAEDIST_IMPORTS = {
     # nvidia.dali at import time; the DALI backend is optional (the reference loader runs without it)
     "vaedist.data.dali": "optional dependency: DALI",
     # torch: `import vaedist` (and so vaedist.compare, vaedist.rundir) must not load it
-    "vaedist.model": "heavy dependency: torch, kept off `import vaedist`",
+    "vaedist.models": "heavy dependency: torch, kept off `import vaedist`",
 }
 
 

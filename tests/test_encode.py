@@ -21,7 +21,7 @@ from vaedist.accelerator import build_accelerator
 from vaedist.config import load_config
 from vaedist.data import build_loader
 from vaedist.encode import encode_split, load_for_encoding
-from vaedist.model import VAE, save_model
+from vaedist.models import SeedVAE as VAE, save_model
 from vaedist.shard.format import load_manifest, split_member_name
 
 REPO = Path(__file__).resolve().parents[1]

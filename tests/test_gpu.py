@@ -171,7 +171,7 @@ def _forward_backward(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Te
 
 
 def _build_vae(sync: bool) -> torch.nn.Module:
-    from vaedist.model import VAE
+    from vaedist.models import SeedVAE as VAE
 
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)  # the same initial weights in every process

@@ -21,7 +21,7 @@ from vaedist.config import ProbeConfig, load_config
 from vaedist.data import build_loader
 from vaedist.evaluate import evaluate
 from vaedist.evaluate.probe import PROBE_KEYS, build_probe_loader, probe_scores, probe_subset
-from vaedist.model import VAE, save_model
+from vaedist.models import SeedVAE as VAE, save_model
 from vaedist.rundir import RunDir
 from vaedist.shard.format import load_manifest
 from vaedist.tracking import Tracker

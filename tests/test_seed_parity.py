@@ -33,7 +33,8 @@ from vaedist.data.transform import centre_crop_window
 from vaedist.evaluate import evaluate
 from vaedist.losses import loss_weights, vae_losses
 from vaedist.metrics import ReconstructionMetrics
-from vaedist.model import VAE, reparameterise
+from vaedist.models import SeedVAE as VAE
+from vaedist.models.seed import reparameterise
 from vaedist.sample import PHOTOS_DIR
 from vaedist.shard import shard_dataset
 from vaedist.train import close, setup, train_step

@@ -22,7 +22,7 @@ from PIL import Image
 from vaedist import sweepenv, visualize
 from vaedist.config import load_config
 from vaedist.errors import UserError
-from vaedist.model import VAE
+from vaedist.models import SeedVAE as VAE
 from vaedist.rundir import IMAGE_KINDS, RunDir
 from vaedist.tracking import Tracker, has_wandb_credentials, resolve_wandb_mode, run_identity
 

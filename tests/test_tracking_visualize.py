@@ -74,7 +74,7 @@ def test_prior_samples_decode_on_the_models_device(tmp_path):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from vaedist.model import VAE
+    from vaedist.models import SeedVAE as VAE
     from vaedist.rundir import RunDir
     from vaedist.tracking import Tracker
 

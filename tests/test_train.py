@@ -188,12 +188,12 @@ def test_resume_keeps_the_position_and_takes_learning_rates_and_epochs_from_the_
 def test_compiled_run_saves_plain_weights_and_resumes(tmp_path):
     """train.compile=true: final/ holds the VAE's own keys (not torch.compile's `_orig_mod.` wrapper) and a
     checkpoint loads back into a new compiled run."""
-    from vaedist.model import load_model
+    from vaedist.models import load_model
     from vaedist.train import train
 
     base = [f"run.dir={tmp_path}", *TINY_MODEL, "train.compile=true"]
     assert train(load_config(None, [*base, "train.epochs=1"]), loaders=(RandomBatches(2), None), evaluate_at_end=False) == 0
-    assert type(load_model(tmp_path / "final")).__name__ == "VAE"  # strict load_state_dict
+    assert type(load_model(tmp_path / "final")).__name__ == "SeedVAE"  # strict load_state_dict
     assert train(load_config(None, [*base, "train.epochs=2"]), loaders=(RandomBatches(2), None), evaluate_at_end=False) == 0
     assert RunDir(tmp_path).latest_checkpoint().name == "step-00000004"
 
@@ -323,3 +323,104 @@ def test_gpu_run_with_dali_bf16_and_channels_last_learns(food_shards, tmp_path):
     mse = [r["train/mse"] for r in RunDir(tmp_path).read_metrics() if "train/mse" in r]
     assert all(v == v for v in mse) and mse[-1] < mse[0]
     assert load_config(tmp_path / "config.yaml").train.precision == "bf16"
+
+
+TINY_SPATIAL = ["model.arch=spatial", "model.spatial.channels=[8, 8, 8, 8]", "model.spatial.norm_groups=4",
+                "model.spatial.latent_channels=2"]  # a [2, 8, 8] latent at 64 px
+
+
+@pytest.mark.parametrize("arch", ["seed", "spatial"])
+def test_each_architecture_trains_evaluates_logs_and_reloads_through_load_model(arch, food_shards, tmp_path):
+    """One code path for both: two optimizers, evaluation, W&B (offline) pictures and latent table, final
+    weights; the standalone evaluation (load_model) reproduces the trainer's last evaluation."""
+    from vaedist.models import SeedVAE, SpatialVAE, load_model
+    from vaedist.train import train
+
+    model = TINY_SPATIAL if arch == "spatial" else ["model.latent_dim=8", "model.encoder_channels=[4, 8]",
+                                                    "model.hidden_dim=8", "model.decoder_channels=[8, 4]"]
+    cfg = load_config(REPO / "configs" / "demo.yaml", [f"data.shards={food_shards}", f"run.dir={tmp_path}", *model,
+                                                       "train.epochs=1", "train.batch_size=16", "train.log_every=1",
+                                                       "logging.mode=offline", "logging.table_rows=8"])
+    assert train(cfg) == 0
+    rows = RunDir(tmp_path).read_metrics()
+    train_rows, val_rows = [r for r in rows if "train/kl" in r], [r for r in rows if "val/psnr" in r]
+    assert len(train_rows) == 3 and all(r["train/blowups"] == 0 and r["train/kl_max"] > 0 for r in train_rows)
+    assert len(val_rows) == 1 and val_rows[0]["val/images"] == 24 and val_rows[0]["val/active_units"] >= 0
+    for kind in ("reconstructions", "prior_samples", "latent_pca", "kl_per_dim"):
+        assert (tmp_path / "images" / f"{kind}_latest.png").is_file(), kind
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+    loaded = load_model(tmp_path)
+    assert isinstance(loaded, SpatialVAE if arch == "spatial" else SeedVAE)
+    assert loaded.latent_dim == (128 if arch == "spatial" else 8)
+    out = tmp_path / "eval.json"
+    proc = subprocess.run([sys.executable, "-m", "vaedist.evaluate", str(tmp_path), "--shards", str(food_shards), "--out", str(out)],
+                          cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    standalone = json.loads(out.read_text())
+    for key in ("val/psnr", "val/ssim", "val/pcc", "val/kl"):
+        assert standalone[key] == pytest.approx(val_rows[0][key], rel=1e-4), key
+
+
+def test_a_blow_up_is_counted_in_the_metrics_and_reported_not_silent(tmp_path, capsys):
+    """A planted log-variance of 1e4: the clamp keeps the step finite (without it: a non-finite loss), and every
+    step is counted in train/blowups, with the share of clamped values, and reported on the console."""
+    from vaedist.train import close, setup
+    from vaedist.train.loop import train_epoch
+
+    t = setup(load_config(None, [f"run.dir={tmp_path}", *TINY_MODEL, "train.log_every=2"]), loaders=(RandomBatches(4), None))
+    try:
+        with torch.no_grad():
+            t.vae.encoder.logvar.bias.fill_(1e4)
+        train_epoch(t, 0)
+    finally:
+        close(t)
+    rows = [r for r in RunDir(tmp_path).read_metrics() if "train/blowups" in r]
+    assert [r["train/blowups"] for r in rows] == [2, 2] and t.blowups == 4
+    assert all(r["train/logvar_clamped"] == 1.0 and 1e7 < r["train/kl_max"] < float("inf") for r in rows)
+    assert "2 of the 2 steps up to step 2 blew up" in capsys.readouterr().err
+
+
+def test_the_kl_warm_up_is_logged_and_reaches_the_full_weight(tmp_path):
+    from vaedist.train import train
+
+    cfg = load_config(None, [f"run.dir={tmp_path}", *TINY_MODEL, "train.log_every=1", "train.epochs=2", "train.kl_warmup_epochs=1"])
+    assert train(cfg, loaders=(RandomBatches(4), None), evaluate_at_end=False) == 0
+    factors = [r["train/kl_warmup"] for r in RunDir(tmp_path).read_metrics() if "train/kl_warmup" in r]
+    assert factors == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0]
+
+
+class FixedBatches:
+    """Random 16x16 batches of 4, the same for a given (epoch, batch): a resumed run sees the data of a straight one."""
+
+    manifest = None
+
+    def __init__(self, count: int):
+        self.count, self.epoch, self.start = count, 0, 0
+
+    def __len__(self):
+        return self.count
+
+    def set_epoch(self, epoch, start_batch=0):
+        self.epoch, self.start = epoch, start_batch
+
+    def __iter__(self):
+        for i in range(self.start, self.count):
+            yield torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1000 * self.epoch + i)) * 2 - 1, None
+
+
+def test_spatial_run_resumed_from_its_checkpoint_ends_with_the_weights_of_a_straight_run(tmp_path):
+    from vaedist.train import train
+
+    spatial = ["model.arch=spatial", "model.spatial.channels=[8, 8]", "model.spatial.downsample=2", "model.spatial.norm_groups=4",
+               "model.spatial.latent_channels=2", "train.mode=per-image", "train.kl_warmup_epochs=1", "train.encoder.name=adam",
+               "train.decoder.name=adam", "train.encoder.scheduler=cosine", "train.decoder.scheduler=cosine"]
+    for run, sessions in (("straight", [[]]), ("resumed", [["train.max_steps=4"], []])):  # stopped inside epoch 1
+        for extra in sessions:
+            cfg = load_config(None, [f"run.dir={tmp_path / run}", *TINY_MODEL, *spatial, "train.epochs=3", *extra])
+            assert train(cfg, loaders=(FixedBatches(3), None), evaluate_at_end=False) == 0
+    assert RunDir(tmp_path / "resumed").latest_checkpoint().name == RunDir(tmp_path / "straight").latest_checkpoint().name == "step-00000009"
+    straight, resumed = (load_file(tmp_path / run / "final" / "model.safetensors") for run in ("straight", "resumed"))
+    assert straight.keys() == resumed.keys() and any("layers" in k for k in straight)
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6, msg=key)

@@ -32,10 +32,12 @@ def launch_two_processes(args: list[str], timeout: int = 300) -> subprocess.Comp
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_two_processes_hold_identical_parameters_and_match_the_one_process_update(tmp_path):
-    """See tests/ddp_worker.py: per-step rank identity + equality with the autograd.grad reference."""
+@pytest.mark.parametrize("arch", ["seed", "spatial"])
+def test_two_processes_hold_identical_parameters_and_match_the_one_process_update(arch, tmp_path):
+    """See tests/ddp_worker.py: per-step rank identity + equality with the autograd.grad reference, for each
+    architecture (the spatial one with per-image mean losses)."""
     ok = tmp_path / "ok"
-    proc = launch_two_processes(["tests/ddp_worker.py", str(ok), str(tmp_path / "run")])
+    proc = launch_two_processes(["tests/ddp_worker.py", str(ok), str(tmp_path / "run"), arch])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert ok.read_text().strip() == "OK 3"
 

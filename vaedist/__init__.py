@@ -3,7 +3,7 @@
 Data flows one way, and so does the package:
   vaedist.shard  raw images -> WebDataset tar shards + DALI index + manifest.json
   vaedist.data   shards -> batches on the device (DALI, or the reference PyTorch loader)
-  vaedist.model / vaedist.losses / vaedist.train   the seed VAE trained with Accelerate
+  vaedist.models / vaedist.losses / vaedist.train   the VAEs (the seed's, a spatial-latent one) trained with Accelerate
   vaedist.evaluate / vaedist.tracking / vaedist.compare   metrics, W&B, side-by-side reports
   vaedist.rundir  the run directory's layout (config, metrics, images, checkpoints, final weights)
 See docs/architecture.md for the module map.
@@ -13,8 +13,8 @@ __version__ = "0.1.0"
 
 def load_model(path, device="cpu"):
     """Load a trained VAE (eval mode, on `device`) from a run's `final/` folder, the run folder itself or a
-    model.safetensors file; see vaedist.model.load_model."""
-    from vaedist.model import load_model as _load  # torch: `import vaedist` (so compare, rundir) must not load it
+    model.safetensors file; see vaedist.models.load_model."""
+    from vaedist.models import load_model as _load  # keeps torch out of `import vaedist`
 
     return _load(path, device=device)
 

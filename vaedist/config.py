@@ -41,7 +41,23 @@ class DataConfig:
 
 
 @dataclass
+class SpatialConfig:
+    """`model.arch: spatial`: a latent-diffusion-style convolutional VAE with a [latent_channels, S/f, S/f] latent."""
+
+    channels: list[int] = field(default_factory=lambda: [64, 128, 256, 256])  # width of each resolution level
+    downsample: int = 8  # f: the latent's side is data.size / f; needs log2(f) + 1 levels in `channels`
+    blocks: int = 1  # residual blocks per level in the encoder (the decoder has one more, as in LDM)
+    latent_channels: int = 4
+    norm_groups: int = 32  # GroupNorm groups; must divide every width
+    # DC-AE's parameter-free shortcuts around every downsampling/upsampling and the latent (vaedist/models/spatial.py);
+    # the last width must then be a multiple of latent_channels
+    shortcuts: bool = False
+
+
+@dataclass
 class ModelConfig:
+    arch: Literal["seed", "spatial"] = "seed"  # seed: the seed's VAE (the keys below); spatial: model.spatial.*
+    # arch seed: latent vector size, convolution widths, fully connected width, BatchNorm momentum
     latent_dim: int = 128
     encoder_channels: list[int] = field(default_factory=lambda: [64, 128, 256])
     hidden_dim: int = 1024  # encoder's fully connected layer
@@ -49,6 +65,7 @@ class ModelConfig:
     # The seed passes momentum=0.9 to BatchNorm: running stats then follow the current batch almost
     # entirely (PyTorch's default is 0.1). Kept as the default so checkpoints behave like the seed's.
     bn_momentum: float = 0.9
+    spatial: SpatialConfig = field(default_factory=SpatialConfig)
 
 
 @dataclass
@@ -73,9 +90,16 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 20
     batch_size: int = 512  # global batch: split evenly across processes
-    mode: Literal["vae", "beta-vae"] = "vae"
+    # vae, beta-vae: the seed's losses, sums over the batch (vaedist.losses). per-image: both losses are means
+    # over the batch's images, loss_encoder = mean(mse) + beta * mean(kl): the KL's weight relative to the
+    # reconstruction is beta whatever the batch size.
+    mode: Literal["vae", "beta-vae", "per-image"] = "vae"
     kl_weight: Literal["batch", "one"] = "batch"  # vae mode: KL summed over the batch times 1/batch or 1
-    beta: float = 1.0  # beta-vae mode
+    beta: float = 1.0  # beta-vae and per-image modes
+    kl_warmup_epochs: float = 0.0  # the KL weight grows linearly from 0 to its value over this many epochs
+    # Guard: a training step whose KL per latent value (nats, batch mean) exceeds this, or whose log-variance
+    # reaches its upper clamp, is counted as a blow-up (train/blowups) and reported on the console.
+    blowup_kl: float = 1000.0
     lambda_mse: float = 1e-6  # weight of the reconstruction error in the decoder's loss (seed config)
     encoder: OptimConfig = field(default_factory=OptimConfig)
     decoder: OptimConfig = field(default_factory=OptimConfig)
@@ -86,7 +110,7 @@ class TrainConfig:
     # torch's SyncBatchNorm has no CPU kernel, so CPU processes normalise over their own share).
     sync_batchnorm: bool = True
     # The seed decodes a batch of z ~ N(0, I) every training step; unused by any loss, it still moves the
-    # decoder's BatchNorm running statistics, hence every evaluation output (vaedist.model.prior_pass).
+    # decoder's BatchNorm running statistics, hence every evaluation output (vaedist.models.seed.prior_pass).
     prior_pass: bool = False
     eval_latent: Literal["mean", "sample"] = "mean"  # evaluation decodes mu, or a sampled z like the seed
     seed: int = 8
@@ -318,6 +342,31 @@ _UNIT = ((lambda v: 0 <= v <= 1), "between 0 and 1")  # BatchNorm momentum
 _UNIT_BELOW_1 = ((lambda v: 0 <= v < 1), "at least 0 and below 1")  # RMSprop alpha, Adam betas
 
 
+def _check_spatial(sp: SpatialConfig) -> None:
+    """model.spatial.*: ranges, and the widths list matching the downsampling factor (one level per halving + 1)."""
+    checks = [
+        ("model.spatial.downsample", sp.downsample, ((lambda v: v >= 1 and v & (v - 1) == 0), "a power of 2 (1, 2, 4, 8, ...)")),
+        ("model.spatial.blocks", sp.blocks, _at_least(0)),
+        ("model.spatial.latent_channels", sp.latent_channels, _at_least(1)),
+        ("model.spatial.norm_groups", sp.norm_groups, _at_least(1)),
+    ]
+    checks += [(f"model.spatial.channels[{i}]", c, _at_least(1)) for i, c in enumerate(sp.channels)]
+    for key, value, (holds, text) in checks:
+        if not holds(value):
+            raise ConfigError(f"config key '{key}' must be {text}, got {value!r}")
+    levels = sp.downsample.bit_length()  # log2(f) + 1
+    if len(sp.channels) != levels:
+        raise ConfigError(f"config key 'model.spatial.channels' must list {levels} widths for model.spatial.downsample="
+                          f"{sp.downsample} (one per resolution level), got {len(sp.channels)}: {sp.channels}")
+    if sp.shortcuts and sp.channels[-1] % sp.latent_channels:
+        raise ConfigError(f"config key 'model.spatial.channels' must end with a multiple of model.spatial.latent_channels "
+                          f"({sp.latent_channels}) when model.spatial.shortcuts is true, got {sp.channels[-1]}")
+    for i, c in enumerate(sp.channels):
+        if c % sp.norm_groups:
+            raise ConfigError(f"config key 'model.spatial.channels[{i}]' ({c}) must be a multiple of "
+                              f"model.spatial.norm_groups ({sp.norm_groups})")
+
+
 def validate(cfg: Config) -> None:
     """Checks that involve values, not only types: one line naming the first key out of range.
 
@@ -337,6 +386,8 @@ def validate(cfg: Config) -> None:
         # BatchNorm needs two images per process; train.setup also checks the share of each process.
         ("train.batch_size", t.batch_size, _at_least(2)),
         ("train.beta", t.beta, _at_least(0)),
+        ("train.kl_warmup_epochs", t.kl_warmup_epochs, _at_least(0)),
+        ("train.blowup_kl", t.blowup_kl, _POSITIVE),
         ("train.lambda_mse", t.lambda_mse, _at_least(0)),
         ("train.log_every", t.log_every, _at_least(1)),
         ("train.eval_every", t.eval_every, _at_least(0)),
@@ -380,6 +431,7 @@ def validate(cfg: Config) -> None:
     for key, value, (holds, text) in checks:
         if not holds(value):
             raise ConfigError(f"config key '{key}' must be {text}, got {value!r}")
+    _check_spatial(m.spatial)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

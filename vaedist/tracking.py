@@ -39,6 +39,7 @@ from vaedist.config import Config, to_dict
 from vaedist.errors import UserError
 from vaedist.evaluate.result import EvalResult
 from vaedist.goals import EVALUATION_GOALS
+from vaedist.models import latent_shape
 from vaedist.rundir import RunDir
 from vaedist.shard.format import Manifest
 from vaedist.sweepenv import current_point
@@ -170,7 +171,7 @@ class Tracker:
         self.evaluated_steps: set[int] = set()
         # Same prior noise at every evaluation (and across resumes): a picture that changes shows the decoder.
         generator = torch.Generator().manual_seed(cfg.train.seed)
-        self.prior_noise = torch.randn(cfg.logging.num_samples, cfg.model.latent_dim, generator=generator)
+        self.prior_noise = torch.randn(cfg.logging.num_samples, *latent_shape(cfg), generator=generator)
         if not self.active:
             return
         self.run_dir.images.mkdir(parents=True, exist_ok=True)

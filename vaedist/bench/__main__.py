@@ -5,7 +5,7 @@ from vaedist.errors import run_cli
 
 COMMANDS = {"shard": "vaedist.bench.shard", "loader": "vaedist.bench.loader", "train": "vaedist.bench.train",
             "dedup": "vaedist.bench.dedup", "lambda": "vaedist.bench.lambda_mse",
-            "encode": "vaedist.bench.encode"}
+            "encode": "vaedist.bench.encode", "quality": "vaedist.bench.quality"}
 
 
 def main() -> int:
@@ -16,7 +16,8 @@ def main() -> int:
               "  train   the training step on synthetic data, through the loader, and through the cache\n"
               "  dedup   the duplicate finder: Hamming search on 265k hashes (index), the near-copy threshold\n"
               "  lambda  the decoder's steps at lambda_mse 1e-6 to 1 with RMSprop, Adam and SGD (its gradient RMS vs eps)\n"
-              "  encode  python -m vaedist.encode against the training loader on the same shards")
+              "  encode  python -m vaedist.encode against the training loader on the same shards\n"
+              "  quality recipes trained for the same steps, val PSNR/SSIM/PCC/KL next to no-learning baselines")
         return 0
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         print(usage, file=sys.stderr)

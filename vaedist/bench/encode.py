@@ -29,7 +29,7 @@ from vaedist.data import build_loader
 from vaedist.encode import encode_split
 from vaedist.errors import UserError
 from vaedist.files import check_output_file, write_text_atomic
-from vaedist.model import VAE
+from vaedist.models import SeedVAE as VAE
 from vaedist.sample import build_full_size_jpegs
 from vaedist.shard import shard_dataset
 from vaedist.shard.format import load_manifest

@@ -12,7 +12,7 @@ from vaedist.data import build_loader
 from vaedist.evaluate.engine import evaluate
 from vaedist.evaluate.probe import build_probe_loader
 from vaedist.files import check_output_file, write_text_atomic
-from vaedist.model import load_model
+from vaedist.models import load_model
 from vaedist.rundir import WEIGHTS_NAME, ModelFiles, RunDir
 
 

@@ -29,7 +29,7 @@ from vaedist.evaluate.probe import probe_scores
 from vaedist.evaluate.result import EvalResult
 from vaedist.losses import per_dim_kl
 from vaedist.metrics import ReconstructionMetrics, gaussian_window
-from vaedist.model import reparameterise
+from vaedist.models.seed import reparameterise
 
 
 class PerDimMean(torchmetrics.Metric):

@@ -10,7 +10,7 @@ import torch
 class EvalResult:
     metrics: dict[str, float]  # "val/mse", "val/psnr", "val/ssim", "val/pcc", "val/kl" (+ anything else "val/...")
     kl_per_dim: torch.Tensor  # [latent] mean KL per latent dimension over the split (all ranks)
-    mu: torch.Tensor  # [M, latent] latent means of the split (all ranks, CPU, float32), M bounded by config
+    mu: torch.Tensor  # [M, latent] latent means of the split, flattened (all ranks, CPU, float32), M bounded by config
     labels: torch.Tensor | None  # [M] class index per row of mu, None for unlabelled datasets
     thumbnails: torch.Tensor  # [T, 3, H, W] uint8 images of the first T rows of mu (T <= logging.table_rows)
     originals: torch.Tensor  # [K, 3, H, W] float in [0, 1]: the fixed validation images (same every time)

@@ -131,8 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vaedist.sample", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="where to create coco/ and food-101/")
     parser.add_argument("--coco-layout", choices=["official", "seed"], default="official")
+    defaults = SampleSizes()
+    # Larger trees for the quality benchmark (docs/benchmarks.md: 60 / 20 crops per class)
+    parser.add_argument("--food-train-per-class", type=int, default=defaults.food_train_per_class,
+                        help=f"Food-101 training crops per class (default: {defaults.food_train_per_class})")
+    parser.add_argument("--food-test-per-class", type=int, default=defaults.food_test_per_class,
+                        help=f"Food-101 test crops per class (default: {defaults.food_test_per_class})")
     args = parser.parse_args(argv)
-    trees = build_sample(args.out, coco_layout=args.coco_layout)
+    if args.food_train_per_class < 1 or args.food_test_per_class < 1:
+        parser.error("--food-train-per-class and --food-test-per-class must be at least 1")
+    sizes = SampleSizes(food_train_per_class=args.food_train_per_class, food_test_per_class=args.food_test_per_class)
+    trees = build_sample(args.out, sizes, coco_layout=args.coco_layout)
     for name, path in trees.items():
         print(f"{name}: {path}")
     return 0

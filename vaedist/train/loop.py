@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import shutil
 import signal
+import sys
 from typing import Iterator
 
 import torch
@@ -22,10 +23,11 @@ from vaedist.config import Config
 from vaedist.errors import UserError
 from vaedist.evaluate import evaluate
 from vaedist.files import write_failure
-from vaedist.model import save_model
+from vaedist.losses import kl_warmup_factor
+from vaedist.models import LOGVAR_MAX, save_model
 from vaedist.train.setup import Trainer, close, setup
 from vaedist.train.step import train_step
-from vaedist.train.window import LogWindow
+from vaedist.train.window import LogWindow, WindowTotals
 
 
 def train(cfg: Config, loaders: tuple | None = None, evaluate_at_end: bool = True) -> int:
@@ -67,7 +69,7 @@ def run(t: Trainer, evaluate_at_end: bool = True) -> int:
 def train_epoch(t: Trainer, epoch: int) -> None:
     """One epoch from the position in `t.progress` (inside the epoch after a mid-epoch resume)."""
     cfg, p = t.cfg.train, t.progress
-    window = LogWindow(t.accelerator.device)
+    window = LogWindow(t.accelerator.device, t.cfg.train.blowup_kl)
     with progress_bar(t, epoch) as bar:
         for images, _ in window.timed(epoch_batches(t, epoch)):
             t.roll.at(p.step + 1)  # the heartbeat tells which step this rank is in
@@ -115,9 +117,21 @@ def log(t: Trainer, window: LogWindow, bar: tqdm | None = None) -> None:
     row = totals.row(t.progress.epoch, sched_e.lr(opt_e), sched_d.lr(opt_d), values_per_image=3 * t.cfg.data.size**2)
     if (bad := t.bad_samples.count(t.cfg.data.train_split)) is not None:
         row["train/bad_samples"] = bad
+    row["train/kl_warmup"] = kl_warmup_factor(t.cfg.train, t.progress.step - 1, len(t.train_loader))  # the last step's
     t.tracker.log(row, t.progress.step)
+    if totals.blowups:
+        warn_blowups(t, totals)
     if bar is not None:
         bar.set_postfix(img_s=f"{row['train/images_per_s']:.0f}", loss=f"{row['train/loss_encoder']:.4g}")
+
+
+def warn_blowups(t: Trainer, totals: WindowTotals) -> None:
+    t.blowups += totals.blowups
+    t.accelerator.print(
+        f"warning: {totals.blowups} of the {totals.steps} steps up to step {t.progress.step} blew up (KL per latent "
+        f"value above train.blowup_kl={t.cfg.train.blowup_kl:g}, or a log-variance at its clamp {LOGVAR_MAX:g}); "
+        f"largest KL of one image {totals.kl_max:.3g}. Counted in train/blowups; lower the learning rate or use a "
+        "KL/lr warm-up", file=sys.stderr)
 
 
 def checkpoint(t: Trainer) -> None:
@@ -172,7 +186,8 @@ def export_weights(t: Trainer) -> None:
             error = UserError(f"saving the final weights into '{t.run_dir.final}' failed: {reason}; make room "
                               f"and run the same command again to export them (checkpoint {t.last_checkpoint} is intact)")
     raise_together(t.accelerator, error)
-    t.accelerator.print(f"done: {t.progress.step} steps, {t.progress.epoch} epochs; weights in {t.run_dir.final}")
+    blowups = f", {t.blowups} blow-up steps (train/blowups)" if t.blowups else ""
+    t.accelerator.print(f"done: {t.progress.step} steps, {t.progress.epoch} epochs{blowups}; weights in {t.run_dir.final}")
     print_bad_samples(t)
 
 

@@ -27,7 +27,7 @@ from vaedist.config import Config, save_config
 from vaedist.data import Loader, build_loader
 from vaedist.evaluate.probe import build_probe_loader
 from vaedist.losses import LossWeights, loss_weights
-from vaedist.model import VAE
+from vaedist.models import VAEBase, build_model
 from vaedist.optim import Schedule, build_optimizer, build_schedule
 from vaedist.errors import UserError
 from vaedist.rundir import RunDir
@@ -57,10 +57,10 @@ class Trainer:
     accelerator: Accelerator
     batch: GlobalBatch  # train.batch_size over the processes: vaedist.batch
     model: torch.nn.Module  # prepared (DDP-wrapped when distributed)
-    vae: VAE  # the same model, unwrapped: encode/decode/sample
+    vae: VAEBase  # the same model, unwrapped: encode/decode/sample
     optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer]  # (encoder's, decoder's), unwrapped
     schedules: tuple[Schedule, Schedule]
-    weights: LossWeights
+    weights: LossWeights  # at the full KL weight; train_step applies the KL warm-up
     train_loader: TrainLoader
     val_loader: Loader | None
     run_dir: RunDir
@@ -72,6 +72,7 @@ class Trainer:
     lock: RunLock | None  # the run directory's (rank 0 holds it)
     last_checkpoint: Path | None = None
     probe_loader: Loader | None = None  # labelled datasets: the probe's training subset (vaedist.evaluate.probe)
+    blowups: int = 0  # training steps of this session counted as blow-ups (LogWindow), reported at the end
 
 
 def setup(cfg: Config, loaders: tuple[TrainLoader, Loader | None] | None = None) -> Trainer:
@@ -107,7 +108,7 @@ def build(cfg: Config, accelerator: Accelerator, run_dir: RunDir, lock: RunLock 
           loaders: tuple[TrainLoader, Loader | None] | None) -> Trainer:
     batch = GlobalBatch(cfg.train.batch_size, accelerator.num_processes)
     set_seed(cfg.train.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = build_model(cfg, accelerator)
+    model = build_prepared_model(cfg, accelerator)
     optimizers = (build_optimizer(cfg.train.encoder, model.encoder.parameters()),
                   build_optimizer(cfg.train.decoder, model.decoder.parameters()))
     if loaders is None:
@@ -142,8 +143,9 @@ def build(cfg: Config, accelerator: Accelerator, run_dir: RunDir, lock: RunLock 
     return t
 
 
-def build_model(cfg: Config, accelerator: Accelerator) -> VAE:
-    model = VAE(cfg.model, image_size=cfg.data.size)
+def build_prepared_model(cfg: Config, accelerator: Accelerator) -> VAEBase:
+    """The model of `model.arch`, with SyncBatchNorm and channels-last where the config asks for them."""
+    model = build_model(cfg)
     if accelerator.num_processes > 1 and cfg.train.sync_batchnorm and accelerator.device.type == "cuda":
         # The seed normalised over its whole batch; per-rank statistics would change the model with the GPU count.
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)

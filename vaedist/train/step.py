@@ -1,10 +1,12 @@
 """The training step: one forward, ONE backward, both optimizers (vaedist.losses says why one backward)."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from vaedist.losses import VAELosses, scale_decoder_gradients, vae_losses
-from vaedist.model import prior_pass
+from vaedist.losses import VAELosses, kl_warmup_factor, scale_decoder_gradients, vae_losses
+from vaedist.models.seed import prior_pass
 from vaedist.train.setup import Trainer
 
 
@@ -16,7 +18,8 @@ def train_step(t: Trainer, x: torch.Tensor) -> VAELosses:
     if t.cfg.train.prior_pass:  # the seed's extra decode, for its BatchNorm side effect (see prior_pass)
         with t.accelerator.autocast():
             prior_pass(t.vae, x.shape[0])
-    losses = vae_losses(x, x_rec, mu, logvar, t.weights)
+    warmup = kl_warmup_factor(t.cfg.train, t.progress.step, len(t.train_loader))
+    losses = vae_losses(x, x_rec, mu, logvar, dataclasses.replace(t.weights, kl=warmup * t.weights.kl))
     t.accelerator.backward(t.batch.global_sum(losses.loss_encoder))  # DDP averages: see vaedist.batch
     step_optimizers(t)
     return losses

@@ -19,7 +19,7 @@ from pathlib import Path
 from vaedist.config import load_config
 from vaedist.errors import UserError
 from vaedist.files import write_text_atomic
-from vaedist.model import load_model
+from vaedist.models import load_model
 from vaedist.rundir import RunDir
 
 

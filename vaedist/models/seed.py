@@ -1,26 +1,19 @@
-"""The seed's VAE (seed `models/vae.py`, see SPEC.md), with its widths and latent size taken from the config.
+"""The seed's VAE (seed `models/vae.py`, see SPEC.md), with its widths and latent size taken from the config;
+`model.arch: seed`, the default.
 
-    model = VAE(cfg.model, image_size=cfg.data.size)
+    model = SeedVAE(cfg.model, image_size=cfg.data.size)
     x_rec, mu, logvar = model(x)           # x: [N, 3, S, S] in [-1, 1]
     mu, logvar = model.encode(x)           # [N, latent] each
     x_rec = model.decode(z)                # [N, 3, S, S] in [-1, 1]
-
-A trained model is loaded with `vaedist.load_model(run_dir_or_final_dir)`.
 """
 from __future__ import annotations
 
-import re
-
-from pathlib import Path
-
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vaedist.config import Config, ModelConfig, load_config, save_config
+from vaedist.config import ModelConfig
 from vaedist.errors import ConfigError
-from vaedist.files import atomic_path
-from vaedist.rundir import ModelFiles
+from vaedist.models.base import VAEBase
 
 
 def _down_block(c_in: int, c_out: int, bn_momentum: float) -> nn.Sequential:
@@ -96,7 +89,7 @@ def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Gene
 
 
 @torch.no_grad()
-def prior_pass(model: "VAE", batch_size: int) -> None:
+def prior_pass(model: VAEBase, batch_size: int) -> None:
     """The seed's prior pass, for its side effect: decode `batch_size` draws of z ~ N(0, I) in the model's
     current mode and throw the images away.
 
@@ -110,7 +103,7 @@ def prior_pass(model: "VAE", batch_size: int) -> None:
     Called by the training step when `train.prior_pass` is on (configs/seed_*.yaml).
     """
     device = next(model.parameters()).device
-    model.decode(torch.randn(batch_size, model.latent_dim).to(device))
+    model.decode(torch.randn(batch_size, *model.latent_shape).to(device))
 
 
 def init_weights(module: nn.Module) -> None:
@@ -122,7 +115,7 @@ def init_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-class VAE(nn.Module):
+class SeedVAE(VAEBase):
     def __init__(self, cfg: ModelConfig, image_size: int = 64):
         super().__init__()
         if image_size % 2 ** len(cfg.encoder_channels) or image_size % 2 ** len(cfg.decoder_channels):
@@ -138,58 +131,5 @@ class VAE(nn.Module):
         init_weights(self)
 
     @property
-    def latent_dim(self) -> int:
-        return self.cfg.latent_dim
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encoder(x)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encoder(x)
-        return self.decoder(reparameterise(mu, logvar)), mu, logvar
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, 3, S, S] in [-1, 1] -> reconstructions decoded from the latent means (no sampling noise)."""
-        mu, _ = self.encode(x)
-        return self.decode(mu)
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Decode `n` draws of z ~ N(0, I): [n, 3, S, S] in [-1, 1]."""
-        device = next(self.parameters()).device
-        z = torch.randn(n, self.latent_dim, generator=generator, device=generator.device if generator else device)
-        return self.decode(z.to(device))
-
-
-def save_model(model: VAE, cfg: Config, out_dir: str | Path) -> Path:
-    """Write the weights and the config into `out_dir` (`ModelFiles`; each to a temporary name, then renamed)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = ModelFiles.in_folder(out_dir)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(files.weights) as tmp:
-        save_file(state, str(tmp), metadata={"format": "vaedist-vae", "image_size": str(model.image_size)})
-    save_config(cfg, files.config)
-    return out_dir
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> VAE:
-    """Load a VAE from a `final/` folder, a run folder (uses its `final/`), a checkpoint folder, or a
-    `model.safetensors` file.
-
-    The model comes back in eval mode: `encode`, `decode`, `reconstruct(x)`, `sample(n)`.
-    """
-    files = ModelFiles.find(path)
-    cfg = load_config(files.config)
-    model = VAE(cfg.model, image_size=cfg.data.size)
-    # A checkpoint's weights are Accelerate's, saved from the wrapped model: DDP's and torch.compile's prefixes
-    state = {_WRAPPER_PREFIX.sub("", key): value for key, value in load_file(str(files.weights)).items()}
-    model.load_state_dict(state)
-    return model.to(device).eval()
-
-
-_WRAPPER_PREFIX = re.compile(r"^(?:module\.|_orig_mod\.)+")
+    def latent_shape(self) -> tuple[int, ...]:
+        return (self.cfg.latent_dim,)
