@@ -26,7 +26,8 @@ from vaedist.files import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[3]
 DALI_DISTS = ("nvidia-dali-cuda130", "nvidia-dali-cuda120")
-IMPORT_NAMES = {"pyyaml": "yaml", "pillow": "PIL", **{d: "nvidia.dali" for d in DALI_DISTS}}
+IMPORT_NAMES = {"pyyaml": "yaml", "pillow": "PIL", "faiss-cpu": "faiss", "scikit-learn": "sklearn", "scikit-image": "skimage",
+                **{d: "nvidia.dali" for d in DALI_DISTS}}
 # What the check itself runs besides vaedist's runtime dependencies: pytest, and webdataset, which the tests
 # (the `dev` extra) use to read shards back.
 CHECK_TOOLS = ["pytest", "webdataset"]
