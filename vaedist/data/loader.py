@@ -121,12 +121,15 @@ class Loader:
 
 def build_loader(cfg: DataConfig, split: str, *, train: bool, batch_size: int, accelerator=None,
                  device: torch.device | None = None, shard_id: int | None = None,
-                 num_shards: int | None = None, samples: np.ndarray | None = None) -> Loader:
+                 num_shards: int | None = None, samples: np.ndarray | None = None,
+                 bad_samples: BadSamples | None = None) -> Loader:
     """Build the loader of `split` of the shard directory `cfg.shards`.
 
     `batch_size` is per process. Distribution comes from `accelerator` (shard_id = process_index,
     num_shards = num_processes, device = its device); `shard_id`/`num_shards`/`device` override it
     (tests build two ranks in one process). Raises UserError before any decoding if a shard is bad.
+    `bad_samples`: the record of another loader of the same split (the probe's subset of the training split
+    shares the training loader's), so that a sample found bad once is skipped, and reported, once.
     """
     if accelerator is not None:
         device = device or accelerator.device
@@ -140,7 +143,8 @@ def build_loader(cfg: DataConfig, split: str, *, train: bool, batch_size: int, a
     manifest = load_manifest(cfg.shards)
     shard_indexes = validate_split(cfg.shards, manifest, split)
     index = load_split_index(cfg.shards, manifest, split, shard_indexes)
-    bad_samples = BadSamples(index, split, cfg.bad_samples, cfg.max_bad_fraction)
+    if bad_samples is None or bad_samples.split != split:
+        bad_samples = BadSamples(index, split, cfg.bad_samples, cfg.max_bad_fraction)
     try:
         for i, member, what in index.damaged:  # members found damaged while indexing: the same policy
             bad_samples.add(i, member, what)

@@ -31,9 +31,10 @@ def probe_subset(num_samples: int, count: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 0x9B0BE]).choice(num_samples, size=count, replace=False)).astype(np.int64)
 
 
-def build_probe_loader(cfg: Config, accelerator, batch_size: int) -> Loader | None:
+def build_probe_loader(cfg: Config, accelerator, batch_size: int, bad_samples=None) -> Loader | None:
     """The probe's training images (an evaluation loader over a subset of data.train_split), or None when the
-    dataset has no labels, the probe is off, or there is no training split."""
+    dataset has no labels, the probe is off, or there is no training split. `bad_samples`: the training
+    loader's record of the split's bad samples, shared (each is reported once)."""
     if cfg.probe.train_samples == 0:
         return None
     manifest = load_manifest(cfg.data.shards)
@@ -42,7 +43,7 @@ def build_probe_loader(cfg: Config, accelerator, batch_size: int) -> Loader | No
         return None
     subset = probe_subset(split.samples, cfg.probe.train_samples, cfg.data.seed)
     return build_loader(cfg.data, cfg.data.train_split, train=False, batch_size=batch_size, accelerator=accelerator,
-                        samples=subset)
+                        samples=subset, bad_samples=bad_samples)
 
 
 def probe_scores(train_mu: torch.Tensor, train_labels: torch.Tensor, val_mu: torch.Tensor, val_labels: torch.Tensor,

@@ -114,7 +114,7 @@ def build(cfg: Config, accelerator: Accelerator, run_dir: RunDir, lock: RunLock 
     if loaders is None:
         train_loader, val_loader = build_loaders(cfg, accelerator, batch.per_process)
         manifest = train_loader.manifest
-        probe_loader = build_probe_loader(cfg, accelerator, batch.per_process)
+        probe_loader = build_probe_loader(cfg, accelerator, batch.per_process, train_loader.bad_samples)
     else:
         (train_loader, val_loader), manifest, probe_loader = loaders, None, None
     schedules = (build_schedule(cfg.train.encoder, optimizers[0], len(train_loader), cfg.train.epochs),
