@@ -335,8 +335,11 @@ def test_grid_sweep_killed_with_kill_9_resumes_and_runs_nothing_twice(read_repor
         run_dir, log = out / point.name, out / point.log
         assert_each_step_logged_once(run_dir, epochs)
         spans = attempts(log)
-        assert len(spans) == point.attempts and all(end is not None for _, end in spans)
-        assert all(spans[i + 1][0] >= spans[i][1] for i in range(len(spans) - 1)), spans  # never two at once
+        # the attempt the kill -9 cut may have no end line: the supervisor that would write it died with the sweep
+        # (its process was waited for by the restarted sweep, checked above); every other attempt ended
+        cut = [i for i, (_, end) in enumerate(spans) if end is None]
+        assert len(spans) == point.attempts and (not cut or (point.name in running_at_kill and cut == [0] and len(spans) > 1)), spans
+        assert all(spans[i + 1][0] >= spans[i][1] for i in range(len(spans) - 1) if spans[i][1] is not None), spans  # never two at once
         if point.name in finished_before:  # skipped, not run again
             assert point.attempts == 1 and (run_dir / "metrics.jsonl").read_bytes() == finished_before[point.name]
         elif point.attempts > 1 and "resuming from" in log.read_text().split(START_MARK)[-1]:
