@@ -112,17 +112,7 @@ class RunDir:
 
     def read_metrics(self) -> list[dict]:
         """The logged rows in order; a torn last line (a killed process) is ignored."""
-        if not self.metrics.is_file():
-            return []
-        rows = []
-        for line in self.metrics.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-        return rows
+        return _read_jsonl(self.metrics)
 
     def keep_metrics_until(self, step: int) -> list[dict]:
         """Drop the rows logged after `step` (the checkpoint a training resumes from, 0 for a fresh start), so
@@ -143,17 +133,7 @@ class RunDir:
 
     def read_bad_samples(self) -> list[dict]:
         """The recorded bad samples in order; a torn last line (a killed process) is ignored."""
-        if not self.bad_samples.is_file():
-            return []
-        rows = []
-        for line in self.bad_samples.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-        return rows
+        return _read_jsonl(self.bad_samples)
 
     # --- images/ -------------------------------------------------------------------------------------
 
@@ -267,6 +247,21 @@ class ModelFiles:
         if not files.config.is_file():
             raise UserError(f"'{files.config}' is missing: it holds the model's widths next to {WEIGHTS_NAME}")
         return files
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of an append-only file, in order; a torn last line (a killed writer) is ignored."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 # Every name a run directory holds (for tests/test_architecture.py: no other module spells one).
