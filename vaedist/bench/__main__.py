@@ -3,7 +3,8 @@ import sys
 
 from vaedist.errors import run_cli
 
-COMMANDS = {"shard": "vaedist.bench.shard", "loader": "vaedist.bench.loader", "train": "vaedist.bench.train"}
+COMMANDS = {"shard": "vaedist.bench.shard", "loader": "vaedist.bench.loader", "train": "vaedist.bench.train",
+            "verify": "vaedist.bench.verify"}
 
 
 def main() -> int:
@@ -11,7 +12,8 @@ def main() -> int:
     if len(sys.argv) >= 2 and sys.argv[1] in ("-h", "--help"):
         print(usage + "\n\n  shard   the sharder's images/s against one process decoding the same files\n"
               "  loader  DALI, the reference loader and the cache against the seed's pipeline, side by side\n"
-              "  train   the training step on synthetic data, through the loader, and through the cache")
+              "  train   the training step on synthetic data, through the loader, and through the cache\n"
+              "  verify  verify's SHA-256 hashing: one thread against every core")
         return 0
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         print(usage, file=sys.stderr)

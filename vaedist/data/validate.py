@@ -1,15 +1,17 @@
 """Start-up checks of a split's shards: cheap (stat sizes, parse the .idx files), run before training starts,
 so a missing or truncated shard stops with one line naming it instead of a C++ error mid-epoch.
 
-`verify_split` is the expensive, optional check: SHA-256 of every tar against the manifest, then one pass
+`verify_split` is the expensive, optional check: SHA-256 of every tar against the manifest (on every core,
+`vaedist.data.hashing`), then one pass
 of DALI's own `fn.readers.webdataset` over the tars and index files (missing_component_behavior="error").
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
+from typing import Callable
 
 from vaedist.data.backend import dali_available
+from vaedist.data.hashing import hash_files
 from vaedist.errors import UserError
 from vaedist.shard.format import RESHARD, Manifest, ShardIndex, member_exts, parse_index
 
@@ -57,21 +59,20 @@ def validate_split(shard_dir: str | Path, manifest: Manifest, split: str) -> lis
     return indexes
 
 
-def verify_split(shard_dir: str | Path, manifest: Manifest, split: str, *, dali_reader: bool = True) -> None:
-    """Hash every tar of `split` and compare with the manifest (slow: reads every byte)."""
+def verify_split(shard_dir: str | Path, manifest: Manifest, split: str, *, dali_reader: bool = True,
+                 workers: int | None = None, progress: Callable[[str], None] | None = None) -> None:
+    """Hash every tar of `split` (`workers` at a time, default every core) and compare with the manifest
+    (slow: reads every byte); `progress` gets the lines with the time left."""
     shard_dir = Path(shard_dir)
     validate_split(shard_dir, manifest, split)
-    for info in manifest.splits[split].shards:
-        digest = hashlib.sha256()
-        with open(shard_dir / info.name, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                digest.update(chunk)
-        if info.sha256 and digest.hexdigest() != info.sha256:
+    infos = manifest.splits[split].shards
+    digests = hash_files([shard_dir / info.name for info in infos], workers=workers, label=split, progress=progress)
+    for info in infos:  # the first damaged shard in manifest order, whichever thread finished first
+        if info.sha256 and digests[shard_dir / info.name] != info.sha256:
             raise UserError(f"shard '{shard_dir / info.name}' does not match its SHA-256 in the manifest; {RESHARD}")
     if dali_reader and dali_available():
         from vaedist.data.dali import read_with_webdataset_reader  # nvidia.dali: optional (checked just above)
 
-        infos = manifest.splits[split].shards
         try:
             read_with_webdataset_reader([shard_dir / s.name for s in infos], [shard_dir / s.index for s in infos],
                                         list(member_exts(manifest.labelled)))
