@@ -23,6 +23,7 @@ from vaedist.losses import LossWeights, loss_weights
 from vaedist.model import VAE
 from vaedist.optim import Schedule, build_optimizer, build_schedule
 from vaedist.rundir import RunDir
+from vaedist.threads import plan_threads
 from vaedist.tracking import Tracker
 from vaedist.train.resume import resume
 from vaedist.train.signals import StopRequest
@@ -64,6 +65,7 @@ def setup(cfg: Config, loaders: tuple[TrainLoader, Loader | None] | None = None)
     """Build the run and restore its latest checkpoint. `loaders=(train, val)` replaces the shard loaders
     (benchmarks and tests: synthetic data, no manifest)."""
     accelerator = build_accelerator(cfg)
+    use_cores(cfg, accelerator)
     batch = GlobalBatch(cfg.train.batch_size, accelerator.num_processes)
     set_seed(cfg.train.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_model(cfg, accelerator)
@@ -109,6 +111,17 @@ def build_model(cfg: Config, accelerator: Accelerator) -> VAE:
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def use_cores(cfg: Config, accelerator: Accelerator) -> None:
+    """Split this process's cores between the decoder's threads and torch's (vaedist.threads)."""
+    on_cpu = accelerator.device.type == "cpu"
+    threads = plan_threads(cfg.data.workers, cfg.train.torch_threads, on_cpu=on_cpu)
+    if threads.torch:
+        torch.set_num_threads(threads.torch)
+    if on_cpu:
+        accelerator.print(f"CPU threads per process: {threads.data} decoder + {threads.torch} torch "
+                          f"({threads.cores} cores each; data.workers, train.torch_threads)")
 
 
 def build_loaders(cfg: Config, accelerator: Accelerator, per_process_batch: int) -> tuple[Loader, Loader]:
