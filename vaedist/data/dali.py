@@ -23,7 +23,7 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
-from vaedist.data.index import SplitIndex, TarReader
+from vaedist.data.index import SplitIndex, open_tars
 from vaedist.data.transform import TransformSpec, centre_crop_window
 
 
@@ -66,13 +66,15 @@ class _EpochSource:
 
     def __init__(self, index: SplitIndex, crop: int, inside_only: bool):
         self.index, self.crop, self.inside_only = index, crop, inside_only
-        self.reader = TarReader(index.shard_dir, index.shards)
+        self.reader = open_tars(index.shard_dir, index.shards)
         self.batches: Iterable[np.ndarray] = ()
 
     def __iter__(self):
         ix = self.index
         for batch in self.batches:
-            jpegs = [np.frombuffer(self.reader.view(ix.shard[i], ix.offset[i], ix.size[i]), dtype=np.uint8) for i in batch]
+            # One call per batch: behind a URL, the batch's range requests go out together.
+            members = self.reader.read_many([(ix.shard[i], ix.offset[i], ix.size[i]) for i in batch])
+            jpegs = [np.frombuffer(data, dtype=np.uint8) for data in members]
             # float64 numpy, the same formula and precision as the reference backend's Python numbers
             width, height = ix.stored_width[batch].astype(np.float64), ix.stored_height[batch].astype(np.float64)
             x0, y0, w, h = centre_crop_window(width, height, ix.orig_width[batch].astype(np.float64),

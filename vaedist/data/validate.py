@@ -12,11 +12,13 @@ from typing import Callable
 
 from vaedist.data.backend import dali_available
 from vaedist.data.hashing import hash_files
+from vaedist import remote
 from vaedist.errors import UserError
+from vaedist.remote import is_url
 from vaedist.shard.format import RESHARD, Manifest, ShardIndex, member_exts, parse_index
 
 
-def check_split_name(manifest: Manifest, split: str, shard_dir: Path) -> None:
+def check_split_name(manifest: Manifest, split: str, shard_dir: Path | str) -> None:
     if split not in manifest.splits:
         known = ", ".join(sorted(manifest.splits)) or "none"
         raise UserError(f"split '{split}' is not in '{shard_dir}' (it has: {known}); set data.train_split / data.val_split")
@@ -26,21 +28,27 @@ def check_split_name(manifest: Manifest, split: str, shard_dir: Path) -> None:
 
 def validate_split(shard_dir: str | Path, manifest: Manifest, split: str) -> list[ShardIndex]:
     """Check every shard of `split` against its index and the manifest; return the parsed indexes."""
-    shard_dir = Path(shard_dir)
+    url = is_url(shard_dir)
+    shard_dir = str(shard_dir) if url else Path(shard_dir)
     check_split_name(manifest, split, shard_dir)
     required = member_exts(manifest.labelled)
     indexes = []
     for info in manifest.splits[split].shards:
-        tar, idx_path = shard_dir / info.name, shard_dir / info.index
-        if not tar.is_file():
-            raise UserError(f"shard '{tar}' is missing; {RESHARD}")
-        if not idx_path.is_file():
-            raise UserError(f"index '{idx_path}' of shard '{tar}' is missing; {RESHARD}")
-        tar_bytes = tar.stat().st_size
+        if url:  # the server's sizes and index files: a 404 or a dead server is one line naming the file
+            tar, idx_path = remote.join(shard_dir, info.name), remote.join(shard_dir, info.index)
+            tar_bytes = remote.size(tar, f"shard '{tar}'")
+            idx_text = remote.read_text(idx_path, f"index '{idx_path}' of shard '{tar}'")
+        else:
+            tar, idx_path = shard_dir / info.name, shard_dir / info.index
+            if not tar.is_file():
+                raise UserError(f"shard '{tar}' is missing; {RESHARD}")
+            if not idx_path.is_file():
+                raise UserError(f"index '{idx_path}' of shard '{tar}' is missing; {RESHARD}")
+            tar_bytes, idx_text = tar.stat().st_size, None
         if info.bytes and tar_bytes != info.bytes:
             state = "truncated" if tar_bytes < info.bytes else "larger than recorded"
             raise UserError(f"shard '{tar}' is {state} ({tar_bytes} bytes, manifest says {info.bytes}); {RESHARD}")
-        idx = parse_index(tar, idx_path)
+        idx = parse_index(tar, idx_path, idx_text)
         if len(idx.members) != info.samples:
             raise UserError(
                 f"index '{idx_path}' lists {len(idx.members)} samples but the manifest says shard '{tar}' has {info.samples}; {RESHARD}"
@@ -63,6 +71,9 @@ def verify_split(shard_dir: str | Path, manifest: Manifest, split: str, *, dali_
                  workers: int | None = None, progress: Callable[[str], None] | None = None) -> None:
     """Hash every tar of `split` (`workers` at a time, default every core) and compare with the manifest
     (slow: reads every byte); `progress` gets the lines with the time left."""
+    if is_url(shard_dir):
+        raise UserError(f"verify reads every byte of every shard: run it where the shards are stored, not on "
+                        f"'{shard_dir}'")
     shard_dir = Path(shard_dir)
     validate_split(shard_dir, manifest, split)
     infos = manifest.splits[split].shards
