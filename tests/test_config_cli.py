@@ -54,7 +54,7 @@ def test_training_command_reports_config_mistakes_in_one_line(args, named, tmp_p
         ("train.encoder.betas=[0.9]", "train.encoder.betas"),
         ("train.decoder.betas=[0.9, 1.0]", "train.decoder.betas[1]"),
         ("train.encoder.gamma=.nan", "train.encoder.gamma"),  # NaN fails every range
-        ("data.workers=-1", "data.workers"),
+        ("data.workers=-2", "data.workers"),
         ("data.prefetch=0", "data.prefetch"),
         ("train.keep_checkpoints=0", "train.keep_checkpoints"),
         ("logging.num_samples=-1", "logging.num_samples"),

@@ -4,7 +4,8 @@ import sys
 from vaedist.errors import run_cli
 
 COMMANDS = {"shard": "vaedist.bench.shard", "loader": "vaedist.bench.loader", "train": "vaedist.bench.train",
-            "verify": "vaedist.bench.verify", "run-size": "vaedist.bench.run_size"}
+            "verify": "vaedist.bench.verify", "run-size": "vaedist.bench.run_size",
+            "remote": "vaedist.bench.remote"}
 
 
 def main() -> int:
@@ -14,7 +15,8 @@ def main() -> int:
               "  loader  DALI, the reference loader and the cache against the seed's pipeline, side by side\n"
               "  train   the training step on synthetic data, through the loader, and through the cache\n"
               "  verify  verify's SHA-256 hashing: one thread against every core\n"
-              "  run-size  files and bytes a run writes per evaluation (W&B folder, run dir), bounded vs not")
+              "  run-size  files and bytes a run writes per evaluation (W&B folder, run dir), bounded vs not\n"
+              "  remote  the loader from shards behind a URL against the same shards on local disk")
         return 0
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         print(usage, file=sys.stderr)
