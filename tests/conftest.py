@@ -153,6 +153,7 @@ class TrackingSample:
         "logging.num_reconstructions=6",
         "logging.num_samples=9",
         "logging.table_rows=10",
+        "logging.table_every=1",  # a table at every evaluation; test_tracking_bounded pins the cadence
         "logging.mode=offline",
     ]
 
@@ -226,7 +227,7 @@ class TrackingSample:
                              "train/lr_encoder": 1e-3, "train/images_per_s": 500.0, "train/data_wait": 0.1,
                              "epoch": epoch}, step)
             result = self.evaluation(model, x, labels, cfg)
-            tracker.log_evaluation(result, model, step=step, epoch=epoch)
+            tracker.log_evaluation(result, model, step=step, epoch=epoch, last=epoch == epochs - 1)
             results.append(result)
         return tracker, model, results
 

@@ -109,7 +109,7 @@ def test_non_finite_numbers_are_refused_at_load_naming_the_key(override, named, 
         ("train.encoder.betas=[0.9]", "train.encoder.betas"),
         ("train.decoder.betas=[0.9, 1.0]", "train.decoder.betas[1]"),
         ("train.encoder.gamma=.nan", "train.encoder.gamma"),  # NaN fails every range
-        ("data.workers=-1", "data.workers"),
+        ("data.workers=-2", "data.workers"),
         ("data.prefetch=0", "data.prefetch"),
         ("train.keep_checkpoints=0", "train.keep_checkpoints"),
         ("logging.num_samples=-1", "logging.num_samples"),

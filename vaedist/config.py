@@ -31,7 +31,9 @@ class DataConfig:
     size: int = 64  # output is size x size
     flip: bool = True  # random horizontal flip, training only
     cache: Literal["off", "auto", "device", "host"] = "off"  # decode-once cache of cropped+resized uint8
-    workers: int = 4  # DALI CPU threads / DataLoader worker processes
+    # DALI CPU threads / DataLoader worker processes per training process; -1 = auto (vaedist.threads):
+    # 4 on a GPU, half of the process's cores on the CPU (torch gets the other half)
+    workers: int = -1
     prefetch: int = 2  # batches decoded ahead
     seed: int = 12345  # shuffling and flips; every rank derives its own stream from it
     # A sample that fails to decode (damaged after sharding): `skip` replaces it in its batch and goes on,
@@ -122,6 +124,9 @@ class TrainConfig:
     # Seconds a collective (gradient all-reduce, log row, checkpoint barrier) may wait for the other ranks: a
     # frozen or vanished rank then ends the job (one line naming it) instead of holding it until its time limit.
     collective_timeout: float = 300.0
+    # torch's intra-op threads per process; 0 = auto (vaedist.threads): on the CPU the process's cores minus
+    # the decoder's threads (at least 1), on a GPU torch's own default
+    torch_threads: int = 0
 
 
 @dataclass
@@ -141,6 +146,11 @@ class LoggingConfig:
     num_reconstructions: int = 16  # validation images shown above their reconstructions
     num_samples: int = 25  # prior samples decoded at every evaluation (seed: 25)
     table_rows: int = 512  # rows of the latent-means table (W&B projection panel)
+    # The table (one thumbnail file per row) goes to W&B every table_every evaluations and at the last, so a
+    # 100-epoch run stays under ~2,000 W&B files (1 = every evaluation); thumbnails are thumbnail_size px.
+    table_every: int = 50
+    thumbnail_size: int = 32
+    keep_images: int = 10  # evaluations whose PNGs stay in RUN_DIR/images (plus *_latest.png); 0 = all
     projection_points: int = 2000  # validation latent means in the 2-D scatter
     interpolation_pairs: int = 4  # strips between fixed pairs of validation images (images 2i and 2i+1); 0 = none
     interpolation_steps: int = 8  # images per strip, both ends included (the two reconstructions)
@@ -376,7 +386,7 @@ def validate(cfg: Config) -> None:
     checks: list[tuple[str, Any, tuple[Any, str]]] = [
         ("data.crop", d.crop, _at_least(1)),
         ("data.size", d.size, _at_least(8)),
-        ("data.workers", d.workers, _at_least(0)),
+        ("data.workers", d.workers, _at_least(-1)),
         ("data.prefetch", d.prefetch, _at_least(1)),
         ("data.max_bad_fraction", d.max_bad_fraction, _UNIT),
         ("model.latent_dim", m.latent_dim, _at_least(1)),
@@ -395,6 +405,7 @@ def validate(cfg: Config) -> None:
         ("train.keep_checkpoints", t.keep_checkpoints, _at_least(1)),
         ("train.max_steps", t.max_steps, _at_least(0)),
         ("train.collective_timeout", t.collective_timeout, _POSITIVE),
+        ("train.torch_threads", t.torch_threads, _at_least(0)),
         ("logging.num_reconstructions", log.num_reconstructions, _at_least(0)),
         ("logging.num_samples", log.num_samples, _at_least(0)),
         ("logging.table_rows", log.table_rows, _at_least(0)),
@@ -405,6 +416,9 @@ def validate(cfg: Config) -> None:
         ("probe.val_samples", cfg.probe.val_samples, _at_least(0)),
         ("probe.knn_k", cfg.probe.knn_k, _at_least(1)),
         ("probe.max_iter", cfg.probe.max_iter, _at_least(1)),
+        ("logging.table_every", log.table_every, _at_least(1)),
+        ("logging.thumbnail_size", log.thumbnail_size, _at_least(1)),
+        ("logging.keep_images", log.keep_images, _at_least(0)),
     ]
     for key in ("encoder_channels", "decoder_channels"):
         channels = getattr(m, key)

@@ -3,7 +3,8 @@
     RUN_DIR/
       config.yaml                  the resolved config (file + overrides), written at every start
       metrics.jsonl                one JSON object per logged row, appended a line at a time
-      images/<kind>_e<NNN>.png     one per evaluation (kind: IMAGE_KINDS), and <kind>_latest.png, its copy
+      images/<kind>_e<NNN>.png     one per evaluation (kind: IMAGE_KINDS; the last logging.keep_images
+                                   evaluations), and <kind>_latest.png, a copy of the newest
       checkpoints/step-<NNNNNNNN>/ Accelerate's state (.tmp-step-* and .old-step-* only while one is saved)
       final/                       the trained model: model.safetensors + config.yaml (`ModelFiles`)
       wandb/, wandb_run_id         W&B's own folder and the W&B run id a resumed training continues
@@ -35,6 +36,7 @@ WEIGHTS_NAME = "model.safetensors"
 # The pictures of every evaluation, in the order reports show them.
 IMAGE_KINDS = ("reconstructions", "interpolations", "prior_samples", "latent_pca", "kl_per_dim")
 _CHECKPOINT = re.compile(r"^step-(\d{8,})$")
+_EPOCH_IMAGE = re.compile(r"^(?P<kind>.+)_e(?P<epoch>\d{3,})\.png$")
 _WANDB_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -147,6 +149,28 @@ class RunDir:
         """The PNG of one evaluation, under its epoch's name and as the kind's latest (each atomically)."""
         write_bytes_atomic(self.image(kind, epoch), png)
         write_bytes_atomic(self.latest_image(kind), png)
+
+    def image_epochs(self) -> list[int]:
+        """Epochs that have at least one per-evaluation PNG, oldest first."""
+        if not self.images.is_dir():
+            return []
+        found = {int(m["epoch"]) for p in self.images.iterdir() if (m := _EPOCH_IMAGE.match(p.name))}
+        return sorted(found)
+
+    def prune_images(self, keep: int) -> list[Path]:
+        """Delete the per-evaluation PNGs of all but the newest `keep` evaluations (0: keep all); the
+        *_latest.png copies always stay. Returns what was deleted."""
+        epochs = self.image_epochs()
+        if keep <= 0 or len(epochs) <= keep:
+            return []
+        old = set(epochs[:-keep])
+        removed = []
+        for path in sorted(self.images.iterdir()):
+            match = _EPOCH_IMAGE.match(path.name)
+            if match and int(match["epoch"]) in old:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
 
     # --- checkpoints/ --------------------------------------------------------------------------------
 

@@ -12,9 +12,10 @@ Every method does nothing on processes other than the main one, except `finish`,
 What lands where (the run dir is the record, `vaedist.rundir` its layout; W&B is a view of it):
 - metrics: one row per `log` call: {"step": 100, "epoch": 0, "train/...": ...}.
 - images: per evaluation and kind (reconstructions, interpolations, prior_samples, latent_pca, kl_per_dim), with a latest copy
-  (`vaedist.compare` reads those).
+  (`vaedist.compare` reads those); only the last logging.keep_images evaluations' PNGs stay.
 - W&B under the run dir's wandb/: scalars under "train/..." and "val/...", pictures under "images/...", the
-  latent-means table and the KL histogram under "latents/...". Online when credentials exist, else offline.
+  latent-means table (every logging.table_every evaluations and at the last: each row's thumbnail is a file
+  W&B stages and uploads) and the KL histogram under "latents/...". Online when credentials exist, else offline.
   The W&B run id is kept in the run dir, so that a resumed training continues the same W&B run.
 """
 from __future__ import annotations
@@ -143,6 +144,16 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def thumbnail(image: np.ndarray, size: int) -> np.ndarray:
+    """[H, W, 3] uint8 scaled down so that its longer side is at most `size` (never up)."""
+    height, width = image.shape[:2]
+    if max(height, width) <= size:
+        return image
+    scale = size / max(height, width)
+    shape = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(shape, Image.Resampling.BOX))
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else value.tolist()
@@ -169,6 +180,7 @@ class Tracker:
         self.run = None
         # Steps whose evaluation an earlier session already logged (rank 0 only: it alone reads metrics.jsonl)
         self.evaluated_steps: set[int] = set()
+        self.evaluations = 0  # logged so far, earlier sessions included: the latent table's cadence counts them
         # Same prior noise at every evaluation (and across resumes): a picture that changes shows the decoder.
         generator = torch.Generator().manual_seed(cfg.train.seed)
         self.prior_noise = torch.randn(cfg.logging.num_samples, *latent_shape(cfg), generator=generator)
@@ -179,6 +191,7 @@ class Tracker:
         # Rows logged after the checkpoint we resume from will be logged again (all of them on a fresh start).
         kept = self.run_dir.keep_metrics_until(resumed_step)
         self.evaluated_steps = {int(row["step"]) for row in kept if "val/mse" in row and "step" in row}
+        self.evaluations = len(self.evaluated_steps)
         if cfg.logging.wandb:
             self._start_wandb()
 
@@ -280,10 +293,13 @@ class Tracker:
             model.train(was_training)
         return (decoded + 1) / 2  # the decoder's tanh range [-1, 1] -> [0, 1]
 
-    def log_evaluation(self, result: EvalResult, model: torch.nn.Module, step: int, epoch: int) -> None:
-        """Scalars (result.metrics + val/active_units), pictures (PNG + W&B), latent table, KL histogram."""
+    def log_evaluation(self, result: EvalResult, model: torch.nn.Module, step: int, epoch: int,
+                       last: bool = False) -> None:
+        """Scalars (result.metrics + val/active_units), pictures (PNG + W&B), KL histogram, and the latent table
+        every logging.table_every evaluations and at the `last` one."""
         if not self.active:
             return
+        self.evaluations += 1
         kl_per_dim = result.kl_per_dim.detach().float().cpu()
         units = visualize.active_units(kl_per_dim)
         pictures = {
@@ -303,6 +319,7 @@ class Tracker:
             )
         for kind, image in pictures.items():
             self.run_dir.save_image(kind, epoch, png_bytes(image))
+        self.run_dir.prune_images(self.cfg.logging.keep_images)
 
         scalars = {**result.metrics, "val/active_units": units, "epoch": epoch}
         self.log(scalars, step)
@@ -317,8 +334,9 @@ class Tracker:
             "images/reconstructions": wandb.Image(pictures["reconstructions"], caption="top: validation, below: reconstruction"),
             "images/prior_samples": wandb.Image(pictures["prior_samples"], caption="decoded z ~ N(0, I), fixed noise"),
             "images/kl_per_dim": wandb.Image(pictures["kl_per_dim"]),
-            "latents/means": self.latent_table(result),
         }
+        if last or self.evaluations % self.cfg.logging.table_every == 0:
+            media["latents/means"] = self.latent_table(result)
         if finite_kl:
             media["latents/kl_per_dim"] = wandb.Histogram([v for _, v in finite_kl])
             media["latents/kl_per_dim_bars"] = wandb.plot.bar(
@@ -338,7 +356,8 @@ class Tracker:
         """wandb.Table: thumbnail, class, then one numeric column per latent dimension (mu_000, ...).
 
         One column per dimension is the layout W&B's 2-D projection panel (PCA / t-SNE / UMAP) reads.
-        Bounded by logging.table_rows and by the thumbnails the evaluation kept.
+        Bounded by logging.table_rows and by the thumbnails the evaluation kept; thumbnails are scaled down to
+        logging.thumbnail_size px (box filter: each pixel the mean of the pixels it covers).
         """
         import wandb  # only with logging.wandb=true (see _start_wandb)
 
@@ -348,7 +367,7 @@ class Tracker:
         data = []
         mu = result.mu[:rows].float().cpu().tolist()
         for i in range(rows):
-            thumb = result.thumbnails[i].permute(1, 2, 0).cpu().numpy()
+            thumb = thumbnail(result.thumbnails[i].permute(1, 2, 0).cpu().numpy(), self.cfg.logging.thumbnail_size)
             label = int(result.labels[i]) if result.labels is not None else -1
             name = self.class_names[label] if self.class_names and 0 <= label < len(self.class_names) else ""
             data.append([wandb.Image(thumb), label, name] + mu[i])

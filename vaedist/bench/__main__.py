@@ -5,7 +5,9 @@ from vaedist.errors import run_cli
 
 COMMANDS = {"shard": "vaedist.bench.shard", "loader": "vaedist.bench.loader", "train": "vaedist.bench.train",
             "dedup": "vaedist.bench.dedup", "lambda": "vaedist.bench.lambda_mse",
-            "encode": "vaedist.bench.encode", "quality": "vaedist.bench.quality"}
+            "encode": "vaedist.bench.encode", "quality": "vaedist.bench.quality",
+            "verify": "vaedist.bench.verify", "run-size": "vaedist.bench.run_size",
+            "remote": "vaedist.bench.remote"}
 
 
 def main() -> int:
@@ -17,7 +19,10 @@ def main() -> int:
               "  dedup   the duplicate finder: Hamming search on 265k hashes (index), the near-copy threshold\n"
               "  lambda  the decoder's steps at lambda_mse 1e-6 to 1 with RMSprop, Adam and SGD (its gradient RMS vs eps)\n"
               "  encode  python -m vaedist.encode against the training loader on the same shards\n"
-              "  quality recipes trained for the same steps, val PSNR/SSIM/PCC/KL next to no-learning baselines")
+              "  quality recipes trained for the same steps, val PSNR/SSIM/PCC/KL next to no-learning baselines\n"
+              "  verify  verify's SHA-256 hashing: one thread against every core\n"
+              "  run-size  files and bytes a run writes per evaluation (W&B folder, run dir), bounded vs not\n"
+              "  remote  the loader from shards behind a URL against the same shards on local disk")
         return 0
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         print(usage, file=sys.stderr)

@@ -25,7 +25,7 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
 from vaedist.data.bad_samples import BadSamples
-from vaedist.data.index import SplitIndex, TarReader
+from vaedist.data.index import SplitIndex, open_tars
 from vaedist.data.reference import pillow_problem
 from vaedist.data.transform import TransformSpec, centre_crop_window
 
@@ -69,17 +69,19 @@ class _EpochSource:
 
     def __init__(self, index: SplitIndex, crop: int, inside_only: bool):
         self.index, self.crop, self.inside_only = index, crop, inside_only
-        self.reader = TarReader(index.shard_dir, index.shards)
+        self.reader = open_tars(index.shard_dir, index.shards)
         self.batches: Iterable[np.ndarray] = ()
 
     def jpegs(self, batch: np.ndarray) -> list[np.ndarray]:
         ix = self.index
-        return [np.frombuffer(self.reader.view(ix.shard[i], ix.offset[i], ix.size[i]), dtype=np.uint8) for i in batch]
+        members = self.reader.read_many([(ix.shard[i], ix.offset[i], ix.size[i]) for i in batch])
+        return [np.frombuffer(data, dtype=np.uint8) for data in members]
 
     def __iter__(self):
         ix = self.index
         for batch in self.batches:
-            jpegs = [np.frombuffer(self.reader.view(ix.shard[i], ix.offset[i], ix.size[i]), dtype=np.uint8) for i in batch]
+            # One call per batch: behind a URL, the batch's range requests go out together.
+            jpegs = self.jpegs(batch)
             # the same numpy formula as the reference backend's, on the whole batch at once
             width, height = ix.stored_width[batch], ix.stored_height[batch]
             x0, y0, w, h = centre_crop_window(width, height, ix.orig_width[batch], ix.orig_height[batch], self.crop)

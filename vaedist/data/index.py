@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vaedist.errors import UserError
+from vaedist.remote import RemoteTars, is_url
+from vaedist.remote import join as remote_join
 from vaedist.shard.format import (IMAGE_EXT, LABEL_EXT, META_EXT, RESHARD, DamagedMember, Manifest, ShardIndex, ShardInfo,
                                   decode_label, decode_original_size)
 from vaedist.jpeg import marker_chain_problem
@@ -24,7 +26,7 @@ from vaedist.jpeg import marker_chain_problem
 class SplitIndex:
     """Every sample of one split, in manifest order. Arrays are [num_samples]."""
 
-    shard_dir: Path
+    shard_dir: Path | str  # str: a URL (vaedist.remote)
     shards: list[ShardInfo]
     shard: np.ndarray  # int32: which shard (position in `shards`) holds the sample
     offset: np.ndarray  # int64: the JPEG's data offset in its tar
@@ -62,9 +64,23 @@ class TarReader:
             self._maps[shard] = mm
         return memoryview(mm)[offset : offset + size]
 
+    def read_many(self, requests: list[tuple[int, int, int]]) -> list[memoryview]:
+        return [self.view(s, o, n) for s, o, n in requests]
+
     def __getstate__(self):  # mmaps do not pickle: each DataLoader worker maps the tars again
         return {"_paths": self._paths, "_maps": {}}
 
+
+def open_tars(shard_dir: Path | str, shards: list[ShardInfo]) -> TarReader | RemoteTars:
+    """The member reader of a shard directory: memory-mapped local tars, or range requests to URLs."""
+    if is_url(shard_dir):
+        return RemoteTars([remote_join(str(shard_dir), s.name) for s in shards])
+    return TarReader(Path(shard_dir), shards)
+
+
+# The start of a JPEG read for its size at start-up: its frame header follows EXIF / ICC segments (up to
+# 64 KiB each) in the worst case; a JPEG whose header lies further in is read whole.
+JPEG_HEADER_BYTES = 1 << 16
 
 # Start-of-frame markers (baseline, extended, progressive, lossless; Huffman or arithmetic coded).
 _SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
@@ -102,21 +118,34 @@ def load_split_index(shard_dir: str | Path, manifest: Manifest, split: str, shar
     A member whose content was damaged after sharding (same size, other bytes: only `vaedist.data.verify`'s hash
     sees that) is listed in `damaged` with what is wrong with it, for the loader's bad-sample policy.
     """
-    shard_dir = Path(shard_dir)
+    shard_dir = str(shard_dir) if is_url(shard_dir) else Path(shard_dir)
     shards = manifest.splits[split].shards if shards is None else shards  # `shards`: some of them, e.g. one
-    reader = TarReader(shard_dir, shards)
+    reader = open_tars(shard_dir, shards)
     rows: list[tuple[int, int, int, int, float, float, int, int, str]] = []
     damaged: list[tuple[int, str, str]] = []
     for s, idx in enumerate(shard_indexes):
-        for members, key in zip(idx.members, idx.keys):
+        # One batch of requests per shard behind a URL: every sample's label, meta and JPEG header ranges.
+        wanted, labelled = [], manifest.labelled
+        for members in idx.members:
             off, size = members[IMAGE_EXT]
+            wanted += [(s, *members[META_EXT]), (s, off, min(size, JPEG_HEADER_BYTES))]
+            if labelled and LABEL_EXT in members:
+                wanted.append((s, *members[LABEL_EXT]))
+        fetched = iter(reader.read_many(wanted))
+        for number, (members, key) in enumerate(zip(idx.members, idx.keys)):
+            off, size = members[IMAGE_EXT]
+            meta_bytes, head = next(fetched), next(fetched)
             try:
-                label = (decode_label(bytes(reader.view(s, *members[LABEL_EXT])))
-                         if manifest.labelled and LABEL_EXT in members else -1)
-                orig_w, orig_h = decode_original_size(bytes(reader.view(s, *members[META_EXT])))
+                label = decode_label(bytes(next(fetched))) if labelled and LABEL_EXT in members else -1
+                orig_w, orig_h = decode_original_size(bytes(meta_bytes))
                 # The stored size too, once here, so that batches' crop windows are plain numpy on the host
                 # (in the DALI graph, peeking the size and ~30 scalar operators cost ~40 % of a small JPEG's time).
-                stored_w, stored_h = _stored_size(reader.view(s, off, size))
+                try:
+                    stored_w, stored_h = _stored_size(head)
+                except DamagedMember:
+                    if len(head) == size:
+                        raise
+                    stored_w, stored_h = _stored_size(reader.view(s, off, size))  # header beyond the first 64 KiB
             except DamagedMember as err:
                 damaged.append((len(rows), err.ext, err.what))
                 label = 0 if manifest.labelled else -1  # placeholders: the sample is never decoded
@@ -139,7 +168,7 @@ def load_split_index(shard_dir: str | Path, manifest: Manifest, split: str, shar
     )
 
 
-def _stored_size(data: memoryview) -> tuple[int, int]:
+def _stored_size(data: memoryview | bytes) -> tuple[int, int]:
     problem = marker_chain_problem(data)  # DALI's parser rejects such a file, and may crash in a batch
     if problem is not None:
         raise DamagedMember(IMAGE_EXT, problem)

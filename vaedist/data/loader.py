@@ -30,6 +30,7 @@ from vaedist.data.transform import TransformSpec, flip_and_normalise
 from vaedist.data.validate import validate_split
 from vaedist.errors import UserError
 from vaedist.shard.format import Manifest, load_manifest
+from vaedist.threads import plan_threads
 
 log = logging.getLogger(__name__)
 
@@ -157,13 +158,14 @@ def build_loader(cfg: DataConfig, split: str, *, train: bool, batch_size: int, a
     spec = TransformSpec.from_config(cfg)
 
     backend = resolve_backend(cfg.backend)
+    workers = plan_threads(cfg.workers, 0, on_cpu=device.type == "cpu").data  # data.workers=-1: the auto split
     decoder: Decoder
     if backend == "dali":
         from vaedist.data.dali import DaliDecoder  # nvidia.dali: optional, the reference backend runs without it
 
-        decoder = DaliDecoder(index, spec, batch_size, device, cfg.workers, cfg.prefetch, cfg.seed + shard_id, bad_samples)
+        decoder = DaliDecoder(index, spec, batch_size, device, workers, cfg.prefetch, cfg.seed + shard_id, bad_samples)
     else:
-        decoder = ReferenceDecoder(index, spec, device, cfg.workers, cfg.prefetch, bad_samples)
+        decoder = ReferenceDecoder(index, spec, device, workers, cfg.prefetch, bad_samples)
 
     cache_plan = plan_cache(cfg.cache, len(plan.owned), spec.size, device)
     cache = None if cache_plan.location == "off" else DecodeOnceCache(cache_plan, plan.owned, len(index), spec.size, device)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from vaedist.data.bad_samples import BadSamples
-from vaedist.data.index import SplitIndex, TarReader
+from vaedist.data.index import SplitIndex, open_tars
 from vaedist.data.transform import TransformSpec, centre_crop_window
 
 
@@ -52,7 +52,7 @@ class ShardSamples(torch.utils.data.Dataset):
 
     def __init__(self, index: SplitIndex, spec: TransformSpec):
         self.index, self.spec = index, spec
-        self.reader = TarReader(index.shard_dir, index.shards)
+        self.reader = open_tars(index.shard_dir, index.shards)
 
     def __len__(self) -> int:
         return len(self.index)

@@ -1,10 +1,11 @@
 """Check a shard directory end to end before training on it (after copying it to a cluster, say):
 
-    python -m vaedist.data.verify shards/coco [--split train] [--no-dali] [--workers N]
+    python -m vaedist.data.verify shards/coco [--split train] [--no-dali] [--workers N] [--quiet]
 
 For every split (or the one named), without stopping at the first problem:
   - the split's sample count in manifest.json against the sum of its shards';
-  - every tar and index file the manifest lists (present, sizes, index lines, members) and each tar's SHA-256;
+  - every tar and index file the manifest lists (present, sizes, index lines, members) and each tar's SHA-256,
+    the tars hashed on every core (`vaedist.data.hashing`), with progress lines on stderr that say how long is left;
   - every sample: its .cls and .json readable, its JPEG decoded in full by Pillow (the reference backend's
     decoder) and by DALI on CPU threads (the loader's), so each damaged sample is named: shard, key, member,
     both decoders' reasons;
@@ -15,8 +16,6 @@ byte is read and every image decoded twice: minutes for COCO on a few cores.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,10 +26,12 @@ from typing import Callable
 import numpy as np
 
 from vaedist.data.bad_samples import damaged_member
+from vaedist.data.hashing import default_hash_workers, hash_files
 from vaedist.data.index import TarReader, load_split_index
 from vaedist.data.backend import dali_available
 from vaedist.data.reference import pillow_problem
 from vaedist.data.validate import check_shard, check_split_count, check_split_name
+from vaedist.remote import is_url
 from vaedist.errors import UserError, run_cli
 from vaedist.shard.format import IMAGE_EXT, RESHARD, Manifest, ShardIndex, ShardInfo, load_manifest, member_exts
 
@@ -49,8 +50,13 @@ class SplitReport:
 
 
 def verify_split(shard_dir: str | Path, manifest: Manifest, split: str, *, dali: bool = True, workers: int = 1,
-                 say: Callable[[str], object] = lambda line: None) -> SplitReport:
-    """Every check of the module docstring on `split`; each problem is also passed to `say` as it is found."""
+                 say: Callable[[str], object] = lambda line: None,
+                 progress: Callable[[str], object] = lambda line: None) -> SplitReport:
+    """Every check of the module docstring on `split`; each problem is also passed to `say` as it is found,
+    the hashing's progress lines (with the time left) to `progress`."""
+    if is_url(shard_dir):
+        raise UserError(f"verify reads every byte of every shard: run it where the shards are stored, not on "
+                        f"'{shard_dir}'")
     shard_dir = Path(shard_dir)
     report = SplitReport(split)
     start = time.perf_counter()
@@ -69,17 +75,21 @@ def verify_split(shard_dir: str | Path, manifest: Manifest, split: str, *, dali:
     except UserError as err:
         problem(str(err))
     required = member_exts(manifest.labelled)
-    readable: list[ShardInfo] = []
+    checked: list[tuple[ShardInfo, ShardIndex]] = []
     for info in manifest.splits[split].shards:
         try:
-            idx = check_shard(shard_dir, info, required)
+            checked.append((info, check_shard(shard_dir, info, required)))
         except UserError as err:
             problem(str(err))
-            continue
+    # Every readable tar hashed first, `workers` at a time: the one pass over every byte, on every core.
+    digests = hash_files([shard_dir / info.name for info, _ in checked if info.sha256], workers=workers, label=split,
+                         progress=progress)
+    readable: list[ShardInfo] = []
+    for info, idx in checked:
         readable.append(info)
         report.shards += 1
         report.samples += len(idx.members)
-        if info.sha256 and _sha256(shard_dir / info.name) != info.sha256:
+        if info.sha256 and digests[shard_dir / info.name] != info.sha256:
             problem(f"shard '{shard_dir / info.name}' does not match its SHA-256 in the manifest (changed after "
                     f"sharding); re-copy it or {RESHARD}")
         for line in _sample_problems(shard_dir, manifest, split, info, idx, dali, workers):
@@ -95,13 +105,6 @@ def verify_split(shard_dir: str | Path, manifest: Manifest, split: str, *, dali:
     report.seconds = time.perf_counter() - start
     return report
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _sample_problems(shard_dir: Path, manifest: Manifest, split: str, info: ShardInfo, idx: ShardIndex, dali: bool,
@@ -128,12 +131,6 @@ def _sample_problems(shard_dir: Path, manifest: Manifest, split: str, info: Shar
     return [lines[i] for i in sorted(lines)]
 
 
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vaedist.data.verify", description=__doc__.splitlines()[0],
@@ -141,15 +138,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("shards", help="shard directory (holds manifest.json)")
     parser.add_argument("--split", default=None, help="only this split (default: every split in the manifest)")
     parser.add_argument("--no-dali", action="store_true", help="decode with Pillow only, and skip DALI's webdataset reader")
-    parser.add_argument("--workers", type=int, default=default_workers(), help="decoding threads (default: all cores)")
+    parser.add_argument("--workers", type=int, default=default_hash_workers(),
+                        help="threads that hash shards and decode images (default: every core)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr, only problems and results")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be at least 1 (got {args.workers})")
+    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     manifest = load_manifest(args.shards)
     if args.split is not None and args.split not in manifest.splits:
         raise UserError(f"split '{args.split}' is not in {args.shards}/manifest.json (it has: {', '.join(manifest.splits)})")
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1 (got {args.workers})")
+    progress = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     reports = []
     for split in [args.split] if args.split else list(manifest.splits):
         report = verify_split(args.shards, manifest, split, dali=not args.no_dali, workers=args.workers,
-                              say=lambda line: print(line, flush=True))
+                              say=lambda line: print(line, flush=True), progress=progress)
         print(report.summary(), flush=True)
         reports.append(report)
     bad = [r for r in reports if r.problems]

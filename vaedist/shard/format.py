@@ -67,6 +67,9 @@ from pathlib import Path
 
 from vaedist.errors import UserError
 from vaedist.files import write_json_atomic
+from vaedist.remote import is_url
+from vaedist.remote import join as remote_join
+from vaedist.remote import read_text as read_remote_text
 
 SPLITS = ("train", "val")
 RESHARD = "re-run python -m vaedist.shard with --overwrite"
@@ -302,10 +305,11 @@ class ShardIndex:
     keys: list[str]  # [sample] -> key (member name up to its first dot; v1.1 indexes: "<line number>")
 
 
-def parse_index(tar: Path, index: Path) -> ShardIndex:
-    """Parse a DALI .idx file. Malformed text is a one-line UserError naming the index."""
+def parse_index(tar: Path | str, index: Path | str, text: str | None = None) -> ShardIndex:
+    """Parse a DALI .idx file (or its `text`, fetched from a URL). Malformed text is a one-line UserError
+    naming the index."""
     try:
-        lines = index.read_text().splitlines()
+        lines = (Path(index).read_text() if text is None else text).splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"index '{index}' cannot be read ({err}); {RESHARD}")
     try:
@@ -421,7 +425,11 @@ def write_manifest(manifest: Manifest, shard_dir: str | Path) -> Path:
 
 
 def load_manifest(shard_dir: str | Path) -> Manifest:
-    """Read OUT_DIR/manifest.json; a missing or unreadable manifest is a one-line UserError."""
+    """Read OUT_DIR/manifest.json (OUT_DIR may be a URL: vaedist.remote); a missing or unreadable manifest is a
+    one-line UserError."""
+    if is_url(shard_dir):
+        url = remote_join(str(shard_dir), MANIFEST_NAME)
+        return parse_manifest(read_remote_text(url, f"manifest '{url}'"), url)
     path = manifest_path(shard_dir)
     if not Path(shard_dir).is_dir():
         raise UserError(f"shard directory '{shard_dir}' does not exist (create it with: python -m vaedist.shard ...)")
@@ -430,8 +438,12 @@ def load_manifest(shard_dir: str | Path) -> Manifest:
             f"'{path}' not found: '{shard_dir}' is not a complete shard directory "
             "(run python -m vaedist.shard ... to write it, or re-run it to finish an interrupted one)"
         )
+    return parse_manifest(path.read_text(), path)
+
+
+def parse_manifest(text: str, path: Path | str) -> Manifest:
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(text)
         splits = {
             name: SplitInfo(samples=s["samples"], shards=[ShardInfo(**sh) for sh in s["shards"]],
                             table=TableInfo(**s["table"]) if s.get("table") else None)

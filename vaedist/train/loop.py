@@ -57,11 +57,11 @@ def run(t: Trainer, evaluate_at_end: bool = True) -> int:
         if p.batch_in_epoch >= len(t.train_loader):  # a whole epoch (not cut short by max_steps)
             end_epoch(t)
         if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0:
-            evaluate_and_log(t, epoch)
+            evaluate_and_log(t, epoch, last=p.epoch >= cfg.epochs or steps_done(t))
             evaluated_at = p.step
         checkpoint(t)
     if evaluate_at_end and evaluated_at != p.step:
-        evaluate_and_log(t, max(p.epoch - 1, 0))
+        evaluate_and_log(t, max(p.epoch - 1, 0), last=True)
     export_weights(t)
     return 0
 
@@ -155,7 +155,9 @@ def stop(t: Trainer) -> int:
     return 128 + t.stop.agreed
 
 
-def evaluate_and_log(t: Trainer, epoch: int) -> None:
+def evaluate_and_log(t: Trainer, epoch: int, last: bool = False) -> None:
+    """Evaluate the whole validation split and log it; `last`: the run's final evaluation (its latent table
+    is always logged)."""
     if t.val_loader is None:
         return
     average_batchnorm_statistics(t)
@@ -163,7 +165,7 @@ def evaluate_and_log(t: Trainer, epoch: int) -> None:
     t.bad_samples.share(t.accelerator, t.tracker)  # those the evaluation found (dropped from its metrics)
     if (bad := t.bad_samples.count(t.cfg.data.val_split)) is not None:
         result.metrics["val/bad_samples"] = float(bad)
-    t.tracker.log_evaluation(result, t.vae, step=t.progress.step, epoch=epoch)
+    t.tracker.log_evaluation(result, t.vae, step=t.progress.step, epoch=epoch, last=last)
     t.accelerator.print(f"epoch {epoch} step {t.progress.step}: " + "  ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
 
 

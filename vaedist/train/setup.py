@@ -32,6 +32,7 @@ from vaedist.optim import Schedule, build_optimizer, build_schedule
 from vaedist.errors import UserError
 from vaedist.rundir import RunDir
 from vaedist.runlock import RunLock
+from vaedist.threads import plan_threads
 from vaedist.tracking import Tracker
 from vaedist.train.bad_samples import BadSampleLog
 from vaedist.train.resume import resume
@@ -106,6 +107,7 @@ def lock_run_dir(accelerator: Accelerator, run_dir: RunDir) -> RunLock | None:
 
 def build(cfg: Config, accelerator: Accelerator, run_dir: RunDir, lock: RunLock | None, roll: RollCall,
           loaders: tuple[TrainLoader, Loader | None] | None) -> Trainer:
+    use_cores(cfg, accelerator)
     batch = GlobalBatch(cfg.train.batch_size, accelerator.num_processes)
     set_seed(cfg.train.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_prepared_model(cfg, accelerator)
@@ -152,6 +154,17 @@ def build_prepared_model(cfg: Config, accelerator: Accelerator) -> VAEBase:
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def use_cores(cfg: Config, accelerator: Accelerator) -> None:
+    """Split this process's cores between the decoder's threads and torch's (vaedist.threads)."""
+    on_cpu = accelerator.device.type == "cpu"
+    threads = plan_threads(cfg.data.workers, cfg.train.torch_threads, on_cpu=on_cpu)
+    if threads.torch:
+        torch.set_num_threads(threads.torch)
+    if on_cpu:
+        accelerator.print(f"CPU threads per process: {threads.data} decoder + {threads.torch} torch "
+                          f"({threads.cores} cores each; data.workers, train.torch_threads)")
 
 
 def build_loaders(cfg: Config, accelerator: Accelerator, per_process_batch: int) -> tuple[Loader, Loader]:
