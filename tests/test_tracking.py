@@ -453,7 +453,7 @@ def test_online_mode_without_credentials_is_a_one_line_error(tracking_sample, tm
 
 
 @pytest.fixture(scope="module")
-def bounded_run(tracking_sample, tmp_path_factory):
+def bounded_run(inspect_records, tracking_sample, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("bounded") / "run"
     tracker, _, results = tracking_sample.run(
         run_dir, ["logging.table_every=2", "logging.keep_images=2", "logging.thumbnail_size=16"], epochs=5)
