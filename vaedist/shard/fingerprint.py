@@ -28,6 +28,7 @@ from PIL import Image
 from vaedist.shard.format import ImageHashes
 
 PHASH_INPUT_SIDE = 32  # imagehash.phash's own working size (hash_size 8 x highfreq_factor 4)
+SAMPLE_GRID = 4 * PHASH_INPUT_SIDE  # points sampled per side, then box-averaged 4x4 to imagehash's 32x32
 
 
 def image_hashes(img: Image.Image, straight_from_decoder: bool = False) -> ImageHashes:
@@ -52,13 +53,26 @@ def exact_hash(img: Image.Image, straight_from_decoder: bool = False) -> bytes:
 
 
 def perceptual_hash(img: Image.Image) -> int:
-    # imagehash imports SciPy and numpy (~0.3 s, OpenBLAS's threads): only the worker processes that hash pay
+    # imagehash imports SciPy and numpy (~0.45 s, OpenBLAS's threads): only the worker processes that hash pay
     # for it, not the sharder's writing process (which imports this module through images.py) nor --dedup off
     import imagehash
+    # numpy: imported by imagehash anyway, so kept off the same paths
+    import numpy as np
 
-    channel = img.getchannel("G") if img.mode == "RGB" else img.convert("L")
-    factor = (max(1, channel.width // PHASH_INPUT_SIDE), max(1, channel.height // PHASH_INPUT_SIDE))
-    return int(str(imagehash.phash(channel.reduce(factor))), 16)
+    code = imagehash.phash(thumbnail(img))
+    # imagehash's bits in its own order, row by row, the first most significant (its hex string's order):
+    # int(str(code), 16) is the same integer at ~10x the cost (11 against 1 us here)
+    return int.from_bytes(np.packbits(code.hash).tobytes(), "big")
+
+
+def thumbnail(img: Image.Image) -> Image.Image:
+    """The 32x32 grey image the perceptual hash is of: the green channel (grey: the one channel) at a
+    SAMPLE_GRID x SAMPLE_GRID grid of pixels (nearest), box-averaged 4x4. Reading ~16k pixels, not all of
+    them, is what makes it cheap: 40 us against 260 for a box average over every pixel of a 640x480 photo
+    (2026-12-01, here), and each of the 32x32 values still averages 16 pixels spread over its cell."""
+    sampled = img.resize((SAMPLE_GRID, SAMPLE_GRID), Image.Resampling.NEAREST)
+    channel = sampled.getchannel("G") if sampled.mode == "RGB" else sampled.convert("L")
+    return channel.reduce(SAMPLE_GRID // PHASH_INPUT_SIDE)
 
 
 # --- the pixels in place -------------------------------------------------------------------------------------
