@@ -19,6 +19,7 @@ from vaedist.sample import photo_paths
 from vaedist.shard import load_manifest, shard_dataset
 from vaedist.shard import duplicates
 from vaedist.shard.duplicates import DEFAULT_THRESHOLD, near_pairs
+from vaedist.shard.format import manifest_path
 from vaedist.shard.table import read_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,6 +162,23 @@ def test_dedup_command_on_shards_without_hashes_is_one_line(sample_trees, tmp_pa
                              str(tmp_path / "report")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "--dedup off" in result.stderr
+    assert not (tmp_path / "report").exists()
+
+
+def test_dedup_command_refuses_tables_hashed_with_the_previous_perceptual_hash(reported, tmp_path):
+    # Table version 1 held perceptual hashes of a box average over every pixel; version 2 of a sampled grid:
+    # ~2 bits apart for the same photograph, so comparing the two would miss copies silently
+    out, _ = reported
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    manifest = json.loads(manifest_path(old).read_text())
+    for split in manifest["splits"].values():
+        split["table"]["version"] = 1
+    manifest_path(old).write_text(json.dumps(manifest))
+    result = subprocess.run([sys.executable, "-m", "vaedist.dedup", str(out), str(old), "--out",
+                             str(tmp_path / "report")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "version 1" in result.stderr and "--overwrite" in result.stderr
     assert not (tmp_path / "report").exists()
 
 

@@ -13,6 +13,10 @@ Rows, side by side in one run, on the same files (read once beforehand, so all m
                    report, hashes every image): the added cost of the duplicate finder (goal: under 5 %)
 Parallel efficiency = (sharder img/s / single-process img/s) / N; the goal is >= 80 % on all cores.
 Without --root it writes --images COCO-sized (640x480) JPEG photographs to a temporary folder.
+One-off costs are printed apart: the timed sharders are forked from this process, which has imported
+imagehash and SciPy (and, after the first run, faiss), so they reuse those imports; a real run pays them
+once, in each worker and in the writing process. They are timed in fresh interpreters and put against this
+run and against a COCO-sized one (118,287 images at the measured rate).
 Each row is timed --repeats times, alternating, and the best is kept (other processes add noise). It also
 prints the CPU-time ratio (single-process CPU seconds / CPU seconds of all the sharder's processes): what
 the efficiency would be on otherwise idle cores, a figure that other processes on the machine don't skew.
@@ -24,6 +28,8 @@ import multiprocessing
 import os
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,9 +37,11 @@ from pathlib import Path
 
 from vaedist.sample import build_full_size_jpegs
 from vaedist.shard import DEFAULT_SHARD_SIZE, SOURCES, load_manifest, shard_dataset
+from vaedist.shard.fingerprint import finish_hashes
 from vaedist.shard.images import ImageOptions, ImageRejected, configure_pillow, prepare_image
 from vaedist.shard.sharder import DEDUP_MODES, default_workers
 from vaedist.shard.sources import SourceOptions, list_source
+from vaedist.shard.workers import CHUNKSIZE
 
 
 @dataclass
@@ -69,12 +77,16 @@ class _Stopwatch:
 
 
 def _decode_all(files: list[Path], options: ImageOptions) -> None:
+    """prepare_image on every file, and the perceptual hashes once per CHUNKSIZE images, as the workers do."""
     configure_pillow()
-    for path in files:
-        try:
-            prepare_image(path, options)
-        except ImageRejected:
-            pass
+    for start in range(0, len(files), CHUNKSIZE):
+        pending = []
+        for path in files[start : start + CHUNKSIZE]:
+            try:
+                pending.append(prepare_image(path, options).hashes)
+            except ImageRejected:
+                pass
+        finish_hashes([p for p in pending if p is not None])
 
 
 def time_single_process(files: list[Path], options: ImageOptions) -> Timing:
@@ -93,6 +105,18 @@ def time_plain_processes(files: list[Path], options: ImageOptions, workers: int)
         for process in processes:
             process.join()
     return watch.timing
+
+
+def import_seconds(modules: str, already: str = "numpy") -> float:
+    """Seconds a fresh interpreter takes to import `modules` with `already` imported (the sharder's writing
+    process imports numpy for its tables, and its forked workers inherit it): a run's one-off cost."""
+    code = f"import time, {already}; t = time.perf_counter(); import {modules}; print(time.perf_counter() - t)"
+    runs = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+            for _ in range(3)]
+    return min(runs)
+
+
+COCO_TRAIN_IMAGES = 118_287
 
 
 def time_sharder(dataset: str, root: Path, workers: int, max_side: int | None, out: Path, shard_size: str,
@@ -174,6 +198,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--dedup {args.dedup} adds {best_sharder.wall / off_sharder.wall - 1:+.1%} to the sharder's time "
               f"({best_sharder.cpu / off_sharder.cpu - 1:+.1%} CPU s), {best_single.wall / off_single.wall - 1:+.1%} to "
               f"one process decoding ({(best_single.wall - off_single.wall) / n * 1e3:.2f} ms per image); goal < 5 %")
+        # imagehash.phash imports scipy.fftpack on its first call; duplicates.near_pairs imports faiss
+        workers_import, faiss_import = import_seconds("imagehash, scipy.fftpack"), import_seconds("faiss")
+        one_off = workers_import + faiss_import  # the workers import at once, in parallel: once in wall time
+        coco_wall = COCO_TRAIN_IMAGES / (n / off_sharder.wall)
+        print(f"one-off, not in the rows above: imagehash + SciPy import {workers_import:.2f} s in each worker, faiss "
+              f"{faiss_import:.2f} s in the writing process: +{one_off / off_sharder.wall:.0%} on this run's "
+              f"{n} images, +{one_off / coco_wall:.2%} on a COCO-sized run ({COCO_TRAIN_IMAGES} images, "
+              f"{coco_wall:.0f} s at this rate); the duplicate search grows with the square of the images: "
+              "python -m vaedist.bench dedup index")
     print(f"speed-up {speedup:.2f}x on {workers} workers: parallel efficiency {speedup / workers:.0%} (goal >= 80%); "
           f"this machine's ceiling (plain decoders, no sharding) {best_single.wall / best_plain.wall / workers:.0%}")
     # Other processes steal cores from the workers but not from the single-process row; the CPU-time ratio

@@ -23,10 +23,11 @@ import numpy as np
 from vaedist.shard.format import EXACT_HASH, EXACT_HASH_BYTES, PERCEPTUAL_HASH, ImageHashes
 
 # Hamming distance <= this between two perceptual hashes = a near duplicate (--dedup-threshold). Chosen by
-# measurement (`python -m vaedist.bench dedup threshold`, README "Duplicates"): on the sample's 14 photographs
-# every resized copy (75/50/25 %) is within 4 bits, every re-compression down to JPEG quality 20 within 6
-# (quality 10: 13 of 14 within 8), 11 of 14 2 %-crops within 8; the closest of 2,359 distinct pairs is 18
-# bits apart. 10 would catch a few more copies but, at 265k images, ~36x more chance pairs (~9 at 8 bits).
+# measurement (`python -m vaedist.bench dedup threshold`, README "Duplicates"; re-measured 2026-12-01 for the
+# sampled thumbnail, TABLE_VERSION 2): on the sample's 14 photographs every resized copy (75/50/25 %) is within
+# 8 bits (max 6/6/8), every re-compression down to JPEG quality 20 within 6 (quality 10: 13 of 14 within 8),
+# 12 of 14 2 %-crops within 8; the closest of 2,359 distinct pairs is 18 bits apart. 10 would catch 3 more
+# of the 140 copies but, at 265k images, ~36x more chance pairs (~9 at 8 bits).
 DEFAULT_THRESHOLD = 8
 BLOCK = 16_384  # query rows per faiss call: bounds the result buffers, keeps every core busy
 

@@ -163,9 +163,9 @@ EXACT_HASH = ("xxh3-128 of b'RGBA8 <width> <height>\\n' and the upright image's 
               "row by row (the decoded pixels, mode-normalised to 8-bit RGB: a re-saved copy of the same pixels "
               "matches, a lossy re-encode does not)")
 EXACT_HASH_BYTES = 16
-PERCEPTUAL_HASH = ("imagehash.phash (64 bits, hash_size 8) of the upright image's green channel (grey images: their one "
-                   "channel), first box-averaged by an integer factor to about 32x32 (PIL Image.reduce); bit 63 is the "
-                   "first bit of imagehash's hex string")
+PERCEPTUAL_HASH = ("imagehash.phash (64 bits, hash_size 8) of a 32x32 thumbnail of the upright image's green channel "
+                   "(grey images: their one channel): the pixels at a 128x128 grid (PIL Image.resize, NEAREST), "
+                   "box-averaged 4x4 (Image.reduce); bit 63 is the first bit of imagehash's hex string")
 PERCEPTUAL_HASH_BITS = 64
 
 
@@ -357,7 +357,9 @@ TABLE_COLUMNS: tuple[TableColumn, ...] = (
 )
 HASH_COLUMNS = ("exact", "phash")  # absent from tables written with --dedup off
 COMPUTED_COLUMNS = ("shard", "position")  # filled from the shards' order; every other column from the samples
-TABLE_VERSION = 1  # bumped when a column changes meaning (adding a column does not: readers ask for theirs)
+# bumped when a column changes meaning (adding a column does not: readers ask for theirs). 2: PERCEPTUAL_HASH's
+# thumbnail is a 128x128 sample box-averaged to 32x32, no longer a box average over every pixel
+TABLE_VERSION = 2
 
 
 @dataclass

@@ -5,7 +5,8 @@ grey, no EXIF rotation, no downscale asked for) are stored byte for byte, so the
 the dataset authors published; everything a decoder could render differently — CMYK, palette, alpha,
 16-bit, PNG/WebP/other formats, EXIF orientation — is converted to 8-bit RGB and re-encoded as a JPEG
 at `jpeg_quality`. With `hashes` (--dedup report or drop), the pixels decoded for the check are also
-hashed (fingerprint.py), upright and mode-normalised, before any downscale.
+hashed (fingerprint.py), upright and mode-normalised, before any downscale: the exact hash and the
+perceptual hash's thumbnail here, the perceptual hash itself per chunk (fingerprint.finish_hashes).
 """
 from __future__ import annotations
 
@@ -21,8 +22,7 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vaedist.jpeg import marker_chain_problem
-from vaedist.shard.fingerprint import image_hashes
-from vaedist.shard.format import ImageHashes
+from vaedist.shard.fingerprint import PendingHashes, pending_hashes
 
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000x8000: above any photo in COCO/Food-101 (<= 640 px); ~190 MB as RGB
 DEFAULT_JPEG_QUALITY = 95  # re-encoded images only; copied JPEGs keep their own quality
@@ -49,7 +49,7 @@ class PreparedImage:
     width: int  # upright size (EXIF orientation applied), before any --max-side downscale
     height: int
     copied: bool  # True: the source bytes unchanged; False: re-encoded
-    hashes: ImageHashes | None = None  # with ImageOptions.hashes
+    hashes: PendingHashes | None = None  # with ImageOptions.hashes; fingerprint.finish_hashes completes them
 
 
 class ImageRejected(Exception):
@@ -94,10 +94,10 @@ def prepare_image(path: str | Path, options: ImageOptions) -> PreparedImage:
         upright_w, upright_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
         if _is_clean_jpeg(img, orientation, data) and not scale_to:
             # the decoder's own RGB image: its memory can be hashed in place (fingerprint.py)
-            hashes = image_hashes(img, straight_from_decoder=True) if options.hashes else None
+            hashes = pending_hashes(img, straight_from_decoder=True) if options.hashes else None
             return PreparedImage(jpeg=data, width=width, height=height, copied=True, hashes=hashes)
         clean = _to_rgb(ImageOps.exif_transpose(img) if orientation != 1 else img)
-        hashes = image_hashes(clean, straight_from_decoder=False) if options.hashes else None
+        hashes = pending_hashes(clean, straight_from_decoder=False) if options.hashes else None
         if scale_to:
             clean = clean.resize(scale_to, Image.Resampling.LANCZOS)
         out = io.BytesIO()

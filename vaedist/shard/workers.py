@@ -22,6 +22,7 @@ from functools import partial
 from itertools import islice
 from typing import Callable, Iterator, Sequence
 
+from vaedist.shard.fingerprint import finish_hashes
 from vaedist.shard.format import ImageHashes, IndexEntry, SampleMeta, sample_members
 from vaedist.shard.images import ImageOptions, ImageRejected, PreparedImage, configure_pillow, prepare_image
 from vaedist.shard.plan import PlannedShard, probe_indices
@@ -113,18 +114,21 @@ def _pack_chunk(part: str, items: list[ChunkItem], options: ImageOptions) -> Pac
     indices: list[int] = []
     spans: list[tuple[int, int]] = []
     hashes: list[ImageHashes] = []
-    for item in items:
-        result = _prepare_one(item.path, options)
+    results = [_prepare_one(item.path, options) for item in items]
+    # the perceptual hashes of the chunk's thumbnails, together (fingerprint.finish_hashes says why)
+    finished = iter(finish_hashes([r.hashes for r in results if not isinstance(r, str) and r.hashes is not None]))
+    for item, result in zip(items, results):
         if isinstance(result, str):
             skipped.append((item.index, result))
             continue
-        meta = SampleMeta(item.path_in_root, result.width, result.height, item.split, item.class_name, result.hashes)
+        sample_hashes = next(finished) if result.hashes is not None else None
+        meta = SampleMeta(item.path_in_root, result.width, result.height, item.split, item.class_name, sample_hashes)
         members, size, entries = encode_members(sample_members(item.key, result.jpeg, meta, item.label))
         samples.append([(name, packed + offset, length) for name, offset, length in entries])
         indices.append(item.index)
         spans.append((packed, size))
-        if result.hashes is not None:
-            hashes.append(result.hashes)
+        if sample_hashes is not None:
+            hashes.append(sample_hashes)
         pieces += members
         packed += size
     if packed:
