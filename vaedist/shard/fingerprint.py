@@ -11,14 +11,15 @@ exact (format.EXACT_HASH): xxh3-128 over a header with the size and the upright 
     re-encode (even at quality 100) changes pixels, so it is a *near* copy. With --max-side a JPEG is
     decoded at a reduced scale (DCT-domain, what the sharder stores): its exact hash covers those pixels,
     so byte copies still match exactly but a PNG re-save of it only as a near copy.
-    xxh3, not sha256: this is a duplicate finder, not a signature; xxh3 over a 640x427 image's pixels in
-    place took ~0.14 ms here (its decode ~5.6 ms); 128 bits make an accidental collision among 10^6 images
-    ~10^-27 likely.
+    xxh3, not sha256: this is a duplicate finder, not a signature; xxh3 over a 640x480 image's pixels in
+    place took ~40 us in the worker's loop (its decode and check ~1.1 ms; 2026-12-01, 2-core CPU VM; about
+    the time to read 1.2 MB that has just left the cache); 128 bits make an accidental collision among 10^6
+    images ~10^-27 likely.
 perceptual (format.PERCEPTUAL_HASH): imagehash's pHash (the 8x8 lowest frequencies of a 32x32 DCT, each
     bit above or below their median) of a 32x32 thumbnail of the green channel: a 128x128 grid of pixels
-    (nearest), box-averaged 4x4. Sampling ~16k pixels instead of averaging all of them cut the thumbnail from
-    ~260 to ~40 us on a 640x480 photo (2026-12-01, 2-core CPU VM) and kept the hash where the full average
-    had it: within 1.9 bits on average of imagehash's own pHash of the full-resolution channel on real photos
+    (nearest), box-averaged 4x4. Sampling ~16k pixels instead of averaging all of them takes ~30-40 us on a
+    640x480 photo (2026-12-01, 2-core CPU VM; with the chunked pHash, hashing went from +36 % to +18 % of the
+    decode-and-check time, docs/benchmarks.md) and kept the hash where the full average had it: within 1.9 bits on average of imagehash's own pHash of the full-resolution channel on real photos
     (tests/test_fingerprint.py); sampling straight to 32x32 is 9 bits off on average. Green rather than luma
     because extracting one channel costs about a third of converting to grey. The threshold measurement
     (`python -m vaedist.bench dedup threshold`) is of this definition. Grey images use their one channel,
@@ -103,9 +104,8 @@ def _phash(small: Image.Image) -> int:
 
 def thumbnail(img: Image.Image) -> Image.Image:
     """The 32x32 grey image the perceptual hash is of: the green channel (grey: the one channel) at a
-    SAMPLE_GRID x SAMPLE_GRID grid of pixels (nearest), box-averaged 4x4. Reading ~16k pixels, not all of
-    them, is what makes it cheap: 40 us against 260 for a box average over every pixel of a 640x480 photo
-    (2026-12-01, here), and each of the 32x32 values still averages 16 pixels spread over its cell."""
+    SAMPLE_GRID x SAMPLE_GRID grid of pixels (nearest), box-averaged 4x4, so that each of the 32x32 values
+    still averages 16 pixels spread over its cell (sampled straight to 32x32, resized copies move too far)."""
     sampled = img.resize((SAMPLE_GRID, SAMPLE_GRID), Image.Resampling.NEAREST)
     channel = sampled.getchannel("G") if sampled.mode == "RGB" else sampled.convert("L")
     return channel.reduce(SAMPLE_GRID // PHASH_INPUT_SIDE)
