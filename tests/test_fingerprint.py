@@ -1,7 +1,9 @@
 """The perceptual hash's cheap thumbnail (a sampled grid, not every pixel) against imagehash's own pHash of the
 whole image, and its bits against imagehash's hex string, on the embedded sample's real photographs and on
-COCO-sized crops of them."""
+COCO-sized crops of them; the sharder's chunk-wise hashing against the hashes of each source file."""
 from __future__ import annotations
+
+import shutil
 
 import imagehash
 import numpy as np
@@ -10,7 +12,8 @@ from PIL import Image
 
 from vaedist.sample import build_full_size_jpegs, photo_paths
 from vaedist.shard.duplicates import DEFAULT_THRESHOLD
-from vaedist.shard.fingerprint import perceptual_hash, thumbnail
+from vaedist.shard import shard_dataset
+from vaedist.shard.fingerprint import image_hashes, perceptual_hash, thumbnail
 
 
 def _load(path) -> Image.Image:
@@ -50,3 +53,26 @@ def test_thumbnail_of_a_grey_image_is_the_thumbnail_of_its_rgb_copy():
     grey = next(_load(p) for p in photo_paths() if p.stem == "camera")
     assert grey.mode == "L"
     assert thumbnail(grey).tobytes() == thumbnail(grey.convert("RGB")).tobytes()
+
+
+def test_sharder_gives_each_sample_its_own_hashes_when_a_chunk_holds_rejected_files(tmp_path, read_shards):
+    # The workers hash a chunk's thumbnails after decoding all of it: a rejected file among them must not
+    # shift the hashes onto the wrong samples
+    train = tmp_path / "coco" / "train2017"
+    train.mkdir(parents=True)
+    (tmp_path / "coco" / "val2017").mkdir()
+    for n, path in enumerate(photo_paths()):
+        shutil.copyfile(path, train / path.name)
+        if n % 5 == 1:
+            (train / f"broken_{n}.jpg").write_bytes(path.read_bytes()[: 2000])  # truncated: rejected
+    manifest = shard_dataset("coco", tmp_path / "coco", tmp_path / "out", workers=2, coco_train_dirs=("train2017",),
+                             progress=False)
+    assert len(manifest.skipped) == 3
+    samples = read_shards(tmp_path / "out", manifest).values()
+    assert len(samples) == len(photo_paths())
+    for sample in samples:
+        meta = sample["meta"]
+        with Image.open(tmp_path / "coco" / meta["path"]) as img:
+            img.load()
+            expected = image_hashes(img, straight_from_decoder=True)
+        assert (meta["exact"], meta["phash"]) == (expected.exact_hex, expected.perceptual_hex), meta["path"]

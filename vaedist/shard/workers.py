@@ -187,6 +187,7 @@ def rejected_inputs(pool: ProcessPoolExecutor, listing: SourceListing, options: 
     Only for --val-fraction, whose split must be drawn from valid images before the shards are planned.
     """
     paths = [f"{listing.root}/{s.path}" for s in listing.samples]
+    options = replace(options, hashes=False)  # the reasons only: the writing pass hashes
     rejected: dict[str, str] = {}
     for sample, reason in zip(listing.samples, pool.map(partial(_rejection, options=options), paths, chunksize=CHUNKSIZE)):
         progress(1)
