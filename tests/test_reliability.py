@@ -239,6 +239,25 @@ def test_each_signal_to_the_readme_launcher_stops_every_training_process_with_a_
     assert_same_weights(run, request.getfixturevalue("straight_run" if launcher == "one" else "straight_two"))
 
 
+@pytest.mark.parametrize("launcher", ["one", "two"])
+def test_the_readme_launcher_exits_with_the_trainings_code_after_one_line_without_a_traceback(launcher, tmp_path):
+    """A config mistake: exit code 2 and its one line. `accelerate launch` added a CalledProcessError (one process)
+    or ChildFailedError (two) traceback and exited 1."""
+    proc = subprocess.run(train_command(tmp_path / "no-shards", tmp_path / "run", "model.latent_dim=many",
+                                        launcher=launcher), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in out and "FailedError" not in out, out[-3000:]
+    assert [line for line in out.splitlines() if "error:" in line] == [
+        "train: error: config key 'model.latent_dim' must be an integer, got 'many'"], out[-3000:]
+
+
+def test_the_launcher_passes_on_the_signals_the_training_stops_on():
+    from vaedist.launch import FORWARDED
+    from vaedist.train.signals import StopRequest
+
+    assert FORWARDED == StopRequest.SIGNALS
+
+
 # --- 3. two trainings, one run.dir -------------------------------------------------------------------------
 
 
