@@ -270,23 +270,26 @@ def _snapshot(run_dir: Path) -> dict[str, tuple[int, int]]:
 def test_a_second_training_on_a_busy_run_dir_is_refused_naming_the_holder_before_it_writes(food_shards, tmp_path):
     run = tmp_path / "run"
     first = start(train_command(food_shards, run, "train.epochs=200", "logging.wandb=true"))  # SIGTERM ends it
-    wait_for(lambda: checkpoints(run), first, what="the first training's first checkpoint")
-    holder = json.loads((run / "run.lock").read_text())
-    before = _snapshot(run)
-    runs_before = sorted((run / "wandb").glob("offline-run-*"))
-    for second in (None, "two"):  # python launch/train.py, then the README's two-process launcher
-        proc = subprocess.run(train_command(food_shards, run, "train.epochs=200", "logging.wandb=true", launcher=second),
-                              cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-        errors = [line for line in proc.stderr.splitlines() if line.startswith("train: error:")]
-        assert proc.returncode == 1 and len(errors) == 1, (second, proc.stdout[-2000:] + proc.stderr[-3000:])
-        assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
-        assert f"run.dir '{run}' is in use by another training (host {holder['host']}, pid {first.pid}, started " \
-               f"{holder['started']})" in errors[0]
-        assert _snapshot(run) == before  # no config.yaml rewrite, no metrics truncation, no W&B run
-        assert sorted((run / "wandb").glob("offline-run-*")) == runs_before
-    first.send_signal(signal.SIGTERM)
-    assert first.wait(timeout=120) == 128 + signal.SIGTERM
-    first.stdout.close()
+    try:
+        wait_for(lambda: checkpoints(run), first, what="the first training's first checkpoint")
+        holder = json.loads((run / "run.lock").read_text())
+        before = _snapshot(run)
+        runs_before = sorted((run / "wandb").glob("offline-run-*"))
+        for second in (None, "two"):  # python launch/train.py, then the README's two-process launcher
+            proc = subprocess.run(train_command(food_shards, run, "train.epochs=200", "logging.wandb=true", launcher=second),
+                                  cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+            errors = [line for line in proc.stderr.splitlines() if line.startswith("train: error:")]
+            assert proc.returncode == 1 and len(errors) == 1, (second, proc.stdout[-2000:] + proc.stderr[-3000:])
+            assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+            assert f"run.dir '{run}' is in use by another training (host {holder['host']}, pid {first.pid}, started " \
+                   f"{holder['started']})" in errors[0]
+            assert _snapshot(run) == before  # no config.yaml rewrite, no metrics truncation, no W&B run
+            assert sorted((run / "wandb").glob("offline-run-*")) == runs_before
+    finally:  # a failed check must not leave the first training running its 200 epochs
+        first.send_signal(signal.SIGTERM)
+        code = first.wait(timeout=120)
+        first.stdout.close()
+    assert code == 128 + signal.SIGTERM
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))  # every row once
 
