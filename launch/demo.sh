@@ -22,7 +22,7 @@ run python -m vaedist.shard food101 --root "$out/data/food-101" --out "$out/shar
 
 step "3/5 train the seed VAE on the Food-101 sample (configs/demo.yaml)"
 # One process: the sample is ~150 images. The config's train.precision (auto: bf16 on a GPU) decides precision.
-run accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+run python -m vaedist.launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
     launch/train.py --config configs/demo.yaml data.shards="$out/shards/food101" run.dir="$out/runs/food101"
 
 step "4/5 evaluate the trained weights on the whole validation split"

@@ -1,7 +1,11 @@
 """Train the seed VAE: a thin entry point over `vaedist.train.cli.main`.
 
-    accelerate launch launch/train.py --config configs/coco.yaml [train.epochs=2 data.shards=DIR run.dir=DIR ...]
+    python -m vaedist.launch launch/train.py --config configs/coco.yaml [train.epochs=2 data.shards=DIR run.dir=DIR ...]
+    python -m vaedist.launch --multi_gpu --num_processes 8 launch/train.py --config configs/coco.yaml
     python launch/train.py --config configs/demo.yaml          # one process, no launcher
+
+`python -m vaedist.launch` takes `accelerate launch`'s options and exits with the training's status (128 + the
+signal after SIGTERM/SIGINT, with one process or many); `accelerate launch launch/train.py ...` works too.
 
 Running the same command again with the same run.dir resumes from the latest checkpoint.
 """

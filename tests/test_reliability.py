@@ -3,8 +3,10 @@ damaged after sharding, SIGTERM / SIGKILL to the launcher, two trainings on one 
 disk, a run.dir that cannot hold a run."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -30,23 +32,34 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def readme_command(comment: str) -> tuple[dict[str, str], list[str]]:
+    """The command the README's Train block gives under `# <comment>...`: (environment, argv)."""
+    block = (REPO / "README.md").read_text().split("## Train\n\n```bash\n", 1)[1].split("```", 1)[0]
+    lines = block.split(f"# {comment}", 1)[1].split("\n", 1)[1].replace("\\\n", " ").split("\n", 1)[0]
+    words = shlex.split(lines, comments=True)
+    env = dict(word.split("=", 1) for word in itertools.takewhile(lambda w: "=" in w and not w.startswith("-"), words))
+    return env, words[len(env):]
+
+
+# The README's launcher command lines, up to the script (the script's own arguments are the tests')
+LAUNCHERS = {"one": "one GPU (or the CPU", "two": "CPU only, two processes"}
+
+
 def train_command(shards: Path, run_dir: Path, *extra: str, launcher: str | None = None) -> list[str]:
-    """`python launch/train.py ...`, or the same under `accelerate launch` (launcher "one": the README's one-GPU
-    command, "two": two gloo processes)."""
+    """`python launch/train.py ...`, or the same under the README's launcher command (launcher "one": its one-GPU
+    command, "two": its two-process CPU command), the launcher's part word for word."""
     args = ["launch/train.py", *RUN, f"data.shards={shards}", f"run.dir={run_dir}", *extra]
     if launcher is None:
         return [sys.executable, *args]
-    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-                  "--dynamo_backend", "no"]
-    if launcher == "two":
-        accelerate += ["--multi_gpu", "--num_processes", "2", "--main_process_port", "0"]
-    else:
-        accelerate += ["--num_processes", "1"]
-    return [*accelerate, *args]
+    env, words = readme_command(LAUNCHERS[launcher])
+    assert words[0] == "python" and "launch/train.py" in words and set(env.items()) <= set(ENV.items()), words
+    return [sys.executable, *words[1:words.index("launch/train.py")], *args]
 
 
-def start(cmd: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start(cmd: list[str], env: dict | None = None) -> subprocess.Popen:
+    """In a process group of its own, as a shell runs a command: a terminal's Ctrl-C goes to the whole group."""
+    return subprocess.Popen(cmd, cwd=REPO, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def wait_for(condition, proc: subprocess.Popen | None = None, timeout: float = 180, what: str = "") -> None:
@@ -159,7 +172,8 @@ def test_a_damaged_jpeg_under_the_stop_policy_is_one_line_on_two_processes(damag
     proc = subprocess.run(train_command(shards, tmp_path / "run", "data.bad_samples=stop", launcher="two"), cwd=REPO,
                           env=ENV, capture_output=True, text=True, timeout=600)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("train: error:")]
-    assert proc.returncode != 0 and len(errors) == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.returncode == 1 and len(errors) == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
     (_, tar, key), = [d for d in damaged if d[0] == "train"]
     assert tar in errors[0] and f"'{key}'" in errors[0] and "data.bad_samples=stop" in errors[0]
 
@@ -167,27 +181,81 @@ def test_a_damaged_jpeg_under_the_stop_policy_is_one_line_on_two_processes(damag
 # --- 2. a signal to the launcher ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_a_signal_to_a_one_process_launcher_reaches_the_training_which_checkpoints_and_resumes_exactly(
-        sig, food_shards, straight_run, tmp_path):
-    """SIGTERM used to kill `accelerate launch` and orphan the training; SIGKILL leaves it no time to forward."""
+def trainers(launcher: subprocess.Popen) -> list[int]:
+    return [pid for pid in children(launcher.pid) if "launch/train.py" in Path(f"/proc/{pid}/cmdline").read_text()]
+
+
+def latest_step(run_dir: Path) -> int:
+    return int(checkpoints(run_dir)[-1].split("-")[1]) if checkpoints(run_dir) else 0
+
+
+# (how, signal): SIGTERM to the launcher (kill, SLURM's pre-emption), a terminal's Ctrl-C (SIGINT to the whole
+# process group: with one process the training used to get it twice and abort), SIGKILL to the launcher (no
+# time to pass anything on: the kernel tells the training, vaedist.parent; one process only, see the README)
+STOPS = {"one": [("kill", signal.SIGTERM), ("group", signal.SIGINT), ("kill", signal.SIGKILL)],
+         "two": [("kill", signal.SIGTERM), ("group", signal.SIGINT)]}
+
+
+@pytest.fixture(scope="module")
+def straight_two(food_shards, tmp_path_factory) -> Path:
+    """The uninterrupted two-process run (its BatchNorm statistics are per rank: not the one-process weights)."""
+    run = tmp_path_factory.mktemp("straight_two") / "run"
+    proc = subprocess.run(train_command(food_shards, run, launcher="two"), cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return run
+
+
+@pytest.mark.parametrize("launcher", ["one", "two"])
+def test_each_signal_to_the_readme_launcher_stops_every_training_process_with_a_checkpoint_and_128_plus_signal_and_the_same_command_resumes_exactly(
+        launcher, food_shards, tmp_path, request):
+    """The README's launcher command line, stopped again and again, resumed each time by the same command, ends
+    with the weights of the run never stopped. `accelerate launch` used to exit 1 with a SignalException
+    traceback (two processes) or leave the training running as an orphan (one process)."""
     run = tmp_path / "run"
-    launcher = start(train_command(food_shards, run, launcher="one"))
-    wait_for(lambda: checkpoints(run), launcher, what="the first checkpoint")
-    trainer = lock_holder(run)
-    assert trainer in children(launcher.pid)
-    launcher.send_signal(sig)
-    assert launcher.wait(timeout=60) == -sig  # the launcher's command line exits 128 + signal (a shell's $?)
-    wait_for(lambda: not alive(trainer), timeout=120, what="the orphaned training to stop")
-    out = launcher.stdout.read()  # the training inherited the pipe: its lines too, to its end
-    launcher.stdout.close()
-    assert "SIGTERM: saving a checkpoint, then exiting" in out and "stopped by SIGTERM at step" in out, out[-3000:]
-    stopped_at = int(out.split("stopped by SIGTERM at step ")[1].split(":")[0])
-    assert checkpoints(run)[-1] == f"step-{stopped_at:08d}"
-    resumed = subprocess.run(train_command(food_shards, run, launcher="one"), cwd=REPO, env=ENV, capture_output=True,
+    for number, (how, sig) in enumerate(STOPS[launcher]):
+        proc = start(train_command(food_shards, run, launcher=launcher))
+        after = latest_step(run)
+        wait_for(lambda: latest_step(run) > after, proc, what=f"a checkpoint after step {after}")
+        workers = trainers(proc)
+        assert len(workers) == (2 if launcher == "two" else 1) and lock_holder(run) in workers, workers
+        (os.killpg if how == "group" else os.kill)(proc.pid, sig)
+        code = proc.wait(timeout=120)
+        wait_for(lambda: not any(map(alive, workers)), timeout=120, what="the training processes to stop")
+        out = proc.stdout.read()  # the training processes inherited the pipe: their lines too, to their end
+        proc.stdout.close()
+        name = "SIGTERM" if sig == signal.SIGKILL else sig.name  # the kernel's SIGTERM when the launcher died
+        assert code == (-sig if sig == signal.SIGKILL else 128 + sig), (how, sig, code, out[-3000:])
+        assert "Traceback" not in out and "stopped by " + name in out, out[-3000:]
+        for rank in range(len(workers)):  # each process got the signal once (a second one would abort it)
+            assert out.count(f"[rank {rank}] {name}: saving a checkpoint, then exiting") == 1, out[-3000:]
+        stopped_at = int(out.split(f"stopped by {name} at step ")[1].split(":")[0])
+        assert checkpoints(run)[-1] == f"step-{stopped_at:08d}" and stopped_at > after
+        if number:
+            assert f"resuming from {run / 'checkpoints' / f'step-{after:08d}'}" in out, out[-3000:]
+    resumed = subprocess.run(train_command(food_shards, run, launcher=launcher), cwd=REPO, env=ENV, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert_same_weights(run, straight_run)
+    assert_same_weights(run, request.getfixturevalue("straight_run" if launcher == "one" else "straight_two"))
+
+
+@pytest.mark.parametrize("launcher", ["one", "two"])
+def test_the_readme_launcher_exits_with_the_trainings_code_after_one_line_without_a_traceback(launcher, tmp_path):
+    """A config mistake: exit code 2 and its one line. `accelerate launch` added a CalledProcessError (one process)
+    or ChildFailedError (two) traceback and exited 1."""
+    proc = subprocess.run(train_command(tmp_path / "no-shards", tmp_path / "run", "model.latent_dim=many",
+                                        launcher=launcher), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in out and "FailedError" not in out, out[-3000:]
+    assert [line for line in out.splitlines() if "error:" in line] == [
+        "train: error: config key 'model.latent_dim' must be an integer, got 'many'"], out[-3000:]
+
+
+def test_the_launcher_passes_on_the_signals_the_training_stops_on():
+    from vaedist.launch import FORWARDED
+    from vaedist.train.signals import StopRequest
+
+    assert FORWARDED == StopRequest.SIGNALS
 
 
 # --- 3. two trainings, one run.dir -------------------------------------------------------------------------
@@ -199,27 +267,29 @@ def _snapshot(run_dir: Path) -> dict[str, tuple[int, int]]:
             if p.is_file() and not {"checkpoints", "wandb"} & set(p.parts) and p.name != "metrics.jsonl"}
 
 
-@pytest.mark.parametrize("second", [None, "two"])
-def test_a_second_training_on_a_busy_run_dir_is_refused_naming_the_holder_before_it_writes(second, food_shards, tmp_path):
+def test_a_second_training_on_a_busy_run_dir_is_refused_naming_the_holder_before_it_writes(food_shards, tmp_path):
     run = tmp_path / "run"
-    first = start(train_command(food_shards, run, "train.epochs=12", "logging.wandb=true"))
-    wait_for(lambda: checkpoints(run), first, what="the first training's first checkpoint")
-    holder = json.loads((run / "run.lock").read_text())
-    before = _snapshot(run)
-    runs_before = sorted((run / "wandb").glob("offline-run-*"))
-    proc = subprocess.run(train_command(food_shards, run, "train.epochs=12", "logging.wandb=true", launcher=second),
-                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("train: error:")]
-    assert proc.returncode != 0 and len(errors) == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert f"run.dir '{run}' is in use by another training (host {holder['host']}, pid {first.pid}, started " \
-           f"{holder['started']})" in errors[0]
-    if second is None:
-        assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert _snapshot(run) == before  # no config.yaml rewrite, no metrics truncation, no W&B run
-    assert sorted((run / "wandb").glob("offline-run-*")) == runs_before
-    first.send_signal(signal.SIGTERM)
-    assert first.wait(timeout=120) == 128 + signal.SIGTERM
-    first.stdout.close()
+    first = start(train_command(food_shards, run, "train.epochs=200", "logging.wandb=true"))  # SIGTERM ends it
+    try:
+        wait_for(lambda: checkpoints(run), first, what="the first training's first checkpoint")
+        holder = json.loads((run / "run.lock").read_text())
+        before = _snapshot(run)
+        runs_before = sorted((run / "wandb").glob("offline-run-*"))
+        for second in (None, "two"):  # python launch/train.py, then the README's two-process launcher
+            proc = subprocess.run(train_command(food_shards, run, "train.epochs=200", "logging.wandb=true", launcher=second),
+                                  cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+            errors = [line for line in proc.stderr.splitlines() if line.startswith("train: error:")]
+            assert proc.returncode == 1 and len(errors) == 1, (second, proc.stdout[-2000:] + proc.stderr[-3000:])
+            assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+            assert f"run.dir '{run}' is in use by another training (host {holder['host']}, pid {first.pid}, started " \
+                   f"{holder['started']})" in errors[0]
+            assert _snapshot(run) == before  # no config.yaml rewrite, no metrics truncation, no W&B run
+            assert sorted((run / "wandb").glob("offline-run-*")) == runs_before
+    finally:  # a failed check must not leave the first training running its 200 epochs
+        first.send_signal(signal.SIGTERM)
+        code = first.wait(timeout=120)
+        first.stdout.close()
+    assert code == 128 + signal.SIGTERM
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))  # every row once
 
@@ -233,8 +303,7 @@ def test_a_frozen_rank_makes_the_other_exit_in_bounded_time_with_one_line_naming
     try:
         wait_for(lambda: checkpoints(run), launcher, timeout=240, what="the first checkpoint")
         rank0 = lock_holder(run)
-        workers = [pid for pid in children(launcher.pid) if "launch/train.py" in Path(f"/proc/{pid}/cmdline").read_text()]
-        (rank1,) = [pid for pid in workers if pid != rank0]
+        (rank1,) = [pid for pid in trainers(launcher) if pid != rank0]
         os.kill(rank1, signal.SIGSTOP)
         stopped = time.monotonic()
         wait_for(lambda: not alive(rank0), timeout=15 + 60, what="rank 0 to give up on the frozen rank 1")
@@ -248,7 +317,7 @@ def test_a_frozen_rank_makes_the_other_exit_in_bounded_time_with_one_line_naming
     out = launcher.stdout.read()
     launcher.stdout.close()
     lines = [line for line in out.splitlines() if "train: error:" in line]
-    assert code != 0 and len(lines) == 1, out[-4000:]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in out, out[-4000:]  # rank 0's exit code
     assert "rank 0: a collective at step" in lines[0] and "within train.collective_timeout=15 s" in lines[0]
     assert f"rank 1 (host {socket.gethostname()}, pid {rank1}) has stopped" in lines[0]
     assert rank0_waited < 15 + 30, rank0_waited

@@ -1,4 +1,5 @@
-"""The training command: `accelerate launch launch/train.py --config FILE [key=value ...]` (or python -m vaedist.train)."""
+"""The training command: `python -m vaedist.launch [launcher options] launch/train.py --config FILE [key=value ...]`
+(or `accelerate launch launch/train.py ...`, `python -m vaedist.train ...`)."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ def parse_args(argv: list[str]) -> tuple[Path | None, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if launched():  # a launcher that dies (SIGTERM to a one-process accelerate launch) stops us as SIGTERM would
+    if launched():  # a launcher that dies (kill -9; SIGTERM to a one-process `accelerate launch`) stops us as SIGTERM would
         signal_when_parent_dies()
     config_path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     cfg = load_config(config_path, overrides)
