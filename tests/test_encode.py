@@ -22,9 +22,8 @@ from vaedist.accelerator import build_accelerator
 from vaedist.config import load_config
 from vaedist.data import build_loader
 from vaedist.encode import encode_split, load_for_encoding
-from vaedist.models import build_model, save_model
+from vaedist.models import ARCHITECTURES, build_model, save_model
 from vaedist.shard.format import load_manifest, split_member_name
-from tests.tiny_models import TINY_LATENT_SHAPES, TINY_MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["data.size=32", "data.workers=2"]
@@ -41,16 +40,23 @@ def shards(sample_trees, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module", params=sorted(TINY_MODELS))
+ARCHS = ["seed", "spatial"]  # every architecture the trainer supports (checked below)
+
+
+def test_the_encoder_tests_cover_every_architecture(tiny_models):
+    assert sorted(ARCHS) == sorted(ARCHITECTURES) == sorted(tiny_models)
+
+
+@pytest.fixture(scope="module", params=ARCHS)
 def arch(request) -> str:
-    """Every architecture the trainer supports (model.arch); a test that is about no model's shape takes one."""
+    """model.arch; a test that is about no model's shape takes one (indirect parametrisation)."""
     return request.param
 
 
 @pytest.fixture(scope="module")
-def model_dir(arch, tmp_path_factory) -> Path:
+def model_dir(arch, tiny_models, tmp_path_factory) -> Path:
     """A small real VAE of `arch` saved the way the trainer saves it (final/model.safetensors + config.yaml)."""
-    cfg = load_config(None, SMALL + TINY_MODELS[arch])
+    cfg = load_config(None, SMALL + tiny_models[arch][0])
     torch.manual_seed(0)
     model = build_model(cfg)
     with torch.no_grad():  # BatchNorm statistics away from their (0, 1) defaults, as after training (seed)
@@ -78,9 +84,9 @@ def run_encode(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def test_encoded_latents_load_back_equal_the_models_own_encode(arch, model_dir, shards, tmp_path):
+def test_encoded_latents_load_back_equal_the_models_own_encode(arch, tiny_models, model_dir, shards, tmp_path):
     got = encode(model_dir, shards, tmp_path / "out")
-    shape = TINY_LATENT_SHAPES[arch]
+    shape = tiny_models[arch][1]
     assert load_manifest(tmp_path / "out").options["latents"]["latent_shape"] == shape == got.info.latent_shape
     model, cfg, _ = load_for_encoding(model_dir)
     cfg.data.shards = str(shards)

@@ -25,7 +25,6 @@ from vaedist.models import build_model, save_model
 from vaedist.rundir import RunDir
 from vaedist.shard.format import load_manifest
 from vaedist.tracking import Tracker
-from tests.tiny_models import TINY_LATENT_SHAPES, TINY_MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["data.size=32", "data.workers=2", "logging.num_reconstructions=8", "logging.interpolation_pairs=3",
@@ -65,12 +64,12 @@ def test_probe_subset_is_seeded_sorted_and_bounded():
     assert np.array_equal(probe_subset(10, 50, seed=3), np.arange(10))
 
 
-@pytest.fixture(scope="module", params=sorted(TINY_MODELS))
-def evaluated(request, food_shards, tmp_path_factory):
+@pytest.fixture(scope="module", params=["seed", "spatial"])  # every architecture (test_encode checks the list)
+def evaluated(request, tiny_models, food_shards, tmp_path_factory):
     """The real evaluation of a small VAE of each architecture on the Food-101 sample shards, with the probe's
     training subset."""
     arch = request.param
-    cfg = load_config(None, SMALL + TINY_MODELS[arch] + [f"data.shards={food_shards}"])
+    cfg = load_config(None, SMALL + tiny_models[arch][0] + [f"data.shards={food_shards}"])
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     with torch.no_grad():  # (seed) running statistics away from BatchNorm's (0, 1) start, as after training: images vary
@@ -83,7 +82,7 @@ def evaluated(request, food_shards, tmp_path_factory):
     val = build_loader(cfg.data, "val", train=False, batch_size=5, accelerator=accelerator)
     probe = build_probe_loader(cfg, accelerator, batch_size=5)
     result = evaluate(model, val, accelerator, cfg, probe)
-    return {"arch": arch, "cfg": cfg, "model": model, "result": result, "val": val, "probe": probe}
+    return {"arch": arch, "latent_shape": tiny_models[arch][1], "cfg": cfg, "model": model, "result": result, "val": val, "probe": probe}
 
 
 def test_probe_on_the_food101_sample_is_above_its_chance_level(evaluated):
@@ -100,7 +99,7 @@ def test_interpolation_ends_are_the_reconstructions(evaluated):
     result, model, cfg = evaluated["result"], evaluated["model"], evaluated["cfg"]
     strips = result.interpolations
     assert strips.shape == (3, 5, 3, 32, 32)
-    assert list(model.latent_shape) == TINY_LATENT_SHAPES[evaluated["arch"]]
+    assert list(model.latent_shape) == evaluated["latent_shape"]
     # atol: other batch sizes round differently in the last bits (1e-4 is 1/40 of one grey level)
     torch.testing.assert_close(strips[:, 0], result.reconstructions[0:6:2], rtol=0, atol=1e-4)
     torch.testing.assert_close(strips[:, -1], result.reconstructions[1:6:2], rtol=0, atol=1e-4)
