@@ -148,6 +148,14 @@ def _to_host(all_index: torch.Tensor, all_rows: torch.Tensor) -> tuple[np.ndarra
     return index[real], rows[real, 0], rows[real, 1]
 
 
+def _add_on_main(pending: _PendingShards, gathered: tuple[torch.Tensor, torch.Tensor], main: bool) -> None:
+    """Every rank waits for its gathered batch (so no rank queues more than one batch ahead of the device);
+    the main process keeps the rows."""
+    rows = _to_host(*gathered)
+    if main:
+        pending.add(*rows)
+
+
 def encode_split(model: torch.nn.Module, cfg: Config, weights_sha256: str, *, shards: str | Path, split: str,
                  out: str | Path, accelerator, batch_size: int = 256, dtype: str = "fp32", overwrite: bool = False,
                  after_shard: Callable[[str], None] | None = None, load_ahead: int = 2) -> EncodeSummary:
@@ -215,11 +223,11 @@ def encode_split(model: torch.nn.Module, cfg: Config, weights_sha256: str, *, sh
             for k, (images, _) in enumerate(loaded):  # images [n, 3, S, S] in [-1, 1]
                 gathered = _encode_and_gather(model, images, batches[k], per_process, info.latent_shape,
                                               accelerator, cfg.train.channels_last)
-                if in_flight is not None and main:
-                    pending.add(*_to_host(*in_flight))
+                if in_flight is not None:
+                    _add_on_main(pending, in_flight, main)
                 in_flight = gathered
-            if in_flight is not None and main:
-                pending.add(*_to_host(*in_flight))
+            if in_flight is not None:
+                _add_on_main(pending, in_flight, main)
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - began
     written = pending.written if pending is not None else {}
