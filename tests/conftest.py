@@ -46,6 +46,24 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+# A tiny model of each architecture on 32-pixel images (a few thousand parameters): what the encode, latent and
+# probe tests run every architecture the trainer supports with. arch -> (config overrides, latent shape).
+TINY_MODELS: dict[str, tuple[list[str], list[int]]] = {
+    "seed": (["model.arch=seed", "model.latent_dim=8", "model.encoder_channels=[8,16,32]",
+              "model.decoder_channels=[32,16,8]", "model.hidden_dim=32"], [8]),
+    # LDM's layout at f=4 with DC-AE's shortcuts
+    "spatial": (["model.arch=spatial", "model.spatial.channels=[8,16,16]", "model.spatial.downsample=4",
+                 "model.spatial.norm_groups=4", "model.spatial.latent_channels=4", "model.spatial.shortcuts=true"],
+                [4, 8, 8]),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, tuple[list[str], list[int]]]:
+    """arch -> (config overrides, latent shape at data.size=32) of a tiny model of every architecture."""
+    return TINY_MODELS
+
+
 @pytest.fixture(scope="session")
 def sample_trees(tmp_path_factory) -> dict[str, Path]:
     """Read-only dataset trees: coco (official layout), coco_seed (seed layout), food101. Copy before salting."""

@@ -1,6 +1,6 @@
 """The latent space's numbers and pictures at evaluation: linear probe / k-NN against their chance level (on
-scikit-learn's own separable blobs and on the real Food-101 sample), interpolation strips whose ends are the
-reconstructions, and both shown in W&B (read back with `wandb leet inspect`) and in the comparison page."""
+scikit-learn's own separable blobs and on the real Food-101 sample, for every architecture: the spatial latent is
+probed as its flattened means), interpolation strips whose ends are the reconstructions, and both shown in W&B (read back with `wandb leet inspect`) and in the comparison page."""
 from __future__ import annotations
 
 import json
@@ -21,14 +21,13 @@ from vaedist.config import ProbeConfig, load_config
 from vaedist.data import build_loader
 from vaedist.evaluate import evaluate
 from vaedist.evaluate.probe import PROBE_KEYS, build_probe_loader, probe_scores, probe_subset
-from vaedist.models import SeedVAE as VAE, save_model
+from vaedist.models import build_model, save_model
 from vaedist.rundir import RunDir
 from vaedist.shard.format import load_manifest
 from vaedist.tracking import Tracker
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["data.size=32", "model.latent_dim=8", "model.encoder_channels=[8,16,32]", "model.decoder_channels=[32,16,8]",
-         "model.hidden_dim=32", "data.workers=2", "logging.num_reconstructions=8", "logging.interpolation_pairs=3",
+SMALL = ["data.size=32", "data.workers=2", "logging.num_reconstructions=8", "logging.interpolation_pairs=3",
          "logging.interpolation_steps=5", "probe.knn_k=5", "logging.mode=offline"]
 
 
@@ -65,13 +64,15 @@ def test_probe_subset_is_seeded_sorted_and_bounded():
     assert np.array_equal(probe_subset(10, 50, seed=3), np.arange(10))
 
 
-@pytest.fixture(scope="module")
-def evaluated(food_shards, tmp_path_factory):
-    """The real evaluation of a small VAE on the Food-101 sample shards, with the probe's training subset."""
-    cfg = load_config(None, SMALL + [f"data.shards={food_shards}"])
+@pytest.fixture(scope="module", params=["seed", "spatial"])  # every architecture (test_encode checks the list)
+def evaluated(request, tiny_models, food_shards, tmp_path_factory):
+    """The real evaluation of a small VAE of each architecture on the Food-101 sample shards, with the probe's
+    training subset."""
+    arch = request.param
+    cfg = load_config(None, SMALL + tiny_models[arch][0] + [f"data.shards={food_shards}"])
     torch.manual_seed(0)
-    model = VAE(cfg.model, image_size=cfg.data.size).eval()
-    with torch.no_grad():  # running statistics away from BatchNorm's (0, 1) start, as after training: images vary
+    model = build_model(cfg).eval()
+    with torch.no_grad():  # (seed) running statistics away from BatchNorm's (0, 1) start, as after training: images vary
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.running_mean.uniform_(-0.5, 0.5)
@@ -81,12 +82,13 @@ def evaluated(food_shards, tmp_path_factory):
     val = build_loader(cfg.data, "val", train=False, batch_size=5, accelerator=accelerator)
     probe = build_probe_loader(cfg, accelerator, batch_size=5)
     result = evaluate(model, val, accelerator, cfg, probe)
-    return {"cfg": cfg, "model": model, "result": result, "val": val, "probe": probe}
+    return {"arch": arch, "latent_shape": tiny_models[arch][1], "cfg": cfg, "model": model, "result": result, "val": val, "probe": probe}
 
 
 def test_probe_on_the_food101_sample_is_above_its_chance_level(evaluated):
     """Each sample class is crops of one photograph: even an untrained encoder's means tell them apart."""
     metrics = evaluated["result"].metrics
+    assert set(PROBE_KEYS) <= set(metrics)
     assert metrics["val/probe_chance"] == pytest.approx(1 / 6, abs=0.05)  # 6 balanced classes
     assert metrics["val/probe_acc"] > metrics["val/probe_chance"] + 0.3
     assert metrics["val/knn_acc"] > metrics["val/probe_chance"] + 0.3
@@ -97,6 +99,7 @@ def test_interpolation_ends_are_the_reconstructions(evaluated):
     result, model, cfg = evaluated["result"], evaluated["model"], evaluated["cfg"]
     strips = result.interpolations
     assert strips.shape == (3, 5, 3, 32, 32)
+    assert list(model.latent_shape) == evaluated["latent_shape"]
     # atol: other batch sizes round differently in the last bits (1e-4 is 1/40 of one grey level)
     torch.testing.assert_close(strips[:, 0], result.reconstructions[0:6:2], rtol=0, atol=1e-4)
     torch.testing.assert_close(strips[:, -1], result.reconstructions[1:6:2], rtol=0, atol=1e-4)
@@ -108,6 +111,7 @@ def test_interpolation_ends_are_the_reconstructions(evaluated):
     assert not torch.allclose(strips[:, 0], strips[:, 2], atol=1e-3)  # the strip moves
 
 
+@pytest.mark.parametrize("evaluated", ["seed"], indirect=True)  # W&B and the page: the same for any latent
 def test_probe_and_interpolations_reach_wandb_the_run_dir_and_the_comparison_page(evaluated, tmp_path):
     cfg, result = evaluated["cfg"], evaluated["result"]
     cfg.run.dir = str(tmp_path / "run")
@@ -133,6 +137,7 @@ def test_probe_and_interpolations_reach_wandb_the_run_dir_and_the_comparison_pag
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("evaluated", ["spatial"], indirect=True)  # the in-process evaluation covers the seed's
 def test_evaluate_command_reports_probe_and_knn(evaluated, tmp_path):
     save_model(evaluated["model"], evaluated["cfg"], tmp_path / "final")
     env = {**os.environ, "PYTHONPATH": str(REPO)}

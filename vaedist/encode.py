@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,6 +29,7 @@ import torch
 
 import vaedist
 from vaedist.accelerator import build_accelerator
+from vaedist.background import ahead
 from vaedist.config import Config, load_config, to_dict
 from vaedist.data import build_loader
 from vaedist.data.validate import check_split_name
@@ -46,7 +48,8 @@ class EncodeSummary:
     encoded: int  # by this run (0 when every tar was already there)
     shards_written: int
     shards_kept: int  # written by an earlier, interrupted run
-    seconds: float  # the encoding loop: loader + model + gather + writing
+    seconds: float  # the encoding loop: loader + model + gather + writing (DALI's start included)
+    startup_seconds: float = 0.0  # building the loader before it (the split's index, the sample plan)
 
     @property
     def images_per_s(self) -> float:
@@ -120,12 +123,46 @@ class _PendingShards:
             self.after_shard(self.stems[shard])
 
 
+def _encode_and_gather(model: torch.nn.Module, images: torch.Tensor, indices: np.ndarray, per_process: int,
+                       shape: list[int], accelerator, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collective: one batch's latents, all ranks' rows on the device: (index int64 [W*B], -1 for padding;
+    rows float32 [W*B, 2, *shape], mu and logvar)."""
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with accelerator.autocast():
+        mu, logvar = model.encode(images)
+    n, device = images.shape[0], accelerator.device
+    # Every rank sends a full batch (padded, index -1) so that the gather's shapes agree.
+    sent_index = torch.full((per_process,), -1, dtype=torch.int64, device=device)
+    sent_index[:n] = torch.from_numpy(indices).to(device, non_blocking=True)
+    sent = torch.zeros((per_process, 2, *shape), dtype=torch.float32, device=device)
+    if n:
+        sent[:n, 0], sent[:n, 1] = mu.float(), logvar.float()
+    return accelerator.gather(sent_index), accelerator.gather(sent)
+
+
+def _to_host(all_index: torch.Tensor, all_rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The real rows (index >= 0) of a gathered batch as numpy: (indices [n], mu [n, *shape], logvar [n, *shape])."""
+    index, rows = all_index.cpu().numpy(), all_rows.cpu().numpy()
+    real = index >= 0
+    return index[real], rows[real, 0], rows[real, 1]
+
+
+def _add_on_main(pending: _PendingShards, gathered: tuple[torch.Tensor, torch.Tensor], main: bool) -> None:
+    """Every rank waits for its gathered batch (so no rank queues more than one batch ahead of the device);
+    the main process keeps the rows."""
+    rows = _to_host(*gathered)
+    if main:
+        pending.add(*rows)
+
+
 def encode_split(model: torch.nn.Module, cfg: Config, weights_sha256: str, *, shards: str | Path, split: str,
                  out: str | Path, accelerator, batch_size: int = 256, dtype: str = "fp32", overwrite: bool = False,
-                 after_shard: Callable[[str], None] | None = None) -> EncodeSummary:
+                 after_shard: Callable[[str], None] | None = None, load_ahead: int = 2) -> EncodeSummary:
     """Collective: encode `split` of `shards` with `model` (built from `cfg`) into the latent directory `out`.
 
     `after_shard(stem)` runs on the main process after each latent tar is in place (the tests stop there).
+    `load_ahead`: batches a background thread loads while the model encodes (0: loading in the loop's thread).
     """
     shards, out = Path(shards).resolve(), Path(out)
     source = load_manifest(shards)
@@ -167,34 +204,30 @@ def encode_split(model: torch.nn.Module, cfg: Config, weights_sha256: str, *, sh
                                + [np.zeros(0, np.int64)]).astype(np.int64)
 
     began = time.perf_counter()
-    pending = None
+    pending, startup = None, 0.0
     if len(remaining):
         data = dataclasses.replace(cfg.data, shards=str(shards), cache="off")  # one pass: nothing to cache
         loader = build_loader(data, split, train=False, batch_size=batch_size, accelerator=accelerator, samples=remaining)
+        startup = time.perf_counter() - began
+        began += startup
         index = loader.index
         labels = index.label if index.labelled else None
         pending = _PendingShards(out, stems, starts, counts, index.keys, labels, info.latent_shape,
                                  np.dtype(DTYPES[dtype]), after_shard if main else None)
         batches = loader.plan.batches(0)
         per_process = loader.plan.batch_size
-        with torch.no_grad():
-            for k, (images, _) in enumerate(loader):  # images [n, 3, S, S] in [-1, 1]
-                if cfg.train.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with accelerator.autocast():
-                    mu, logvar = model.encode(images)
-                n = images.shape[0]
-                # Every rank sends a full batch (padded, index -1) so that the gather's shapes agree.
-                sent_index = torch.full((per_process,), -1, dtype=torch.int64, device=device)
-                sent_index[:n] = torch.from_numpy(batches[k]).to(device)
-                sent = torch.zeros((2, per_process, *info.latent_shape), dtype=torch.float32, device=device)
-                if n:
-                    sent[0, :n], sent[1, :n] = mu.float(), logvar.float()
-                all_index = accelerator.gather(sent_index).cpu().numpy()
-                all_rows = accelerator.gather(sent.transpose(0, 1).contiguous()).cpu().numpy()  # [W*B, 2, *shape]
-                if main:
-                    real = all_index >= 0
-                    pending.add(all_index[real], all_rows[real, 0], all_rows[real, 1])
+        in_flight = None  # the previous batch's gathered rows, still on the device
+        # Batch k+1 is loaded (a background thread) while batch k is encoded, and batch k's rows are copied to
+        # the host (a sync with the device) only once batch k+1's encoding is queued: see `ahead`.
+        with closing(ahead(loader, load_ahead)) as loaded, torch.inference_mode():
+            for k, (images, _) in enumerate(loaded):  # images [n, 3, S, S] in [-1, 1]
+                gathered = _encode_and_gather(model, images, batches[k], per_process, info.latent_shape,
+                                              accelerator, cfg.train.channels_last)
+                if in_flight is not None:
+                    _add_on_main(pending, in_flight, main)
+                in_flight = gathered
+            if in_flight is not None:
+                _add_on_main(pending, in_flight, main)
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - began
     written = pending.written if pending is not None else {}
@@ -212,7 +245,7 @@ def encode_split(model: torch.nn.Module, cfg: Config, weights_sha256: str, *, sh
         splits = {**kept_splits, split: SplitInfo(samples=total, shards=infos)}
         write_manifest(out, source, info, splits, tool=f"vaedist {vaedist.__version__} encode")
     accelerator.wait_for_everyone()
-    return EncodeSummary(split, total, len(remaining), len(written), sum(kept), seconds)
+    return EncodeSummary(split, total, len(remaining), len(written), sum(kept), seconds, startup)
 
 
 def load_for_encoding(path: str | Path) -> tuple[torch.nn.Module, Config, str]:
@@ -258,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                            batch_size=args.batch_size, dtype=args.dtype, overwrite=args.overwrite)
     accelerator.print(
         f"{split}: {summary.samples} samples in '{args.out}' ({args.dtype}); encoded {summary.encoded} now "
-        f"({summary.images_per_s:.0f} images/s on {accelerator.num_processes} process(es)), "
+        f"({summary.images_per_s:.0f} images/s on {accelerator.num_processes} process(es), after "
+        f"{summary.startup_seconds:.1f} s of start-up), "
         f"{summary.shards_written} tars written, {summary.shards_kept} kept from an earlier run"
     )
     # Close the process group now (a gloo thread left to interpreter shutdown can abort a successful run).
