@@ -5,6 +5,7 @@ parity test and the fallback where DALI does not import.
 from __future__ import annotations
 
 import io
+import multiprocessing
 import struct
 from typing import Iterator
 
@@ -66,6 +67,14 @@ class ShardSamples(torch.utils.data.Dataset):
             return torch.zeros((3, self.spec.size, self.spec.size), dtype=torch.uint8), i, _short(err)
 
 
+# Workers are forked from a forkserver, a clean process that has imported this module but runs no threads,
+# not from the training process: that one runs DALI's, torch's and OpenMP's threads, and a child forked while
+# one of them holds a lock can crash (a DataLoader worker segfaulted so, seen in the test suite after DALI
+# pipelines had run in the same process). The forkserver starts once per process; its workers fork in ms.
+_WORKER_CONTEXT = multiprocessing.get_context("forkserver")
+_WORKER_CONTEXT.set_forkserver_preload([__name__])
+
+
 class ReferenceDecoder:
     """Turns batches of sample indices into uint8 [N, 3, size, size] on `device`, in DataLoader workers.
     A sample that fails to decode goes to `bad` (policy), and its batch is fixed by `bad`'s rule."""
@@ -81,6 +90,7 @@ class ReferenceDecoder:
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=[b.tolist() for b in batches], num_workers=self.workers,
             prefetch_factor=self.prefetch if self.workers else None, pin_memory=self.device.type == "cuda",
+            multiprocessing_context=_WORKER_CONTEXT if self.workers else None,
         )
         for batch, (images, _, reasons) in zip(batches, loader):
             if any(reasons):
