@@ -17,7 +17,8 @@ from vaedist.config import DataConfig
 from vaedist.data import build_loader, validate_split
 from vaedist.data.cache import plan_cache
 from vaedist.data.dali import read_with_webdataset_reader
-from vaedist.data.index import jpeg_size, load_split_index
+from vaedist.data.index import load_split_index
+from vaedist.jpeg import jpeg_size
 from vaedist.data.verify import verify_split
 from vaedist.errors import UserError
 from vaedist.shard import load_manifest, shard_dataset

@@ -22,6 +22,7 @@ from functools import partial
 from itertools import islice
 from typing import Callable, Iterator, Sequence
 
+from vaedist.jpeg import jpeg_size
 from vaedist.shard.format import ImageHashes, IndexEntry, SampleMeta, sample_members
 from vaedist.shard.images import ImageOptions, ImageRejected, PreparedImage, configure_pillow, prepare_image
 from vaedist.shard.plan import PlannedShard, probe_indices
@@ -85,6 +86,7 @@ class PackedChunk:
     indices: list[int]  # [packed sample] -> its index in listing.samples
     spans: list[tuple[int, int]]  # [packed sample] -> (offset, bytes) of all its members in the part
     hashes: list[ImageHashes] | None  # [packed sample] -> its hashes; None when not asked for
+    sizes: list[tuple[int, int, int, int]]  # [packed sample] -> (width, height) original, then stored (the table's)
 
 
 def _prepare_one(path: str, options: ImageOptions) -> PreparedImage | str:
@@ -113,6 +115,7 @@ def _pack_chunk(part: str, items: list[ChunkItem], options: ImageOptions) -> Pac
     indices: list[int] = []
     spans: list[tuple[int, int]] = []
     hashes: list[ImageHashes] = []
+    sizes: list[tuple[int, int, int, int]] = []
     for item in items:
         result = _prepare_one(item.path, options)
         if isinstance(result, str):
@@ -123,6 +126,7 @@ def _pack_chunk(part: str, items: list[ChunkItem], options: ImageOptions) -> Pac
         samples.append([(name, packed + offset, length) for name, offset, length in entries])
         indices.append(item.index)
         spans.append((packed, size))
+        sizes.append((result.width, result.height, *jpeg_size(result.jpeg)))  # the loader's start-up reads these
         if result.hashes is not None:
             hashes.append(result.hashes)
         pieces += members
@@ -133,7 +137,7 @@ def _pack_chunk(part: str, items: list[ChunkItem], options: ImageOptions) -> Pac
             write_pieces(fd, pieces)
         finally:
             os.close(fd)
-    return PackedChunk(part, packed, samples, skipped, indices, spans, hashes if options.hashes else None)
+    return PackedChunk(part, packed, samples, skipped, indices, spans, hashes if options.hashes else None, sizes)
 
 
 def chunk_tasks(output: OutputDir, listing: SourceListing, keys: list[str],
