@@ -61,7 +61,7 @@ class ShardSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
         ix = self.index
-        jpeg = bytes(self.reader.view(ix.shard[i], ix.offset[i], ix.size[i]))
+        jpeg = bytes(self.reader.read_many([(ix.shard[i], ix.offset[i], ix.size[i])])[0])
         problem = marker_chain_problem(jpeg)
         if problem is None:
             try:
