@@ -17,7 +17,8 @@ from vaedist.config import DataConfig
 from vaedist.data import build_loader, validate_split
 from vaedist.data.cache import plan_cache
 from vaedist.data.dali import read_with_webdataset_reader
-from vaedist.data.index import jpeg_size, load_split_index
+from vaedist.data.index import load_split_index
+from vaedist.jpeg import jpeg_size
 from vaedist.data.verify import verify_split
 from vaedist.errors import UserError
 from vaedist.shard import load_manifest, shard_dataset
@@ -282,13 +283,25 @@ def test_missing_shard_stops_with_one_line_naming_it(salted):
     assert victim.name in message and "missing" in message
 
 
-def test_index_that_does_not_match_its_tar_stops_with_one_line(salted):
+def without_tables(shard_dir: Path) -> Path:
+    """The manifest of a vaedist before the per-split tables: the loader's old start-up (the tars' members)."""
+    raw = json.loads((shard_dir / "manifest.json").read_text())
+    for split in raw["splits"].values():
+        split["table"] = None
+    (shard_dir / "manifest.json").write_text(json.dumps(raw))
+    return shard_dir
+
+
+def test_index_that_does_not_match_its_tar_stops_the_old_start_up_with_one_line_and_the_table_never_reads_it(salted):
     info = load_manifest(salted).splits["train"].shards[0]
     idx = salted / info.index
     lines = idx.read_text().splitlines()
     fields = lines[-1].split()
     fields[1] = str(10**9)  # an offset beyond the end of the tar
     idx.write_text("\n".join(lines[:-1] + [" ".join(fields)]) + "\n")
+    # the table holds the offsets: start-up reads no .idx, so the loader is unaffected (verify names it)
+    assert len(collect(build_loader(cfg(salted), "train", train=False, batch_size=16))[0]) == 60
+    without_tables(salted)
     message = one_line_error(salted)
     assert info.index in message and info.name in message and "does not match" in message
 
@@ -333,28 +346,42 @@ def damage_member(shard_dir: Path, ext: str, edit) -> tuple[str, str]:
 
 @pytest.mark.parametrize("backend", ["dali", "reference"])
 def test_damaged_jpeg_header_stops_with_one_line_naming_shard_key_and_member(salted, backend):
+    """Found when its batch reads it, before a decoder sees it (start-up reads the table, not the JPEGs)."""
     name, key = damage_member(salted, "jpg", lambda jpg: b"\0" * 64 + jpg[64:])
+    loader = build_loader(cfg(salted, backend=backend, bad_samples="stop"), "train", train=True, batch_size=4)
     with pytest.raises(UserError) as err:
-        build_loader(cfg(salted, backend=backend, bad_samples="stop"), "train", train=True, batch_size=4)
+        for _ in loader:
+            pass
     message = str(err.value)
     assert "\n" not in message
     assert name in message and f"'{key}'" in message and ".jpg member that has no start-of-image marker" in message
     assert "data.bad_samples=stop" in message and "re-run python -m vaedist.shard with --overwrite" in message
-    # skip (the default): the sample is known bad from the start and never decoded
+    # skip (the default): named once, replaced in its batch, known bad from then on
     loader = build_loader(cfg(salted, backend=backend), "train", train=True, batch_size=4)
-    assert [(b.shard, b.key, b.member) for b in loader.bad_samples.known.values()] == [(name, key, "jpg")]
     assert all(len(x) == 4 for x, _ in loader)
+    assert [(b.shard, b.key, b.member) for b in loader.bad_samples.known.values()] == [(name, key, "jpg")]
 
 
-def test_damaged_label_stops_with_one_line_naming_shard_key_and_member(salted):
-    name, key = damage_member(salted, "cls", lambda cls: b"Z" * len(cls))
+@pytest.mark.parametrize("ext, edit", [("cls", lambda cls: b"Z" * len(cls)), ("json", lambda js: b"}" + js[1:])])
+def test_a_damaged_label_or_metadata_member_is_never_read_by_the_loader(shards, salted, ext, edit):
+    """The table holds each sample's label and sizes: a .cls or .json damaged after sharding cannot hurt a
+    training (verify still names it, test_verify_names_every_bad_sample...); the old start-up, below, reads it."""
+    damage_member(salted, ext, edit)
+    loader = build_loader(cfg(salted, bad_samples="stop"), "train", train=False, batch_size=16)
+    clean = build_loader(cfg(shards["food"]), "train", train=False, batch_size=16)
+    (x, y), (clean_x, clean_y) = collect(loader), collect(clean)
+    assert not loader.bad_samples.known and torch.equal(x, clean_x) and torch.equal(y, clean_y)
+
+
+def test_damaged_label_stops_the_old_start_up_with_one_line_naming_shard_key_and_member(salted):
+    name, key = damage_member(without_tables(salted), "cls", lambda cls: b"Z" * len(cls))
     message = one_line_error(salted, bad_samples="stop")
     assert name in message and f"'{key}'" in message and ".cls member" in message and "not a class index" in message
     assert "is damaged" in message and "--overwrite" in message
 
 
-def test_damaged_metadata_stops_with_one_line_naming_shard_key_and_member(salted):
-    name, key = damage_member(salted, "json", lambda js: b"}" + js[1:])  # not JSON any more
+def test_damaged_metadata_stops_the_old_start_up_with_one_line_naming_shard_key_and_member(salted):
+    name, key = damage_member(without_tables(salted), "json", lambda js: b"}" + js[1:])  # not JSON any more
     message = one_line_error(salted, bad_samples="stop")
     assert name in message and f"'{key}'" in message and ".json member" in message and "not valid JSON" in message
     assert "is damaged" in message and "--overwrite" in message
@@ -469,10 +496,10 @@ def test_more_bad_samples_than_the_budget_stop_the_run_saying_to_reshard(salted)
     assert len(batches_of(loader, 0)) == len(loader) and len(loader.bad_samples) == 2
 
 
-def test_a_broken_marker_chain_is_found_at_start_up_before_dali_can_crash_on_it(salted, tmp_path):
+def test_a_broken_marker_chain_is_found_in_its_batch_before_dali_can_crash_on_it(salted, tmp_path):
     """DALI 2.4's CPU decoder segfaults on such a JPEG in a batch of a few dozen (6 runs in 6 at batch 48
-    here, measured with the training order); no exception handler survives that, so the start-up check must find it first. In a subprocess:
-    a crash fails this test instead of killing pytest."""
+    here, measured with the training order); no exception handler survives that, so the source must find it
+    as it reads the batch, before DALI sees it. In a subprocess: a crash fails this test instead of killing pytest."""
     for info in load_manifest(salted).splits["train"].shards[:2]:
         tar = salted / info.name
         _edit_member(tar, _member_names(tar, "jpg")[0], break_marker_chain)
@@ -480,8 +507,9 @@ def test_a_broken_marker_chain_is_found_at_start_up_before_dali_can_crash_on_it(
         "from vaedist.config import DataConfig\nfrom vaedist.data import build_loader\n"
         f"loader = build_loader(DataConfig(shards={str(salted)!r}, workers=1, max_bad_fraction=0.05), 'train', "
         "train=False, batch_size=64)\n"
+        "images = sum(len(x) for x, _ in loader)\n"
         "print(sorted(b.reason for b in loader.bad_samples.known.values()))\n"
-        "print(sum(len(x) for x, _ in loader))\n")
+        "print(images)\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     reasons, images = proc.stdout.splitlines()[-2:]

@@ -18,7 +18,7 @@ from vaedist import remote
 from vaedist.config import DataConfig
 from vaedist.data import build_loader
 from vaedist.errors import UserError
-from vaedist.shard.format import load_manifest
+from vaedist.shard.format import load_manifest, table_name
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 pytestmark = pytest.mark.skipif(NGINX is None, reason="needs nginx (apt-get install nginx-light)")
@@ -116,12 +116,23 @@ def test_http_shards_give_the_same_batches_as_local_ones_with_range_requests(ser
     local = build_loader(DataConfig(shards=str(food_shards), backend=backend, workers=1), "train", train=True, batch_size=8)
     over_http = build_loader(DataConfig(shards=url, backend=backend, workers=1), "train", train=True, batch_size=8)
     assert len(over_http) == len(local)
+    start_up = server.requests()  # the manifest and the table, each one GET; a HEAD per tar (its size); no .idx
+    got = [r[1].rsplit("/", 1)[1] for r in start_up if r[0] == "GET" and r[1].startswith("/food101/")]
+    assert got == ["manifest.json", table_name("train")]
+    assert not [r for r in start_up if r[1].endswith(".idx") or (r[1].endswith(".tar") and r[0] != "HEAD")]
     (x_http, y_http), (x_local, y_local) = collect(over_http), collect(local)
     assert torch.equal(y_http, y_local) and torch.equal(x_http, x_local)
     tars = [r for r in server.requests() if r[1].endswith(".tar") and r[0] == "GET"]
     assert tars and all(r[2] == "206" and r[3].startswith('"bytes=') for r in tars)  # ranges, never a whole tar
     tar_bytes = sum(s.bytes for s in load_manifest(food_shards).splits["train"].shards)
-    assert sum(int(r[4]) for r in tars) < 2 * tar_bytes  # start-up reads + one epoch, no re-download per batch
+    assert sum(int(r[4]) for r in tars) < 1.2 * tar_bytes  # one epoch's JPEGs, no re-download per batch
+
+
+def test_a_404_table_is_one_line_naming_it(served):
+    server, root = served
+    (root / table_name("val")).unlink()
+    with pytest.raises(UserError, match=rf"table '{server.url}/food101/{table_name('val')}' is not on the server"):
+        build_loader(DataConfig(shards=f"{server.url}/food101", backend="reference"), "val", train=False, batch_size=8)
 
 
 def test_a_missing_url_is_one_line_naming_it(served):

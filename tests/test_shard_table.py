@@ -3,7 +3,12 @@ order, read back with numpy alone and checked against the shards as tarfile and 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
+import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -12,10 +17,15 @@ import pytest
 import xxhash
 from PIL import Image
 
+from vaedist.config import DataConfig
+from vaedist.data import build_loader
+from vaedist.data.index import open_split_index
 from vaedist.errors import UserError
 from vaedist.shard import load_manifest, shard_dataset
-from vaedist.shard.format import TABLE_COLUMNS, split_member_name, table_name, write_manifest
+from vaedist.shard.format import HASH_COLUMNS, TABLE_COLUMNS, split_member_name, table_name, write_manifest
 from vaedist.shard.table import read_table
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +84,8 @@ def test_table_hashes_are_the_json_hashes_and_the_exact_hash_is_of_the_pixels(fo
 def test_dedup_off_writes_a_table_without_hashes_and_null_hashes_in_json(sample_trees, tmp_path, read_shards):
     manifest = shard_dataset("food101", sample_trees["food101"], tmp_path, workers=2, dedup="off", progress=False)
     table = read_table(tmp_path, manifest, "train")
-    assert list(table.dtype.names) == ["key", "shard", "position"] and len(table) == manifest.splits["train"].samples
+    unhashed = [c.name for c in TABLE_COLUMNS if c.name not in HASH_COLUMNS]
+    assert list(table.dtype.names) == unhashed and len(table) == manifest.splits["train"].samples
     assert manifest.duplicates is None
     assert all(s["meta"]["exact"] is None and s["meta"]["phash"] is None for s in read_shards(tmp_path, manifest).values())
     with pytest.raises(UserError, match="--dedup off.*--dedup report"):
@@ -104,3 +115,145 @@ def test_a_missing_or_changed_table_is_a_one_line_error_naming_it(food_table_sha
     write_manifest(manifest, out)
     with pytest.raises(UserError, match="no val table"):
         read_table(out, load_manifest(out), "val")
+
+
+# --- the loader's columns, their rebuild for older shards, and the loader reading them --------------------
+
+
+def _tar_jpegs(path: Path) -> dict[str, tuple[int, int, bytes]]:
+    """key -> (data offset, size, bytes) of each .jpg member, as Python's tarfile finds them."""
+    with tarfile.open(path) as tar:
+        return {split_member_name(m.name)[0]: (m.offset_data, m.size, tar.extractfile(m).read())
+                for m in tar.getmembers() if m.name.endswith(".jpg")}
+
+
+@pytest.mark.parametrize("dataset", ["food101", "coco"])
+def test_loader_columns_are_what_tarfile_pillow_and_the_members_say(dataset, food_table_shards, sample_trees,
+                                                                      tmp_path, read_shards):
+    if dataset == "food101":
+        out = food_table_shards
+    else:  # unlabelled, and --max-side: stored and original sizes differ
+        out = tmp_path / "coco"
+        shard_dataset("coco", sample_trees["coco"], out, workers=2, shard_size="300KB", max_side=160, progress=False)
+    manifest = load_manifest(out)
+    samples = read_shards(out, manifest)
+    for split, info in manifest.splits.items():
+        table = np.load(out / table_name(split), allow_pickle=False)
+        jpegs = {}
+        for shard in info.shards:
+            jpegs.update(_tar_jpegs(out / shard.name))
+        for row in table:
+            key = row["key"].decode()
+            offset, size, data = jpegs[key]
+            sample = samples[key]
+            assert (int(row["jpeg_offset"]), int(row["jpeg_size"])) == (offset, size)
+            assert (int(row["width"]), int(row["height"])) == (sample["meta"]["width"], sample["meta"]["height"])
+            with Image.open(io.BytesIO(data)) as img:
+                assert (int(row["stored_width"]), int(row["stored_height"])) == img.size
+            assert int(row["label"]) == (int(sample["cls"]) if "cls" in sample else -1)
+        if dataset == "coco":
+            assert (table["stored_width"] < table["width"]).any() and (table["label"] == -1).all()
+
+
+def _older_copy(shards: Path, out: Path, version: int | None) -> Path:
+    """A copy as an older vaedist left it: no table (None) or a version 1 table (no loader columns)."""
+    shutil.copytree(shards, out)
+    manifest = load_manifest(out)
+    for split, info in manifest.splits.items():
+        path = out / table_name(split)
+        if version is None:
+            path.unlink()
+            info.table = None
+        else:
+            old = np.load(path)[["key", "shard", "position", "exact", "phash"]]
+            packed = np.zeros(len(old), np.dtype([(n, old.dtype[n]) for n in old.dtype.names]))
+            for name in old.dtype.names:
+                packed[name] = old[name]
+            np.save(path, packed)
+            info.table.columns, info.table.version = list(packed.dtype.names), 1
+            info.table.bytes, info.table.sha256 = path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()
+    write_manifest(manifest, out)
+    return out
+
+
+@pytest.mark.parametrize("version", [None, 1], ids=["no-table", "table-v1"])
+def test_older_shards_load_by_the_old_path_with_a_hint_and_the_rebuild_command_restores_the_table(
+        version, food_table_shards, tmp_path, caplog):
+    older = _older_copy(food_table_shards, tmp_path / "older", version)
+    with caplog.at_level(logging.WARNING, logger="vaedist.data.index"):
+        old = open_split_index(older, load_manifest(older), "train")
+    hints = [r.getMessage() for r in caplog.records if "rebuild_table" in r.getMessage()]
+    assert len(hints) == 1 and "\n" not in hints[0] and f"python -m vaedist.shard.rebuild_table {older}" in hints[0]
+    new = open_split_index(food_table_shards, load_manifest(food_table_shards), "train")  # the sharder's table
+    for name in ("shard", "offset", "size", "label", "orig_width", "orig_height", "stored_width", "stored_height"):
+        assert np.array_equal(getattr(old, name), getattr(new, name)) and getattr(old, name).dtype == getattr(new, name).dtype
+    assert old.keys == new.keys
+
+    proc = subprocess.run([sys.executable, "-m", "vaedist.shard.rebuild_table", str(older)], capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rebuilt, original = load_manifest(older), load_manifest(food_table_shards)
+    for split in original.splits:  # the sharder's table less the hashes (an older directory's are of another thumbnail)
+        table, sharded = np.load(older / table_name(split)), np.load(food_table_shards / table_name(split))
+        assert list(table.dtype.names) == [n for n in sharded.dtype.names if n not in ("exact", "phash")]
+        assert all(np.array_equal(table[n], sharded[n]) for n in table.dtype.names)
+        assert rebuilt.splits[split].table.columns == list(table.dtype.names)
+        assert f"{split}: no image hashes carried over" in proc.stdout
+    assert not [p.name for p in older.iterdir() if p.name.startswith(".")]  # no temporary left behind
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vaedist.data.index"):
+        open_split_index(older, rebuilt, "train")
+    assert not caplog.records
+
+
+def test_the_rebuild_command_restores_a_lost_current_table_byte_for_byte(food_table_shards, tmp_path):
+    copy = Path(shutil.copytree(food_table_shards, tmp_path / "copy"))
+    for split in load_manifest(copy).splits:
+        (copy / table_name(split)).unlink()  # the manifest still lists it (version 2): its hashes are current
+    proc = subprocess.run([sys.executable, "-m", "vaedist.shard.rebuild_table", str(copy)], capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0 and "no image hashes" not in proc.stdout, proc.stderr[-2000:]
+    original = load_manifest(food_table_shards)
+    for split in original.splits:  # byte for byte the sharder's table, and the manifest lists it
+        assert (copy / table_name(split)).read_bytes() == (food_table_shards / table_name(split)).read_bytes()
+        assert load_manifest(copy).splits[split].table == original.splits[split].table
+
+
+def test_the_rebuild_command_names_a_damaged_member_and_writes_nothing(food_table_shards, tmp_path):
+    older = _older_copy(food_table_shards, tmp_path / "older", None)
+    info = load_manifest(older).splits["val"].shards[0]
+    tar = older / info.name
+    with tarfile.open(tar) as tf:
+        member = next(m for m in tf.getmembers() if m.name.endswith(".json"))
+    data = bytearray(tar.read_bytes())
+    data[member.offset_data] = ord("}")  # not JSON any more, same size
+    tar.write_bytes(bytes(data))
+    before = (older / "manifest.json").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "vaedist.shard.rebuild_table", str(older)], capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert info.name in line and split_member_name(member.name)[0] in line and ".json member" in line
+    assert (older / "manifest.json").read_bytes() == before and not (older / table_name("val")).exists()
+
+
+def test_start_up_reads_no_tar_and_a_changed_table_is_one_line_naming_it(food_table_shards, tmp_path):
+    copy = Path(shutil.copytree(food_table_shards, tmp_path / "copy"))
+    manifest = load_manifest(copy)
+    for shard in manifest.splits["train"].shards:  # every member unreadable, every size as recorded
+        path = copy / shard.name
+        path.write_bytes(b"\0" * path.stat().st_size)
+    loader = build_loader(DataConfig(shards=str(copy), workers=1, bad_samples="stop"), "train", train=True, batch_size=4)
+    assert len(loader.index) == manifest.splits["train"].samples and not loader.bad_samples.known
+    with pytest.raises(UserError, match="no start-of-image marker"):  # the first batch reads its JPEGs
+        next(iter(loader))
+
+    table = copy / table_name("train")
+    data = bytearray(table.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes
+    table.write_bytes(bytes(data))
+    with pytest.raises(UserError) as err:
+        build_loader(DataConfig(shards=str(copy), workers=1), "train", train=True, batch_size=4)
+    message = str(err.value)
+    assert "\n" not in message and str(table) in message and "sha256" in message
+    assert f"python -m vaedist.shard.rebuild_table {copy}" in message

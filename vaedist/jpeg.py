@@ -4,10 +4,18 @@ first start-of-scan, each a 0xFF marker with a length that stays inside the file
 libjpeg (Pillow) skips stray bytes between segments with a warning; DALI's parser (nvImageCodec) rejects
 the file ("Invalid marker"), and DALI 2.4's CPU decoder, given such a file in a batch of a few dozen, can
 crash the process (a segfault, measured here: 3 runs in 6), which no error handling can catch. So the
-sharder re-encodes a JPEG whose chain is not clean instead of copying it, and the loader's start-up check
-treats a chain broken after sharding as a damaged member, before DALI ever sees it.
+sharder re-encodes a JPEG whose chain is not clean instead of copying it, and the loader checks the chain
+of every JPEG it reads for a batch (vaedist.data.dali, .reference) and treats a chain broken after sharding
+as a bad sample, before DALI ever sees it.
+
+`jpeg_size` / `header_size` read the stored size from the frame header without decoding (the sharder's
+table, its rebuild, the old start-up path that indexes the tars).
 """
 from __future__ import annotations
+
+import io
+
+from PIL import Image, UnidentifiedImageError
 
 SOI, EOI, SOS = 0xD8, 0xD9, 0xDA
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0-7: no length field
@@ -39,3 +47,55 @@ def marker_chain_problem(data: bytes | memoryview) -> str | None:
         if marker == SOS:
             return None
         pos += 2 + length
+
+
+# Start-of-frame markers (baseline, extended, progressive, lossless; Huffman or arithmetic coded).
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def jpeg_size(data: memoryview | bytes) -> tuple[int, int]:
+    """(width, height) of a JPEG from its frame header, without decoding: a few marker hops, microseconds.
+
+    These are the coded pixels, what the decoders return with EXIF orientation ignored (the sharder writes
+    upright images). Anything unexpected falls back to Pillow's header parser.
+    """
+    pos, end = 2, len(data)
+    while pos + 9 <= end and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker in _SOF_MARKERS:
+            height, width = int.from_bytes(data[pos + 5 : pos + 7], "big"), int.from_bytes(data[pos + 7 : pos + 9], "big")
+            if width and height:  # height 0: defined later by a DNL marker; let Pillow work it out
+                return width, height
+            break
+        if 0xD0 <= marker <= 0xD9 or marker == 0x01:  # markers without a length field
+            pos += 2
+            continue
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    with Image.open(io.BytesIO(bytes(data))) as img:
+        return img.size
+
+
+# The start of a JPEG read for its size: its frame header follows EXIF / ICC segments (up to 64 KiB each)
+# in the worst case; a JPEG whose header lies further in is read whole.
+JPEG_HEADER_BYTES = 1 << 16
+
+
+class JpegProblem(ValueError):
+    """A JPEG whose header cannot be trusted to a decoder; `str(err)` says what is wrong, as a predicate."""
+
+
+def header_size(data: memoryview | bytes) -> tuple[int, int]:
+    """(width, height) of a JPEG whose marker chain is clean (JpegProblem otherwise: DALI's parser rejects such
+    a file, and may crash in a batch), read from its header."""
+    problem = marker_chain_problem(data)
+    if problem is not None:
+        raise JpegProblem(problem)
+    try:
+        return jpeg_size(data)
+    except Exception as err:  # whatever Pillow's fallback parser raises for bytes that are no JPEG
+        what = ("no frame header, and Pillow cannot identify it" if isinstance(err, UnidentifiedImageError)
+                else f"{type(err).__name__}: {err}")
+        raise JpegProblem(f"is not a readable JPEG ({what})") from None

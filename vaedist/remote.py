@@ -67,9 +67,13 @@ def with_retries(what: str, action: Callable[[], T], retries: int | None = None)
     raise AssertionError("unreachable")
 
 
-def read_text(url: str, what: str | None = None) -> str:
+def read_bytes(url: str, what: str | None = None) -> bytes:
     fs = _filesystem(url)
-    return with_retries(what or f"'{url}'", lambda: fs.cat_file(url).decode())
+    return with_retries(what or f"'{url}'", lambda: fs.cat_file(url))
+
+
+def read_text(url: str, what: str | None = None) -> str:
+    return read_bytes(url, what).decode()
 
 
 def size(url: str, what: str | None = None) -> int:

@@ -7,7 +7,7 @@ COMMANDS = {"shard": "vaedist.bench.shard", "loader": "vaedist.bench.loader", "t
             "dedup": "vaedist.bench.dedup", "lambda": "vaedist.bench.lambda_mse",
             "encode": "vaedist.bench.encode", "quality": "vaedist.bench.quality",
             "verify": "vaedist.bench.verify", "run-size": "vaedist.bench.run_size",
-            "remote": "vaedist.bench.remote"}
+            "remote": "vaedist.bench.remote", "scale": "vaedist.bench.scale"}
 
 
 def main() -> int:
@@ -22,7 +22,8 @@ def main() -> int:
               "  quality recipes trained for the same steps, val PSNR/SSIM/PCC/KL next to no-learning baselines\n"
               "  verify  verify's SHA-256 hashing: one thread against every core\n"
               "  run-size  files and bytes a run writes per evaluation (W&B folder, run dir), bounded vs not\n"
-              "  remote  the loader from shards behind a URL against the same shards on local disk")
+              "  remote  the loader from shards behind a URL against the same shards on local disk\n"
+              "  scale   sharding, the loader's cold start (bytes read, first batch) and steps/s at growing sample counts")
         return 0
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         print(usage, file=sys.stderr)

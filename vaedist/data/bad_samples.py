@@ -128,6 +128,9 @@ class BadSamples:
         """Samples known bad from elsewhere (the run directory, other ranks): skipped from now on, without
         the policy (they were judged when found). Records of other splits or unknown keys are ignored.
         Returns how many were new here."""
+        records = [bad for bad in records if bad.split == self.split]
+        if not records:  # the usual case (a resumed run with no bad sample): no map of the whole split to build
+            return 0
         names = [shard.name for shard in self.index.shards]
         where = {(names[s], key): i for i, (s, key) in enumerate(zip(self.index.shard.tolist(), self.index.keys))}
         new = 0

@@ -28,6 +28,7 @@ from vaedist.data.bad_samples import BadSamples
 from vaedist.data.index import SplitIndex, open_tars
 from vaedist.data.reference import pillow_problem
 from vaedist.data.transform import TransformSpec, centre_crop_window
+from vaedist.jpeg import marker_chain_problem
 
 
 @pipeline_def
@@ -61,6 +62,15 @@ def seed_transform_pipeline(source, spec: TransformSpec, decoder_device: str):
     return images, padding, index
 
 
+class BrokenJpegs(Exception):
+    """Raised by the source (DALI hands it to `pipe.run()` as is) for a batch holding JPEGs whose marker chain
+    is broken: sample index -> what is wrong."""
+
+    def __init__(self, problems: dict[int, str]):
+        super().__init__(f"{len(problems)} JPEGs with a broken marker chain")
+        self.problems = problems
+
+
 class _EpochSource:
     """An iterable that DALI re-iterates after each `reset()`: it serves whatever batches are queued, as
     (JPEG bytes, region anchor float32 [N, 2] and shape [N, 2] in (x, y) stored pixels, padding int32 [N, 4],
@@ -72,16 +82,23 @@ class _EpochSource:
         self.reader = open_tars(index.shard_dir, index.shards)
         self.batches: Iterable[np.ndarray] = ()
 
-    def jpegs(self, batch: np.ndarray) -> list[np.ndarray]:
+    def jpegs(self, batch: np.ndarray, check: bool = False) -> list[np.ndarray]:
+        """The batch's JPEG bytes; `check`: BrokenJpegs if a marker chain is broken (see vaedist.jpeg: DALI's
+        CPU decoder can crash on such a file in a batch), before DALI sees any of them."""
         ix = self.index
         members = self.reader.read_many([(ix.shard[i], ix.offset[i], ix.size[i]) for i in batch])
+        if check:
+            problems = {int(i): problem for i, data in zip(batch, members)
+                        if (problem := marker_chain_problem(data)) is not None}
+            if problems:
+                raise BrokenJpegs(problems)
         return [np.frombuffer(data, dtype=np.uint8) for data in members]
 
     def __iter__(self):
         ix = self.index
         for batch in self.batches:
             # One call per batch: behind a URL, the batch's range requests go out together.
-            jpegs = self.jpegs(batch)
+            jpegs = self.jpegs(batch, check=True)
             # the same numpy formula as the reference backend's, on the whole batch at once
             width, height = ix.stored_width[batch], ix.stored_height[batch]
             x0, y0, w, h = centre_crop_window(width, height, ix.orig_width[batch], ix.orig_height[batch], self.crop)
@@ -104,6 +121,8 @@ class DaliDecoder:
     When the pipeline fails (DALI names no sample: "nvImageCodec failure", and the pipeline is dead), the
     samples of the batch it failed on are decoded one by one on the host (`undecodable`), the bad ones go to
     `bad` (policy), the pipeline is rebuilt, and decoding goes on from that batch, fixed by `bad`'s rule.
+    A JPEG whose marker chain is broken never reaches DALI: the source checks each batch's bytes as it reads
+    them (microseconds per JPEG) and the batch goes the same way, its culprits named by the check.
     Nothing of this runs while every sample decodes: the fast path is the plain pipeline.
     """
 
@@ -146,7 +165,7 @@ class DaliDecoder:
                     except StopIteration:
                         finished = True
                         return
-                    except RuntimeError as err:
+                    except (RuntimeError, BrokenJpegs) as err:
                         failure = err
                         break
                     if self._args["decoder_device"] == "cpu":
@@ -161,7 +180,12 @@ class DaliDecoder:
                 else:  # left mid-epoch, or failed: prefetched batches would leak into the next epoch, start afresh
                     self._pipe = None
                     del pipe
-            queue = self._recover(queue, done, failure, keep_size)
+            if isinstance(failure, BrokenJpegs):  # found before DALI decoded any of them: no search needed
+                for i, problem in failure.problems.items():
+                    self._bad.add(i, "jpg", problem)
+                queue = queue[:done] + [self._bad.fix(b, keep_size) for b in queue[done:]]
+            else:
+                queue = self._recover(queue, done, failure, keep_size)
 
     def _recover(self, queue: list[np.ndarray], failed: int, err: RuntimeError, keep_size: bool) -> list[np.ndarray]:
         """Find the bad samples of the batch the pipeline failed on, hand them to the policy, and return the

@@ -1,25 +1,36 @@
-"""Where every sample of a split lives: the shards' DALI .idx files (parsed by `vaedist.shard.format`)
-flattened into arrays, plus each sample's label and original size read from its `.cls` / `.json` members.
+"""Where every sample of a split lives, as arrays: its shard, its JPEG's offset and size in the tar, its label,
+its original and stored size (`SplitIndex`).
+
+    index = open_split_index(shard_dir, manifest, "train")   # checked against the manifest (one-line errors)
+
+From the split's table (`<split>-table.npy`, shard.table.read_loader_table): a few dozen bytes per sample,
+read in one piece and checked against the manifest's sha256; no tar or .idx is read at start-up. Shards
+written by an older vaedist have no such table: then (`load_split_index`) the shards' .idx files are parsed
+and every sample's `.cls`, `.json` and JPEG header read from the tars (a cold start reads about the whole
+split), with a one-line hint naming the command that adds the table (`python -m vaedist.shard.rebuild_table`).
 
 Offsets point at member data inside the tar, so a sample's JPEG is `tar[offset : offset + size]` — no tar
 parsing. Both backends read encoded bytes through these offsets, so they see the same samples in the same order.
 """
 from __future__ import annotations
 
-import io
+import logging
 import mmap
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-
+from vaedist.data.validate import validate_split, validate_split_table
 from vaedist.errors import UserError
 from vaedist.remote import RemoteTars, is_url
 from vaedist.remote import join as remote_join
 from vaedist.shard.format import (IMAGE_EXT, LABEL_EXT, META_EXT, RESHARD, DamagedMember, Manifest, ShardIndex, ShardInfo,
                                   decode_label, decode_original_size)
-from vaedist.jpeg import marker_chain_problem
+from vaedist.jpeg import JPEG_HEADER_BYTES, JpegProblem, header_size
+from vaedist.shard.table import NoLoaderTable, read_loader_table
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,8 +48,9 @@ class SplitIndex:
     stored_width: np.ndarray  # float32: the JPEG's own width (= orig_width on full-size shards)
     stored_height: np.ndarray  # float32
     keys: list[str]
-    # Samples whose .cls/.json/.jpg header was found damaged while indexing: (position, member, what is wrong).
-    # Their label, sizes are placeholders; the loader's BadSamples policy decides (skip them or stop).
+    # Samples whose .cls/.json/.jpg header was found damaged while indexing the tars (the old path; the table's
+    # path reads no member at start-up, and a JPEG is checked when a batch reads it): (position, member, what
+    # is wrong). Their label, sizes are placeholders; the loader's BadSamples policy decides (skip them or stop).
     damaged: list[tuple[int, str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -50,11 +62,18 @@ class SplitIndex:
 
 
 class TarReader:
-    """Reads members by offset from memory-mapped tars; one per process (DataLoader workers open their own)."""
+    """Reads members by offset from local tars; one per process (DataLoader workers open their own).
+
+    `read_many` (the decoders' batches) reads each member with one `pread` on a file opened with
+    POSIX_FADV_RANDOM: the kernel reads those pages and no more. A memory map's page fault reads around it
+    (the device's readahead: 8 MB per fault on this VM's disk), so a cold first batch of 64 samples read
+    ~600 MB. `view` maps the tar (zero-copy, the kernel's readahead): for reading a tar in order (verify,
+    the old start-up that reads every member)."""
 
     def __init__(self, shard_dir: Path, shards: list[ShardInfo]):
         self._paths = [Path(shard_dir) / s.name for s in shards]
         self._maps: dict[int, mmap.mmap] = {}
+        self._fds: dict[int, int] = {}
 
     def view(self, shard: int, offset: int, size: int) -> memoryview:
         mm = self._maps.get(shard)
@@ -64,11 +83,24 @@ class TarReader:
             self._maps[shard] = mm
         return memoryview(mm)[offset : offset + size]
 
-    def read_many(self, requests: list[tuple[int, int, int]]) -> list[memoryview]:
-        return [self.view(s, o, n) for s, o, n in requests]
+    def read_many(self, requests: list[tuple[int, int, int]]) -> list[bytes]:
+        return [os.pread(self._fd(int(s)), int(n), int(o)) for s, o, n in requests]
 
-    def __getstate__(self):  # mmaps do not pickle: each DataLoader worker maps the tars again
-        return {"_paths": self._paths, "_maps": {}}
+    def _fd(self, shard: int) -> int:
+        fd = self._fds.get(shard)
+        if fd is None:
+            fd = os.open(self._paths[shard], os.O_RDONLY)
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # batches read samples in a shuffled order
+            self._fds[shard] = fd
+        return fd
+
+    def __getstate__(self):  # mmaps and file descriptors do not pickle: each DataLoader worker opens its own
+        return {"_paths": self._paths, "_maps": {}, "_fds": {}}
+
+    def __del__(self):
+        for fd in getattr(self, "_fds", {}).values():
+            os.close(fd)
 
 
 def open_tars(shard_dir: Path | str, shards: list[ShardInfo]) -> TarReader | RemoteTars:
@@ -78,37 +110,35 @@ def open_tars(shard_dir: Path | str, shards: list[ShardInfo]) -> TarReader | Rem
     return TarReader(Path(shard_dir), shards)
 
 
-# The start of a JPEG read for its size at start-up: its frame header follows EXIF / ICC segments (up to
-# 64 KiB each) in the worst case; a JPEG whose header lies further in is read whole.
-JPEG_HEADER_BYTES = 1 << 16
+def open_split_index(shard_dir: str | Path, manifest: Manifest, split: str) -> SplitIndex:
+    """The split's index from its table, or, for shards without one, from the tars (logging the hint that
+    names the command adding it). Raises a one-line UserError on anything that does not match the manifest."""
+    try:
+        table = read_loader_table(shard_dir, manifest, split) if split in manifest.splits else None
+    except NoLoaderTable as hint:
+        log.warning("%s", hint)
+        table = None
+    if table is None:
+        return load_split_index(shard_dir, manifest, split, validate_split(shard_dir, manifest, split))
+    validate_split_table(shard_dir, manifest, split, table)
+    return index_from_table(shard_dir, manifest, split, table)
 
-# Start-of-frame markers (baseline, extended, progressive, lossless; Huffman or arithmetic coded).
-_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 
-
-def jpeg_size(data: memoryview | bytes) -> tuple[int, int]:
-    """(width, height) of a JPEG from its frame header, without decoding: a few marker hops, microseconds.
-
-    These are the coded pixels, what the decoders return with EXIF orientation ignored (the sharder writes
-    upright images). Anything unexpected falls back to Pillow's header parser.
-    """
-    pos, end = 2, len(data)
-    while pos + 9 <= end and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            pos += 1
-            continue
-        if marker in _SOF_MARKERS:
-            height, width = int.from_bytes(data[pos + 5 : pos + 7], "big"), int.from_bytes(data[pos + 7 : pos + 9], "big")
-            if width and height:  # height 0: defined later by a DNL marker; let Pillow work it out
-                return width, height
-            break
-        if 0xD0 <= marker <= 0xD9 or marker == 0x01:  # markers without a length field
-            pos += 2
-            continue
-        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-    with Image.open(io.BytesIO(bytes(data))) as img:
-        return img.size
+def index_from_table(shard_dir: str | Path, manifest: Manifest, split: str, table: np.ndarray) -> SplitIndex:
+    """The SplitIndex of a split's table (rows in the manifest's shard order, as load_split_index's)."""
+    return SplitIndex(
+        shard_dir=str(shard_dir) if is_url(shard_dir) else Path(shard_dir),
+        shards=manifest.splits[split].shards,
+        shard=table["shard"].astype(np.int32),
+        offset=table["jpeg_offset"].astype(np.int64),
+        size=table["jpeg_size"].astype(np.int64),
+        label=table["label"].astype(np.int64),
+        orig_width=table["width"].astype(np.float32),
+        orig_height=table["height"].astype(np.float32),
+        stored_width=table["stored_width"].astype(np.float32),
+        stored_height=table["stored_height"].astype(np.float32),
+        keys=np.char.decode(table["key"], "ascii").tolist(),
+    )
 
 
 def load_split_index(shard_dir: str | Path, manifest: Manifest, split: str, shard_indexes: list[ShardIndex],
@@ -131,7 +161,8 @@ def load_split_index(shard_dir: str | Path, manifest: Manifest, split: str, shar
             wanted += [(s, *members[META_EXT]), (s, off, min(size, JPEG_HEADER_BYTES))]
             if labelled and LABEL_EXT in members:
                 wanted.append((s, *members[LABEL_EXT]))
-        fetched = iter(reader.read_many(wanted))
+        # locally through the memory map: the members in tar order, the kernel's readahead is what this wants
+        fetched = iter(reader.read_many(wanted) if isinstance(reader, RemoteTars) else [reader.view(*r) for r in wanted])
         for number, (members, key) in enumerate(zip(idx.members, idx.keys)):
             off, size = members[IMAGE_EXT]
             meta_bytes, head = next(fetched), next(fetched)
@@ -169,12 +200,7 @@ def load_split_index(shard_dir: str | Path, manifest: Manifest, split: str, shar
 
 
 def _stored_size(data: memoryview | bytes) -> tuple[int, int]:
-    problem = marker_chain_problem(data)  # DALI's parser rejects such a file, and may crash in a batch
-    if problem is not None:
-        raise DamagedMember(IMAGE_EXT, problem)
     try:
-        return jpeg_size(data)
-    except Exception as err:  # whatever Pillow's fallback parser raises for bytes that are no JPEG
-        what = ("no frame header, and Pillow cannot identify it" if isinstance(err, UnidentifiedImageError)
-                else f"{type(err).__name__}: {err}")
-        raise DamagedMember(IMAGE_EXT, f"is not a readable JPEG ({what})") from None
+        return header_size(data)
+    except JpegProblem as err:
+        raise DamagedMember(IMAGE_EXT, str(err)) from None

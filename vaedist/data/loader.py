@@ -6,8 +6,9 @@
         for images, labels in loader:   # float32 [N, 3, S, S] in [-1, 1]; int64 [N] or None
             ...
 
-Set-up order: manifest -> start-up validation (one-line errors) -> index + per-sample metadata ->
-bad-sample policy (members found damaged so far) -> sample plan (ranks, order, flips) -> decoder backend
+Set-up order: manifest -> the split's index (its table, checked against the manifest and the tars' sizes;
+shards without a table: every .idx and member read, `index.open_split_index`) -> bad-sample policy (members
+found damaged so far: the old path only) -> sample plan (ranks, order, flips) -> decoder backend
 (DALI or reference) -> optional decode-once cache. A sample that fails to decode later is found by its
 backend and handled by the same policy (`bad_samples.py`).
 """
@@ -23,11 +24,10 @@ from vaedist.config import DataConfig
 from vaedist.data.backend import resolve_backend
 from vaedist.data.bad_samples import BadSamples, BadSampleStop
 from vaedist.data.cache import DecodeOnceCache, plan_cache
-from vaedist.data.index import SplitIndex, load_split_index
+from vaedist.data.index import SplitIndex, open_split_index
 from vaedist.data.order import SamplePlan
 from vaedist.data.reference import ReferenceDecoder
 from vaedist.data.transform import TransformSpec, flip_and_normalise
-from vaedist.data.validate import validate_split
 from vaedist.errors import UserError
 from vaedist.shard.format import Manifest, load_manifest
 from vaedist.threads import plan_threads
@@ -142,8 +142,7 @@ def build_loader(cfg: DataConfig, split: str, *, train: bool, batch_size: int, a
         raise UserError(f"batch size must be at least 1, got {batch_size}")
 
     manifest = load_manifest(cfg.shards)
-    shard_indexes = validate_split(cfg.shards, manifest, split)
-    index = load_split_index(cfg.shards, manifest, split, shard_indexes)
+    index = open_split_index(cfg.shards, manifest, split)
     if bad_samples is None or bad_samples.split != split:
         bad_samples = BadSamples(index, split, cfg.bad_samples, cfg.max_bad_fraction)
     try:

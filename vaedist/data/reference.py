@@ -16,6 +16,7 @@ from PIL import Image
 from vaedist.data.bad_samples import BadSamples
 from vaedist.data.index import SplitIndex, open_tars
 from vaedist.data.transform import TransformSpec, centre_crop_window
+from vaedist.jpeg import marker_chain_problem
 
 
 def pil_seed_transform(jpeg: bytes, orig_width: float, orig_height: float, spec: TransformSpec) -> torch.Tensor:
@@ -48,8 +49,9 @@ def pillow_problem(jpeg: bytes) -> str | None:
 
 
 class ShardSamples(torch.utils.data.Dataset):
-    """Map-style dataset over one split: item i -> (uint8 [3, size, size], i, "") or, for a sample that fails
-    to decode, (zeros, i, Pillow's reason): one damaged JPEG must not end the DataLoader's epoch."""
+    """Map-style dataset over one split: item i -> (uint8 [3, size, size], i, "") or, for a bad sample, (zeros,
+    i, what is wrong with its JPEG): one damaged JPEG must not end the DataLoader's epoch. A broken marker
+    chain is bad here too (Pillow would skip the stray bytes; DALI rejects it): both backends skip the same."""
 
     def __init__(self, index: SplitIndex, spec: TransformSpec):
         self.index, self.spec = index, spec
@@ -60,11 +62,14 @@ class ShardSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
         ix = self.index
-        jpeg = bytes(self.reader.view(ix.shard[i], ix.offset[i], ix.size[i]))
-        try:
-            return pil_seed_transform(jpeg, float(ix.orig_width[i]), float(ix.orig_height[i]), self.spec), i, ""
-        except DECODE_ERRORS as err:
-            return torch.zeros((3, self.spec.size, self.spec.size), dtype=torch.uint8), i, _short(err)
+        jpeg = bytes(self.reader.read_many([(ix.shard[i], ix.offset[i], ix.size[i])])[0])
+        problem = marker_chain_problem(jpeg)
+        if problem is None:
+            try:
+                return pil_seed_transform(jpeg, float(ix.orig_width[i]), float(ix.orig_height[i]), self.spec), i, ""
+            except DECODE_ERRORS as err:
+                problem = f"fails to decode (Pillow: {_short(err)})"
+        return torch.zeros((3, self.spec.size, self.spec.size), dtype=torch.uint8), i, problem
 
 
 # Workers are forked from a forkserver, a clean process that has imported this module but runs no threads,
@@ -96,7 +101,7 @@ class ReferenceDecoder:
             if any(reasons):
                 for i, reason in zip(batch.tolist(), reasons):
                     if reason:
-                        self.bad.add(i, "jpg", f"fails to decode (Pillow: {reason})")
+                        self.bad.add(i, "jpg", reason)
                 fixed = self.bad.fix(batch, keep_size)
                 # The replacements are samples of the same batch, decoded already: take their images.
                 position = {int(i): p for p, i in reversed(list(enumerate(batch.tolist())))}

@@ -57,8 +57,10 @@ class SampleSizes:
     food_test_per_class: int = 8
 
 
-def build_coco(root: Path, sizes: SampleSizes, layout: str = "official", seed: int = 0) -> Path:
-    """COCO 2017 tree: `official` = root/{train2017,val2017,test2017}; `seed` = root/coco_train2017/train2017, ..."""
+def build_coco(root: Path, sizes: SampleSizes, layout: str = "official", seed: int = 0, max_side: int = 640) -> Path:
+    """COCO 2017 tree: `official` = root/{train2017,val2017,test2017}; `seed` = root/coco_train2017/train2017, ...
+    `max_side`: the crops' longer side is drawn from [3/4, 1] of it (COCO's images: 640; small JPEGs for
+    scale benchmarks: e.g. 160)."""
     rng = random.Random(seed)
     photos = photo_paths()
     dirs = {
@@ -74,7 +76,7 @@ def build_coco(root: Path, sizes: SampleSizes, layout: str = "official", seed: i
         per_photo = -(-counts[split] // len(photos))
         made = 0
         for photo in photos:
-            for crop, quality in _crops(photo, per_photo, 640, rng):
+            for crop, quality in _crops(photo, per_photo, max_side, rng):
                 if made == counts[split]:
                     break
                 crop.save(out / f"{image_id:012d}.jpg", quality=quality)

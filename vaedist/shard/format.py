@@ -27,7 +27,7 @@ manifest.json
     "train": {"samples": 118287, "shards": [{"name": "train-000000.tar", "index": "train-000000.idx",
                                               "samples": 1234, "bytes": 123456789, "sha256": "..."}, ...],
               "table": {"name": "train-table.npy", "rows": 118287, "bytes": 5678901, "sha256": "...",
-                        "columns": ["key", "shard", "position", "exact", "phash"], "version": 1}},
+                        "columns": ["key", "shard", "position", "jpeg_offset", ..., "exact", "phash"], "version": 2}},
     "val": {...}
   },
   "skipped": [{"path": "train2017/bad.jpg", "reason": "truncated JPEG"}, ...],
@@ -56,7 +56,10 @@ maps it without reading it), one row per sample of the split in the order the sh
 shard as the manifest lists them, each in its .idx order), the columns TABLE_COLUMNS, each a fixed-size
 little-endian field. Written by vaedist.shard.table (atomically, once every shard is written), read through
 it too: a reader names the columns it needs (a table without them is a one-line error), so a column can be
-added without breaking readers; TABLE_VERSION changes only when a column changes meaning.
+added without breaking readers; TABLE_VERSION changes only when a column changes meaning or becomes required.
+The loader's start-up reads this table (LOADER_COLUMNS) instead of every sample's .cls, .json and JPEG header:
+a few dozen bytes per sample instead of the tars' pages. A directory without it (or with a version 1 table)
+gets it, without re-decoding any image, from `python -m vaedist.shard.rebuild_table OUT_DIR` (REBUILD_TABLE).
 """
 from __future__ import annotations
 
@@ -279,10 +282,33 @@ def decode_original_size(raw: bytes) -> tuple[float, float]:
         raise DamagedMember(META_EXT, f'has a "width" or "height" that is not a number ({_shown(raw)})') from None
 
 
+def decode_hashes(raw: bytes) -> ImageHashes | None:
+    """The image hashes of a sample's .json member (None: sharded with --dedup off)."""
+    try:
+        meta = json.loads(raw)
+        exact, phash = meta.get("exact"), meta.get("phash")
+        if exact is None or phash is None:
+            return None
+        hashes = ImageHashes(bytes.fromhex(exact), int(phash, 16))
+    except (ValueError, TypeError, AttributeError):
+        raise DamagedMember(META_EXT, f'has no valid "exact" / "phash" hashes ({_shown(raw)})') from None
+    if len(hashes.exact) != EXACT_HASH_BYTES or hashes.perceptual >> PERCEPTUAL_HASH_BITS:
+        raise DamagedMember(META_EXT, f'has "exact" / "phash" hashes of the wrong length ({_shown(raw)})')
+    return hashes
+
+
 # --- the .idx grammar -------------------------------------------------------------------------------------
 
 INDEX_VERSION = "v1.2"
 IndexEntry = tuple[str, int, int]  # (member name, data offset in the tar, data size)
+
+
+def member_entry(entries: list[IndexEntry], ext: str) -> tuple[int, int]:
+    """(data offset, size) of a sample's `ext` member among its index entries."""
+    for name, offset, size in entries:
+        if split_member_name(name)[1] == ext:
+            return offset, size
+    raise KeyError(f"no .{ext} member among {[name for name, _, _ in entries]}")
 
 
 def index_line(entries: list[IndexEntry]) -> str:
@@ -346,20 +372,33 @@ class TableColumn:
 
 
 # The columns, in this order. `key`, `shard` and `position` join a row to its sample (and to the .idx line
-# that locates its members); the hashes are --dedup's. Columns for the loader's start-up (offsets, sizes,
-# label) belong here too: a new TableColumn, filled where the sharder builds the rows (shard/table.py).
+# that locates its members); the loader's columns (LOADER_COLUMNS) are everything its start-up needs, so that
+# it reads this table and not the tars; the hashes are --dedup's.
 TABLE_COLUMNS: tuple[TableColumn, ...] = (
     TableColumn("key", "S", "the sample's key: its members' name up to the first dot"),
     TableColumn("shard", "<u4", "the position of the sample's shard in the manifest's splits[split].shards"),
     TableColumn("position", "<u4", "the sample's position in that shard: its line in the .idx, its order in the tar"),
+    TableColumn("jpeg_offset", "<u8", "the .jpg member's data offset in its tar (the .idx's), in bytes"),
+    TableColumn("jpeg_size", "<u4", "the .jpg member's size in bytes"),
+    TableColumn("width", "<u4", "the .json's width: the original's, upright, before any --max-side downscale"),
+    TableColumn("height", "<u4", "the .json's height"),
+    TableColumn("stored_width", "<u2", "the stored JPEG's width, from its frame header (JPEG sizes fit 16 bits)"),
+    TableColumn("stored_height", "<u2", "the stored JPEG's height"),
+    TableColumn("label", "<i4", "the .cls: the class index; -1 on unlabelled datasets"),
     TableColumn("exact", f"V{EXACT_HASH_BYTES}", "EXACT_HASH, as its 16 bytes"),
     TableColumn("phash", "<u8", "PERCEPTUAL_HASH, as an unsigned 64-bit integer"),
 )
+LOADER_COLUMNS = ("jpeg_offset", "jpeg_size", "width", "height", "stored_width", "stored_height", "label")
 HASH_COLUMNS = ("exact", "phash")  # absent from tables written with --dedup off
 COMPUTED_COLUMNS = ("shard", "position")  # filled from the shards' order; every other column from the samples
-# bumped when a column changes meaning (adding a column does not: readers ask for theirs). 2: PERCEPTUAL_HASH's
-# thumbnail is a 128x128 sample box-averaged to 32x32, no longer a box average over every pixel
+# Bumped when a column changes meaning or a column every table must have is added (adding an optional one is
+# not a bump: readers ask for theirs). 2 (2026-12-01): the loader's columns, always present, and PERCEPTUAL_HASH's
+# thumbnail is a 128x128 sample box-averaged to 32x32 (version 1: a box average over every pixel, ~2 bits away).
+# Version 1 tables (key, shard, position and the hashes) still load by the old start-up path (reading the tars);
+# their perceptual hashes are refused (comparing the two thumbnails would miss copies silently).
 TABLE_VERSION = 2
+READABLE_TABLE_VERSIONS = (1, 2)
+REBUILD_TABLE = "python -m vaedist.shard.rebuild_table"  # rebuilds a shard directory's tables from its members, no decoding
 
 
 @dataclass

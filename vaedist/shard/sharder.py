@@ -51,13 +51,13 @@ from vaedist import __version__
 from vaedist.errors import UserError
 from vaedist.shard.images import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, ImageOptions
 from vaedist.shard.duplicates import DEFAULT_THRESHOLD, DropFilter, HashSet, duplicates_summary, find_duplicates
-from vaedist.shard.format import (PERCEPTUAL_HASH_BITS, Manifest, ShardInfo, SplitInfo, load_manifest, manifest_path,
-                                  write_manifest)
+from vaedist.shard.format import (IMAGE_EXT, PERCEPTUAL_HASH_BITS, Manifest, ShardInfo, SplitInfo, load_manifest, manifest_path,
+                                  member_entry, write_manifest)
 from vaedist.shard.plan import PlannedShard, listing_fingerprint, plan_shards
 from vaedist.shard.sources import (DEFAULT_COCO_TRAIN_DIRS, SourceListing, SourceOptions, hold_out_val, list_source,
                                    sample_keys)
 from vaedist.shard.state import OutputDir
-from vaedist.shard.table import TableRows, build_table, write_table
+from vaedist.shard.table import TableRows, build_table, loader_columns, write_table
 from vaedist.shard.workers import (PackedChunk, chunk_tasks, chunks_of, measure_bytes_ratio, pack_in_parallel,
                                    rejected_inputs, worker_pool)
 from vaedist.shard.writer import ClosedShard, ShardWriter, publish_shard, sync_directory
@@ -300,6 +300,11 @@ def _write_order(plan: list[PlannedShard], dedup: str) -> list[PlannedShard]:
     return [s for s in plan if s.split == "val"] + [s for s in plan if s.split != "val"]
 
 
+def _label_index(listing: SourceListing, index: int) -> int:
+    label = listing.samples[index].label
+    return -1 if label is None else label
+
+
 def _label(listing: SourceListing, index: int) -> str:
     """How a drop reason names the image it matched: `val val2017/000000000139.jpg`."""
     sample = listing.samples[index]
@@ -350,6 +355,8 @@ def _write_shard(shard: PlannedShard, output: OutputDir, listing: SourceListing,
     dropped: list[dict] = []
     row_keys: list[str] = []
     row_hashes: list | None = []
+    row_sizes: list[tuple[int, int, int, int]] = []
+    row_labels: list[int] = []
     with ShardWriter(output.path / shard.name, hash_in_thread) as writer:
         for _ in range(chunks_of(shard)):
             chunk = next(packed)
@@ -370,13 +377,16 @@ def _write_shard(shard: PlannedShard, output: OutputDir, listing: SourceListing,
                 os.unlink(chunk.part)
             kept = [n for n, wanted in enumerate(keep) if wanted]
             row_keys += [keys[chunk.indices[n]] for n in kept]
+            row_sizes += [chunk.sizes[n] for n in kept]
+            row_labels += [_label_index(listing, chunk.indices[n]) for n in kept]
             if chunk.hashes is None:  # --dedup off
                 row_hashes = None
             elif row_hashes is not None:
                 row_hashes += [chunk.hashes[n] for n in kept]
             skipped += [{"path": listing.samples[i].path, "reason": reason} for i, reason in chunk.skipped]
             bar.update(len(chunk.indices) + len(chunk.skipped))
-        rows = TableRows.of_samples(row_keys, row_hashes)
+        jpegs = [member_entry(entries, IMAGE_EXT) for entries in writer.entries]  # in the tar: rows' order
+        rows = TableRows.of_samples(row_keys, row_hashes, loader_columns(jpegs, row_sizes, row_labels))
         outcome = {"skipped": skipped, "dropped": dropped, "rows": rows.to_record()}
         return (writer.close() if writer.samples else None), outcome
 

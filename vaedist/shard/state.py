@@ -24,7 +24,7 @@ from typing import Iterator
 
 from vaedist.errors import UserError
 from vaedist.files import write_json_atomic
-from vaedist.shard.format import SHARD_FILES, ShardInfo, index_name, is_directory_file, tar_name
+from vaedist.shard.format import LOADER_COLUMNS, SHARD_FILES, ShardInfo, index_name, is_directory_file, tar_name
 from vaedist.shard.plan import PlannedShard
 
 STATE_NAME = ".vaedist-shard-state.json"
@@ -123,7 +123,8 @@ class OutputDir:
             record = json.loads(self.done_path(shard).read_text())
         except (FileNotFoundError, ValueError):
             return None
-        if record.get("plan") != shard.digest() or "rows" not in record:  # "rows": not a record of an older run
+        # no "rows", or rows without the loader's columns: a record of an older vaedist, the shard is written again
+        if record.get("plan") != shard.digest() or not set(LOADER_COLUMNS) <= set(record.get("rows", {})):
             return None
         info = record.get("shard")
         if info is not None:  # None: every sample was rejected, nothing to check on disk

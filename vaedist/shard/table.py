@@ -1,10 +1,12 @@
 """The per-split tables (`train-table.npy`, `val-table.npy`; format: format.TABLE_COLUMNS): built, written, read.
 
-    rows = TableRows.of_samples(keys, hashes)              per shard, in its order (the sharder's workers' output)
+    rows = TableRows.of_samples(keys, hashes, loader_columns(jpegs, sizes, labels))   per shard, in its order
     record = rows.to_record(); TableRows.from_record(record)   what the shard's done record holds (state.py)
     table = build_table([rows, ...])                       a split's shards, in the manifest's order
     info = write_table(out_dir, "train", table)            once every shard is written: one .npy, atomically
     table = read_table(out_dir, manifest, "train", columns=("phash",))   a read-only memory map
+    table = read_loader_table(shard_dir, manifest, "train")  the loader's start-up: read whole (local or URL),
+                                                           checked against the manifest's size and sha256
 
 A table is a NumPy structured array saved with `numpy.save`, so any tool maps it (`numpy.load(path,
 mmap_mode="r")`) without vaedist; its rows follow the samples in shard order, so row i of the train table is
@@ -13,11 +15,14 @@ shard's rows live in its done record (state.py), written with the shard: a run k
 the table from the same records, so it comes out byte for byte like an uninterrupted run's.
 
 A new column is a TableColumn in format.py plus its values in `TableRows.columns` where the sharder builds
-the rows; nothing here names a column except the computed ones (shard, position) and the hashes' helpers.
+the rows; nothing here names a column except the computed ones (shard, position) and the helpers that turn
+the sharder's values into columns (hashes, loader columns). A directory sharded before a column existed gets
+it from `python -m vaedist.shard.rebuild_table` (rebuild_table.py: from the members, no decoding).
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +30,11 @@ from typing import Sequence
 
 import numpy as np
 
+from vaedist import remote
 from vaedist.errors import UserError
-from vaedist.shard.format import (COMPUTED_COLUMNS, HASH_COLUMNS, RESHARD, TABLE_COLUMNS, TABLE_VERSION, ImageHashes,
-                                  Manifest, TableInfo, table_name, temporary_name)
+from vaedist.shard.format import (COMPUTED_COLUMNS, HASH_COLUMNS, LOADER_COLUMNS, READABLE_TABLE_VERSIONS, REBUILD_TABLE,
+                                  RESHARD, TABLE_COLUMNS, TABLE_VERSION, ImageHashes, Manifest, TableInfo, table_name,
+                                  temporary_name)
 
 _COLUMNS = {column.name: column for column in TABLE_COLUMNS}
 
@@ -48,8 +55,10 @@ class TableRows:
         return len(self.columns["key"])
 
     @classmethod
-    def of_samples(cls, keys: list[str], hashes: list[ImageHashes] | None) -> "TableRows":
-        columns: dict[str, list] = {"key": list(keys)}
+    def of_samples(cls, keys: list[str], hashes: list[ImageHashes] | None,
+                   loader: dict[str, list[int]] | None = None) -> "TableRows":
+        """`loader`: `loader_columns(...)` of the same samples (None: a table without them, the tests' old shards)."""
+        columns: dict[str, list] = {"key": list(keys), **(loader or {})}
         if hashes is not None:
             columns["exact"] = [h.exact_hex for h in hashes]
             columns["phash"] = [h.perceptual for h in hashes]
@@ -71,6 +80,17 @@ class TableRows:
     @classmethod
     def from_record(cls, record: dict) -> "TableRows":
         return cls({name: list(values) for name, values in record.items()})
+
+
+def loader_columns(jpegs: list[tuple[int, int]], sizes: list[tuple[int, int, int, int]],
+                   labels: list[int]) -> dict[str, list[int]]:
+    """The loader's columns of a shard's samples: each one's JPEG (data offset in the tar, size), its
+    (width, height) original then stored, its class index (-1: unlabelled)."""
+    if not len(jpegs) == len(sizes) == len(labels):
+        raise ValueError(f"loader columns of unequal lengths: {len(jpegs)}, {len(sizes)}, {len(labels)}")
+    offsets, jpeg_sizes = (list(c) for c in zip(*jpegs)) if jpegs else ([], [])
+    width, height, stored_width, stored_height = (list(c) for c in zip(*sizes)) if sizes else ([], [], [], [])
+    return dict(zip(LOADER_COLUMNS, (offsets, jpeg_sizes, width, height, stored_width, stored_height, list(labels))))
 
 
 def build_table(shards: list[TableRows]) -> np.ndarray:
@@ -125,8 +145,13 @@ def read_table(shard_dir: str | Path, manifest: Manifest, split: str, *, columns
     path = Path(shard_dir) / (info.name if info else table_name(split))
     if info is None:
         raise UserError(f"'{shard_dir}' has no {split} table (written before vaedist kept per-split tables); {RESHARD}")
-    if info.version != TABLE_VERSION:
-        raise UserError(f"table '{path}' is version {info.version}, this vaedist reads version {TABLE_VERSION}; {RESHARD}")
+    if info.version not in READABLE_TABLE_VERSIONS:
+        raise UserError(f"table '{path}' is version {info.version}, this vaedist reads versions "
+                        f"{', '.join(map(str, READABLE_TABLE_VERSIONS))}; {RESHARD}")
+    if info.version < TABLE_VERSION and set(columns) & set(HASH_COLUMNS):
+        raise UserError(f"table '{path}' is version {info.version}: its perceptual hashes are of the previous thumbnail "
+                        f"(a box average over every pixel), which version {TABLE_VERSION}'s do not match; re-run "
+                        f"python -m vaedist.shard with --dedup report --overwrite (it decodes every image once)")
     missing = [name for name in columns if name not in info.columns]
     if missing and set(missing) <= set(HASH_COLUMNS):
         raise UserError(f"'{shard_dir}' was sharded with --dedup off: its {split} table has no image hashes; "
@@ -144,4 +169,41 @@ def read_table(shard_dir: str | Path, manifest: Manifest, split: str, *, columns
         raise UserError(f"table '{path}' is not a NumPy table ({err}): re-copy it or {RESHARD}") from None
     if table.dtype.names is None or list(table.dtype.names) != info.columns or len(table) != info.rows:
         raise UserError(f"table '{path}' does not have the rows and columns its manifest lists: re-copy it or {RESHARD}")
+    return table
+
+
+class NoLoaderTable(Exception):
+    """The manifest lists no table with the loader's columns (sharded by an older vaedist): `str(err)` is the
+    one-line hint naming the command that adds it; the loader takes the old path (reading the tars)."""
+
+
+def read_loader_table(shard_dir: str | Path, manifest: Manifest, split: str) -> np.ndarray:
+    """The split's table with LOADER_COLUMNS, read whole into memory (from disk or its URL: one request) and
+    checked against the manifest's size and sha256; a table that does not match is a one-line UserError
+    naming it. NoLoaderTable when the manifest lists none with those columns."""
+    info = manifest.splits[split].table
+    url = remote.is_url(shard_dir)
+    if info is None or info.version < 2 or not set(LOADER_COLUMNS) <= set(info.columns):
+        how = ("re-upload the directory after running it on a local copy" if url else "")
+        raise NoLoaderTable(f"'{shard_dir}' has no {split} table with the loader's columns (sharded by an older "
+                            f"vaedist), so start-up reads every sample's members from the tars; add the table "
+                            f"without re-decoding: {REBUILD_TABLE} {shard_dir}" + (f" ({how})" if how else ""))
+    where = remote.join(str(shard_dir), info.name) if url else Path(shard_dir) / info.name
+    fix = "upload it again" if url else f"re-copy it, or rebuild it: {REBUILD_TABLE} {shard_dir}"
+    try:
+        data = remote.read_bytes(str(where), f"table '{where}'") if url else Path(where).read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"table '{where}' is missing (the manifest lists it): {fix}") from None
+    except OSError as err:
+        raise UserError(f"table '{where}' cannot be read ({err.strerror or err}): {fix}") from None
+    if len(data) != info.bytes:
+        raise UserError(f"table '{where}' is {len(data)} bytes, the manifest says {info.bytes}: {fix}")
+    if hashlib.sha256(data).hexdigest() != info.sha256:
+        raise UserError(f"table '{where}' does not match its sha256 in the manifest: {fix}")
+    try:
+        table = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as err:
+        raise UserError(f"table '{where}' is not a NumPy table ({err}): {fix}") from None
+    if table.dtype.names is None or list(table.dtype.names) != info.columns or len(table) != info.rows:
+        raise UserError(f"table '{where}' does not have the rows and columns its manifest lists: {fix}")
     return table

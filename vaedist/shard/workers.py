@@ -23,6 +23,7 @@ from itertools import islice
 from typing import Callable, Iterator, Sequence
 
 from vaedist.shard.fingerprint import finish_hashes
+from vaedist.jpeg import jpeg_size
 from vaedist.shard.format import ImageHashes, IndexEntry, SampleMeta, sample_members
 from vaedist.shard.images import ImageOptions, ImageRejected, PreparedImage, configure_pillow, prepare_image
 from vaedist.shard.plan import PlannedShard, probe_indices
@@ -86,6 +87,7 @@ class PackedChunk:
     indices: list[int]  # [packed sample] -> its index in listing.samples
     spans: list[tuple[int, int]]  # [packed sample] -> (offset, bytes) of all its members in the part
     hashes: list[ImageHashes] | None  # [packed sample] -> its hashes; None when not asked for
+    sizes: list[tuple[int, int, int, int]]  # [packed sample] -> (width, height) original, then stored (the table's)
 
 
 def _prepare_one(path: str, options: ImageOptions) -> PreparedImage | str:
@@ -117,6 +119,7 @@ def _pack_chunk(part: str, items: list[ChunkItem], options: ImageOptions) -> Pac
     results = [_prepare_one(item.path, options) for item in items]
     # the perceptual hashes of the chunk's thumbnails, together (fingerprint.finish_hashes says why)
     finished = iter(finish_hashes([r.hashes for r in results if not isinstance(r, str) and r.hashes is not None]))
+    sizes: list[tuple[int, int, int, int]] = []
     for item, result in zip(items, results):
         if isinstance(result, str):
             skipped.append((item.index, result))
@@ -127,6 +130,7 @@ def _pack_chunk(part: str, items: list[ChunkItem], options: ImageOptions) -> Pac
         samples.append([(name, packed + offset, length) for name, offset, length in entries])
         indices.append(item.index)
         spans.append((packed, size))
+        sizes.append((result.width, result.height, *jpeg_size(result.jpeg)))  # the loader's start-up reads these
         if sample_hashes is not None:
             hashes.append(sample_hashes)
         pieces += members
@@ -137,7 +141,7 @@ def _pack_chunk(part: str, items: list[ChunkItem], options: ImageOptions) -> Pac
             write_pieces(fd, pieces)
         finally:
             os.close(fd)
-    return PackedChunk(part, packed, samples, skipped, indices, spans, hashes if options.hashes else None)
+    return PackedChunk(part, packed, samples, skipped, indices, spans, hashes if options.hashes else None, sizes)
 
 
 def chunk_tasks(output: OutputDir, listing: SourceListing, keys: list[str],

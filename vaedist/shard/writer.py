@@ -217,6 +217,7 @@ class ShardWriter:
         self._digest = hashlib.sha256()  # hash_in_thread=False: updated by _write_all
         self._buffer = bytearray()  # hash_in_thread=False: one part at a time; grows to the largest part
         self._index_lines: list[str] = []
+        self.entries: list[list[IndexEntry]] = []  # [sample] -> its members' (name, offset in the tar, size)
         self._closed = False
 
     @property
@@ -281,7 +282,9 @@ class ShardWriter:
 
     def _add_index(self, base: int, samples: list[list[IndexEntry]]) -> None:
         for entries in samples:
-            self._index_lines.append(index_line([(name, base + offset, size) for name, offset, size in entries]))
+            shifted = [(name, base + offset, size) for name, offset, size in entries]
+            self.entries.append(shifted)
+            self._index_lines.append(index_line(shifted))
 
     def _write_all(self, data: bytes | memoryview) -> None:
         if not self._hasher:

@@ -1,0 +1,242 @@
+"""vaedist at growing sample counts: sharding time and peak memory, the loader's cold start (bytes read, time
+to the first batch) through the split's table and through the old path that reads the tars, and training
+steps/s, side by side for each size.
+
+    python -m vaedist.bench scale [--sizes 2000 10000] [--work DIR] [--keep] [--steps 20] [--batch-size 64]
+
+Per size N: a COCO-like corpus of N small real JPEGs (vaedist.sample's crops of real photographs, longer side
+120-160 px; 3/4 train2017, 1/4 test2017, 1/32 val2017) is written to WORK/raw-N (reused when complete),
+sharded by `python -m vaedist.shard coco --dedup off` (wall time; peak RSS of the largest process, writer or
+worker), and the train split's loader is started twice in a fresh process each, with every file of the shard
+directory evicted from the page cache first (posix_fadvise DONTNEED, no root needed): once as sharded (the
+table) and once from a hard-linked copy whose manifest lists no table (the old path, which reads every
+sample's .cls/.json/JPEG header from the tars). Bytes read are the process's `read_bytes` (/proc/self/io:
+what it made the kernel fetch from storage, page faults of memory maps included), counted from just before
+the loader is built, then to its first batch (which reads its JPEGs, with the kernel's readahead); fincore (util-linux), where installed, confirms how much of the directory is cached
+after. Start-up time is from `build_loader` to the first batch (the imports of torch and DALI excluded). Steps/s:
+real training steps (vaedist.train, the CPU defaults) drawn from the loader, after a warm-up.
+
+WORK defaults to a temporary folder removed at the end (--keep keeps it); a given --work is kept, and a later
+run reuses its corpora and its shards (with their sharding figures): shard once under load, time the start-ups
+and the steps on a quiet machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from vaedist.config import load_config
+from vaedist.data import build_loader
+from vaedist.errors import UserError, run_cli
+from vaedist.files import write_text_atomic
+from vaedist.sample import SampleSizes, build_coco
+from vaedist.shard.format import MANIFEST_NAME, is_directory_file, load_manifest, write_manifest
+from vaedist.train import close, setup, train_step
+
+CORPUS_MAX_SIDE = 160  # the crops' longer side is drawn from [120, 160] px: small JPEGs, ~7 KB at quality 75-95
+
+
+def corpus_sizes(n: int) -> SampleSizes:
+    """COCO's proportions: ~3/4 of the images in train2017, 1/4 in test2017 (both training data), 1/32 val."""
+    val = max(1, n // 32)
+    test = n // 4
+    return SampleSizes(coco_train=n - test - val, coco_test=test, coco_val=val)
+
+
+def build_corpus(root: Path, n: int) -> Path:
+    """WORK/raw-N, reused when it already holds its N images."""
+    sizes = corpus_sizes(n)
+    dirs = {"train2017": sizes.coco_train, "test2017": sizes.coco_test, "val2017": sizes.coco_val}
+    if all((root / d).is_dir() and sum(1 for _ in (root / d).iterdir()) == count for d, count in dirs.items()):
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    return build_coco(root, sizes, max_side=CORPUS_MAX_SIDE, seed=n)
+
+
+def run_measured(command: list[str]) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS in bytes of the largest process of its tree, stdout) of a command."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    out = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)  # the child's usage, its own waited-for children included
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise UserError(f"{' '.join(command[:4])} ... failed (exit {os.waitstatus_to_exitcode(status)})")
+    return seconds, usage.ru_maxrss * 1024, out
+
+
+def evict(directory: Path) -> None:
+    """Drop every file of `directory` from the page cache (clean pages only: the sharder fsyncs its files)."""
+    for path in directory.iterdir():
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def cached_bytes(directory: Path) -> int | None:
+    """Bytes of `directory`'s files in the page cache, by fincore (util-linux); None without it."""
+    files = [str(p) for p in sorted(directory.iterdir()) if p.is_file()]
+    if not shutil.which("fincore") or not files:
+        return None
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "--output", "RES", *files],
+                         capture_output=True, text=True)
+    return sum(int(v) for v in out.stdout.split()) if out.returncode == 0 else None
+
+
+def split_bytes(shard_dir: Path) -> int:
+    return sum(p.stat().st_size for p in shard_dir.iterdir() if p.is_file())
+
+
+def old_path_copy(shard_dir: Path, out: Path) -> Path:
+    """Hard links to the shards (the same page cache) and a manifest that lists no table: the old start-up."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for path in shard_dir.iterdir():
+        if is_directory_file(path.name, ("tar", "index")):
+            os.link(path, out / path.name)
+    manifest = load_manifest(shard_dir)
+    for split in manifest.splits.values():
+        split.table = None
+    write_manifest(manifest, out)
+    return out
+
+
+def read_bytes_so_far() -> int:
+    with open("/proc/self/io") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("read_bytes:"))
+
+
+def probe_start(shard_dir: str, batch_size: int, steps: int) -> dict:
+    """In a fresh process: the loader's cold start, then (steps > 0) training steps/s from it."""
+    cfg = load_config(None, [f"data.shards={shard_dir}", "logging.wandb=false", f"train.batch_size={batch_size}"])
+    before, start = read_bytes_so_far(), time.perf_counter()
+    loader = build_loader(cfg.data, cfg.data.train_split, train=True, batch_size=batch_size, device="cpu")
+    built, built_bytes = time.perf_counter(), read_bytes_so_far()
+    batches = iter(loader)
+    first, _ = next(batches)
+    result = {"build_s": built - start, "first_batch_s": time.perf_counter() - start,
+              "build_bytes": built_bytes - before, "read_bytes": read_bytes_so_far() - before,
+              "samples": len(loader.index)}
+    if steps:
+        with tempfile.TemporaryDirectory(prefix="vaedist-bench-scale-run-") as run_dir:
+            cfg.run.dir = run_dir
+            trainer = setup(cfg, loaders=(loader, None))
+            train_step(trainer, first)
+            done, start = 0, time.perf_counter()
+            for x, _ in batches:
+                train_step(trainer, x)
+                done += 1
+                if done == steps:
+                    break
+            result["steps_per_s"] = done / (time.perf_counter() - start)
+            close(trainer)
+    return result
+
+
+def measure_start(shard_dir: Path, batch_size: int, steps: int) -> dict:
+    evict(shard_dir)
+    resident_before = cached_bytes(shard_dir)
+    command = [sys.executable, "-m", "vaedist.bench.scale", "--probe", str(shard_dir), "--batch-size", str(batch_size),
+               "--steps", str(steps)]
+    _, _, out = run_measured(command)
+    result = json.loads(out.strip().splitlines()[-1])
+    result["resident_before"], result["resident_after"] = resident_before, cached_bytes(shard_dir)
+    return result
+
+
+def measure_size(work: Path, n: int, batch_size: int, steps: int, say) -> dict:
+    say(f"N={n}: building the corpus")
+    raw = build_corpus(work / f"raw-{n}", n)
+    shards, sharding = work / f"shards-{n}", work / f"shards-{n}.json"
+    if (shards / MANIFEST_NAME).is_file() and sharding.is_file():  # sharded by an earlier run on this --work
+        shard_s, shard_rss = json.loads(sharding.read_text())
+    else:
+        shutil.rmtree(shards, ignore_errors=True)
+        say(f"N={n}: sharding")
+        shard_s, shard_rss, _ = run_measured([sys.executable, "-m", "vaedist.shard", "coco", "--root", str(raw),
+                                              "--out", str(shards), "--dedup", "off", "--no-progress"])
+        write_text_atomic(sharding, json.dumps([shard_s, shard_rss]))
+    manifest = load_manifest(shards)
+    train = manifest.splits["train"]
+    train_bytes = sum(s.bytes for s in train.shards) + train.table.bytes
+    say(f"N={n}: cold start through the table")
+    new = measure_start(shards, batch_size, steps)
+    say(f"N={n}: cold start through the tars (old path)")
+    old = measure_start(old_path_copy(shards, work / f"old-{n}"), batch_size, 0)
+    return {"n": n, "train_samples": train.samples, "train_bytes": train_bytes, "table_bytes": train.table.bytes,
+            "manifest_bytes": (shards / MANIFEST_NAME).stat().st_size, "shard_s": shard_s, "shard_rss": shard_rss,
+            "new": new, "old": old}
+
+
+def report(rows: list[dict]) -> str:
+    def cells(fmt):
+        return "".join(f"{fmt(r):>22}" for r in rows)
+
+    mb = 1e6
+    lines = [f"{'':<34}" + "".join(f"{'N = ' + str(r['n']):>22}" for r in rows),
+             f"{'train split (tars + table)':<34}" + cells(lambda r: f"{r['train_samples']} / {r['train_bytes'] / mb:.0f} MB"),
+             f"{'sharding wall time':<34}" + cells(lambda r: f"{r['shard_s']:.1f} s ({r['n'] / r['shard_s']:.0f} img/s)"),
+             f"{'sharding peak RSS (one process)':<34}" + cells(lambda r: f"{r['shard_rss'] / mb:.0f} MB"),
+             f"{'table (train)':<34}" + cells(lambda r: f"{r['table_bytes'] / mb:.2f} MB"),
+             f"{'manifest.json':<34}" + cells(lambda r: f"{r['manifest_bytes'] / 1e3:.0f} kB")]
+    for path, name in (("new", "table"), ("old", "tars (old path)")):
+        lines += [
+            f"{'cold start, ' + name + ':':<34}",
+            f"{'  build_loader: bytes read':<34}" + cells(lambda r: f"{r[path]['build_bytes'] / mb:.2f} MB "
+                                                                    f"({100 * r[path]['build_bytes'] / r['train_bytes']:.2f} %)"),
+            f"{'  build_loader: time':<34}" + cells(lambda r: f"{r[path]['build_s']:.2f} s"),
+            f"{'  to the first batch: bytes read':<34}" + cells(lambda r: f"{r[path]['read_bytes'] / mb:.2f} MB "
+                                                                        f"({100 * r[path]['read_bytes'] / r['train_bytes']:.2f} %)"),
+            f"{'  to the first batch: time':<34}" + cells(lambda r: f"{r[path]['first_batch_s']:.2f} s"),
+        ]
+        if all(r[path]["resident_after"] is not None for r in rows):
+            lines.append(f"{'  cached after (fincore)':<34}" + cells(
+                lambda r: f"{r[path]['resident_after'] / mb:.2f} MB (before {r[path]['resident_before'] / mb:.2f})"))
+    if all("steps_per_s" in r["new"] for r in rows):
+        lines.append(f"{'training steps/s':<34}" + cells(lambda r: f"{r['new']['steps_per_s']:.2f}"))
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vaedist.bench scale", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000], help="sample counts (default: 2000 10000)")
+    parser.add_argument("--work", type=Path, default=None, help="folder for corpora and shards (default: a temporary one)")
+    parser.add_argument("--keep", action="store_true", help="keep --work (a later run reuses its corpora)")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per size (default: 20; 0: none)")
+    parser.add_argument("--batch-size", type=int, default=64, help="per-process batch (default: 64)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: one cold start, in its process
+    args = parser.parse_args(argv)
+    if args.probe:
+        print(json.dumps(probe_start(args.probe, args.batch_size, args.steps)), flush=True)
+        return 0
+    if any(n < 64 for n in args.sizes) or args.batch_size < 1 or args.steps < 0:
+        raise UserError("--sizes must be at least 64 samples each, --batch-size at least 1, --steps at least 0")
+    work = args.work or Path(tempfile.mkdtemp(prefix="vaedist-bench-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        rows = [measure_size(work, n, args.batch_size, args.steps, say) for n in args.sizes]
+    finally:
+        if args.work is None and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"\nvaedist at scale ({time.strftime('%Y-%m-%d', time.gmtime())}; {os.cpu_count()} CPUs; "
+          f"batch {args.batch_size}; cold page cache)\n" + report(rows))
+    if args.json:
+        write_text_atomic(args.json, json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":  # the probe's own process (measure_start)
+    run_cli(lambda: main(sys.argv[1:]), prog="vaedist.bench scale")
