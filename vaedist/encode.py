@@ -32,9 +32,10 @@ from vaedist.accelerator import build_accelerator
 from vaedist.background import ahead
 from vaedist.config import Config, load_config, to_dict
 from vaedist.data import build_loader
+from vaedist.data.hashing import sha256_file
 from vaedist.data.validate import check_split_name
 from vaedist.errors import UserError, run_cli
-from vaedist.latents import (DTYPES, STATE_NAME, LatentInfo, file_sha256, read_info, state_path, write_manifest,
+from vaedist.latents import (DTYPES, STATE_NAME, LatentInfo, read_info, state_path, write_manifest,
                              write_shard, write_state)
 from vaedist.rundir import WEIGHTS_NAME, ModelFiles, RunDir
 from vaedist.shard.format import (MANIFEST_NAME, ShardInfo, SplitInfo, index_name, is_directory_file, load_manifest,
@@ -173,7 +174,7 @@ def encode_split(model: torch.nn.Module, cfg: Config, weights_sha256: str, *, sh
         model = model.to(memory_format=torch.channels_last)
     info = LatentInfo(dtype=np.dtype(DTYPES[dtype]).name, latent_shape=latent_shape_of(model, cfg.data.size, device),
                       weights_sha256=weights_sha256, model_config=to_dict(cfg), source=str(shards),
-                      source_manifest_sha256=file_sha256(manifest_path(shards)))
+                      source_manifest_sha256=sha256_file(manifest_path(shards)))
     main = accelerator.is_main_process
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -241,7 +242,7 @@ def encode_split(model: torch.nn.Module, cfg: Config, weights_sha256: str, *, sh
             else:  # kept from an earlier run: its size and hash from the file
                 tar = out / tar_name(stem)
                 infos.append(ShardInfo(name=tar.name, index=index_name(stem), samples=int(counts[i]),
-                                       bytes=tar.stat().st_size, sha256=file_sha256(tar)))
+                                       bytes=tar.stat().st_size, sha256=sha256_file(tar)))
         splits = {**kept_splits, split: SplitInfo(samples=total, shards=infos)}
         write_manifest(out, source, info, splits, tool=f"vaedist {vaedist.__version__} encode")
     accelerator.wait_for_everyone()
@@ -259,7 +260,7 @@ def load_for_encoding(path: str | Path) -> tuple[torch.nn.Module, Config, str]:
         raise UserError(f"'{files.weights}' does not fit the model '{files.config}' describes "
                         f"({first[1].strip() if len(first) > 1 else first[0]}); keep a run's {WEIGHTS_NAME} "
                         f"with its own {files.config.name}")
-    return model, cfg, file_sha256(files.weights)
+    return model, cfg, sha256_file(files.weights)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,14 +70,6 @@ class LatentInfo:
         return cls(**raw)
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def state_path(out: str | Path) -> Path:
     return Path(out) / STATE_NAME
 
