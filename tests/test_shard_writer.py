@@ -88,6 +88,21 @@ def test_unfinished_shard_leaves_no_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [".val-000001.part00000.tmp"]  # the sharder removes parts
 
 
+@pytest.mark.parametrize("hash_in_thread", [False, True], ids=["hash-inline", "hash-in-thread"])
+def test_a_close_cut_short_after_the_tar_is_closed_raises_its_own_error_and_leaves_no_file(tmp_path, hash_in_thread):
+    """Ctrl-C or a full disk while close() writes the index, after it closed the tar: the error that stopped it
+    reaches the sharder (which turns Ctrl-C into one line and exit 130), not an EBADF from closing the tar
+    twice, and neither temporary is left behind. (CI once saw exit 1 with that traceback in place of 130.)"""
+    part = _pack_chunk(str(tmp_path / ".val-000001.part00000.tmp"), _items(True)[:2], ImageOptions())
+    (tmp_path / ".val-000001.idx.tmp").mkdir()  # opening the index for writing fails: IsADirectoryError
+    with pytest.raises(IsADirectoryError):
+        with ShardWriter(tmp_path / "val-000001.tar", hash_in_thread) as writer:
+            writer.append_part(part.part, part.size, part.samples)
+            writer.close()
+    (tmp_path / ".val-000001.idx.tmp").rmdir()
+    assert [p.name for p in tmp_path.iterdir()] == [".val-000001.part00000.tmp"]
+
+
 @pytest.mark.parametrize("name, size", [("a.jpg", 0), ("train2017_000000000009.jpg", 160_123),
                                         ("x" * 95 + ".json", 511), ("images_apple_pie_1005649.cls", 8**11 - 1)])
 def test_fast_header_is_the_header_tarfile_writes(name, size):

@@ -211,7 +211,7 @@ class ShardWriter:
         self.tar_path = Path(tar_path)
         self.index_path = self.tar_path.with_name(index_name(self.tar_path.stem))
         self._tmp_tar = temporary_name(self.tar_path)
-        self._fd = os.open(self._tmp_tar, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)  # read: the hasher
+        self._fd: int | None = os.open(self._tmp_tar, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)  # read: the hasher
         self._bytes = 0
         self._hasher = _TarHasher(self._fd) if hash_in_thread else None
         self._digest = hashlib.sha256()  # hash_in_thread=False: updated by _write_all
@@ -302,7 +302,7 @@ class ShardWriter:
         self._appended(len(end_of_archive))
         # the thread's hash waits for the thread: at most a part or two behind
         sha256 = self._hasher.hexdigest() if self._hasher else self._digest.hexdigest()
-        os.close(self._fd)
+        self._close_fd()
         with open(temporary_name(self.index_path), "w") as fh:
             fh.write(index_text(self._index_lines))
         self._closed = True
@@ -314,9 +314,17 @@ class ShardWriter:
             return
         if self._hasher:
             self._hasher.stop()
-        os.close(self._fd)
+        self._close_fd()
         self._tmp_tar.unlink(missing_ok=True)
+        temporary_name(self.index_path).unlink(missing_ok=True)
         self._closed = True
+
+    def _close_fd(self) -> None:
+        # Once only: a close() cut short after it closed the tar (Ctrl-C, a full disk writing the index) ends in
+        # abort(), and a second os.close would raise EBADF in place of the error that stopped it.
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
     def __enter__(self) -> "ShardWriter":
         return self
