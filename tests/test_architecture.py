@@ -103,6 +103,13 @@ LATE_VAEDIST_IMPORTS = {
     "vaedist.data.dali": "optional dependency: DALI",
     # torch: `import vaedist` (and so vaedist.compare, vaedist.rundir) must not load it
     "vaedist.models": "heavy dependency: torch, kept off `import vaedist`",
+    # torch, Accelerate, DALI, torchmetrics: kept off the training command's config check (vaedist.train.cli) and off
+    # `import vaedist.train.<submodule>`; the package binds its names on first use
+    "vaedist.train": "heavy dependencies, kept off the config check of launch/train.py",
+    "vaedist.train.loop": "heavy dependencies, kept off the config check of launch/train.py",
+    "vaedist.train.setup": "heavy dependencies, kept off the config check of launch/train.py",
+    "vaedist.train.step": "heavy dependencies, kept off the config check of launch/train.py",
+    "vaedist.train.window": "heavy dependencies, kept off the config check of launch/train.py",
 }
 
 
@@ -165,3 +172,22 @@ def test_tests_import_the_package_not_each_other():
             found += [f"{path.name}:{node.lineno}: {t}" for t in targets
                       if t == "tests" or t.startswith("tests.") or t.split(".")[0] in names]
     assert not found, "tests importing tests:\n" + "\n".join(found)
+
+
+def test_the_training_command_reads_its_config_before_it_imports_the_trainer():
+    """launch/train.py answers a config mistake without torch (seconds per process, in every test that makes one)."""
+    code = ("import sys, vaedist.train.cli; heavy = {'torch', 'accelerate', 'torchmetrics', 'nvidia.dali'} & set(sys.modules); "
+            "assert not heavy, sorted(heavy)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_training_packages_names_are_the_trainers_whichever_module_came_first():
+    """vaedist.train binds its names on first use; `setup` is also a submodule's name, and importing that submodule
+    (loop.py does) must not turn the package's `setup` into the module."""
+    import vaedist.train.loop
+    import vaedist.train.setup as module
+    from vaedist.train import NonFiniteLoss, setup, train
+
+    assert setup is module is sys.modules["vaedist.train.setup"].setup and callable(setup)
+    assert train is vaedist.train.loop.train and NonFiniteLoss is sys.modules["vaedist.train.window"].NonFiniteLoss

@@ -56,10 +56,8 @@ def wait_for_checkpoint_after(proc: subprocess.Popen, run_dir: Path, step: int, 
 
 @pytest.mark.slow
 def test_run_stopped_by_sigterm_then_killed_resumes_to_the_same_steps_and_weights(food_shards, tmp_path):
+    # The straight run is the reference; it runs beside the interrupted one (each process has one thread, CI two cores)
     straight = start_training(food_shards, tmp_path / "straight")
-    assert straight.wait(timeout=300) == 0, straight.stdout.read()[-3000:]
-    assert [p.name for p in RunDir(tmp_path / "straight").list_checkpoints()] == ["step-00000012", "step-00000014", "step-00000015"]  # last 3
-
     run = tmp_path / "interrupted"
     proc = start_training(food_shards, run)
     wait_for_checkpoint_after(proc, run, 2)
@@ -75,6 +73,9 @@ def test_run_stopped_by_sigterm_then_killed_resumes_to_the_same_steps_and_weight
     proc.kill()  # kill -9: no chance to save anything
     assert proc.wait(timeout=60) == -signal.SIGKILL
     assert not (run / "final").exists()
+
+    assert straight.wait(timeout=300) == 0, straight.stdout.read()[-3000:]
+    assert [p.name for p in RunDir(tmp_path / "straight").list_checkpoints()] == ["step-00000012", "step-00000014", "step-00000015"]  # last 3
 
     proc = start_training(food_shards, run)
     assert proc.wait(timeout=300) == 0

@@ -10,7 +10,6 @@ from pathlib import Path
 from vaedist.config import load_config
 from vaedist.errors import is_rank_zero
 from vaedist.parent import launched, signal_when_parent_dies
-from vaedist.train.loop import train
 
 
 def parse_args(argv: list[str]) -> tuple[Path | None, list[str]]:
@@ -26,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         signal_when_parent_dies()
     config_path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     cfg = load_config(config_path, overrides)
+    # the trainer (torch, Accelerate, DALI, torchmetrics: seconds) only once the config has loaded: a mistake in it
+    # is one line at once (through the package, which binds its names; see vaedist/train/__init__.py)
+    from vaedist.train import train
+
     show_info_messages()
     return train(cfg)
 
