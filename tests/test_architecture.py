@@ -107,7 +107,7 @@ LATE_VAEDIST_IMPORTS = {
     # `import vaedist.train.<submodule>`; the package binds its names on first use
     "vaedist.train": "heavy dependencies, kept off the config check of launch/train.py",
     "vaedist.train.loop": "heavy dependencies, kept off the config check of launch/train.py",
-    "vaedist.train.setup": "heavy dependencies, kept off the config check of launch/train.py",
+    "vaedist.train.trainer": "heavy dependencies, kept off the config check of launch/train.py",
     "vaedist.train.step": "heavy dependencies, kept off the config check of launch/train.py",
     "vaedist.train.window": "heavy dependencies, kept off the config check of launch/train.py",
 }
@@ -183,11 +183,13 @@ def test_the_training_command_reads_its_config_before_it_imports_the_trainer():
 
 
 def test_the_training_packages_names_are_the_trainers_whichever_module_came_first():
-    """vaedist.train binds its names on first use; `setup` is also a submodule's name, and importing that submodule
-    (loop.py does) must not turn the package's `setup` into the module."""
+    """vaedist.train binds its names on first use, after a submodule may have been imported on its own; no name
+    of the package's may also be a submodule's (importing it would rebind the package's name to the module)."""
     import vaedist.train.loop
-    import vaedist.train.setup as module
+    import vaedist.train.trainer
     from vaedist.train import NonFiniteLoss, setup, train
 
-    assert setup is module is sys.modules["vaedist.train.setup"].setup and callable(setup)
+    assert setup is vaedist.train.trainer.setup and callable(setup)
     assert train is vaedist.train.loop.train and NonFiniteLoss is sys.modules["vaedist.train.window"].NonFiniteLoss
+    submodules = {p.stem for p in (REPO / "vaedist" / "train").glob("*.py")}
+    assert not submodules & set(vaedist.train.__all__)

@@ -35,7 +35,7 @@ def test_trainer_set_up_sets_torch_threads_to_its_share_of_the_cores(tmp_path):
     """A real Accelerator on the CPU, two processes on this node (LOCAL_WORLD_SIZE as accelerate launch sets it)."""
     code = (
         "import torch; from vaedist.accelerator import build_accelerator; from vaedist.config import load_config;"
-        "from vaedist.train.setup import use_cores;"
+        "from vaedist.train.trainer import use_cores;"
         f"cfg = load_config(None, ['logging.wandb=false', 'run.dir={tmp_path}']);"
         "use_cores(cfg, build_accelerator(cfg, cpu=True)); print('threads', torch.get_num_threads())"
     )

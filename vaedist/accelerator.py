@@ -1,7 +1,7 @@
 """The Accelerator a command runs under, built from the config in one place: the precision policy,
 torch.compile, W&B as Accelerate's tracker, and the process group's timeout (train.collective_timeout).
 
-    accelerator = build_accelerator(cfg)                    # training (vaedist.train.setup)
+    accelerator = build_accelerator(cfg)                    # training (vaedist.train.trainer)
     accelerator = build_accelerator(cfg, training=False)    # standalone evaluation: the precision only
 """
 from __future__ import annotations

@@ -393,7 +393,7 @@ def validate(cfg: Config) -> None:
         ("model.hidden_dim", m.hidden_dim, _at_least(1)),
         ("model.bn_momentum", m.bn_momentum, _UNIT),
         ("train.epochs", t.epochs, _at_least(1)),
-        # BatchNorm needs two images per process; train.setup also checks the share of each process.
+        # BatchNorm needs two images per process; train.trainer also checks the share of each process.
         ("train.batch_size", t.batch_size, _at_least(2)),
         ("train.beta", t.beta, _at_least(0)),
         ("train.kl_warmup_epochs", t.kl_warmup_epochs, _at_least(0)),

@@ -4,7 +4,7 @@ and the pipeline with the decode-once cache, side by side, with the pipeline/cei
     python -m vaedist.bench train --shards DIR [--config configs/coco.yaml] [--rounds 3] [--variants synthetic,...]
                                   [--json FILE] [key=value ...]
 
-One trainer (vaedist.train.setup: Accelerate, mixed precision, both optimizers) runs the real
+One trainer (vaedist.train.trainer: Accelerate, mixed precision, both optimizers) runs the real
 `train_step`; only the loader it draws from changes. The variants take turns, one epoch each per round,
 so that load from other processes hits every variant alike; round 0 is the warm-up (it fills the cache,
 and compiles when train.compile=true) and each variant's fastest later epoch is reported. `--variants synthetic`

@@ -25,7 +25,7 @@ from vaedist.evaluate import evaluate
 from vaedist.files import write_failure
 from vaedist.losses import kl_warmup_factor
 from vaedist.models import LOGVAR_MAX, save_model
-from vaedist.train.setup import Trainer, close, setup
+from vaedist.train.trainer import Trainer, close, setup
 from vaedist.train.step import train_step
 from vaedist.train.window import LogWindow, WindowTotals
 

@@ -7,7 +7,7 @@ import torch
 
 from vaedist.losses import VAELosses, kl_warmup_factor, scale_decoder_gradients, vae_losses
 from vaedist.models.seed import prior_pass
-from vaedist.train.setup import Trainer
+from vaedist.train.trainer import Trainer
 
 
 def train_step(t: Trainer, x: torch.Tensor) -> VAELosses:
