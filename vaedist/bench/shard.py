@@ -1,7 +1,7 @@
 """Sharder benchmark: the sharder's images/s with N workers against a single-process decode of the same files.
 
-    python -m vaedist.bench shard [--root DIR] [--dataset folder] [--images 400] [--workers N] [--repeats 5] [--sharder-pairs 1]
-                                  [--shard-size 128MB] [--dedup report]
+    python -m vaedist.bench shard [--root DIR] [--dataset folder] [--images 400] [--workers N] [--repeats 5]
+                                  [--sharder-pairs 1] [--shard-size 128MB] [--dedup report]
 
 Rows, side by side in one run, on the same files (read once beforehand, so all measure decoding, not the disk):
   single process   prepare_image() on every file in this process, nothing written: the work itself
@@ -15,11 +15,11 @@ Parallel efficiency = (sharder img/s / single-process img/s) / N; the goal is >=
 Without --root it writes --images COCO-sized (640x480) JPEG photographs, no two of them near copies (as in a
 real dataset, so that the duplicate report is as small as a real one), to a temporary folder.
 One-off costs are printed apart: the timed sharders are forked from this process, which has imported
-imagehash and SciPy (and, after the first run, faiss), so they reuse those imports; a real run pays them
+imagehash and SciPy and faiss (before the timed runs), so they reuse those imports; a real run pays them
 once, in each worker and in the writing process. They are timed in fresh interpreters and put against this
 run and against a COCO-sized one (118,287 images at the measured rate).
 Each row is timed --repeats times, interleaved (the hashed and unhashed sharders back to back, in alternating
-order), after a discarded warm-up round; the median is kept and the spread printed. The hashing's cost is the
+order), after an untimed warm-up run per mode; the median is kept and the spread printed. The hashing's cost is the
 median of each round's hashed / unhashed ratio, wall and CPU seconds, with their range. It also
 prints the CPU-time ratio (single-process CPU seconds / CPU seconds of all the sharder's processes): what
 the efficiency would be on otherwise idle cores, a figure that other processes on the machine don't skew.
@@ -159,7 +159,7 @@ def _warm_up(files: list[Path], folder: Path, workers: int, max_side: int | None
     (once per process) are imported here, not in the first timed round of one row."""
     folder.mkdir()
     for n, path in enumerate(files[:CHUNKSIZE]):
-        os.link(path, folder / f"{n:02d}{path.suffix}")
+        shutil.copyfile(path, folder / f"{n:02d}{path.suffix}")  # a copy: --root may be on another file system
     for dedup in dedup_modes:
         shutil.rmtree(folder.with_suffix(".out"), ignore_errors=True)
         shard_dataset("folder", folder, folder.with_suffix(".out"), workers=workers, max_side=max_side,
