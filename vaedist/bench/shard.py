@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         # timed sharders are forked from here and reuse them (the imports' one-off cost is printed apart), so
         # they are paid here, not by the first timed round of one row.
         _decode_all(files[:1], options)
-        _warm_up(files, scratch / "warm-up", args.workers, args.max_side, [args.dedup, "off"] if hashed else [args.dedup])
+        modes = [args.dedup, "off"] if hashed else [args.dedup]
+        _warm_up(files, scratch / "warm-up", args.workers, args.max_side, modes)
         single, plain, sharder, single_off, sharder_off = [], [], [], [], []
         for run in range(args.repeats):  # interleaved, so that drift and bursts of noise hit every row alike
             # with and without hashing back to back, in alternating order (ABBA): each round's ratio compares
