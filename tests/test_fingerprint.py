@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from vaedist.sample import build_full_size_jpegs, photo_paths
-from vaedist.shard.duplicates import DEFAULT_THRESHOLD
+from vaedist.bench.shard import build_distinct_photographs
+from vaedist.shard.duplicates import DEFAULT_THRESHOLD, near_pairs
 from vaedist.shard import shard_dataset
 from vaedist.shard.fingerprint import image_hashes, perceptual_hash, thumbnail
 
@@ -76,3 +77,17 @@ def test_sharder_gives_each_sample_its_own_hashes_when_a_chunk_holds_rejected_fi
             img.load()
             expected = image_hashes(img, straight_from_decoder=True)
         assert (meta["exact"], meta["phash"]) == (expected.exact_hex, expected.perceptual_hex), meta["path"]
+
+
+def test_bench_photographs_are_no_near_copies_of_each_other(tmp_path):
+    # python -m vaedist.bench shard times the sharder with and without hashing on these: a set full of near
+    # copies (build_full_size_jpegs crops 6 photographs: 24 of its images hold several pairs within the
+    # threshold) charges a duplicate report no real dataset has to the hashing
+    codes = []
+    for path in sorted(build_distinct_photographs(tmp_path, 24).glob("*.jpg")):
+        with Image.open(path) as img:
+            img.load()
+            assert img.size == (640, 480) and img.mode == "RGB"
+            codes.append(perceptual_hash(img))
+    i, _, _ = near_pairs(np.array(codes, np.uint64), DEFAULT_THRESHOLD)
+    assert len(i) == 0

@@ -1,7 +1,7 @@
 """Sharder benchmark: the sharder's images/s with N workers against a single-process decode of the same files.
 
-    python -m vaedist.bench shard [--root DIR] [--dataset folder] [--images 400] [--workers N] [--repeats 2]
-                                  [--shard-size 128MB] [--dedup report]
+    python -m vaedist.bench shard [--root DIR] [--dataset folder] [--images 400] [--workers N] [--repeats 5]
+                                  [--sharder-pairs 1] [--shard-size 128MB] [--dedup report]
 
 Rows, side by side in one run, on the same files (read once beforehand, so all measure decoding, not the disk):
   single process   prepare_image() on every file in this process, nothing written: the work itself
@@ -12,12 +12,15 @@ Rows, side by side in one run, on the same files (read once beforehand, so all m
   ... --dedup off  the single-process and sharder rows again without the image hashes (--dedup, default
                    report, hashes every image): the added cost of the duplicate finder (goal: under 5 %)
 Parallel efficiency = (sharder img/s / single-process img/s) / N; the goal is >= 80 % on all cores.
-Without --root it writes --images COCO-sized (640x480) JPEG photographs to a temporary folder.
+Without --root it writes --images COCO-sized (640x480) JPEG photographs, no two of them near copies (as in a
+real dataset, so that the duplicate report is as small as a real one), to a temporary folder.
 One-off costs are printed apart: the timed sharders are forked from this process, which has imported
-imagehash and SciPy (and, after the first run, faiss), so they reuse those imports; a real run pays them
+imagehash and SciPy and faiss (before the timed runs), so they reuse those imports; a real run pays them
 once, in each worker and in the writing process. They are timed in fresh interpreters and put against this
 run and against a COCO-sized one (118,287 images at the measured rate).
-Each row is timed --repeats times, alternating, and the best is kept (other processes add noise). It also
+Each row is timed --repeats times, interleaved (the hashed and unhashed sharders back to back, in alternating
+order), after an untimed warm-up run per mode; the median is kept and the spread printed. The hashing's cost is the
+median of each round's hashed / unhashed ratio, wall and CPU seconds, with their range. It also
 prints the CPU-time ratio (single-process CPU seconds / CPU seconds of all the sharder's processes): what
 the efficiency would be on otherwise idle cores, a figure that other processes on the machine don't skew.
 """
@@ -26,8 +29,10 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +40,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vaedist.sample import build_full_size_jpegs
+from PIL import Image
+
+from vaedist.sample import photo_paths
 from vaedist.shard import DEFAULT_SHARD_SIZE, SOURCES, load_manifest, shard_dataset
 from vaedist.shard.fingerprint import finish_hashes
 from vaedist.shard.images import ImageOptions, ImageRejected, configure_pillow, prepare_image
@@ -116,6 +123,50 @@ def import_seconds(modules: str, already: str = "numpy") -> float:
     return min(runs)
 
 
+# The tiles' orientations: a flipped or rotated copy of a crop is far from it to a perceptual hash
+_TILE_TRANSPOSES = [None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_180]
+
+
+def build_distinct_photographs(out: Path, count: int, size: tuple[int, int] = (640, 480), seed: int = 2) -> Path:
+    """`count` COCO-sized JPEG photographs that are no near copies of each other: each a 2x2 mosaic of crops
+    of 4 of the sample's 14 photographs, each tile flipped or not. `vaedist.sample.build_full_size_jpegs`
+    crops 6 photographs whole, so ~2/3 of 1,000 of its images have a near copy among them; the duplicate
+    report of such a set (hundreds of pairs in manifest.json and the summary) is not what a real dataset
+    costs, and it made the hashed sharder look slower than hashing makes it. Mosaics: no pair within 8 bits
+    in 1,000 (closest 12 bits apart in 300; 2026-12-01)."""
+    rng = random.Random(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    photos = []
+    for path in photo_paths():
+        with Image.open(path) as src:
+            photos.append(src.convert("RGB"))
+    tile_w, tile_h = size[0] // 2, size[1] // 2
+    for i in range(count):
+        img = Image.new("RGB", size)
+        for n, photo in enumerate(rng.sample(photos, 4)):
+            w, h = photo.size
+            cw, ch = rng.randint(w // 4, w // 2), rng.randint(h // 4, h // 2)
+            x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
+            tile = photo.crop((x0, y0, x0 + cw, y0 + ch)).resize((tile_w, tile_h), Image.Resampling.BICUBIC)
+            transpose = rng.choice(_TILE_TRANSPOSES)
+            img.paste(tile if transpose is None else tile.transpose(transpose), ((n % 2) * tile_w, (n // 2) * tile_h))
+        img.save(out / f"{i:012d}.jpg", quality=90)
+    return out
+
+
+def _warm_up(files: list[Path], folder: Path, workers: int, max_side: int | None, dedup_modes: list[str]) -> None:
+    """An untimed sharder run per mode on CHUNKSIZE of the files: the code paths each mode imports lazily
+    (once per process) are imported here, not in the first timed round of one row."""
+    folder.mkdir()
+    for n, path in enumerate(files[:CHUNKSIZE]):
+        shutil.copyfile(path, folder / f"{n:02d}{path.suffix}")  # a copy: --root may be on another file system
+    for dedup in dedup_modes:
+        shutil.rmtree(folder.with_suffix(".out"), ignore_errors=True)
+        shard_dataset("folder", folder, folder.with_suffix(".out"), workers=workers, max_side=max_side,
+                      progress=False, overwrite=True, dedup=dedup)
+    shutil.rmtree(folder.with_suffix(".out"))
+
+
 COCO_TRAIN_IMAGES = 118_287
 
 
@@ -131,6 +182,29 @@ def time_sharder(dataset: str, root: Path, workers: int, max_side: int | None, o
     return watch.timing
 
 
+def _abba(run: int, pair: list) -> list:
+    return pair if run % 2 == 0 else pair[::-1]
+
+
+def median_timing(timings: list[Timing]) -> Timing:
+    """The run of median wall time (its own CPU and noise figures with it, not medians of each)."""
+    return sorted(timings, key=lambda t: t.wall)[(len(timings) - 1) // 2]
+
+
+def dedup_cost_line(dedup: str, hashed: list[Timing], off: list[Timing], single: list[Timing],
+                    single_off: list[Timing], images: int) -> str:
+    """The added cost of hashing: the median over rounds of each round's hashed / unhashed ratio (the two
+    sharders of a round ran back to back), with the range of those ratios: the figure and its noise."""
+    wall = sorted(h.wall / o.wall - 1 for h, o in zip(hashed, off))
+    cpu = sorted(h.cpu / o.cpu - 1 for h, o in zip(hashed, off))
+    one = sorted(h.wall / o.wall - 1 for h, o in zip(single, single_off))
+    per_image = statistics.median(h.wall - o.wall for h, o in zip(single, single_off)) / images * 1e3
+    return (f"--dedup {dedup} adds {statistics.median(wall):+.1%} to the sharder's time (rounds: {wall[0]:+.1%} to "
+            f"{wall[-1]:+.1%}), {statistics.median(cpu):+.1%} to its CPU seconds ({cpu[0]:+.1%} to {cpu[-1]:+.1%}); "
+            f"{statistics.median(one):+.1%} to one process decoding ({one[0]:+.1%} to {one[-1]:+.1%}, "
+            f"{per_image:.3f} ms per image); goal < 5 %")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vaedist.bench shard", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, help="dataset root (default: a temporary folder of 640x480 JPEGs)")
@@ -139,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=default_workers(),
                         help=f"sharder worker processes (default: all cores, here {default_workers()})")
     parser.add_argument("--max-side", type=int, default=None, help="passed to both rows")
-    parser.add_argument("--repeats", type=int, default=2, help="timings per row; the best is kept (default: 2)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timings per row, interleaved; the median is kept, the spread printed (default: 5)")
+    parser.add_argument("--sharder-pairs", type=int, default=1,
+                        help="sharder runs per row and round (default: 1); the sharder's runs spread by ~±15 %% on "
+                        "a shared VM, so resolving a few %% of hashing cost takes dozens of pairs")
     parser.add_argument("--shard-size", default=f"{DEFAULT_SHARD_SIZE // 10**6}MB",
                         help="the sharder's --shard-size (default: %(default)s: one shard for a few thousand images; "
                         "smaller gives many shards)")
@@ -153,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         root = args.root
         if root is None:
             print(f"writing {args.images} 640x480 JPEG photographs to {scratch / 'photos'} ...", flush=True)
-            root = build_full_size_jpegs(scratch / "photos", args.images)
+            root = build_distinct_photographs(scratch / "photos", args.images)
         listing = list_source(args.dataset, root, SourceOptions())
         files = [listing.root / s.path for s in listing.samples]  # list_source refused an empty root
         for path in files:  # page cache: both rows then measure decoding, not the disk
@@ -161,63 +239,69 @@ def main(argv: list[str] | None = None) -> int:
         hashed = args.dedup != "off"
         options = ImageOptions(max_side=args.max_side, hashes=hashed)
         plain_options = ImageOptions(max_side=args.max_side)
-        # Once per process, the first hash imports imagehash and SciPy (~0.3 s): the sharder rows pay it in
-        # each worker, as a real run does; the single-process rows measure the per-image cost, so not there.
+        # Once per process, the first hash imports imagehash and SciPy (~0.3 s), the first duplicate search
+        # faiss and starts its OpenMP threads, and each mode's first sharder run imports its code paths: the
+        # timed sharders are forked from here and reuse them (the imports' one-off cost is printed apart), so
+        # they are paid here, not by the first timed round of one row.
         _decode_all(files[:1], options)
+        modes = [args.dedup, "off"] if hashed else [args.dedup]
+        _warm_up(files, scratch / "warm-up", args.workers, args.max_side, modes)
         single, plain, sharder, single_off, sharder_off = [], [], [], [], []
-        for run in range(args.repeats):  # alternating, so that a burst of noise hits every row alike
-            single.append(time_single_process(files, options))
+        for run in range(args.repeats):  # interleaved, so that drift and bursts of noise hit every row alike
+            # with and without hashing back to back, in alternating order (ABBA): each round's ratio compares
+            # two runs a second apart, whichever of them a drift favours
+            for rows, row_options in _abba(run, [(single, options), (single_off, plain_options)][: 1 + hashed]):
+                rows.append(time_single_process(files, row_options))
             plain.append(time_plain_processes(files, options, args.workers))
-            sharder.append(time_sharder(args.dataset, root, args.workers, args.max_side, scratch / "shards",
-                                        args.shard_size, args.dedup))
-            if hashed:
-                single_off.append(time_single_process(files, plain_options))
-                sharder_off.append(time_sharder(args.dataset, root, args.workers, args.max_side,
-                                                scratch / "shards_off", args.shard_size, "off"))
+            for pair in range(args.sharder_pairs):
+                for rows, dedup in _abba(run * args.sharder_pairs + pair,
+                                         [(sharder, args.dedup), (sharder_off, "off")][: 1 + hashed]):
+                    rows.append(time_sharder(args.dataset, root, args.workers, args.max_side,
+                                             scratch / ("shards" if dedup != "off" else "shards_off"),
+                                             args.shard_size, dedup))
         shards = sum(len(split.shards) for split in load_manifest(scratch / "shards").splits.values())
     # Each run's efficiency against the single-process row of the same round: the spread shows the noise.
     print("sharder per run: " + ", ".join(
         f"{s.wall / t.wall / args.workers:.0%} ({t.wall:.3f} s, {t.cpu:.2f} CPU s, others {t.others / t.wall:.1f} cores)"
-        for s, t in zip(single, sharder)))
+        for s, t in zip(single, sharder[:: args.sharder_pairs])))
     n, workers = len(files), args.workers
-    best_single, best_sharder = min(single, key=lambda t: t.wall), min(sharder, key=lambda t: t.wall)
-    best_plain = min(plain, key=lambda t: t.wall)
-    speedup = best_single.wall / best_sharder.wall
+    mid_single, mid_sharder, mid_plain = median_timing(single), median_timing(sharder), median_timing(plain)
+    speedup = mid_single.wall / mid_sharder.wall
     print(f"\n{n} images from {root}" + (f", --max-side {args.max_side}" if args.max_side else "")
-          + f", --shard-size {args.shard_size}: {shards} shards")
-    print(f"{'row':<30}{'img/s':>9}{'seconds':>9}{'CPU s':>8}")
-    print(f"{'single-process decode':<30}{n / best_single.wall:>9.1f}{best_single.wall:>9.2f}{best_single.cpu:>8.2f}")
-    print(f"{f'sharder, {workers} workers':<30}{n / best_sharder.wall:>9.1f}{best_sharder.wall:>9.2f}"
-          f"{best_sharder.cpu:>8.2f}")
-    print(f"{f'ceiling: {workers} plain decoders':<30}{n / best_plain.wall:>9.1f}{best_plain.wall:>9.2f}"
-          f"{best_plain.cpu:>8.2f}")
+          + f", --shard-size {args.shard_size}: {shards} shards; medians of {args.repeats} runs per row"
+          + (f", {args.repeats * args.sharder_pairs} per sharder row" if args.sharder_pairs > 1 else ""))
+    print(f"{'row':<30}{'img/s':>9}{'seconds':>9}{'CPU s':>8}   spread (wall)")
+    rows = [("single-process decode", single), (f"sharder, {workers} workers", sharder),
+            (f"ceiling: {workers} plain decoders", plain)]
     if hashed:
-        off_single, off_sharder = min(single_off, key=lambda t: t.wall), min(sharder_off, key=lambda t: t.wall)
-        print(f"{'single-process, --dedup off':<30}{n / off_single.wall:>9.1f}{off_single.wall:>9.2f}{off_single.cpu:>8.2f}")
-        print(f"{f'sharder, --dedup off':<30}{n / off_sharder.wall:>9.1f}{off_sharder.wall:>9.2f}{off_sharder.cpu:>8.2f}")
-        print(f"--dedup {args.dedup} adds {best_sharder.wall / off_sharder.wall - 1:+.1%} to the sharder's time "
-              f"({best_sharder.cpu / off_sharder.cpu - 1:+.1%} CPU s), {best_single.wall / off_single.wall - 1:+.1%} to "
-              f"one process decoding ({(best_single.wall - off_single.wall) / n * 1e3:.2f} ms per image); goal < 5 %")
+        rows += [("single-process, --dedup off", single_off), ("sharder, --dedup off", sharder_off)]
+    for name, timings in rows:
+        mid = median_timing(timings)
+        print(f"{name:<30}{n / mid.wall:>9.1f}{mid.wall:>9.2f}{mid.cpu:>8.2f}   "
+              f"{min(t.wall for t in timings):.3f}-{max(t.wall for t in timings):.3f} s")
+    if hashed:
+        print(dedup_cost_line(args.dedup, sharder, sharder_off, single, single_off, n))
         # imagehash.phash imports scipy.fftpack on its first call; duplicates.near_pairs imports faiss
         workers_import, faiss_import = import_seconds("imagehash, scipy.fftpack"), import_seconds("faiss")
         one_off = workers_import + faiss_import  # the workers import at once, in parallel: once in wall time
-        coco_wall = COCO_TRAIN_IMAGES / (n / off_sharder.wall)
+        off_wall = median_timing(sharder_off).wall
+        coco_wall = COCO_TRAIN_IMAGES / (n / off_wall)
         print(f"one-off, not in the rows above: imagehash + SciPy import {workers_import:.2f} s in each worker, faiss "
-              f"{faiss_import:.2f} s in the writing process: +{one_off / off_sharder.wall:.0%} on this run's "
+              f"{faiss_import:.2f} s in the writing process: +{one_off / off_wall:.0%} on this run's "
               f"{n} images, +{one_off / coco_wall:.2%} on a COCO-sized run ({COCO_TRAIN_IMAGES} images, "
               f"{coco_wall:.0f} s at this rate); the duplicate search grows with the square of the images: "
               "python -m vaedist.bench dedup index")
     print(f"speed-up {speedup:.2f}x on {workers} workers: parallel efficiency {speedup / workers:.0%} (goal >= 80%); "
-          f"this machine's ceiling (plain decoders, no sharding) {best_single.wall / best_plain.wall / workers:.0%}")
+          f"this machine's ceiling (plain decoders, no sharding) {mid_single.wall / mid_plain.wall / workers:.0%}")
     # Other processes steal cores from the workers but not from the single-process row; the CPU-time ratio
     # (work of the single process / work of all the sharder's processes) is the efficiency on idle cores.
-    print(f"CPU-time efficiency {best_single.cpu / best_sharder.cpu:.0%} (the sharder's extra work: tar members, "
+    print(f"CPU-time efficiency {mid_single.cpu / mid_sharder.cpu:.0%} (the sharder's extra work: tar members, "
           f"index, sha256, IPC)")
     # Other processes take cores from the sharder's workers, not from the single process (one core of many):
     # say how much, so that a low wall-clock figure on a shared machine is read for what it is.
     cores = default_workers()
-    print(f"other processes meanwhile: {best_single.others / best_single.wall:.1f} of {cores} cores busy during the "
-          f"single-process row, {best_sharder.others / best_sharder.wall:.1f} during the sharder row"
+    print(f"other processes meanwhile: {mid_single.others / mid_single.wall:.1f} of {cores} cores busy during the "
+          f"single-process row, {mid_sharder.others / mid_sharder.wall:.1f} during the sharder row"
           + ("  <- shared machine: the wall-clock efficiency is understated"
-             if best_sharder.others / best_sharder.wall > 0.1 * cores else ""))
+             if mid_sharder.others / mid_sharder.wall > 0.1 * cores else ""))
     return 0
