@@ -114,6 +114,41 @@ def test_the_summary_names_the_duplicates(planted, tmp_path):
     assert "val2017/retina.jpg" in result.stdout
 
 
+def test_the_manifest_lists_the_first_pairs_and_counts_them_all(planted, reported, tmp_path, monkeypatch):
+    """Every start-up reads the manifest: its duplicate report lists at most MANIFEST_LISTED groups or pairs
+    of each kind (the first ones: exact, then the closest), while its counts and the dedup command's report
+    stay whole. (A 160k-image set made of near copies had a 1.37 GB manifest before the cap.)"""
+    rng = np.random.default_rng(0)
+    base = int(rng.integers(0, 2**63))
+    codes = np.array([base ^ sum(1 << int(b) for b in rng.choice(64, 4, replace=False)) for _ in range(40)],
+                     np.uint64)  # each within 4 bits of one code: every pair within 8
+    exact = rng.integers(0, 256, (40, 16), dtype=np.uint8)
+    exact[[3, 9, 20]], exact[[5, 6]] = exact[3], exact[5]  # two groups of identical pixels
+    exact = exact.view("V16").ravel()
+    sets = [duplicates.HashSet(name, exact[rows], codes[rows], lambda found, name=name: [f"{name}/{r}" for r in found])
+            for name, rows in (("train", slice(0, 30)), ("val", slice(30, 40)))]
+    whole = duplicates.find_duplicates(sets).to_json()
+    capped = duplicates.find_duplicates(sets, listed=5).to_json()
+    train, whole_train = capped["within"]["train"], whole["within"]["train"]
+    assert (train["exact_group_count"], train["exact_copies"]) == (2, 3) == (len(whole_train["exact_groups"]), 3)
+    assert train["near_pair_count"] == len(whole_train["near_pairs"]) == 30 * 29 // 2 - 3 - 1
+    assert train["near_pairs"] == whole_train["near_pairs"][:5] and len(train["near_pairs"]) == 5
+    assert [p["distance"] for p in whole_train["near_pairs"]] == sorted(p["distance"] for p in whole_train["near_pairs"])
+    (across,), (whole_across,) = capped["across"], whole["across"]
+    assert across["near_pairs"] == whole_across["near_pairs"] == 300 and across["pairs"] == whole_across["pairs"][:5]
+    assert capped["listed"] == 5 and whole["listed"] is None
+    assert any("lists the first 5 of each kind" in line for line in duplicates.duplicates_summary(capped))
+
+    # the sharder writes the capped report into the manifest
+    monkeypatch.setattr("vaedist.shard.sharder.MANIFEST_LISTED", 1)
+    report = _shard(planted, tmp_path / "out").duplicates
+    train = report["within"]["train"]
+    assert report["listed"] == 1 and len(train["exact_groups"]) == len(train["near_pairs"]) == 1
+    assert (train["exact_group_count"], train["near_pair_count"]) == (len(EXACT), len(NEAR))
+    whole_train = reported[1].duplicates["within"]["train"]  # the default cap lists all of the planted ones
+    assert train["near_pairs"] == whole_train["near_pairs"][:1] and train["exact_groups"] == whole_train["exact_groups"][:1]
+
+
 def test_drop_removes_copies_and_every_train_image_that_matches_val_while_val_keeps_all(planted, tmp_path,
                                                                                       read_shards, dali_read_all):
     manifest = _shard(planted, tmp_path, dedup="drop")

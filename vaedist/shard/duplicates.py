@@ -29,6 +29,10 @@ from vaedist.shard.format import EXACT_HASH, EXACT_HASH_BYTES, PERCEPTUAL_HASH, 
 # 12 of 14 2 %-crops within 8; the closest of 2,359 distinct pairs is 18 bits apart. 10 would catch 3 more
 # of the 140 copies but, at 265k images, ~36x more chance pairs (~9 at 8 bits).
 DEFAULT_THRESHOLD = 8
+# Groups or pairs the manifest lists per kind (the counts are always whole). Measured (`python -m vaedist.bench
+# scale --dedup report`, 2026-12-01): a 160k-image set built from crops of 14 photos had pairs enough for a
+# 1.37 GB manifest, read by every start-up; 1,000 pairs are ~0.1 MB.
+MANIFEST_LISTED = 1000
 BLOCK = 16_384  # query rows per faiss call: bounds the result buffers, keeps every core busy
 
 
@@ -92,23 +96,28 @@ class HashSet:
 class DuplicateReport:
     """What find_duplicates found. `to_json()` is the manifest's "duplicates" and the CLI's report.json:
 
-    {"threshold": 8, "exact_hash": EXACT_HASH, "perceptual_hash": PERCEPTUAL_HASH,
-     "within": {"train": {"images": 118287, "exact_groups": [[path, path, ...], ...], "exact_copies": 3,
+    {"threshold": 8, "exact_hash": EXACT_HASH, "perceptual_hash": PERCEPTUAL_HASH, "listed": 1000 | null,
+     "within": {"train": {"images": 118287, "exact_group_count": 2, "exact_copies": 3, "near_pair_count": 1,
+                          "exact_groups": [[path, path, ...], ...],
                           "near_pairs": [{"a": path, "b": path, "distance": 4}, ...]}, ...},
      "across": [{"a": "train", "b": "val", "exact_pairs": 1, "near_pairs": 2,
                  "pairs": [{"a": path in a, "b": path in b, "distance": 0, "exact": true}, ...]}, ...]}
 
     Near pairs within a set leave out the pairs of one exact group (those are the groups); pairs are sorted
-    exact first, then by distance.
+    exact first, then by distance. With `listed` set, each list holds at most that many (the first ones) and
+    the counts say how many there are: the manifest's copy is capped (MANIFEST_LISTED), since every start-up
+    reads the manifest and a set full of near copies has pairs by the million; `python -m vaedist.dedup`
+    writes them all.
     """
 
     threshold: int
     within: dict[str, dict] = field(default_factory=dict)
     across: list[dict] = field(default_factory=list)
+    listed: int | None = None
 
     def to_json(self) -> dict:
         return {"threshold": self.threshold, "exact_hash": EXACT_HASH, "perceptual_hash": PERCEPTUAL_HASH,
-                "within": self.within, "across": self.across}
+                "listed": self.listed, "within": self.within, "across": self.across}
 
 
 def _names(hashes: HashSet, rows) -> dict[int, str]:
@@ -116,36 +125,44 @@ def _names(hashes: HashSet, rows) -> dict[int, str]:
     return dict(zip(unique, hashes.paths(unique)))
 
 
-def _within(hashes: HashSet, threshold: int) -> dict:
+def _within(hashes: HashSet, threshold: int, listed: int | None) -> dict:
     groups = exact_groups(hashes.exact)
     i, j, d = near_pairs(hashes.phash, threshold)
     other = hashes.exact[i] != hashes.exact[j]  # exact copies are reported as groups, not again as pairs
     i, j, d = i[other], j[other], d[other]
-    names = _names(hashes, np.concatenate([*groups, i, j]) if groups or len(i) else [])
-    pairs = sorted(zip(d.tolist(), i.tolist(), j.tolist()))
-    return {"images": len(hashes.phash), "exact_groups": [[names[int(r)] for r in g] for g in groups],
-            "exact_copies": sum(len(g) - 1 for g in groups),
-            "near_pairs": [{"a": names[a], "b": names[b], "distance": dist} for dist, a, b in pairs]}
+    near_count = len(d)
+    order = np.lexsort((j, i, d))[:listed]  # closest first
+    shown_groups, i, j, d = groups[:listed], i[order], j[order], d[order]
+    names = _names(hashes, np.concatenate([*shown_groups, i, j]) if shown_groups or len(i) else [])
+    return {"images": len(hashes.phash), "exact_group_count": len(groups),
+            "exact_groups": [[names[int(r)] for r in g] for g in shown_groups],
+            "exact_copies": sum(len(g) - 1 for g in groups), "near_pair_count": near_count,
+            "near_pairs": [{"a": names[a], "b": names[b], "distance": dist}
+                           for dist, a, b in zip(d.tolist(), i.tolist(), j.tolist())]}
 
 
-def _across(a: HashSet, b: HashSet, threshold: int) -> dict:
+def _across(a: HashSet, b: HashSet, threshold: int, listed: int | None) -> dict:
     i, j, d = near_pairs(a.phash, threshold, b.phash)
-    exact = (a.exact[i] == b.exact[j]).tolist()
+    exact = a.exact[i] == b.exact[j]
+    exact_pairs, near = int(exact.sum()), int((~exact).sum())
+    order = np.lexsort((j, i, d, ~exact))[:listed]  # exact first, then the closest
+    i, j, d, exact = i[order], j[order], d[order], exact[order]
     names_a, names_b = _names(a, i), _names(b, j)
-    pairs = sorted(zip([not e for e in exact], d.tolist(), i.tolist(), j.tolist()))
-    return {"a": a.name, "b": b.name, "exact_pairs": sum(exact), "near_pairs": len(exact) - sum(exact),
-            "pairs": [{"a": names_a[x], "b": names_b[y], "distance": dist, "exact": not near}
-                      for near, dist, x, y in pairs]}
+    return {"a": a.name, "b": b.name, "exact_pairs": exact_pairs, "near_pairs": near,
+            "pairs": [{"a": names_a[x], "b": names_b[y], "distance": dist, "exact": e}
+                      for x, y, dist, e in zip(i.tolist(), j.tolist(), d.tolist(), exact.tolist())]}
 
 
-def find_duplicates(sets: list[HashSet], threshold: int = DEFAULT_THRESHOLD) -> DuplicateReport:
-    """Exact groups and near pairs within each set, and every exact or near pair across each two sets."""
-    report = DuplicateReport(threshold)
+def find_duplicates(sets: list[HashSet], threshold: int = DEFAULT_THRESHOLD, listed: int | None = None
+                    ) -> DuplicateReport:
+    """Exact groups and near pairs within each set, and every exact or near pair across each two sets.
+    `listed` caps each list of groups or pairs (the first ones: exact, then the closest); the counts stay whole."""
+    report = DuplicateReport(threshold, listed=listed)
     for hashes in sets:
-        report.within[hashes.name] = _within(hashes, threshold)
+        report.within[hashes.name] = _within(hashes, threshold, listed)
     for n, a in enumerate(sets):
         for b in sets[n + 1 :]:
-            report.across.append(_across(a, b, threshold))
+            report.across.append(_across(a, b, threshold, listed))
     return report
 
 
@@ -227,11 +244,21 @@ def duplicates_summary(report: dict, shown: int = 5) -> list[str]:
     """Lines for a terminal from a DuplicateReport's JSON: counts, then the first pairs of each kind."""
     lines = [f"  duplicates (pixels identical, or perceptual hashes within {report['threshold']} bits):"]
     for name, found in report["within"].items():
-        lines.append(f"    within {name}: {len(found['exact_groups'])} groups of identical images "
-                     f"({found['exact_copies']} extra copies), {len(found['near_pairs'])} near pairs")
+        # manifests written before the lists were capped have no counts: their lists are whole
+        groups = found.get("exact_group_count", len(found["exact_groups"]))
+        pairs = found.get("near_pair_count", len(found["near_pairs"]))
+        lines.append(f"    within {name}: {groups} groups of identical images "
+                     f"({found['exact_copies']} extra copies), {pairs} near pairs")
         lines += [f"      same pixels: {', '.join(group)}" for group in found["exact_groups"][:shown]]
         lines += [f"      near ({p['distance']}): {p['a']}  {p['b']}" for p in found["near_pairs"][:shown]]
     for pair in report["across"]:
         lines.append(f"    {pair['a']} <-> {pair['b']}: {pair['exact_pairs']} identical, {pair['near_pairs']} near")
         lines += [f"      {_kind(p)}: {p['a']}  {p['b']}" for p in pair["pairs"][:shown]]
+    listed = report.get("listed")
+    counts = [n for found in report["within"].values()
+              for n in (found.get("exact_group_count", 0), found.get("near_pair_count", 0))]
+    counts += [pair["exact_pairs"] + pair["near_pairs"] for pair in report["across"]]
+    if listed is not None and any(n > listed for n in counts):
+        lines.append(f"    (manifest.json lists the first {listed} of each kind; "
+                     "python -m vaedist.dedup SHARDS --out DIR lists them all)")
     return lines

@@ -50,7 +50,8 @@ from tqdm import tqdm
 from vaedist import __version__
 from vaedist.errors import UserError
 from vaedist.shard.images import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, ImageOptions
-from vaedist.shard.duplicates import DEFAULT_THRESHOLD, DropFilter, HashSet, duplicates_summary, find_duplicates
+from vaedist.shard.duplicates import (DEFAULT_THRESHOLD, MANIFEST_LISTED, DropFilter, HashSet, duplicates_summary,
+                                      find_duplicates)
 from vaedist.shard.format import (IMAGE_EXT, PERCEPTUAL_HASH_BITS, Manifest, ShardInfo, SplitInfo, load_manifest, manifest_path,
                                   member_entry, write_manifest)
 from vaedist.shard.plan import PlannedShard, listing_fingerprint, plan_shards
@@ -438,7 +439,7 @@ def _add_tables_and_duplicates(manifest: Manifest, out: Path, listing: SourceLis
             sets.append(HashSet(name, table["exact"], table["phash"],
                                 lambda found, table=table: [path_of[table["key"][r].decode()] for r in found]))
     if sets:
-        manifest.duplicates = find_duplicates(sets, options.dedup_threshold).to_json()
+        manifest.duplicates = find_duplicates(sets, options.dedup_threshold, MANIFEST_LISTED).to_json()
 
 
 def _reasons_summary(skipped: list[dict]) -> str:
