@@ -193,13 +193,14 @@ def latest_step(run_dir: Path) -> int:
     return int(checkpoints(run_dir)[-1].split("-")[1]) if checkpoints(run_dir) else 0
 
 
-# (how, signal): SIGTERM to the launcher (kill, SLURM's pre-emption; with two processes SLURM's path is
-# tests/test_train_distributed.py's), a terminal's Ctrl-C (SIGINT to the whole process group: with one process
+# (how, signal): SIGTERM to the launcher (SLURM's pre-emption; with two processes SLURM's path is
+# tests/test_train_distributed.py's), twice, 0.3 s apart, as the kernel repeats its parent-death notice (below),
+# a terminal's Ctrl-C (SIGINT to the whole process group: with one process
 # the training used to get it twice and abort), the launcher's terminal closed (hangup: SIGHUP to it, and every
 # write to the terminal fails from then on; the training processes used to die of the signal), SIGKILL to the
 # launcher (no time to pass anything on: the kernel tells the training, vaedist.parent, more than once with two
 # processes: the second SIGTERM used to kill them in the middle of their checkpoint)
-STOPS = {"one": [("kill", signal.SIGTERM), ("group", signal.SIGINT), ("kill", signal.SIGKILL)],
+STOPS = {"one": [("twice", signal.SIGTERM), ("group", signal.SIGINT), ("kill", signal.SIGKILL)],
          "two": [("hangup", signal.SIGHUP), ("group", signal.SIGINT), ("kill", signal.SIGKILL)]}
 
 
@@ -238,7 +239,14 @@ class Terminal:
 
 
 def last_logged_step(run_dir: Path) -> int:
-    return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    """The step of metrics.jsonl's last whole row (0 before any)."""
+    path = run_dir / "metrics.jsonl"
+    for line in reversed(path.read_text().splitlines() if path.is_file() else []):
+        try:
+            return json.loads(line)["step"]
+        except ValueError:  # a row being written
+            continue
+    return 0
 
 
 @pytest.fixture(scope="module")
@@ -266,10 +274,14 @@ def test_each_signal_to_the_readme_launcher_stops_every_training_process_with_a_
         wait_for(lambda: latest_step(run) > after, proc, what=f"a checkpoint after step {after}")
         workers = trainers(proc)
         assert len(workers) == (2 if launcher == "two" else 1) and lock_holder(run) in workers, workers
-        if terminal:
+        if terminal:  # once a step past the checkpoint is logged: a process that dies of it leaves no checkpoint there
+            wait_for(lambda: last_logged_step(run) > latest_step(run), proc, what="a step logged after the checkpoint")
             terminal.hang_up()
         else:
             (os.killpg if how == "group" else os.kill)(proc.pid, sig)
+        if how == "twice":
+            time.sleep(0.3)
+            os.kill(proc.pid, sig)
         code = proc.wait(timeout=120)
         wait_for(lambda: not any(map(alive, workers)), timeout=120, what="the training processes to stop")
         out = terminal.text() if terminal else proc.stdout.read()  # the training processes' lines too, to their end
