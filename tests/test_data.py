@@ -450,6 +450,11 @@ def test_a_jpeg_damaged_after_sharding_is_named_replaced_in_its_batch_and_skippe
     decoder = "DALI: " if backend == "dali" else "Pillow: "
     assert record.reason.startswith(f"fails to decode ({decoder}") and "Pillow: broken data stream" in record.reason
     assert [r.key for r in loader.bad_samples.take_found()] == [key]  # found once: later epochs knew it
+    # after a resume: the run's record read back (BadSampleLog.start): the same batches, the sample not reported again
+    resumed = build_loader(cfg(salted, backend=backend), "train", train=True, batch_size=4)
+    assert resumed.bad_samples.skip([record]) == 1
+    assert all(torch.equal(a, b) for a, b in zip(batches_of(resumed, 1), got, strict=True))
+    assert resumed.bad_samples.take_found() == []
 
 
 @pytest.mark.parametrize("backend", ["dali", "reference"])

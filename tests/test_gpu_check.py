@@ -67,7 +67,7 @@ def test_cpu_dry_run_reports_every_stage_and_goes_on_after_one_overruns(tmp_path
     assert "CPU dry run" in md and "## Goals" in md and "## GPU tests" in md
     for name in STAGES:
         assert f"| {name} |" in md
-    for command in ("-m vaedist.bench loader", "-m vaedist.bench train", "-m accelerate.commands.launch",
+    for command in ("-m vaedist.bench loader", "-m vaedist.bench train", "-m vaedist.launch",
                     "launch/train.py --config", "-m pytest -m gpu"):
         assert command in md, command
     with Image.open(out / "gpu-report.png") as png:

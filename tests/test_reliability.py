@@ -3,14 +3,18 @@ damaged after sharding, SIGTERM / SIGKILL to the launcher, two trainings on one 
 disk, a run.dir that cannot hold a run."""
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import os
+import select
 import shlex
 import signal
 import socket
 import subprocess
 import sys
+import termios
+import threading
 import time
 from pathlib import Path
 
@@ -68,7 +72,7 @@ def wait_for(condition, proc: subprocess.Popen | None = None, timeout: float = 1
         if condition():
             return
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"ended before {what}:\n" + proc.stdout.read()[-3000:])
+            raise AssertionError(f"ended before {what}:\n" + (proc.stdout.read()[-3000:] if proc.stdout else ""))
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -189,11 +193,65 @@ def latest_step(run_dir: Path) -> int:
     return int(checkpoints(run_dir)[-1].split("-")[1]) if checkpoints(run_dir) else 0
 
 
-# (how, signal): SIGTERM to the launcher (kill, SLURM's pre-emption), a terminal's Ctrl-C (SIGINT to the whole
-# process group: with one process the training used to get it twice and abort), SIGKILL to the launcher (no
-# time to pass anything on: the kernel tells the training, vaedist.parent; one process only, see the README)
-STOPS = {"one": [("kill", signal.SIGTERM), ("group", signal.SIGINT), ("kill", signal.SIGKILL)],
-         "two": [("kill", signal.SIGTERM), ("group", signal.SIGINT)]}
+# (how, signal): SIGTERM to the launcher (SLURM's pre-emption; with two processes SLURM's path is
+# tests/test_train_distributed.py's), twice, 0.3 s apart, as the kernel repeats its parent-death notice (below),
+# a terminal's Ctrl-C (SIGINT to the whole process group: with one process
+# the training used to get it twice and abort), the launcher's terminal closed (hangup: SIGHUP to it, and every
+# write to the terminal fails from then on; the training processes used to die of the signal), SIGKILL to the
+# launcher (no time to pass anything on: the kernel tells the training, vaedist.parent, more than once with two
+# processes: the second SIGTERM used to kill them in the middle of their checkpoint)
+STOPS = {"one": [("twice", signal.SIGTERM), ("group", signal.SIGINT), ("kill", signal.SIGKILL)],
+         "two": [("hangup", signal.SIGHUP), ("group", signal.SIGINT), ("kill", signal.SIGKILL)]}
+
+
+class Terminal:
+    """A pseudo-terminal that a command runs on as its controlling terminal, as in an ssh session: its output
+    is collected; `hang_up` closes the terminal (the kernel sends SIGHUP to the command)."""
+
+    def __init__(self):
+        self._master, self._slave = os.openpty()
+        self._chunks: list[bytes] = []
+        self._closing = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+
+    def start(self, cmd: list[str]) -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdin=self._slave, stdout=self._slave, stderr=self._slave,
+                                start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+        os.close(self._slave)
+        self._reader.start()
+        return proc
+
+    def _read(self) -> None:
+        while not self._closing.is_set():
+            if select.select([self._master], [], [], 0.05)[0]:
+                try:
+                    self._chunks.append(os.read(self._master, 65536))
+                except OSError:  # every process on it has closed it
+                    break
+        os.close(self._master)
+
+    def hang_up(self) -> None:
+        self._closing.set()
+        self._reader.join(timeout=10)
+
+    def text(self) -> str:
+        return b"".join(self._chunks).decode(errors="replace")
+
+
+def unsaved(step: int) -> bool:
+    """No checkpoint follows this step's log row (RUN: one every 2 steps, and at each epoch's end: 3 steps)."""
+    return step % 2 == 1 and step % 3 != 0
+
+
+def last_logged_step(run_dir: Path) -> int:
+    """The step of metrics.jsonl's last whole row (0 before any)."""
+    path = run_dir / "metrics.jsonl"
+    for line in reversed(path.read_text().splitlines() if path.is_file() else []):
+        try:
+            return json.loads(line)["step"]
+        except ValueError:  # a row being written
+            continue
+    return 0
 
 
 @pytest.fixture(scope="module")
@@ -214,25 +272,40 @@ def test_each_signal_to_the_readme_launcher_stops_every_training_process_with_a_
     traceback (two processes) or leave the training running as an orphan (one process)."""
     run = tmp_path / "run"
     for number, (how, sig) in enumerate(STOPS[launcher]):
-        proc = start(train_command(food_shards, run, launcher=launcher))
+        terminal = Terminal() if how == "hangup" else None
+        command = train_command(food_shards, run, launcher=launcher)
+        proc = terminal.start(command) if terminal else start(command)
         after = latest_step(run)
         wait_for(lambda: latest_step(run) > after, proc, what=f"a checkpoint after step {after}")
         workers = trainers(proc)
         assert len(workers) == (2 if launcher == "two" else 1) and lock_holder(run) in workers, workers
-        (os.killpg if how == "group" else os.kill)(proc.pid, sig)
+        if terminal:  # once a step that no checkpoint follows is logged: a process that dies of it leaves none there
+            wait_for(lambda: unsaved(last_logged_step(run)) and last_logged_step(run) > latest_step(run), proc,
+                     what="a step logged after the checkpoint")
+            terminal.hang_up()
+        else:
+            (os.killpg if how == "group" else os.kill)(proc.pid, sig)
+        if how == "twice":
+            time.sleep(0.3)
+            os.kill(proc.pid, sig)
         code = proc.wait(timeout=120)
         wait_for(lambda: not any(map(alive, workers)), timeout=120, what="the training processes to stop")
-        out = proc.stdout.read()  # the training processes inherited the pipe: their lines too, to their end
-        proc.stdout.close()
+        out = terminal.text() if terminal else proc.stdout.read()  # the training processes' lines too, to their end
+        if not terminal:
+            proc.stdout.close()
         name = "SIGTERM" if sig == signal.SIGKILL else sig.name  # the kernel's SIGTERM when the launcher died
         assert code == (-sig if sig == signal.SIGKILL else 128 + sig), (how, sig, code, out[-3000:])
+        if number:
+            assert f"resuming from {run / 'checkpoints' / f'step-{after:08d}'}" in out, out[-3000:]
+        if terminal:  # what they wrote after the hang-up went nowhere: the run dir tells where they stopped
+            stopped_at = last_logged_step(run)
+            assert checkpoints(run)[-1] == f"step-{stopped_at:08d}" and stopped_at > after, (stopped_at, checkpoints(run))
+            continue
         assert "Traceback" not in out and "stopped by " + name in out, out[-3000:]
         for rank in range(len(workers)):  # each process got the signal once (a second one would abort it)
             assert out.count(f"[rank {rank}] {name}: saving a checkpoint, then exiting") == 1, out[-3000:]
         stopped_at = int(out.split(f"stopped by {name} at step ")[1].split(":")[0])
         assert checkpoints(run)[-1] == f"step-{stopped_at:08d}" and stopped_at > after
-        if number:
-            assert f"resuming from {run / 'checkpoints' / f'step-{after:08d}'}" in out, out[-3000:]
     resumed = subprocess.run(train_command(food_shards, run, launcher=launcher), cwd=REPO, env=ENV, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stdout[-3000:] + resumed.stderr[-3000:]

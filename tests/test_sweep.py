@@ -189,7 +189,7 @@ def test_dry_run_prints_every_points_command_and_writes_nothing(tmp_path):
     spec = load_spec(REPO / "configs" / "sweep.yaml")
     lines = [line for line in proc.stdout.splitlines() if line.startswith("point-")]
     assert len(lines) == spec.grid_size() and not out.exists()
-    assert all("/usr/bin/env accelerate launch launch/train.py --config" in line for line in lines)
+    assert all("/usr/bin/env python -m vaedist.launch launch/train.py --config" in line for line in lines)
 
 
 def test_points_get_one_gpu_each_round_robin_and_cpu_points_their_own_cores(monkeypatch):
@@ -285,8 +285,8 @@ def test_grid_sweep_killed_with_kill_9_resumes_and_runs_nothing_twice(read_repor
         "name": "kill-test", "program": "launch/train.py", "method": "grid",
         "metric": {"name": "val/mse", "goal": "minimize"},
         "parameters": {"train.kl_weight": {"values": ["batch", "one"]}, "model.latent_dim": {"values": [4, 8]}},
-        # the shipped files' launcher: accelerate's single-process launcher dies at SIGTERM and leaves the trainer
-        "command": sweep_command(food_shards, ["accelerate", "launch", "--num_processes", "1", "--num_machines", "1",
+        # the shipped files' launcher (its one-process training runs in a session of its own)
+        "command": sweep_command(food_shards, ["${interpreter}", "-m", "vaedist.launch", "--num_processes", "1", "--num_machines", "1",
                                                "--mixed_precision", "no", "--dynamo_backend", "no"],
                                  f"train.epochs={epochs}", "logging.wandb=false"),
     })
@@ -299,7 +299,7 @@ def test_grid_sweep_killed_with_kill_9_resumes_and_runs_nothing_twice(read_repor
         if state and any(p.status == DONE for p in state.points):
             running = [p for p in state.points if p.status == "running" and (out / p.name / "checkpoints").is_dir()]
             children = psutil.Process(proc.pid).children(recursive=True)
-            trainers = [c for c in children if "launch/train.py" in command_of(c) and "accelerate" not in command_of(c)
+            trainers = [c for c in children if "launch/train.py" in command_of(c) and "vaedist.launch" not in command_of(c)
                         and any(f"model.latent_dim={p.parameters['model.latent_dim']} train.kl_weight={p.parameters['train.kl_weight']}"
                                 in command_of(c) for p in running)]
             if trainers:

@@ -9,11 +9,12 @@ processes, waits for them, then raises `SignalException`), with one process afte
 (`CalledProcessError`), so a stop's 143 and a config mistake's 2 were lost. With one process it also passed
 no signal on: the launcher died and the training ran on (vaedist.parent stops it then). Here:
 
-- several processes: torch's agent forwards the signal and waits for the training processes (up to
+- several processes: torch's agent forwards the signal (SIGTERM, SIGINT, SIGHUP) and waits for the training processes (up to
   `TORCH_ELASTIC_SHUTDOWN_TIMEOUT` seconds, 30 by default, then SIGKILL); this exits 128 + the signal.
   A process that fails: this exits with the first failure's exit code (torch's agent logs which rank).
 - one process: the training runs in a session of its own, as torch's workers do, so that a Ctrl-C at the
-  terminal reaches it once, through this process, which passes SIGTERM and SIGINT on and waits for it;
+  terminal reaches it once, through this process, which passes SIGTERM, SIGINT and SIGHUP (the terminal
+  closed) on and waits for it;
   this exits with the training's exit code (128 + the signal when it stopped on one).
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 # The signals the training stops on (vaedist.train.signals.StopRequest.SIGNALS; not imported from there:
 # vaedist.train loads the trainer, DALI included, seconds this process does not need).
-FORWARDED = (signal.SIGTERM, signal.SIGINT)
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class TrainingExited(Exception):
@@ -59,7 +60,7 @@ def run_one_process(args) -> None:
 
 @contextmanager
 def forwarding(send: Callable[[int], None]) -> Iterator[None]:
-    """Within the block, SIGTERM and SIGINT to this process are sent on instead of ending it."""
+    """Within the block, the FORWARDED signals to this process are sent on instead of ending it."""
     previous = {sig: signal.signal(sig, lambda signum, _frame: send(signum)) for sig in FORWARDED}
     try:
         yield

@@ -3,13 +3,13 @@ the point's whole process tree with it.
 
     python -m vaedist.sweep.supervise --parent PID --log FILE --attempt N [--cpus 0,1] [--stop-timeout S] -- ARGV...
 
-Why a process of its own: the command is `accelerate launch ... launch/train.py`, and accelerate's
-single-process launcher neither forwards signals nor dies with its parent, so a `kill -9` of the runner
-would leave the training running, and a restarted sweep could run the same point twice at the same time.
-This process
+Why a process of its own: the command is a launcher (`python -m vaedist.launch ... launch/train.py`, or
+any other: `accelerate launch`, whose single-process launcher neither forwards signals nor dies with its
+parent), and nothing else makes sure that a `kill -9` of the runner leaves no training running: a restarted
+sweep could run the same point twice at the same time. This process
 - asks the kernel for SIGTERM when the runner dies (prctl PR_SET_PDEATHSIG), even by kill -9;
 - becomes the "subreaper" of everything it starts (PR_SET_CHILD_SUBREAPER), so that processes whose parent
-  died (the trainer after accelerate) are still its descendants, and it can wait for all of them;
+  died (the trainer after its launcher) are still its descendants, and it can wait for all of them;
 - runs the command in a process group of its own; a stop request (SIGTERM/SIGINT, from the runner or from
   the kernel on the runner's death) becomes one SIGTERM to that group, like Ctrl-C in a terminal: the trainer
   saves a checkpoint and exits. After --stop-timeout seconds, or at a second request, every descendant gets
