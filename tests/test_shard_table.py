@@ -92,6 +92,24 @@ def test_dedup_off_writes_a_table_without_hashes_and_null_hashes_in_json(sample_
         read_table(tmp_path, manifest, "train", columns=("phash",))
 
 
+def test_a_split_whose_every_image_is_rejected_gets_a_zero_row_table_with_the_same_columns(sample_trees, tmp_path):
+    # COCO's val2017 holding only a file that is no image: the split is planned, its one shard comes out empty
+    # (was: the duplicate finder asked the empty table for its "exact" column, a ValueError traceback)
+    root = tmp_path / "coco"
+    shutil.copytree(sample_trees["coco"] / "train2017", root / "train2017")
+    (root / "test2017").mkdir()
+    (root / "val2017").mkdir()
+    (root / "val2017" / "000000000001.jpg").write_bytes(b"\xff\xd8 not a JPEG" * 64)
+    manifest = shard_dataset("coco", root, tmp_path / "out", workers=1, progress=False)
+    val, train = manifest.splits["val"], manifest.splits["train"]
+    assert val.samples == 0 and val.shards == [] and train.samples > 0
+    assert [s["path"] for s in manifest.skipped] == ["val2017/000000000001.jpg"]
+    table = np.load(tmp_path / "out" / table_name("val"), allow_pickle=False)  # numpy alone
+    assert len(table) == 0 and table.dtype.names == read_table(tmp_path / "out", manifest, "train").dtype.names
+    assert read_table(tmp_path / "out", manifest, "val", columns=HASH_COLUMNS).shape == (0,)
+    assert manifest.duplicates["within"]["val"] == {"images": 0, "exact_groups": [], "exact_copies": 0, "near_pairs": []}
+
+
 def test_a_missing_or_changed_table_is_a_one_line_error_naming_it(food_table_shards, tmp_path):
     out = tmp_path / "copy"
     out.mkdir()
