@@ -3,10 +3,12 @@ to the first batch) through the split's table and through the old path that read
 steps/s, side by side for each size.
 
     python -m vaedist.bench scale [--sizes 2000 10000] [--work DIR] [--keep] [--steps 20] [--batch-size 64]
+                                  [--dedup off|report] [--json FILE]
 
 Per size N: a COCO-like corpus of N small real JPEGs (vaedist.sample's crops of real photographs, longer side
 120-160 px; 3/4 train2017, 1/4 test2017, 1/32 val2017) is written to WORK/raw-N (reused when complete),
-sharded by `python -m vaedist.shard coco --dedup off` (wall time; peak RSS of the largest process, writer or
+sharded by `python -m vaedist.shard coco --dedup off` (`--dedup report`: the sharder's default, whose table
+also holds the image hashes, 82 instead of 58 bytes per sample; wall time; peak RSS of the largest process, writer or
 worker), and the train split's loader is started twice in a fresh process each, with every file of the shard
 directory evicted from the page cache first (posix_fadvise DONTNEED, no root needed): once as sharded (the
 table) and once from a hard-linked copy whose manifest lists no table (the old path, which reads every
@@ -154,17 +156,18 @@ def measure_start(shard_dir: Path, batch_size: int, steps: int) -> dict:
     return result
 
 
-def measure_size(work: Path, n: int, batch_size: int, steps: int, say) -> dict:
+def measure_size(work: Path, n: int, batch_size: int, steps: int, say, dedup: str = "off") -> dict:
     say(f"N={n}: building the corpus")
     raw = build_corpus(work / f"raw-{n}", n)
-    shards, sharding = work / f"shards-{n}", work / f"shards-{n}.json"
+    name = f"shards-{n}" if dedup == "off" else f"shards-{n}-{dedup}"  # the hashes make each table row 24 B longer
+    shards, sharding = work / name, work / f"{name}.json"
     if (shards / MANIFEST_NAME).is_file() and sharding.is_file():  # sharded by an earlier run on this --work
         shard_s, shard_rss = json.loads(sharding.read_text())
     else:
         shutil.rmtree(shards, ignore_errors=True)
         say(f"N={n}: sharding")
         shard_s, shard_rss, _ = run_measured([sys.executable, "-m", "vaedist.shard", "coco", "--root", str(raw),
-                                              "--out", str(shards), "--dedup", "off", "--no-progress"])
+                                              "--out", str(shards), "--dedup", dedup, "--no-progress"])
         write_text_atomic(sharding, json.dumps([shard_s, shard_rss]))
     manifest = load_manifest(shards)
     train = manifest.splits["train"]
@@ -173,7 +176,8 @@ def measure_size(work: Path, n: int, batch_size: int, steps: int, say) -> dict:
     new = measure_start(shards, batch_size, steps)
     say(f"N={n}: cold start through the tars (old path)")
     old = measure_start(old_path_copy(shards, work / f"old-{n}"), batch_size, 0)
-    return {"n": n, "train_samples": train.samples, "train_bytes": train_bytes, "table_bytes": train.table.bytes,
+    return {"n": n, "dedup": dedup, "train_samples": train.samples, "train_bytes": train_bytes,
+            "table_bytes": train.table.bytes,
             "manifest_bytes": (shards / MANIFEST_NAME).stat().st_size, "shard_s": shard_s, "shard_rss": shard_rss,
             "new": new, "old": old}
 
@@ -231,6 +235,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--keep", action="store_true", help="keep --work (a later run reuses its corpora)")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per size (default: 20; 0: none)")
     parser.add_argument("--batch-size", type=int, default=64, help="per-process batch (default: 64)")
+    parser.add_argument("--dedup", choices=("off", "report"), default="off",
+                        help="the sharder's --dedup (default: off; report: the sharder's default, a table with the hashes)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: one cold start, in its process
     args = parser.parse_args(argv)
@@ -243,12 +249,12 @@ def main(argv: list[str]) -> int:
     work.mkdir(parents=True, exist_ok=True)
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
-        rows = [measure_size(work, n, args.batch_size, args.steps, say) for n in args.sizes]
+        rows = [measure_size(work, n, args.batch_size, args.steps, say, args.dedup) for n in args.sizes]
     finally:
         if args.work is None and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(f"\nvaedist at scale ({time.strftime('%Y-%m-%d', time.gmtime())}; {os.cpu_count()} CPUs; "
-          f"batch {args.batch_size}; cold page cache)\n" + report(rows))
+          f"batch {args.batch_size}; sharded with --dedup {args.dedup}; cold page cache)\n" + report(rows))
     if args.json:
         write_text_atomic(args.json, json.dumps(rows, indent=1))
     return 0
