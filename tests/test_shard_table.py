@@ -21,6 +21,7 @@ from vaedist.config import DataConfig
 from vaedist.data import build_loader
 from vaedist.data.index import open_split_index
 from vaedist.errors import UserError
+from vaedist.jpeg import JPEG_HEADER_BYTES, JpegProblem, stored_size
 from vaedist.shard import load_manifest, shard_dataset
 from vaedist.shard.format import HASH_COLUMNS, TABLE_COLUMNS, split_member_name, table_name, write_manifest
 from vaedist.shard.table import read_table
@@ -90,6 +91,25 @@ def test_dedup_off_writes_a_table_without_hashes_and_null_hashes_in_json(sample_
     assert all(s["meta"]["exact"] is None and s["meta"]["phash"] is None for s in read_shards(tmp_path, manifest).values())
     with pytest.raises(UserError, match="--dedup off.*--dedup report"):
         read_table(tmp_path, manifest, "train", columns=("phash",))
+
+
+def test_a_split_whose_every_image_is_rejected_gets_a_zero_row_table_with_the_same_columns(sample_trees, tmp_path):
+    # COCO's val2017 holding only a file that is no image: the split is planned, its one shard comes out empty
+    # (was: the duplicate finder asked the empty table for its "exact" column, a ValueError traceback)
+    root = tmp_path / "coco"
+    shutil.copytree(sample_trees["coco"] / "train2017", root / "train2017")
+    (root / "test2017").mkdir()
+    (root / "val2017").mkdir()
+    (root / "val2017" / "000000000001.jpg").write_bytes(b"\xff\xd8 not a JPEG" * 64)
+    manifest = shard_dataset("coco", root, tmp_path / "out", workers=1, progress=False)
+    val, train = manifest.splits["val"], manifest.splits["train"]
+    assert val.samples == 0 and val.shards == [] and train.samples > 0
+    assert [s["path"] for s in manifest.skipped] == ["val2017/000000000001.jpg"]
+    table = np.load(tmp_path / "out" / table_name("val"), allow_pickle=False)  # numpy alone
+    assert len(table) == 0 and table.dtype.names == read_table(tmp_path / "out", manifest, "train").dtype.names
+    assert read_table(tmp_path / "out", manifest, "val", columns=HASH_COLUMNS).shape == (0,)
+    val_report = manifest.duplicates["within"]["val"]
+    assert val_report["images"] == 0 and val_report["exact_groups"] == [] and val_report["near_pairs"] == []
 
 
 def test_a_missing_or_changed_table_is_a_one_line_error_naming_it(food_table_shards, tmp_path):
@@ -257,3 +277,24 @@ def test_start_up_reads_no_tar_and_a_changed_table_is_one_line_naming_it(food_ta
     message = str(err.value)
     assert "\n" not in message and str(table) in message and "sha256" in message
     assert f"python -m vaedist.shard.rebuild_table {copy}" in message
+
+
+def test_stored_size_reads_64_kib_and_the_whole_jpeg_only_when_its_header_lies_further_in():
+    # the one home of the fallback both the table's rebuild and the old start-up path use (vaedist.jpeg)
+    buffer = io.BytesIO()
+    Image.new("RGB", (37, 23), (200, 10, 10)).save(buffer, "JPEG")
+    plain = buffer.getvalue()
+    padding = b"".join(b"\xff\xe2" + (40_002).to_bytes(2, "big") + bytes(40_000) for _ in range(2))  # 2 APP2 segments
+    late = plain[:2] + padding + plain[2:]  # its frame header starts ~80 KB in
+    for jpeg in (plain, late):
+        reads = []
+
+        def read_start(n, jpeg=jpeg):
+            reads.append(n)
+            return memoryview(jpeg)[:n]
+
+        assert stored_size(read_start, len(jpeg)) == Image.open(io.BytesIO(jpeg)).size == (37, 23)
+        assert reads == ([len(plain)] if jpeg is plain else [JPEG_HEADER_BYTES, len(late)])
+    no_frame = late[: len(padding) + 2] + b"\xff\xda\x00\x02" + bytes(100)  # a scan, and no frame header before it
+    with pytest.raises(JpegProblem):
+        stored_size(lambda n: no_frame[:n], len(no_frame))

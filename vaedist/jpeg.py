@@ -9,11 +9,13 @@ of every JPEG it reads for a batch (vaedist.data.dali, .reference) and treats a 
 as a bad sample, before DALI ever sees it.
 
 `jpeg_size` / `header_size` read the stored size from the frame header without decoding (the sharder's
-table, its rebuild, the old start-up path that indexes the tars).
+table); `stored_size` is that read on a JPEG inside a tar: its first 64 KiB, else the whole JPEG (the
+table's rebuild, the old start-up path that indexes the tars).
 """
 from __future__ import annotations
 
 import io
+from typing import Callable
 
 from PIL import Image, UnidentifiedImageError
 
@@ -99,3 +101,15 @@ def header_size(data: memoryview | bytes) -> tuple[int, int]:
         what = ("no frame header, and Pillow cannot identify it" if isinstance(err, UnidentifiedImageError)
                 else f"{type(err).__name__}: {err}")
         raise JpegProblem(f"is not a readable JPEG ({what})") from None
+
+
+def stored_size(read_start: Callable[[int], bytes | memoryview], size: int) -> tuple[int, int]:
+    """(width, height) of a JPEG of `size` bytes stored elsewhere (a tar member): `read_start(n)` gives its
+    first n bytes. Reads the first JPEG_HEADER_BYTES, and the whole JPEG only when its frame header lies
+    further in (JpegProblem when even that has none)."""
+    try:
+        return header_size(read_start(min(size, JPEG_HEADER_BYTES)))
+    except JpegProblem:
+        if size <= JPEG_HEADER_BYTES:
+            raise
+        return header_size(read_start(size))

@@ -27,7 +27,7 @@ from vaedist.remote import RemoteTars, is_url
 from vaedist.remote import join as remote_join
 from vaedist.shard.format import (IMAGE_EXT, LABEL_EXT, META_EXT, RESHARD, DamagedMember, Manifest, ShardIndex, ShardInfo,
                                   decode_label, decode_original_size)
-from vaedist.jpeg import JPEG_HEADER_BYTES, JpegProblem, header_size
+from vaedist.jpeg import JPEG_HEADER_BYTES, JpegProblem, stored_size
 from vaedist.shard.table import NoLoaderTable, read_loader_table
 
 log = logging.getLogger(__name__)
@@ -171,12 +171,12 @@ def load_split_index(shard_dir: str | Path, manifest: Manifest, split: str, shar
                 orig_w, orig_h = decode_original_size(bytes(meta_bytes))
                 # The stored size too, once here, so that batches' crop windows are plain numpy on the host
                 # (in the DALI graph, peeking the size and ~30 scalar operators cost ~40 % of a small JPEG's time).
+                # the first 64 KiB came with the batch above; the whole JPEG is read only if its header lies further
                 try:
-                    stored_w, stored_h = _stored_size(head)
-                except DamagedMember:
-                    if len(head) == size:
-                        raise
-                    stored_w, stored_h = _stored_size(reader.view(s, off, size))  # header beyond the first 64 KiB
+                    stored_w, stored_h = stored_size(
+                        lambda n, s=s, off=off, head=head: head[:n] if n <= len(head) else reader.view(s, off, n), size)
+                except JpegProblem as err:
+                    raise DamagedMember(IMAGE_EXT, str(err)) from None
             except DamagedMember as err:
                 damaged.append((len(rows), err.ext, err.what))
                 label = 0 if manifest.labelled else -1  # placeholders: the sample is never decoded
@@ -198,9 +198,3 @@ def load_split_index(shard_dir: str | Path, manifest: Manifest, split: str, shar
         damaged=damaged,
     )
 
-
-def _stored_size(data: memoryview | bytes) -> tuple[int, int]:
-    try:
-        return header_size(data)
-    except JpegProblem as err:
-        raise DamagedMember(IMAGE_EXT, str(err)) from None

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from vaedist.errors import UserError, run_cli
-from vaedist.jpeg import JPEG_HEADER_BYTES, JpegProblem, header_size
+from vaedist.jpeg import JpegProblem, stored_size
 from vaedist.remote import is_url
 from vaedist.shard.format import (IMAGE_EXT, LABEL_EXT, META_EXT, RESHARD, TABLE_VERSION, DamagedMember, Manifest, ShardInfo,
                                   decode_hashes, decode_label, decode_original_size, load_manifest, manifest_path,
@@ -56,7 +56,7 @@ def shard_rows(shard_dir: Path, info: ShardInfo, labelled: bool, keep_hashes: bo
                 labels.append(decode_label(data[slice(members[LABEL_EXT][0], sum(members[LABEL_EXT]))]) if labelled else -1)
                 ext = IMAGE_EXT
                 offset, size = members[IMAGE_EXT]
-                stored = _stored_size(data, offset, size)
+                stored = stored_size(lambda n, offset=offset: data[offset : offset + n], size)
             except DamagedMember as err:
                 raise UserError(f"shard '{tar}' is damaged: sample '{key}' has a .{err.ext} member that {err.what}: "
                                 f"re-copy it or {RESHARD}") from None
@@ -68,16 +68,6 @@ def shard_rows(shard_dir: Path, info: ShardInfo, labelled: bool, keep_hashes: bo
             sizes.append((int(width), int(height), *stored))
     hashed = keep_hashes and all(h is not None for h in hashes)
     return TableRows.of_samples(keys, hashes if hashed else None, loader_columns(jpegs, sizes, labels))
-
-
-def _stored_size(data: mmap.mmap, offset: int, size: int) -> tuple[int, int]:
-    """The JPEG's (width, height) from its header: the first 64 KiB, the whole JPEG if its header lies further in."""
-    try:
-        return header_size(data[offset : offset + min(size, JPEG_HEADER_BYTES)])
-    except JpegProblem:
-        if size <= JPEG_HEADER_BYTES:
-            raise
-        return header_size(data[offset : offset + size])
 
 
 def rebuild_tables(shard_dir: str | Path, say=print) -> Manifest:

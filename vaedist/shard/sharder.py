@@ -52,8 +52,8 @@ from vaedist.errors import UserError
 from vaedist.shard.images import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, ImageOptions
 from vaedist.shard.duplicates import (DEFAULT_THRESHOLD, MANIFEST_LISTED, DropFilter, HashSet, duplicates_summary,
                                       find_duplicates)
-from vaedist.shard.format import (IMAGE_EXT, PERCEPTUAL_HASH_BITS, Manifest, ShardInfo, SplitInfo, load_manifest, manifest_path,
-                                  member_entry, write_manifest)
+from vaedist.shard.format import (HASH_COLUMNS, IMAGE_EXT, LOADER_COLUMNS, PERCEPTUAL_HASH_BITS, Manifest, ShardInfo,
+                                  SplitInfo, load_manifest, manifest_path, member_entry, write_manifest)
 from vaedist.shard.plan import PlannedShard, listing_fingerprint, plan_shards
 from vaedist.shard.sources import (DEFAULT_COCO_TRAIN_DIRS, SourceListing, SourceOptions, hold_out_val, list_source,
                                    sample_keys)
@@ -433,7 +433,7 @@ def _add_tables_and_duplicates(manifest: Manifest, out: Path, listing: SourceLis
     for name, split in manifest.splits.items():
         rows = [TableRows.from_record(records[s.name]["rows"]) for s in plan
                 if s.split == name and records[s.name]["shard"] is not None]  # the manifest's shards, in order
-        table = build_table(rows)
+        table = build_table(rows, empty_columns=("key", *LOADER_COLUMNS, *(HASH_COLUMNS if options.hashed else ())))
         split.table = write_table(out, name, table)
         if options.hashed:
             sets.append(HashSet(name, table["exact"], table["phash"],

@@ -93,10 +93,13 @@ def loader_columns(jpegs: list[tuple[int, int]], sizes: list[tuple[int, int, int
     return dict(zip(LOADER_COLUMNS, (offsets, jpeg_sizes, width, height, stored_width, stored_height, list(labels))))
 
 
-def build_table(shards: list[TableRows]) -> np.ndarray:
+def build_table(shards: list[TableRows], empty_columns: Sequence[str] = ("key", *LOADER_COLUMNS)) -> np.ndarray:
     """One structured array from the rows of a split's shards, in the order given (the manifest's). Its
-    columns: TABLE_COLUMNS's order, those every shard has (the hashes only when every shard was hashed)."""
-    present = set.intersection(*(set(rows.columns) for rows in shards)) if shards else {"key"}
+    columns: TABLE_COLUMNS's order, those every shard has (the hashes only when every shard was hashed).
+    A split without shards (every one of its images rejected) has no rows to say which: it gets
+    `empty_columns`, the columns its shards would have had, so that its zero-row table has the same
+    columns as any other table the same run writes (a --dedup run's hashes included)."""
+    present = set.intersection(*(set(rows.columns) for rows in shards)) if shards else set(empty_columns)
     names = [c.name for c in TABLE_COLUMNS if c.name in present or c.name in COMPUTED_COLUMNS]
     keys = [key.encode("ascii") for rows in shards for key in rows.keys]
     width = max(map(len, keys), default=1)
