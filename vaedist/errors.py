@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Callable, NoReturn
+
+
+EVERY_RANK_GRACE_S = 5.0  # how long a rank other than 0 waits for rank 0 to report an error they share
 
 
 class UserError(Exception):
@@ -39,6 +43,10 @@ def run_cli(main: Callable[[], int | None], prog: str = "vaedist") -> NoReturn:
     except UserError as err:
         if not err.every_rank or is_rank_zero():
             print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
+        elif "LOCAL_RANK" in os.environ:
+            # Launched (torchrun, accelerate launch): the launcher stops every process once one has exited. Rank 0
+            # prints this error; another rank that got there first would have it stopped before it printed.
+            time.sleep(EVERY_RANK_GRACE_S)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)
