@@ -133,8 +133,11 @@ def test_every_command_runs_through_run_cli():
     end at the first Ctrl-C without cleaning up. __main__.py files call it at their top level."""
     blocks = _main_blocks()
     assert len(blocks) >= 12
+    # The sweep's supervisor is no command: the runner starts it as a script in isolated mode (`python -I
+    # .../supervise.py`, standard library only, no vaedist on its path); it takes SIGINT first thing.
+    standalone = {REPO / "vaedist" / "sweep" / "supervise.py"}
     missing = [str(path.relative_to(REPO)) for path, node in blocks
-               if "run_cli" not in {n.func.id for n in ast.walk(node)
+               if path not in standalone and "run_cli" not in {n.func.id for n in ast.walk(node)
                                     if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}]
     for path in (REPO / "vaedist").rglob("__main__.py"):
         if "run_cli(" not in path.read_text():

@@ -29,8 +29,6 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from vaedist.errors import run_cli
-
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 START_MARK = "==> vaedist.sweep: attempt"  # the runner and the tests read these lines back
@@ -159,4 +157,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main, prog="vaedist.sweep.supervise")
+    sys.exit(main())
