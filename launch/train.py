@@ -9,8 +9,10 @@ signal after SIGTERM/SIGINT, with one process or many); `accelerate launch launc
 
 Running the same command again with the same run.dir resumes from the latest checkpoint.
 """
-from vaedist.errors import run_cli
-from vaedist.train.cli import main
+from vaedist.errors import interrupt_quietly_until_main, run_cli
+
+interrupt_quietly_until_main("train")  # a Ctrl-C while the trainer's modules import: one line, exit 130
+from vaedist.train.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     run_cli(main, prog="train")

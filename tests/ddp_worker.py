@@ -1,4 +1,4 @@
-"""Run under `accelerate launch --multi_gpu --num_processes 2` by tests/test_train_distributed.py.
+"""Run under `python -m vaedist.launch --multi_gpu --num_processes 2` by tests/test_train_distributed.py.
 
 Trains a small VAE for a few steps with the real trainer (`vaedist.train.setup` + `train_step`) on a fixed
 global batch split over the ranks, and checks after every step:

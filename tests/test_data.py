@@ -592,7 +592,7 @@ def test_two_accelerate_processes_split_the_data_without_waiting(shards, tmp_pat
     script = tmp_path / "ranks.py"
     script.write_text(RANK_SCRIPT)
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+    cmd = [sys.executable, "-m", "vaedist.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
            str(shards["food"]), str(tmp_path)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=170)

@@ -204,7 +204,7 @@ def _free_port() -> int:
 def test_two_processes_encode_what_one_process_encodes(model_dir, shards, tmp_path):
     one = encode(model_dir, shards, tmp_path / "one")
     env = {**os.environ, "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    cmd = [sys.executable, "-m", "vaedist.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vaedist.encode",
            str(model_dir), "--shards", str(shards), "--split", "val", "--out", str(tmp_path / "two"), "--batch-size", "3"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

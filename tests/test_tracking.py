@@ -362,7 +362,7 @@ def test_only_the_main_process_writes_metrics_images_and_wandb(tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
     env.pop("WANDB_MODE", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        [sys.executable, "-m", "vaedist.launch", "--multi_gpu", "--num_processes", "2",
          "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(run_dir)],
         capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
     )

@@ -1,4 +1,5 @@
-"""The trainer with two real CPU processes (accelerate launch, gloo): DDP update rule, a whole run, errors, SLURM."""
+"""The trainer with two real CPU processes (python -m vaedist.launch, gloo): DDP update rule, a whole run, errors,
+SLURM; one test through plain `accelerate launch`, which the README says works too."""
 from __future__ import annotations
 
 import json
@@ -25,9 +26,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_two_processes(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+PRODUCT_LAUNCHER = "vaedist.launch"  # what the README's command lines, the sweeps and the GPU check run
+PLAIN_ACCELERATE = "accelerate.commands.launch"  # `accelerate launch`
+
+
+def launch_two_processes(args: list[str], timeout: int = 300, launcher: str = PRODUCT_LAUNCHER) -> subprocess.CompletedProcess:
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    cmd = [sys.executable, "-m", launcher, "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no", *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -75,9 +80,11 @@ def test_two_process_run_writes_the_run_dir_and_its_evaluation_matches_one_proce
 
 
 def test_a_config_mistake_under_two_processes_is_one_line_once(tmp_path):
-    """Every rank reads the same bad config: rank 0 alone prints the line (the launcher adds its own report)."""
+    """Every rank reads the same bad config: rank 0 alone prints the line (the launcher adds its own report).
+    Through plain `accelerate launch` on purpose: the one test that it still works (README, Train, and its
+    Troubleshooting entry on ChildFailedError); python -m vaedist.launch's exit code 2 is tests/test_reliability.py's."""
     proc = launch_two_processes(["launch/train.py", "--config", "configs/demo.yaml", "model.latent_dim=many",
-                                 f"run.dir={tmp_path / 'run'}"], timeout=120)
+                                 f"run.dir={tmp_path / 'run'}"], timeout=120, launcher=PLAIN_ACCELERATE)
     assert proc.returncode != 0
     ours = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("train: error: ")]
     assert ours == ["train: error: config key 'model.latent_dim' must be an integer, got 'many'"], proc.stderr[-3000:]

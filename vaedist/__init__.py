@@ -8,6 +8,13 @@ Data flows one way, and so does the package:
   vaedist.rundir  the run directory's layout (config, metrics, images, checkpoints, final weights)
 See docs/architecture.md for the module map.
 """
+from vaedist import errors as _errors
+
+# `python -m vaedist.X`: Python runs this file before X's packages import torch, DALI, numpy...; from here a
+# Ctrl-C ends the command as it does later, in one line with exit code 130 (vaedist.errors). Nothing changes
+# for a program that only imports vaedist.
+_errors.quiet_interrupts_for_command_module()
+
 __version__ = "0.1.0"
 
 

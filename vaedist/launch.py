@@ -30,6 +30,8 @@ from accelerate.utils import prepare_simple_launcher_cmd_env
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+from vaedist.errors import run_cli
+
 # The signals the training stops on (vaedist.train.signals.StopRequest.SIGNALS; not imported from there:
 # vaedist.train loads the trainer, DALI included, seconds this process does not need).
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -110,4 +112,4 @@ def restore_default_handlers() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main, prog="vaedist.launch")
