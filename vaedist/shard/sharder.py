@@ -8,12 +8,14 @@
                             encode_members()   writer.py      their tar members (format.py: names, order)
         this process:     ShardWriter          writer.py    parts -> tar + DALI index + sha256, temporary names
         a thread:         publish_shard()      writer.py    fsync, rename; then the done file (state.py)
-    write_table(...) per split                 table.py     keys, shard/position, hashes: from the done files
+    write_table(...) per split                 table.py     keys, shard/position, the loader's columns: from the
+    write_hashes(...) per split                table.py       done files; the image hashes, in a file of their own
     find_duplicates(...)                       duplicates.py  exact groups, near pairs, train<->val pairs
     write_manifest(...)                        format.py    the output is complete once this exists
 
 --dedup (default report): the workers hash each image they decode (fingerprint.py); the hashes go in its
-.json member and in the split's table, and the duplicates found among them in the manifest and the summary.
+.json member and in the split's hashes file (not its table: every start-up reads the table), and the
+duplicates found among them in the manifest and the summary.
 --dedup drop also removes images while the shards are written, which is the only moment it can: the plan
 is fixed before any image is decoded (it is what makes a resume exact), and a hashing pass before it would
 decode everything twice. So val's shards are written first, whole, and then each train image is dropped if
@@ -52,13 +54,13 @@ from vaedist.errors import UserError
 from vaedist.shard.images import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, ImageOptions
 from vaedist.shard.duplicates import (DEFAULT_THRESHOLD, MANIFEST_LISTED, DropFilter, HashSet, duplicates_summary,
                                       find_duplicates)
-from vaedist.shard.format import (HASH_COLUMNS, IMAGE_EXT, LOADER_COLUMNS, PERCEPTUAL_HASH_BITS, Manifest, ShardInfo,
-                                  SplitInfo, load_manifest, manifest_path, member_entry, write_manifest)
+from vaedist.shard.format import (IMAGE_EXT, PERCEPTUAL_HASH_BITS, Manifest, ShardInfo, SplitInfo, load_manifest,
+                                  manifest_path, member_entry, write_manifest)
 from vaedist.shard.plan import PlannedShard, listing_fingerprint, plan_shards
 from vaedist.shard.sources import (DEFAULT_COCO_TRAIN_DIRS, SourceListing, SourceOptions, hold_out_val, list_source,
                                    sample_keys)
 from vaedist.shard.state import OutputDir
-from vaedist.shard.table import TableRows, build_table, loader_columns, write_table
+from vaedist.shard.table import TableRows, build_hashes, build_table, loader_columns, write_hashes, write_table
 from vaedist.shard.workers import (PackedChunk, chunk_tasks, chunks_of, measure_bytes_ratio, pack_in_parallel,
                                    rejected_inputs, worker_pool)
 from vaedist.shard.writer import ClosedShard, ShardWriter, publish_shard, sync_directory
@@ -427,16 +429,19 @@ def _manifest(dataset: str, listing: SourceListing, options: ShardOptions, plan:
 
 def _add_tables_and_duplicates(manifest: Manifest, out: Path, listing: SourceListing, keys: list[str],
                                plan: list[PlannedShard], records: dict[str, dict], options: ShardOptions) -> None:
-    """Write each split's table from its shards' done records; find the duplicates among their hashes."""
+    """Write each split's table (and hashes file) from its shards' done records; find the duplicates among the
+    hashes."""
     path_of = {key: s.path for key, s in zip(keys, listing.samples)}
     sets = []
     for name, split in manifest.splits.items():
         rows = [TableRows.from_record(records[s.name]["rows"]) for s in plan
                 if s.split == name and records[s.name]["shard"] is not None]  # the manifest's shards, in order
-        table = build_table(rows, empty_columns=("key", *LOADER_COLUMNS, *(HASH_COLUMNS if options.hashed else ())))
+        table = build_table(rows)
         split.table = write_table(out, name, table)
         if options.hashed:
-            sets.append(HashSet(name, table["exact"], table["phash"],
+            hashes = build_hashes(rows)
+            split.hashes = write_hashes(out, name, hashes)
+            sets.append(HashSet(name, hashes["exact"], hashes["phash"],
                                 lambda found, table=table: [path_of[table["key"][r].decode()] for r in found]))
     if sets:
         manifest.duplicates = find_duplicates(sets, options.dedup_threshold, MANIFEST_LISTED).to_json()
