@@ -67,7 +67,11 @@ def _start_and_kill(root: Path, out: Path, after_shards: int, extra: tuple[str, 
 
 
 def _assert_same_tables_and_hashes(out: Path, reference: Path, manifest) -> None:
-    """Each split's table and hashes file: byte for byte the uninterrupted run's, and what the manifest lists."""
+    """Each split's table and hashes file, and duplicates.json: byte for byte the uninterrupted run's, and what
+    the manifest lists."""
+    data = (out / manifest.duplicates["name"]).read_bytes()
+    assert data == (reference / manifest.duplicates["name"]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == manifest.duplicates["sha256"]
     for split in manifest.splits.values():
         assert split.hashes is not None and split.hashes.rows == split.table.rows
         for info in (split.table, split.hashes):
@@ -98,7 +102,7 @@ def test_killed_sharder_resumes_without_duplicates(photo_folder, tmp_path, read_
     assert len(manifest.splits["train"].shards) > 10
     samples = read_shards(out, manifest)  # asserts every key is in one shard only
     assert sorted(s["meta"]["path"] for s in samples.values()) == sorted(p.name for p in photo_folder.iterdir())
-    expected = {"manifest.json"} | {n for s in manifest.splits.values() for n in (s.table.name, s.hashes.name)} | \
+    expected = {"manifest.json", "duplicates.json"} | {n for s in manifest.splits.values() for n in (s.table.name, s.hashes.name)} | \
         {n for s in manifest.splits.values() for sh in s.shards for n in (sh.name, sh.index)}
     assert {p.name for p in out.iterdir()} == expected  # no temporary, state or done files left
     for split in ("train", "val"):

@@ -25,8 +25,8 @@ from vaedist.dedup import compare_shard_dirs
 from vaedist.errors import UserError
 from vaedist.jpeg import JPEG_HEADER_BYTES, JpegProblem, stored_size
 from vaedist.shard import load_manifest, shard_dataset
-from vaedist.shard.format import (HASH_COLUMNS, TABLE_COLUMNS, hashes_name, split_member_name, table_name,
-                                  write_manifest)
+from vaedist.shard.format import (HASH_COLUMNS, TABLE_COLUMNS, hashes_name, read_duplicates, split_member_name,
+                                  table_name, write_manifest)
 from vaedist.shard.table import read_hashes, read_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def test_a_split_whose_every_image_is_rejected_gets_a_zero_row_table_with_the_sa
     hashes = np.load(tmp_path / "out" / hashes_name("val"), allow_pickle=False)
     assert len(hashes) == 0 and hashes.dtype.names == HASH_COLUMNS
     assert read_hashes(tmp_path / "out", manifest, "val").shape == (0,)
-    val_report = manifest.duplicates["within"]["val"]
+    val_report = read_duplicates(tmp_path / "out", manifest)["within"]["val"]
     assert val_report["images"] == 0 and val_report["exact_groups"] == [] and val_report["near_pairs"] == []
 
 

@@ -8,14 +8,14 @@ steps/s, side by side for each size.
 Per size N: a COCO-like corpus of N small real JPEGs (vaedist.sample's crops of real photographs, longer side
 120-160 px; 3/4 train2017, 1/4 test2017, 1/32 val2017) is written to WORK/raw-N (reused when complete),
 sharded by `python -m vaedist.shard coco --dedup off` (`--dedup report`: the sharder's default, which also
-writes the image hashes, in `<split>-hashes.npy`, and the duplicate report, in the manifest; wall time; peak RSS
+writes the image hashes, in `<split>-hashes.npy`, and the duplicate report, in duplicates.json; wall time; peak RSS
 of the largest process, writer or worker), and the train split's loader is started twice in a fresh process each, with every file of the shard
 directory evicted from the page cache first (posix_fadvise DONTNEED, no root needed): once as sharded (the
 table) and once from a hard-linked copy whose manifest lists no table (the old path, which reads every
 sample's .cls/.json/JPEG header from the tars). Two byte counts, each from just before `build_loader`, then
 to its first batch (which reads that batch's JPEGs and whatever the decoder prefetches):
   shard dir   what of the shard directory's files is in the page cache (mincore: vaedist.bench.pagecache),
-              by kind (manifest, table, hashes, tar, index): what start-up made the kernel read of the dataset,
+              by kind (manifest, table, hashes, duplicates, tar, index): what start-up made the kernel read of the dataset,
               readahead included. The figure the "< 1 % of the split" goal is about.
   process     the probe process's read_bytes (/proc/self/io): everything it made the kernel fetch from
               storage, memory-map faults included, so also its Python modules and torch's / DALI's
@@ -82,8 +82,8 @@ def run_measured(command: list[str]) -> tuple[float, int, str]:
 
 
 def file_kind(name: str) -> str:
-    """The kind of a shard directory's file (format.DIRECTORY_FILES: manifest, tar, index, table, hashes), else
-    "other"."""
+    """The kind of a shard directory's file (format.DIRECTORY_FILES: manifest, duplicates, tar, index, table,
+    hashes), else "other"."""
     return next((kind for kind, pattern in DIRECTORY_FILES.items() if pattern.fullmatch(name)), "other")
 
 
@@ -107,6 +107,7 @@ def old_path_copy(shard_dir: Path, out: Path) -> Path:
     manifest = load_manifest(shard_dir)
     for split in manifest.splits.values():
         split.table = split.hashes = None
+    manifest.duplicates = None  # not linked: no start-up reads it
     write_manifest(manifest, out)
     return out
 
@@ -186,15 +187,18 @@ def measure_size(work: Path, n: int, batch_size: int, steps: int, say, dedup: st
 
 LEGEND = """shard dir: bytes of the shard directory's files in the page cache (mincore), evicted before the probe
   started: what start-up read of the dataset, readahead included; % of the train split (its tars, table and
-  hashes file). Split by kind: table / hashes / manifest / tars / .idx.
+  hashes file). Split by kind, MB: table / hashes / manifest / duplicates.json / tars / .idx.
 process read_bytes: /proc/self/io of the probe process, every file it read from storage: also its Python
   modules and libraries when not cached, so at least the shard dir's figure.
 time: from build_loader to its end / to the first batch in the probe process (imports excluded)."""
 
 
+BY_KIND = ("table", "hashes", "manifest", "duplicates", "tar", "index")  # the report's columns of byte counts
+
+
 def _by_kind(counts: dict[str, int]) -> str:
     mb = 1e6
-    return "/".join(f"{counts.get(kind, 0) / mb:.2f}" for kind in ("table", "hashes", "manifest", "tar", "index"))
+    return "/".join(f"{counts.get(kind, 0) / mb:.2f}" for kind in BY_KIND)
 
 
 def report(rows: list[dict]) -> str:
@@ -221,7 +225,7 @@ def report(rows: list[dict]) -> str:
                                                       ("first batch", "first_dir", "read_bytes", "first_batch_s")):
             lines += [
                 f"{'  ' + stage + ': shard dir':<38}" + cells(lambda r: share(r, r[path][dir_key]["all"])),
-                f"{'    table/hashes/manifest/tars/.idx MB':<38}" + cells(lambda r: _by_kind(r[path][dir_key])),
+                f"{'    table/hashes/manifest/dups/tars/.idx':<38}" + cells(lambda r: _by_kind(r[path][dir_key])),
                 f"{'  ' + stage + ': process read_bytes':<38}" + cells(lambda r: share(r, r[path][process_key])),
                 f"{'  ' + stage + ': time':<38}" + cells(lambda r: f"{r[path][time_key]:.2f} s"),
             ]
