@@ -202,7 +202,7 @@ def _by_kind(counts: dict[str, int]) -> str:
 
 
 def report(rows: list[dict]) -> str:
-    width = 30
+    width = 36  # the by-kind byte counts are up to 6 numbers wide
 
     def cells(fmt):
         return "".join(f"{fmt(r):>{width}}" for r in rows)
