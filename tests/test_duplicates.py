@@ -4,6 +4,7 @@ same pixels re-saved as PNG, a grey JPEG as RGB), planted near copies (resized, 
 command across shard directories; the Hamming search against brute force."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -15,11 +16,12 @@ import pytest
 from PIL import Image
 
 from vaedist.dedup import REPORT_NAME, SHEET_NAME, compare_shard_dirs
+from vaedist.errors import UserError
 from vaedist.sample import photo_paths
 from vaedist.shard import load_manifest, shard_dataset
 from vaedist.shard import duplicates
 from vaedist.shard.duplicates import DEFAULT_THRESHOLD, near_pairs
-from vaedist.shard.format import manifest_path
+from vaedist.shard.format import DUPLICATES_NAME, manifest_path, read_duplicates
 from vaedist.shard.table import read_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,8 +79,8 @@ def _pair(a: str, b: str) -> frozenset[str]:
 
 
 def test_report_finds_every_planted_copy_and_no_distinct_photograph(reported):
-    _, manifest = reported
-    report = manifest.duplicates
+    out, manifest = reported
+    report = read_duplicates(out, manifest)
     assert report["threshold"] == DEFAULT_THRESHOLD
     train = report["within"]["train"]
     assert train["images"] == len(PHOTOS) - 1 + len(EXACT) + len(NEAR)
@@ -114,10 +116,10 @@ def test_the_summary_names_the_duplicates(planted, tmp_path):
     assert "val2017/retina.jpg" in result.stdout
 
 
-def test_the_manifest_lists_the_first_pairs_and_counts_them_all(planted, reported, tmp_path, monkeypatch):
-    """Every start-up reads the manifest: its duplicate report lists at most MANIFEST_LISTED groups or pairs
-    of each kind (the first ones: exact, then the closest), while its counts and the dedup command's report
-    stay whole. (A 160k-image set made of near copies had a 1.37 GB manifest before the cap.)"""
+def test_the_shard_directory_lists_the_first_pairs_and_counts_them_all(planted, reported, tmp_path, monkeypatch):
+    """duplicates.json lists at most REPORT_LISTED groups or pairs of each kind (the first ones: exact, then the
+    closest), while its counts and the dedup command's report stay whole. (A 160k-image set made of near copies
+    had a 1.37 GB report, then in the manifest, before the cap.)"""
     rng = np.random.default_rng(0)
     base = int(rng.integers(0, 2**63))
     codes = np.array([base ^ sum(1 << int(b) for b in rng.choice(64, 4, replace=False)) for _ in range(40)],
@@ -139,14 +141,37 @@ def test_the_manifest_lists_the_first_pairs_and_counts_them_all(planted, reporte
     assert capped["listed"] == 5 and whole["listed"] is None
     assert any("lists the first 5 of each kind" in line for line in duplicates.duplicates_summary(capped))
 
-    # the sharder writes the capped report into the manifest
-    monkeypatch.setattr("vaedist.shard.sharder.MANIFEST_LISTED", 1)
-    report = _shard(planted, tmp_path / "out").duplicates
+    # the sharder writes the capped report beside the manifest, which records its size and sha256
+    monkeypatch.setattr("vaedist.shard.sharder.REPORT_LISTED", 1)
+    manifest = _shard(planted, tmp_path / "out")
+    data = (tmp_path / "out" / DUPLICATES_NAME).read_bytes()
+    assert manifest.duplicates == {"name": DUPLICATES_NAME, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    report = json.loads(data)
+    assert read_duplicates(tmp_path / "out", manifest) == report
     train = report["within"]["train"]
     assert report["listed"] == 1 and len(train["exact_groups"]) == len(train["near_pairs"]) == 1
     assert (train["exact_group_count"], train["near_pair_count"]) == (len(EXACT), len(NEAR))
-    whole_train = reported[1].duplicates["within"]["train"]  # the default cap lists all of the planted ones
+    whole_train = read_duplicates(*reported)["within"]["train"]  # the default cap lists all of the planted ones
     assert train["near_pairs"] == whole_train["near_pairs"][:1] and train["exact_groups"] == whole_train["exact_groups"][:1]
+
+
+def test_a_format_1_manifest_with_the_report_inside_still_reads_and_a_changed_report_is_one_line(reported, tmp_path):
+    out, manifest = reported
+    old = Path(shutil.copytree(out, tmp_path / "old"))
+    raw = json.loads(manifest_path(old).read_text())
+    raw["format"], raw["duplicates"] = 1, json.loads((old / DUPLICATES_NAME).read_text())  # as vaedist wrote it before
+    (old / DUPLICATES_NAME).unlink()
+    manifest_path(old).write_text(json.dumps(raw))
+    assert read_duplicates(old, load_manifest(old)) == read_duplicates(out, manifest)
+    copy = Path(shutil.copytree(out, tmp_path / "copy"))
+    report = copy / DUPLICATES_NAME
+    report.write_text(report.read_text().replace('"threshold": 8', '"threshold": 9'))  # same size, other bytes
+    with pytest.raises(UserError, match="duplicates.json.*sha256") as err:
+        read_duplicates(copy, load_manifest(copy))
+    assert "\n" not in str(err.value)
+    report.unlink()
+    with pytest.raises(UserError, match="duplicates.json.*cannot be read"):
+        read_duplicates(copy, load_manifest(copy))
 
 
 def test_drop_removes_copies_and_every_train_image_that_matches_val_while_val_keeps_all(planted, tmp_path,
@@ -165,7 +190,7 @@ def test_drop_removes_copies_and_every_train_image_that_matches_val_while_val_ke
     assert manifest.splits["train"].samples == len(kept) == len(PHOTOS) - 1 - len(LEAKS)
     table = read_table(tmp_path, manifest, "train", columns=("key",))
     assert len(table) == len(kept) == len(dali_read_all(tmp_path, manifest, "train", ["jpg", "json"]))
-    assert manifest.duplicates["across"][0]["pairs"] == []  # nothing left to leak
+    assert read_duplicates(tmp_path, manifest)["across"][0]["pairs"] == []  # nothing left to leak
 
 
 def test_dedup_command_compares_shard_directories_from_their_tables(reported, planted, tmp_path):

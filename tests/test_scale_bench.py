@@ -46,19 +46,24 @@ def test_resident_bytes_are_the_pages_read_as_fincore_counts_them(tmp_path):
         assert int(out.stdout) == counted
     (tmp_path / "empty").touch()
     assert resident_bytes(tmp_path / "empty") == 0
-    assert [file_kind(n) for n in ("manifest.json", "train-table.npy", "val-000003.tar", "train-000000.idx", "x.txt")] \
-        == ["manifest", "table", "tar", "index", "other"]
+    assert [file_kind(n) for n in ("manifest.json", "duplicates.json", "train-table.npy", "train-hashes.npy",
+                                   "val-000003.tar", "train-000000.idx", "x.txt")] \
+        == ["manifest", "duplicates", "table", "hashes", "tar", "index", "other"]
 
 
 def test_a_cold_start_reads_the_manifest_and_the_train_table_then_only_jpegs(food_shards, tmp_path):
-    copy = Path(shutil.copytree(food_shards, tmp_path / "copy"))
+    copy = Path(shutil.copytree(food_shards, tmp_path / "copy"))  # sharded with the default --dedup report
     train = load_manifest(copy).splits["train"]
+    assert train.hashes is not None and (copy / train.hashes.name).stat().st_size > 0
+    assert (copy / "duplicates.json").stat().st_size > 0
     _evicted(copy)
     result = probe_start(str(copy), batch_size=4, steps=0)
     built, first = result["build_dir"], result["first_dir"]
+    # the val table neither, and not one page of the image hashes or the duplicate report (the duplicate
+    # finder's and the person's, not the loader's)
     assert built == {"manifest": _pages((copy / MANIFEST_NAME).stat().st_size), "table": _pages(train.table.bytes),
-                     "tar": 0, "index": 0, "all": built["manifest"] + built["table"]}  # the val table neither
-    assert first["table"] == built["table"] and first["index"] == 0
+                     "hashes": 0, "duplicates": 0, "tar": 0, "index": 0, "all": built["manifest"] + built["table"]}
+    assert first["table"] == built["table"] and first["index"] == 0 and first["hashes"] == first["duplicates"] == 0
     jpeg_bytes = sum(s.bytes for s in train.shards)
     assert 4 * PAGE <= first["tar"] < jpeg_bytes / 2  # the first batch's JPEGs (and what is prefetched), not the tars
     assert result["read_bytes"] >= 0 and result["samples"] == train.samples

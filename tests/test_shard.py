@@ -275,7 +275,7 @@ def test_rerun_on_complete_output_says_so_and_changes_nothing(sample_trees, tmp_
     assert _run_cli(*args).returncode == 0
     before = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in tmp_path.iterdir()}
     splits = load_manifest(tmp_path).splits.values()
-    assert sorted(before) == sorted(["manifest.json"] + [s.table.name for s in splits]
+    assert sorted(before) == sorted(["manifest.json", "duplicates.json"] + [n for s in splits for n in (s.table.name, s.hashes.name)]
                                     + [n for s in splits for sh in s.shards for n in (sh.name, sh.index)])
     again = _run_cli(*args)
     assert again.returncode == 0 and "already complete" in again.stdout

@@ -2,6 +2,7 @@
 byte-identical to an uninterrupted run."""
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -65,6 +66,20 @@ def _start_and_kill(root: Path, out: Path, after_shards: int, extra: tuple[str, 
     assert not any(_alive(w) for w in workers), "worker processes outlived the killed sharder"
 
 
+def _assert_same_tables_and_hashes(out: Path, reference: Path, manifest) -> None:
+    """Each split's table and hashes file, and duplicates.json: byte for byte the uninterrupted run's, and what
+    the manifest lists."""
+    data = (out / manifest.duplicates["name"]).read_bytes()
+    assert data == (reference / manifest.duplicates["name"]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == manifest.duplicates["sha256"]
+    for split in manifest.splits.values():
+        assert split.hashes is not None and split.hashes.rows == split.table.rows
+        for info in (split.table, split.hashes):
+            data = (out / info.name).read_bytes()
+            assert data == (reference / info.name).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == info.sha256 and len(data) == info.bytes
+
+
 @pytest.mark.slow
 def test_killed_sharder_resumes_without_duplicates(photo_folder, tmp_path, read_shards, dali_read_all):
     out = tmp_path / "out"
@@ -82,11 +97,12 @@ def test_killed_sharder_resumes_without_duplicates(photo_folder, tmp_path, read_
                               val_fraction=0.1, progress=False)
     assert manifest.splits == reference.splits  # same shards, same bytes (sha256), same counts, same tables
     assert all(s.table is not None and s.table.rows == s.samples for s in manifest.splits.values())
+    _assert_same_tables_and_hashes(out, tmp_path / "reference", manifest)
     assert manifest.splits["train"].samples + manifest.splits["val"].samples == IMAGES
     assert len(manifest.splits["train"].shards) > 10
     samples = read_shards(out, manifest)  # asserts every key is in one shard only
     assert sorted(s["meta"]["path"] for s in samples.values()) == sorted(p.name for p in photo_folder.iterdir())
-    expected = {"manifest.json"} | {s.table.name for s in manifest.splits.values()} | \
+    expected = {"manifest.json", "duplicates.json"} | {n for s in manifest.splits.values() for n in (s.table.name, s.hashes.name)} | \
         {n for s in manifest.splits.values() for sh in s.shards for n in (sh.name, sh.index)}
     assert {p.name for p in out.iterdir()} == expected  # no temporary, state or done files left
     for split in ("train", "val"):
@@ -109,6 +125,7 @@ def test_killed_drop_run_resumes_to_the_same_shards_tables_and_dropped_images(ph
                               val_fraction=0.1, dedup="drop", progress=False)
     assert manifest.dropped and manifest.dropped == reference.dropped
     assert manifest.splits == reference.splits  # same shards and the same tables, byte for byte
+    _assert_same_tables_and_hashes(out, tmp_path / "reference", manifest)
     assert manifest.splits["train"].samples + manifest.splits["val"].samples + len(manifest.dropped) == IMAGES
 
 

@@ -1,5 +1,6 @@
-"""The per-split tables beside the manifest (`train-table.npy`, `val-table.npy`): one row per sample in shard
-order, read back with numpy alone and checked against the shards as tarfile and DALI's wds2idx see them."""
+"""The per-split tables beside the manifest (`train-table.npy`, `val-table.npy`) and their hashes files
+(`train-hashes.npy`, ...): one row per sample in shard order, read back with numpy alone and checked against
+the shards as tarfile and DALI's wds2idx see them."""
 from __future__ import annotations
 
 import hashlib
@@ -20,13 +21,18 @@ from PIL import Image
 from vaedist.config import DataConfig
 from vaedist.data import build_loader
 from vaedist.data.index import open_split_index
+from vaedist.dedup import compare_shard_dirs
 from vaedist.errors import UserError
 from vaedist.jpeg import JPEG_HEADER_BYTES, JpegProblem, stored_size
 from vaedist.shard import load_manifest, shard_dataset
-from vaedist.shard.format import HASH_COLUMNS, TABLE_COLUMNS, split_member_name, table_name, write_manifest
-from vaedist.shard.table import read_table
+from vaedist.shard.format import (HASH_COLUMNS, TABLE_COLUMNS, hashes_name, read_duplicates, split_member_name,
+                                  table_name, write_manifest)
+from vaedist.shard.table import read_hashes, read_table
 
 REPO = Path(__file__).resolve().parents[1]
+# What the loader reads at start-up, spelled here rather than taken from format.py: nothing more may creep in
+LOADER_TABLE = ["key", "shard", "position", "jpeg_offset", "jpeg_size", "width", "height", "stored_width",
+                "stored_height", "label"]
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +54,28 @@ def test_each_row_is_the_sample_at_that_place_in_the_shards(food_table_shards):
     manifest = load_manifest(out)
     for split, info in manifest.splits.items():
         table = np.load(out / table_name(split), mmap_mode="r", allow_pickle=False)  # numpy alone, no vaedist
-        assert [c.name for c in TABLE_COLUMNS] == list(table.dtype.names) == info.table.columns
-        assert len(table) == info.samples == info.table.rows
+        assert [c.name for c in TABLE_COLUMNS] == list(table.dtype.names) == info.table.columns == LOADER_TABLE
+        assert len(table) == info.samples == info.table.rows and info.table.version == 3
         assert len(info.shards) > 1
         expected = [(s, p, key) for s, shard in enumerate(info.shards) for p, key in enumerate(_tar_keys(out / shard.name))]
         assert [(int(r["shard"]), int(r["position"]), r["key"].decode()) for r in table] == expected
-        data = (out / info.table.name).read_bytes()
-        assert info.table.bytes == len(data) and info.table.sha256 == hashlib.sha256(data).hexdigest()
+        # the image hashes: a file of their own, the same rows, listed in the manifest with its size and sha256
+        hashes = np.load(out / hashes_name(split), mmap_mode="r", allow_pickle=False)
+        assert list(hashes.dtype.names) == ["exact", "phash"] == info.hashes.columns
+        assert hashes.dtype["exact"].itemsize == 16 and hashes.dtype["phash"] == np.dtype("<u8")
+        assert len(hashes) == len(table) == info.hashes.rows
+        for entry in (info.table, info.hashes):
+            data = (out / entry.name).read_bytes()
+            assert entry.bytes == len(data) and entry.sha256 == hashlib.sha256(data).hexdigest()
 
 
 def test_table_hashes_are_the_json_hashes_and_the_exact_hash_is_of_the_pixels(food_table_shards, sample_trees):
     out = food_table_shards
     manifest = load_manifest(out)
     for split, info in manifest.splits.items():
-        table = read_table(out, manifest, split, columns=("exact", "phash"), verify=True)
+        table = read_table(out, manifest, split, verify=True)
+        hashes = read_hashes(out, manifest, split, verify=True)
+        assert np.array_equal(hashes, np.load(out / hashes_name(split), allow_pickle=False))
         metas = {}
         for shard in info.shards:
             with tarfile.open(out / shard.name) as tar:
@@ -69,9 +83,10 @@ def test_table_hashes_are_the_json_hashes_and_the_exact_hash_is_of_the_pixels(fo
                     key, ext = split_member_name(member.name)
                     if ext == "json":
                         metas[key] = json.loads(tar.extractfile(member).read())
-        for row in table:
+        assert len(metas) == len(table) == len(hashes)
+        for row, hashed in zip(table, hashes):  # row i of the hashes file is the table's row i
             meta = metas[row["key"].decode()]
-            assert meta["exact"] == bytes(row["exact"]).hex() and meta["phash"] == f"{int(row['phash']):016x}"
+            assert meta["exact"] == bytes(hashed["exact"]).hex() and meta["phash"] == f"{int(hashed['phash']):016x}"
         # The exact hash from its definition (format.EXACT_HASH), on pixels Pillow decodes from the source file:
         for row in table[:5]:
             meta = metas[row["key"].decode()]
@@ -82,15 +97,19 @@ def test_table_hashes_are_the_json_hashes_and_the_exact_hash_is_of_the_pixels(fo
             assert digest.hexdigest() == meta["exact"]
 
 
-def test_dedup_off_writes_a_table_without_hashes_and_null_hashes_in_json(sample_trees, tmp_path, read_shards):
+def test_dedup_off_writes_the_same_table_no_hashes_file_and_null_hashes_in_json(sample_trees, tmp_path, read_shards,
+                                                                               food_table_shards):
     manifest = shard_dataset("food101", sample_trees["food101"], tmp_path, workers=2, dedup="off", progress=False)
     table = read_table(tmp_path, manifest, "train")
-    unhashed = [c.name for c in TABLE_COLUMNS if c.name not in HASH_COLUMNS]
-    assert list(table.dtype.names) == unhashed and len(table) == manifest.splits["train"].samples
+    assert list(table.dtype.names) == LOADER_TABLE and len(table) == manifest.splits["train"].samples
+    # the loader's table does not depend on --dedup: the same bytes as the hashed run's (other shard size)
+    hashed = np.load(food_table_shards / table_name("train"), allow_pickle=False)
+    assert table.dtype == hashed.dtype and table.nbytes == hashed.nbytes
+    assert not list(tmp_path.glob("*-hashes.npy")) and all(s.hashes is None for s in manifest.splits.values())
     assert manifest.duplicates is None
     assert all(s["meta"]["exact"] is None and s["meta"]["phash"] is None for s in read_shards(tmp_path, manifest).values())
     with pytest.raises(UserError, match="--dedup off.*--dedup report"):
-        read_table(tmp_path, manifest, "train", columns=("phash",))
+        read_hashes(tmp_path, manifest, "train")
 
 
 def test_a_split_whose_every_image_is_rejected_gets_a_zero_row_table_with_the_same_columns(sample_trees, tmp_path):
@@ -107,8 +126,10 @@ def test_a_split_whose_every_image_is_rejected_gets_a_zero_row_table_with_the_sa
     assert [s["path"] for s in manifest.skipped] == ["val2017/000000000001.jpg"]
     table = np.load(tmp_path / "out" / table_name("val"), allow_pickle=False)  # numpy alone
     assert len(table) == 0 and table.dtype.names == read_table(tmp_path / "out", manifest, "train").dtype.names
-    assert read_table(tmp_path / "out", manifest, "val", columns=HASH_COLUMNS).shape == (0,)
-    val_report = manifest.duplicates["within"]["val"]
+    hashes = np.load(tmp_path / "out" / hashes_name("val"), allow_pickle=False)
+    assert len(hashes) == 0 and hashes.dtype.names == HASH_COLUMNS
+    assert read_hashes(tmp_path / "out", manifest, "val").shape == (0,)
+    val_report = read_duplicates(tmp_path / "out", manifest)["within"]["val"]
     assert val_report["images"] == 0 and val_report["exact_groups"] == [] and val_report["near_pairs"] == []
 
 
@@ -131,6 +152,19 @@ def test_a_missing_or_changed_table_is_a_one_line_error_naming_it(food_table_sha
     table.unlink()
     with pytest.raises(UserError, match=r"val-table\.npy.*missing"):
         read_table(out, manifest, "val")
+    shutil.copyfile(food_table_shards / table_name("val"), table)
+    hashes = out / hashes_name("val")  # the hashes file likewise, and its errors name the command that rebuilds it
+    data = bytearray(hashes.read_bytes())
+    data[-1] ^= 0xFF
+    hashes.write_bytes(bytes(data))
+    read_hashes(out, manifest, "val")
+    rebuild = f"python -m vaedist.shard.rebuild_table {out}"
+    for damage, match in ((lambda: None, "sha256"), (lambda: hashes.write_bytes(bytes(data[:-8])), "bytes"),
+                          (hashes.unlink, "missing")):
+        damage()
+        with pytest.raises(UserError, match=rf"val-hashes\.npy.*{match}") as err:
+            read_hashes(out, manifest, "val", verify=True)
+        assert rebuild in str(err.value) and "\n" not in str(err.value)
     manifest.splits["val"].table = None  # shards written before the tables existed
     write_manifest(manifest, out)
     with pytest.raises(UserError, match="no val table"):
@@ -176,21 +210,28 @@ def test_loader_columns_are_what_tarfile_pillow_and_the_members_say(dataset, foo
 
 
 def _older_copy(shards: Path, out: Path, version: int | None) -> Path:
-    """A copy as an older vaedist left it: no table (None) or a version 1 table (no loader columns)."""
+    """A copy as an older vaedist left it: no table (None), a version 1 table (key, shard, position and the
+    hashes) or a version 2 table (the loader's columns, then the hashes); none of them has a hashes file."""
     shutil.copytree(shards, out)
     manifest = load_manifest(out)
     for split, info in manifest.splits.items():
         path = out / table_name(split)
+        (out / hashes_name(split)).unlink()
+        info.hashes = None
         if version is None:
             path.unlink()
             info.table = None
         else:
-            old = np.load(path)[["key", "shard", "position", "exact", "phash"]]
-            packed = np.zeros(len(old), np.dtype([(n, old.dtype[n]) for n in old.dtype.names]))
-            for name in old.dtype.names:
-                packed[name] = old[name]
+            table, hashes = np.load(path), np.load(shards / hashes_name(split))
+            names = ["key", "shard", "position"] if version == 1 else list(table.dtype.names)
+            fields = [(n, table.dtype[n]) for n in names] + [(n, hashes.dtype[n]) for n in hashes.dtype.names]
+            packed = np.zeros(len(table), np.dtype(fields))
+            for name in names:
+                packed[name] = table[name]
+            for name in hashes.dtype.names:
+                packed[name] = hashes[name]
             np.save(path, packed)
-            info.table.columns, info.table.version = list(packed.dtype.names), 1
+            info.table.columns, info.table.version = list(packed.dtype.names), version
             info.table.bytes, info.table.sha256 = path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()
     write_manifest(manifest, out)
     return out
@@ -213,11 +254,11 @@ def test_older_shards_load_by_the_old_path_with_a_hint_and_the_rebuild_command_r
                           text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rebuilt, original = load_manifest(older), load_manifest(food_table_shards)
-    for split in original.splits:  # the sharder's table less the hashes (an older directory's are of another thumbnail)
-        table, sharded = np.load(older / table_name(split)), np.load(food_table_shards / table_name(split))
-        assert list(table.dtype.names) == [n for n in sharded.dtype.names if n not in ("exact", "phash")]
-        assert all(np.array_equal(table[n], sharded[n]) for n in table.dtype.names)
-        assert rebuilt.splits[split].table.columns == list(table.dtype.names)
+    for split in original.splits:  # the sharder's table, byte for byte; no hashes (an older directory's are of another thumbnail)
+        table = older / table_name(split)
+        assert table.read_bytes() == (food_table_shards / table_name(split)).read_bytes()
+        assert rebuilt.splits[split].table == original.splits[split].table
+        assert rebuilt.splits[split].hashes is None and not (older / hashes_name(split)).exists()
         assert f"{split}: no image hashes carried over" in proc.stdout
     assert not [p.name for p in older.iterdir() if p.name.startswith(".")]  # no temporary left behind
     caplog.clear()
@@ -226,17 +267,47 @@ def test_older_shards_load_by_the_old_path_with_a_hint_and_the_rebuild_command_r
     assert not caplog.records
 
 
-def test_the_rebuild_command_restores_a_lost_current_table_byte_for_byte(food_table_shards, tmp_path):
+def test_the_rebuild_command_restores_a_lost_current_table_and_hashes_file_byte_for_byte(food_table_shards, tmp_path):
     copy = Path(shutil.copytree(food_table_shards, tmp_path / "copy"))
     for split in load_manifest(copy).splits:
-        (copy / table_name(split)).unlink()  # the manifest still lists it (version 2): its hashes are current
+        (copy / table_name(split)).unlink()  # the manifest still lists them (version 3): the .json's hashes are current
+        (copy / hashes_name(split)).unlink()
     proc = subprocess.run([sys.executable, "-m", "vaedist.shard.rebuild_table", str(copy)], capture_output=True,
                           text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0 and "no image hashes" not in proc.stdout, proc.stderr[-2000:]
     original = load_manifest(food_table_shards)
-    for split in original.splits:  # byte for byte the sharder's table, and the manifest lists it
-        assert (copy / table_name(split)).read_bytes() == (food_table_shards / table_name(split)).read_bytes()
+    for split in original.splits:  # byte for byte the sharder's files, and the manifest lists them
+        for name in (table_name(split), hashes_name(split)):
+            assert (copy / name).read_bytes() == (food_table_shards / name).read_bytes()
         assert load_manifest(copy).splits[split].table == original.splits[split].table
+        assert load_manifest(copy).splits[split].hashes == original.splits[split].hashes
+
+
+def test_a_version_2_directory_trains_and_dedups_as_it_is_and_the_rebuild_moves_its_hashes_out(
+        food_table_shards, tmp_path, caplog):
+    older = _older_copy(food_table_shards, tmp_path / "v2", 2)  # hashes as the table's last columns, no hashes file
+    manifest, original = load_manifest(older), load_manifest(food_table_shards)
+    with caplog.at_level(logging.WARNING, logger="vaedist.data.index"):  # training reads its table, no hint
+        old = open_split_index(older, manifest, "train")
+    assert not caplog.records
+    new = open_split_index(food_table_shards, original, "train")
+    for name in ("shard", "offset", "size", "label", "orig_width", "orig_height", "stored_width", "stored_height"):
+        assert np.array_equal(getattr(old, name), getattr(new, name))
+    # the duplicate finder reads its hashes from the table's columns: the same report as from the hashes file
+    reports = [compare_shard_dirs([d], tmp_path / f"report-{n}", sheet_pairs=0).to_json()
+               for n, d in enumerate((older, food_table_shards))]
+    assert json.dumps(reports[0]).replace(str(older), "DIR") == json.dumps(reports[1]).replace(str(food_table_shards), "DIR")
+    assert reports[1]["within"][f"{food_table_shards}:train"]["images"] == original.splits["train"].samples
+
+    proc = subprocess.run([sys.executable, "-m", "vaedist.shard.rebuild_table", str(older)], capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0 and "no image hashes" not in proc.stdout, proc.stderr[-2000:]
+    rebuilt = load_manifest(older)
+    for split in original.splits:  # version 3, byte for byte what the sharder writes
+        for name in (table_name(split), hashes_name(split)):
+            assert (older / name).read_bytes() == (food_table_shards / name).read_bytes()
+        assert rebuilt.splits[split].table == original.splits[split].table
+        assert rebuilt.splits[split].hashes == original.splits[split].hashes
 
 
 def test_the_rebuild_command_names_a_damaged_member_and_writes_nothing(food_table_shards, tmp_path):

@@ -1,5 +1,5 @@
 """python -m vaedist.dedup SHARDS [SHARDS ...] [--out DIR]: duplicates within and across shard directories
-already written (COCO against Food-101, say), from their per-split hash tables, without decoding them again.
+already written (COCO against Food-101, say), from their per-split hashes, without decoding them again.
 
     report = compare_shard_dirs(["shards/coco", "shards/food101"], "dedup-report")
 
@@ -29,7 +29,7 @@ from vaedist.errors import UserError, run_cli
 from vaedist.files import write_bytes_atomic, write_text_atomic
 from vaedist.shard.duplicates import DEFAULT_THRESHOLD, DuplicateReport, HashSet, duplicates_summary, find_duplicates
 from vaedist.shard.format import PERCEPTUAL_HASH_BITS, ShardIndex, load_manifest, parse_index
-from vaedist.shard.table import read_table
+from vaedist.shard.table import read_hashes, read_table
 
 REPORT_NAME = "report.json"
 SHEET_NAME = "contact_sheet.png"
@@ -39,11 +39,13 @@ THUMB = 160  # pixels, the longer side of each image on the contact sheet
 
 @dataclass
 class SplitSamples:
-    """One split of one shard directory: its table, and its samples' members read on demand via the .idx."""
+    """One split of one shard directory: its table, its hashes (the same rows), and its samples' members read
+    on demand via the .idx."""
 
     shard_dir: Path
     split: str
-    table: object  # numpy structured array (read_table)
+    table: object  # numpy structured array (read_table): key, shard, position
+    hashes: object  # numpy structured array (read_hashes): exact, phash
     shards: list = field(default_factory=list)  # manifest's ShardInfo, in table order
     _indexes: dict[int, ShardIndex] = field(default_factory=dict)
     _rows: dict[str, int] = field(default_factory=dict)  # path -> row, of the rows a report has named
@@ -80,14 +82,14 @@ class SplitSamples:
 
 
 def load_split_samples(shard_dirs: list[str | Path]) -> list[SplitSamples]:
-    """Every split of every directory, with its hash table (one-line errors: no manifest, no hashes...)."""
+    """Every split of every directory, with its table and hashes (one-line errors: no manifest, no hashes...)."""
     found = []
     for shard_dir in shard_dirs:
         shard_dir = Path(shard_dir)
         manifest = load_manifest(shard_dir)
         for split, info in manifest.splits.items():
-            table = read_table(shard_dir, manifest, split, columns=("key", "shard", "position", "exact", "phash"))
-            found.append(SplitSamples(shard_dir, split, table, list(info.shards)))
+            table = read_table(shard_dir, manifest, split, columns=("key", "shard", "position"))
+            found.append(SplitSamples(shard_dir, split, table, read_hashes(shard_dir, manifest, split), list(info.shards)))
     if len({s.name for s in found}) < len(found):
         raise UserError("a shard directory is named twice: give each one once")
     return found
@@ -101,7 +103,7 @@ def compare_shard_dirs(shard_dirs: list[str | Path], out: str | Path, threshold:
     if sheet_pairs < 0:
         raise UserError(f"--sheet-pairs must be 0 or more, got {sheet_pairs}")
     samples = load_split_samples(shard_dirs)
-    sets = [HashSet(s.name, s.table["exact"], s.table["phash"], s.paths) for s in samples]
+    sets = [HashSet(s.name, s.hashes["exact"], s.hashes["phash"], s.paths) for s in samples]
     report = find_duplicates(sets, threshold)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

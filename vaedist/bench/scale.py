@@ -7,15 +7,15 @@ steps/s, side by side for each size.
 
 Per size N: a COCO-like corpus of N small real JPEGs (vaedist.sample's crops of real photographs, longer side
 120-160 px; 3/4 train2017, 1/4 test2017, 1/32 val2017) is written to WORK/raw-N (reused when complete),
-sharded by `python -m vaedist.shard coco --dedup off` (`--dedup report`: the sharder's default, whose table
-also holds the image hashes, 82 instead of 58 bytes per sample; wall time; peak RSS of the largest process, writer or
-worker), and the train split's loader is started twice in a fresh process each, with every file of the shard
+sharded by `python -m vaedist.shard coco --dedup off` (`--dedup report`: the sharder's default, which also
+writes the image hashes, in `<split>-hashes.npy`, and the duplicate report, in duplicates.json; wall time; peak RSS
+of the largest process, writer or worker), and the train split's loader is started twice in a fresh process each, with every file of the shard
 directory evicted from the page cache first (posix_fadvise DONTNEED, no root needed): once as sharded (the
 table) and once from a hard-linked copy whose manifest lists no table (the old path, which reads every
 sample's .cls/.json/JPEG header from the tars). Two byte counts, each from just before `build_loader`, then
 to its first batch (which reads that batch's JPEGs and whatever the decoder prefetches):
   shard dir   what of the shard directory's files is in the page cache (mincore: vaedist.bench.pagecache),
-              by kind (manifest, table, tar, index): what start-up made the kernel read of the dataset,
+              by kind (manifest, table, hashes, duplicates, tar, index): what start-up made the kernel read of the dataset,
               readahead included. The figure the "< 1 % of the split" goal is about.
   process     the probe process's read_bytes (/proc/self/io): everything it made the kernel fetch from
               storage, memory-map faults included, so also its Python modules and torch's / DALI's
@@ -82,7 +82,8 @@ def run_measured(command: list[str]) -> tuple[float, int, str]:
 
 
 def file_kind(name: str) -> str:
-    """The kind of a shard directory's file (format.DIRECTORY_FILES: manifest, tar, index, table), else "other"."""
+    """The kind of a shard directory's file (format.DIRECTORY_FILES: manifest, duplicates, tar, index, table,
+    hashes), else "other"."""
     return next((kind for kind, pattern in DIRECTORY_FILES.items() if pattern.fullmatch(name)), "other")
 
 
@@ -105,7 +106,8 @@ def old_path_copy(shard_dir: Path, out: Path) -> Path:
             os.link(path, out / path.name)
     manifest = load_manifest(shard_dir)
     for split in manifest.splits.values():
-        split.table = None
+        split.table = split.hashes = None
+    manifest.duplicates = None  # not linked: no start-up reads it
     write_manifest(manifest, out)
     return out
 
@@ -159,7 +161,7 @@ def measure_start(shard_dir: Path, batch_size: int, steps: int) -> dict:
 def measure_size(work: Path, n: int, batch_size: int, steps: int, say, dedup: str = "off") -> dict:
     say(f"N={n}: building the corpus")
     raw = build_corpus(work / f"raw-{n}", n)
-    name = f"shards-{n}" if dedup == "off" else f"shards-{n}-{dedup}"  # the hashes make each table row 24 B longer
+    name = f"shards-{n}" if dedup == "off" else f"shards-{n}-{dedup}"  # + the hashes file and the duplicate report
     shards, sharding = work / name, work / f"{name}.json"
     if (shards / MANIFEST_NAME).is_file() and sharding.is_file():  # sharded by an earlier run on this --work
         shard_s, shard_rss = json.loads(sharding.read_text())
@@ -171,33 +173,36 @@ def measure_size(work: Path, n: int, batch_size: int, steps: int, say, dedup: st
         write_text_atomic(sharding, json.dumps([shard_s, shard_rss]))
     manifest = load_manifest(shards)
     train = manifest.splits["train"]
-    train_bytes = sum(s.bytes for s in train.shards) + train.table.bytes
+    hashes_bytes = train.hashes.bytes if train.hashes else 0
+    train_bytes = sum(s.bytes for s in train.shards) + train.table.bytes + hashes_bytes
     say(f"N={n}: cold start through the table")
     new = measure_start(shards, batch_size, steps)
     say(f"N={n}: cold start through the tars (old path)")
     old = measure_start(old_path_copy(shards, work / f"old-{n}"), batch_size, 0)
     return {"n": n, "dedup": dedup, "train_samples": train.samples, "train_bytes": train_bytes,
-            "table_bytes": train.table.bytes,
+            "table_bytes": train.table.bytes, "hashes_bytes": hashes_bytes,
             "manifest_bytes": (shards / MANIFEST_NAME).stat().st_size, "shard_s": shard_s, "shard_rss": shard_rss,
             "new": new, "old": old}
 
 
 LEGEND = """shard dir: bytes of the shard directory's files in the page cache (mincore), evicted before the probe
-  started: what start-up read of the dataset, readahead included; % of the train split (its tars + table).
-  Split by kind: table / manifest / tars / .idx.
+  started: what start-up read of the dataset, readahead included; % of the train split (its tars, table and
+  hashes file). Split by kind, MB: table / hashes / manifest / duplicates.json / tars / .idx.
 process read_bytes: /proc/self/io of the probe process, every file it read from storage: also its Python
   modules and libraries when not cached, so at least the shard dir's figure.
 time: from build_loader to its end / to the first batch in the probe process (imports excluded)."""
 
 
+BY_KIND = ("table", "hashes", "manifest", "duplicates", "tar", "index")  # the report's columns of byte counts
+
+
 def _by_kind(counts: dict[str, int]) -> str:
     mb = 1e6
-    return (f"{counts.get('table', 0) / mb:.2f}/{counts.get('manifest', 0) / mb:.2f}/"
-            f"{counts.get('tar', 0) / mb:.2f}/{counts.get('index', 0) / mb:.2f}")
+    return "/".join(f"{counts.get(kind, 0) / mb:.2f}" for kind in BY_KIND)
 
 
 def report(rows: list[dict]) -> str:
-    width = 30
+    width = 36  # the by-kind byte counts are up to 6 numbers wide
 
     def cells(fmt):
         return "".join(f"{fmt(r):>{width}}" for r in rows)
@@ -207,10 +212,11 @@ def report(rows: list[dict]) -> str:
 
     mb = 1e6
     lines = [f"{'':<38}" + "".join(f"{'N = ' + str(r['n']):>{width}}" for r in rows),
-             f"{'train split (tars + table)':<38}" + cells(lambda r: f"{r['train_samples']} / {r['train_bytes'] / mb:.0f} MB"),
+             f"{'train split (tars + table + hashes)':<38}" + cells(lambda r: f"{r['train_samples']} / {r['train_bytes'] / mb:.0f} MB"),
              f"{'sharding wall time':<38}" + cells(lambda r: f"{r['shard_s']:.1f} s ({r['n'] / r['shard_s']:.0f} img/s)"),
              f"{'sharding peak RSS (one process)':<38}" + cells(lambda r: f"{r['shard_rss'] / mb:.0f} MB"),
              f"{'table (train)':<38}" + cells(lambda r: f"{r['table_bytes'] / mb:.2f} MB"),
+             f"{'hashes file (train)':<38}" + cells(lambda r: f"{r.get('hashes_bytes', 0) / mb:.2f} MB"),
              f"{'manifest.json':<38}" + cells(lambda r: f"{r['manifest_bytes'] / 1e3:.0f} kB")]
     for path, name in (("new", "table"), ("old", "tars (old path)")):
         lines += [f"{'cold start, ' + name + ':':<38}",
@@ -219,7 +225,7 @@ def report(rows: list[dict]) -> str:
                                                       ("first batch", "first_dir", "read_bytes", "first_batch_s")):
             lines += [
                 f"{'  ' + stage + ': shard dir':<38}" + cells(lambda r: share(r, r[path][dir_key]["all"])),
-                f"{'    table/manifest/tars/.idx MB':<38}" + cells(lambda r: _by_kind(r[path][dir_key])),
+                f"{'    table/hashes/manifest/dups/tars/.idx':<38}" + cells(lambda r: _by_kind(r[path][dir_key])),
                 f"{'  ' + stage + ': process read_bytes':<38}" + cells(lambda r: share(r, r[path][process_key])),
                 f"{'  ' + stage + ': time':<38}" + cells(lambda r: f"{r[path][time_key]:.2f} s"),
             ]
@@ -236,7 +242,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per size (default: 20; 0: none)")
     parser.add_argument("--batch-size", type=int, default=64, help="per-process batch (default: 64)")
     parser.add_argument("--dedup", choices=("off", "report"), default="off",
-                        help="the sharder's --dedup (default: off; report: the sharder's default, a table with the hashes)")
+                        help="the sharder's --dedup (default: off; report: the sharder's default, with the hashes file "
+                        "and the duplicate report)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: one cold start, in its process
     args = parser.parse_args(argv)

@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "older downloads name the test split test2015)")
     parser.add_argument("--dedup", choices=DEDUP_MODES, default="report",
                         help="report (default): hash every image (exact pixels + perceptual) into its .json and the "
-                        "split's table, and report exact copies, near copies and train<->val pairs in the summary and "
-                        "manifest.json; drop: also keep one copy within a split and remove from train every image "
+                        "split's hashes file (<split>-hashes.npy), and report exact copies, near copies and train<->val "
+                        "pairs in the summary and duplicates.json; drop: also keep one copy within a split and remove from train every image "
                         "matching a val image (val is never changed; manifest.json lists them under 'dropped'); "
                         "off: no hashes, no report")
     parser.add_argument("--dedup-threshold", type=int, default=DEFAULT_THRESHOLD, metavar="BITS",

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from vaedist.shard.format import EXACT_HASH, EXACT_HASH_BYTES, PERCEPTUAL_HASH, ImageHashes
+from vaedist.shard.format import DUPLICATES_NAME, EXACT_HASH, EXACT_HASH_BYTES, PERCEPTUAL_HASH, ImageHashes
 
 # Hamming distance <= this between two perceptual hashes = a near duplicate (--dedup-threshold). Chosen by
 # measurement (`python -m vaedist.bench dedup threshold`, README "Duplicates"; re-measured 2026-12-01 for the
@@ -29,10 +29,11 @@ from vaedist.shard.format import EXACT_HASH, EXACT_HASH_BYTES, PERCEPTUAL_HASH, 
 # 12 of 14 2 %-crops within 8; the closest of 2,359 distinct pairs is 18 bits apart. 10 would catch 3 more
 # of the 140 copies but, at 265k images, ~36x more chance pairs (~9 at 8 bits).
 DEFAULT_THRESHOLD = 8
-# Groups or pairs the manifest lists per kind (the counts are always whole). Measured (`python -m vaedist.bench
-# scale --dedup report`, 2026-12-01): a 160k-image set built from crops of 14 photos had pairs enough for a
-# 1.37 GB manifest, read by every start-up; 1,000 pairs are ~0.1 MB.
-MANIFEST_LISTED = 1000
+# Groups or pairs the shard directory's duplicates.json lists per kind (the counts are always whole). Measured
+# (`python -m vaedist.bench scale --dedup report`, 2026-12-01): a 160k-image set built from crops of 14 photos
+# had pairs enough for a 1.37 GB report (then inside the manifest, read by every start-up); 1,000 of each kind
+# are ~0.26 MB. `python -m vaedist.dedup` lists them all.
+REPORT_LISTED = 1000
 BLOCK = 16_384  # query rows per faiss call: bounds the result buffers, keeps every core busy
 
 
@@ -94,7 +95,7 @@ class HashSet:
 
 @dataclass
 class DuplicateReport:
-    """What find_duplicates found. `to_json()` is the manifest's "duplicates" and the CLI's report.json:
+    """What find_duplicates found. `to_json()` is the shard directory's duplicates.json and the CLI's report.json:
 
     {"threshold": 8, "exact_hash": EXACT_HASH, "perceptual_hash": PERCEPTUAL_HASH, "listed": 1000 | null,
      "within": {"train": {"images": 118287, "exact_group_count": 2, "exact_copies": 3, "near_pair_count": 1,
@@ -105,9 +106,8 @@ class DuplicateReport:
 
     Near pairs within a set leave out the pairs of one exact group (those are the groups); pairs are sorted
     exact first, then by distance. With `listed` set, each list holds at most that many (the first ones) and
-    the counts say how many there are: the manifest's copy is capped (MANIFEST_LISTED), since every start-up
-    reads the manifest and a set full of near copies has pairs by the million; `python -m vaedist.dedup`
-    writes them all.
+    the counts say how many there are: the shard directory's copy is capped (REPORT_LISTED), since a set full
+    of near copies has pairs by the million; `python -m vaedist.dedup` writes them all.
     """
 
     threshold: int
@@ -259,6 +259,6 @@ def duplicates_summary(report: dict, shown: int = 5) -> list[str]:
               for n in (found.get("exact_group_count", 0), found.get("near_pair_count", 0))]
     counts += [pair["exact_pairs"] + pair["near_pairs"] for pair in report["across"]]
     if listed is not None and any(n > listed for n in counts):
-        lines.append(f"    (manifest.json lists the first {listed} of each kind; "
+        lines.append(f"    ({DUPLICATES_NAME} lists the first {listed} of each kind; "
                      "python -m vaedist.dedup SHARDS --out DIR lists them all)")
     return lines

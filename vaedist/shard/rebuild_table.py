@@ -1,13 +1,15 @@
-"""Rebuild a shard directory's per-split tables from its members, without decoding an image.
+"""Rebuild a shard directory's per-split tables (and hashes files) from its members, without decoding an image.
 
     python -m vaedist.shard.rebuild_table SHARDS        # every split of SHARDS/manifest.json
 
 For shards written before the table held the loader's columns (format.TABLE_VERSION 2): without them the
 loader's start-up reads every sample's .cls, .json and JPEG header from the tars (a cold start reads the
-whole split). This reads exactly those once, here: per sample its .idx line, its .json (original size, the
-image hashes when it was sharded with --dedup on by this version), its .cls and its JPEG's frame header (the stored size);
-then writes each `<split>-table.npy` as the sharder does (temporary name, fsync, rename) and the manifest
-with their sizes and sha256 (atomically, last). The shards themselves are not touched.
+whole split). For version 2 tables, whose image hashes are columns every start-up reads: version 3 moves
+them into `<split>-hashes.npy`. This reads, once, per sample its .idx line, its .json (original size, the
+image hashes when they have the current meaning: sharded with --dedup on by a vaedist that wrote a version
+2 or 3 table), its .cls and its JPEG's frame header (the stored size); then writes each `<split>-table.npy`
+and `<split>-hashes.npy` as the sharder does (temporary name, fsync, rename; byte for byte the sharder's)
+and the manifest with their sizes and sha256 (atomically, last). The shards themselves are not touched.
 
 A kill at any point leaves a directory that loads: the old manifest with the old tables (a table renamed in
 before the manifest does not match it: the loader names it and this command, which fixes it when run again).
@@ -23,10 +25,14 @@ from pathlib import Path
 from vaedist.errors import UserError, run_cli
 from vaedist.jpeg import JpegProblem, stored_size
 from vaedist.remote import is_url
-from vaedist.shard.format import (IMAGE_EXT, LABEL_EXT, META_EXT, RESHARD, TABLE_VERSION, DamagedMember, Manifest, ShardInfo,
+from vaedist.shard.format import (IMAGE_EXT, LABEL_EXT, META_EXT, RESHARD, DamagedMember, Manifest, ShardInfo,
                                   decode_hashes, decode_label, decode_original_size, load_manifest, manifest_path,
                                   parse_index, write_manifest)
-from vaedist.shard.table import TableRows, build_table, loader_columns, write_table
+from vaedist.shard.table import TableRows, build_hashes, build_table, loader_columns, write_hashes, write_table
+
+# The table versions whose directories' .json hashes have the current meaning (PERCEPTUAL_HASH's sampled
+# thumbnail, since version 2): their hashes are carried over; older ones' are left out (format.TABLE_VERSION).
+CURRENT_HASHES_FROM_VERSION = 2
 
 
 def shard_rows(shard_dir: Path, info: ShardInfo, labelled: bool, keep_hashes: bool = True) -> TableRows:
@@ -71,23 +77,30 @@ def shard_rows(shard_dir: Path, info: ShardInfo, labelled: bool, keep_hashes: bo
 
 
 def rebuild_tables(shard_dir: str | Path, say=print) -> Manifest:
-    """Write every split's table from the shards' members, then the manifest that lists them."""
+    """Write every split's table and hashes file from the shards' members, then the manifest that lists them."""
     if is_url(shard_dir):
         raise UserError(f"'{shard_dir}' is a URL: rebuild the tables on a local copy of the shard directory, "
-                        "then upload its *-table.npy files and manifest.json")
+                        "then upload its *-table.npy and *-hashes.npy files and manifest.json")
     shard_dir = Path(shard_dir)
     manifest = load_manifest(shard_dir)
     for name, split in manifest.splits.items():
-        if not split.shards:
-            continue
         # The .json's perceptual hash has the current meaning only where the sharder wrote a current table: an
         # older directory's are of the previous thumbnail (format.TABLE_VERSION), and mixing the two would miss
-        # copies silently, so its rebuilt table carries no hashes (the duplicate finder then says to re-shard).
-        current = split.table is not None and split.table.version == TABLE_VERSION
+        # copies silently, so it gets no hashes file (the duplicate finder then says to re-shard).
+        current = split.table is not None and split.table.version >= CURRENT_HASHES_FROM_VERSION
+        # a split without shards (every image rejected) has no .json to ask: it keeps hashes if it had them
+        had_hashes = split.hashes is not None or (split.table is not None and split.table.hashed)
         rows = [shard_rows(shard_dir, info, manifest.labelled, keep_hashes=current) for info in split.shards]
-        split.table = write_table(shard_dir, name, build_table(rows))
+        split.table = write_table(shard_dir, name, build_table(rows)) if rows or split.table else None
+        if split.table is None:
+            continue  # no shards and no table: nothing to rebuild from
         say(f"{name}: {split.table.rows} rows, {split.table.bytes / 1e6:.2f} MB -> {shard_dir / split.table.name} "
             f"(columns: {', '.join(split.table.columns)})")
+        hashed = all(r.hashes is not None for r in rows) if rows else current and had_hashes
+        split.hashes = write_hashes(shard_dir, name, build_hashes(rows)) if hashed else None
+        if split.hashes is not None:
+            say(f"{name}: {split.hashes.rows} image hashes, {split.hashes.bytes / 1e6:.2f} MB -> "
+                f"{shard_dir / split.hashes.name}")
         if not current:
             say(f"{name}: no image hashes carried over (sharded by an older vaedist, whose perceptual hash differs); "
                 f"for duplicate checks re-run python -m vaedist.shard with --dedup report --overwrite")

@@ -8,12 +8,15 @@
                             encode_members()   writer.py      their tar members (format.py: names, order)
         this process:     ShardWriter          writer.py    parts -> tar + DALI index + sha256, temporary names
         a thread:         publish_shard()      writer.py    fsync, rename; then the done file (state.py)
-    write_table(...) per split                 table.py     keys, shard/position, hashes: from the done files
-    find_duplicates(...)                       duplicates.py  exact groups, near pairs, train<->val pairs
+    write_table(...) per split                 table.py     keys, shard/position, the loader's columns: from the
+    write_hashes(...) per split                table.py       done files; the image hashes, in a file of their own
+    find_duplicates(...)                       duplicates.py  exact groups, near pairs, train<->val pairs:
+                                                              duplicates.json (format.write_duplicates)
     write_manifest(...)                        format.py    the output is complete once this exists
 
 --dedup (default report): the workers hash each image they decode (fingerprint.py); the hashes go in its
-.json member and in the split's table, and the duplicates found among them in the manifest and the summary.
+.json member and in the split's hashes file (not its table: every start-up reads the table), and the
+duplicates found among them in duplicates.json (not the manifest, for the same reason) and the summary.
 --dedup drop also removes images while the shards are written, which is the only moment it can: the plan
 is fixed before any image is decoded (it is what makes a resume exact), and a hashing pass before it would
 decode everything twice. So val's shards are written first, whole, and then each train image is dropped if
@@ -50,15 +53,15 @@ from tqdm import tqdm
 from vaedist import __version__
 from vaedist.errors import UserError
 from vaedist.shard.images import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, ImageOptions
-from vaedist.shard.duplicates import (DEFAULT_THRESHOLD, MANIFEST_LISTED, DropFilter, HashSet, duplicates_summary,
+from vaedist.shard.duplicates import (DEFAULT_THRESHOLD, REPORT_LISTED, DropFilter, HashSet, duplicates_summary,
                                       find_duplicates)
-from vaedist.shard.format import (HASH_COLUMNS, IMAGE_EXT, LOADER_COLUMNS, PERCEPTUAL_HASH_BITS, Manifest, ShardInfo,
-                                  SplitInfo, load_manifest, manifest_path, member_entry, write_manifest)
+from vaedist.shard.format import (IMAGE_EXT, PERCEPTUAL_HASH_BITS, Manifest, ShardInfo, SplitInfo, load_manifest,
+                                  manifest_path, member_entry, write_duplicates, write_manifest)
 from vaedist.shard.plan import PlannedShard, listing_fingerprint, plan_shards
 from vaedist.shard.sources import (DEFAULT_COCO_TRAIN_DIRS, SourceListing, SourceOptions, hold_out_val, list_source,
                                    sample_keys)
 from vaedist.shard.state import OutputDir
-from vaedist.shard.table import TableRows, build_table, loader_columns, write_table
+from vaedist.shard.table import TableRows, build_hashes, build_table, loader_columns, write_hashes, write_table
 from vaedist.shard.workers import (PackedChunk, chunk_tasks, chunks_of, measure_bytes_ratio, pack_in_parallel,
                                    rejected_inputs, worker_pool)
 from vaedist.shard.writer import ClosedShard, ShardWriter, publish_shard, sync_directory
@@ -229,12 +232,12 @@ def _shard(dataset: str, listing: SourceListing, output: OutputDir, options: Sha
     if total == 0:
         output.remove_everything_we_wrote()
         raise UserError(f"no valid image found under '{listing.root}': {_reasons_summary(manifest.skipped)}")
-    _add_tables_and_duplicates(manifest, out, listing, keys, plan, records, options)
+    report = _add_tables_and_duplicates(manifest, out, listing, keys, plan, records, options)
     write_manifest(manifest, out)
     sync_directory(out)
     output.remove_progress_files()
     written = sum(len(s.samples) for s in todo)
-    say(_summary(manifest, out, written, elapsed))
+    say(_summary(manifest, out, written, elapsed, report))
     return manifest
 
 
@@ -426,20 +429,27 @@ def _manifest(dataset: str, listing: SourceListing, options: ShardOptions, plan:
 
 
 def _add_tables_and_duplicates(manifest: Manifest, out: Path, listing: SourceListing, keys: list[str],
-                               plan: list[PlannedShard], records: dict[str, dict], options: ShardOptions) -> None:
-    """Write each split's table from its shards' done records; find the duplicates among their hashes."""
+                               plan: list[PlannedShard], records: dict[str, dict], options: ShardOptions
+                               ) -> dict | None:
+    """Write each split's table (and hashes file) from its shards' done records; find the duplicates among the
+    hashes and write them to duplicates.json (the manifest records its size and sha256). Returns the report."""
     path_of = {key: s.path for key, s in zip(keys, listing.samples)}
     sets = []
     for name, split in manifest.splits.items():
         rows = [TableRows.from_record(records[s.name]["rows"]) for s in plan
                 if s.split == name and records[s.name]["shard"] is not None]  # the manifest's shards, in order
-        table = build_table(rows, empty_columns=("key", *LOADER_COLUMNS, *(HASH_COLUMNS if options.hashed else ())))
+        table = build_table(rows)
         split.table = write_table(out, name, table)
         if options.hashed:
-            sets.append(HashSet(name, table["exact"], table["phash"],
+            hashes = build_hashes(rows)
+            split.hashes = write_hashes(out, name, hashes)
+            sets.append(HashSet(name, hashes["exact"], hashes["phash"],
                                 lambda found, table=table: [path_of[table["key"][r].decode()] for r in found]))
-    if sets:
-        manifest.duplicates = find_duplicates(sets, options.dedup_threshold, MANIFEST_LISTED).to_json()
+    if not sets:
+        return None
+    report = find_duplicates(sets, options.dedup_threshold, REPORT_LISTED).to_json()
+    manifest.duplicates = write_duplicates(report, out)
+    return report
 
 
 def _reasons_summary(skipped: list[dict]) -> str:
@@ -449,7 +459,7 @@ def _reasons_summary(skipped: list[dict]) -> str:
     return f"{len(skipped)} inputs rejected (" + ", ".join(f"{n} {reason}" for reason, n in counts.most_common()) + ")"
 
 
-def _summary(manifest: Manifest, out: Path, written: int, elapsed: float) -> str:
+def _summary(manifest: Manifest, out: Path, written: int, elapsed: float, duplicates: dict | None) -> str:
     lines = [f"wrote {out}/manifest.json"]
     for name, split in manifest.splits.items():
         lines.append(f"  {name}: {split.samples} samples in {len(split.shards)} shards "
@@ -461,8 +471,8 @@ def _summary(manifest: Manifest, out: Path, written: int, elapsed: float) -> str
         lines.append(f"    {entry['path']}: {entry['reason']}")
     if len(manifest.skipped) > 10:
         lines.append(f"    ... and {len(manifest.skipped) - 10} more (manifest.json, key 'skipped')")
-    if manifest.duplicates is not None:
-        lines += duplicates_summary(manifest.duplicates)
+    if duplicates is not None:
+        lines += duplicates_summary(duplicates)
     if manifest.options.get("dedup") == "drop":
         lines.append(f"  dropped (--dedup drop): {len(manifest.dropped) or 'none'}")
         lines += [f"    {entry['path']}: {entry['reason']}" for entry in manifest.dropped[:10]]

@@ -3,7 +3,8 @@
     .vaedist-shard-state.json      written first: the inputs' fingerprint, the measured bytes ratio and
                                    (--val-fraction) the inputs its validation pass rejected
     .train-000003.done.json        one per finished shard: its ShardInfo, the inputs it rejected or dropped,
-                                   and its table rows (keys, hashes: table.TableRows)
+                                   and its rows (keys, the loader's columns, hashes: table.TableRows), from
+                                   which the split's table and hashes file are written
     .train-000004.tar.tmp, .idx.tmp   the shard being written (swept away at the next start, like every .tmp)
     .train-000004.part00012.tmp    16 images a worker packed, not yet appended to the shard
     train-000003.tar / .idx        finished shards

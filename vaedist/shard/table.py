@@ -1,10 +1,15 @@
-"""The per-split tables (`train-table.npy`, `val-table.npy`; format: format.TABLE_COLUMNS): built, written, read.
+"""The per-split tables and hashes files (`train-table.npy`, `train-hashes.npy`; format: format.TABLE_COLUMNS,
+format.HASH_FILE_COLUMNS): built, written, read.
 
     rows = TableRows.of_samples(keys, hashes, loader_columns(jpegs, sizes, labels))   per shard, in its order
     record = rows.to_record(); TableRows.from_record(record)   what the shard's done record holds (state.py)
     table = build_table([rows, ...])                       a split's shards, in the manifest's order
+    hashes = build_hashes([rows, ...])                     their image hashes, row for row (--dedup report/drop)
     info = write_table(out_dir, "train", table)            once every shard is written: one .npy, atomically
-    table = read_table(out_dir, manifest, "train", columns=("phash",))   a read-only memory map
+    info = write_hashes(out_dir, "train", hashes)          likewise
+    table = read_table(out_dir, manifest, "train", columns=("key",))   a read-only memory map
+    hashes = read_hashes(out_dir, manifest, "train")       `exact`, `phash`, row i = the table's row i: from the
+                                                           hashes file, or from a version 1-2 table's columns
     table = read_loader_table(shard_dir, manifest, "train")  the loader's start-up: read whole (local or URL),
                                                            checked against the manifest's size and sha256
 
@@ -12,7 +17,8 @@ A table is a NumPy structured array saved with `numpy.save`, so any tool maps it
 mmap_mode="r")`) without vaedist; its rows follow the samples in shard order, so row i of the train table is
 the i-th sample of the split as the manifest's shards list them. While the sharder runs, each finished
 shard's rows live in its done record (state.py), written with the shard: a run killed and resumed builds
-the table from the same records, so it comes out byte for byte like an uninterrupted run's.
+the table from the same records, so it comes out byte for byte like an uninterrupted run's. The records
+hold the hashes beside the other columns (as they always have): only the files written from them differ.
 
 A new column is a TableColumn in format.py plus its values in `TableRows.columns` where the sharder builds
 the rows; nothing here names a column except the computed ones (shard, position) and the helpers that turn
@@ -32,17 +38,20 @@ import numpy as np
 
 from vaedist import remote
 from vaedist.errors import UserError
-from vaedist.shard.format import (COMPUTED_COLUMNS, HASH_COLUMNS, LOADER_COLUMNS, READABLE_TABLE_VERSIONS, REBUILD_TABLE,
-                                  RESHARD, TABLE_COLUMNS, TABLE_VERSION, ImageHashes, Manifest, TableInfo, table_name,
+from vaedist.shard.format import (COMPUTED_COLUMNS, HASH_COLUMNS, HASH_FILE_COLUMNS, HASHES_IN_TABLE_VERSIONS,
+                                  LOADER_COLUMNS, READABLE_TABLE_VERSIONS, REBUILD_TABLE, RESHARD, TABLE_COLUMNS,
+                                  TABLE_VERSION, ImageHashes, Manifest, TableColumn, TableInfo, hashes_name, table_name,
                                   temporary_name)
 
-_COLUMNS = {column.name: column for column in TABLE_COLUMNS}
+_COLUMNS = {column.name: column for column in (*TABLE_COLUMNS, *HASH_FILE_COLUMNS)}  # what a record may hold
+REHASH = "re-run python -m vaedist.shard with --dedup report --overwrite (it decodes every image once)"
 
 
 @dataclass(frozen=True)
 class TableRows:
     """One shard's rows, in its order: column name -> one JSON value per sample (text for `key`, hex for a
-    bytes ("V") column, numbers otherwise). `shard` and `position` are not stored: build_table computes them."""
+    bytes ("V") column, numbers otherwise), the table's columns and the hashes alike. `shard` and `position` are
+    not stored: build_table computes them."""
 
     columns: dict[str, list]
 
@@ -94,40 +103,61 @@ def loader_columns(jpegs: list[tuple[int, int]], sizes: list[tuple[int, int, int
 
 
 def build_table(shards: list[TableRows], empty_columns: Sequence[str] = ("key", *LOADER_COLUMNS)) -> np.ndarray:
-    """One structured array from the rows of a split's shards, in the order given (the manifest's). Its
-    columns: TABLE_COLUMNS's order, those every shard has (the hashes only when every shard was hashed).
-    A split without shards (every one of its images rejected) has no rows to say which: it gets
-    `empty_columns`, the columns its shards would have had, so that its zero-row table has the same
-    columns as any other table the same run writes (a --dedup run's hashes included)."""
+    """The split's table from the rows of its shards, in the order given (the manifest's). Its columns:
+    TABLE_COLUMNS's order, those every shard has (the hashes never: build_hashes). A split without shards
+    (every one of its images rejected) has no rows to say which: it gets `empty_columns`, the columns its
+    shards would have had, so that its zero-row table has the same columns as any other the same run writes."""
     present = set.intersection(*(set(rows.columns) for rows in shards)) if shards else set(empty_columns)
-    names = [c.name for c in TABLE_COLUMNS if c.name in present or c.name in COMPUTED_COLUMNS]
-    keys = [key.encode("ascii") for rows in shards for key in rows.keys]
-    width = max(map(len, keys), default=1)
-    dtype = np.dtype([(n, f"S{width}" if _COLUMNS[n].dtype == "S" else _COLUMNS[n].dtype) for n in names])
-    table = np.zeros(len(keys), dtype)
+    columns = [c for c in TABLE_COLUMNS if c.name in present or c.name in COMPUTED_COLUMNS]
+    table = _structured(shards, columns)
     table["shard"] = np.repeat(np.arange(len(shards), dtype=np.uint32), [len(rows) for rows in shards])
     table["position"] = np.concatenate([np.arange(len(rows), dtype=np.uint32) for rows in shards] or [np.zeros(0, np.uint32)])
-    for name in names:
+    return table
+
+
+def build_hashes(shards: list[TableRows]) -> np.ndarray:
+    """The split's hashes file from the same rows as its table (row i of each is the same sample): every shard
+    must carry the hashes (a --dedup report or drop run); a split without shards gets zero rows."""
+    if any(rows.hashes is None for rows in shards):
+        raise ValueError("build_hashes needs the hashes of every shard (a run with --dedup off has none)")
+    return _structured(shards, list(HASH_FILE_COLUMNS))
+
+
+def _structured(shards: list[TableRows], columns: list[TableColumn]) -> np.ndarray:
+    """A structured array of `columns`, filled from the shards' rows (the computed columns left at zero)."""
+    keys = [key.encode("ascii") for rows in shards for key in rows.keys]
+    width = max(map(len, keys), default=1)
+    dtype = np.dtype([(c.name, f"S{width}" if c.dtype == "S" else c.dtype) for c in columns])
+    array = np.zeros(len(keys), dtype)
+    for column in columns:
+        name, field = column.name, dtype[column.name]
         if name in COMPUTED_COLUMNS:
             continue
         values = [v for rows in shards for v in rows.columns[name]]
-        field = dtype[name]
         if name == "key":
-            table[name] = keys
+            array[name] = keys
         elif field.kind == "V":  # bytes stored as hex in the records
-            table[name] = np.frombuffer(b"".join(bytes.fromhex(v) for v in values), dtype=field)
+            array[name] = np.frombuffer(b"".join(bytes.fromhex(v) for v in values), dtype=field)
         else:
-            table[name] = np.array(values, dtype=field)
-    return table
+            array[name] = np.array(values, dtype=field)
+    return array
 
 
 def write_table(shard_dir: str | Path, split: str, table: np.ndarray) -> TableInfo:
     """Write `<split>-table.npy` under a temporary name, fsync, rename: it is either absent or whole."""
-    path = Path(shard_dir) / table_name(split)
+    return _write_npy(Path(shard_dir) / table_name(split), table)
+
+
+def write_hashes(shard_dir: str | Path, split: str, hashes: np.ndarray) -> TableInfo:
+    """Write `<split>-hashes.npy` the same way."""
+    return _write_npy(Path(shard_dir) / hashes_name(split), hashes)
+
+
+def _write_npy(path: Path, array: np.ndarray) -> TableInfo:
     temporary = temporary_name(path)
     try:
         with open(temporary, "wb") as fh:
-            np.lib.format.write_array(fh, table, allow_pickle=False)
+            np.lib.format.write_array(fh, array, allow_pickle=False)
             fh.flush()
             os.fsync(fh.fileno())
         data = temporary.read_bytes()  # a few MB even for COCO: hash what is on disk, not what we meant to write
@@ -135,15 +165,15 @@ def write_table(shard_dir: str | Path, split: str, table: np.ndarray) -> TableIn
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    return TableInfo(name=path.name, rows=len(table), bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                     columns=list(table.dtype.names), version=TABLE_VERSION)
+    return TableInfo(name=path.name, rows=len(array), bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                     columns=list(array.dtype.names), version=TABLE_VERSION)
 
 
 def read_table(shard_dir: str | Path, manifest: Manifest, split: str, *, columns: Sequence[str] = (),
                verify: bool = False) -> np.ndarray:
-    """The split's table, memory-mapped read-only, with at least `columns`. One-line UserErrors: no table in
-    this manifest (older shards), another table version, a column missing (the hashes: sharded with --dedup
-    off), a missing or changed file (its size; its sha256 too with `verify`)."""
+    """The split's table, memory-mapped read-only, with at least `columns` (the image hashes: read_hashes).
+    One-line UserErrors: no table in this manifest (older shards), another table version, a column missing, a
+    missing or changed file (its size; its sha256 too with `verify`)."""
     info = manifest.splits[split].table if split in manifest.splits else None
     path = Path(shard_dir) / (info.name if info else table_name(split))
     if info is None:
@@ -151,28 +181,54 @@ def read_table(shard_dir: str | Path, manifest: Manifest, split: str, *, columns
     if info.version not in READABLE_TABLE_VERSIONS:
         raise UserError(f"table '{path}' is version {info.version}, this vaedist reads versions "
                         f"{', '.join(map(str, READABLE_TABLE_VERSIONS))}; {RESHARD}")
-    if info.version < TABLE_VERSION and set(columns) & set(HASH_COLUMNS):
-        raise UserError(f"table '{path}' is version {info.version}: its perceptual hashes are of the previous thumbnail "
-                        f"(a box average over every pixel), which version {TABLE_VERSION}'s do not match; re-run "
-                        f"python -m vaedist.shard with --dedup report --overwrite (it decodes every image once)")
     missing = [name for name in columns if name not in info.columns]
-    if missing and set(missing) <= set(HASH_COLUMNS):
-        raise UserError(f"'{shard_dir}' was sharded with --dedup off: its {split} table has no image hashes; "
-                        f"re-run python -m vaedist.shard with --dedup report --overwrite (it decodes every image once)")
     if missing:
         raise UserError(f"table '{path}' has no column {', '.join(missing)} (written by an older vaedist); {RESHARD}")
+    return _load_npy(path, info, verify, "table", f"re-copy it or {RESHARD}")
+
+
+def read_hashes(shard_dir: str | Path, manifest: Manifest, split: str, *, verify: bool = False) -> np.ndarray:
+    """The split's image hashes (fields `exact`, `phash`; row i is the table's row i), memory-mapped read-only:
+    from `<split>-hashes.npy` (table version 3), or from the table's own columns (versions 1 and 2: no hashes
+    file). One-line UserErrors: no table, sharded with --dedup off, hashes of the previous perceptual hash
+    (version 1), a missing or changed file (size; sha256 with `verify`), rows that are not the table's."""
+    table = read_table(shard_dir, manifest, split)  # its checks, and the rows the hashes must match
+    info = manifest.splits[split].table
+    where = Path(shard_dir) / info.name
+    if info.version == 1:
+        raise UserError(f"table '{where}' is version 1: its perceptual hashes are of the previous thumbnail "
+                        f"(a box average over every pixel), which version {TABLE_VERSION}'s do not match; {REHASH}")
+    hashes = manifest.splits[split].hashes
+    if info.version in HASHES_IN_TABLE_VERSIONS:
+        if not info.hashed:
+            raise UserError(f"'{shard_dir}' was sharded with --dedup off: its {split} table has no image hashes; {REHASH}")
+        return read_table(shard_dir, manifest, split, columns=HASH_COLUMNS, verify=verify)[list(HASH_COLUMNS)]
+    if hashes is None:
+        raise UserError(f"'{shard_dir}' was sharded with --dedup off: its {split} split has no image hashes "
+                        f"({hashes_name(split)}); {REHASH}")
+    path = Path(shard_dir) / hashes.name
+    fix = f"re-copy it, or rebuild it without decoding: {REBUILD_TABLE} {shard_dir}"
+    found = _load_npy(path, hashes, verify, "hashes file", fix)
+    if list(found.dtype.names) != list(HASH_COLUMNS) or len(found) != len(table):
+        raise UserError(f"hashes file '{path}' does not have the table's {len(table)} rows of {', '.join(HASH_COLUMNS)}: {fix}")
+    return found
+
+
+def _load_npy(path: Path, info: TableInfo, verify: bool, what: str, fix: str) -> np.ndarray:
+    """`path` memory-mapped read-only, checked against the manifest's `info`: size, sha256 (`verify`), the
+    columns and the row count."""
     if not path.is_file() or path.stat().st_size != info.bytes:
         found = f"{path.stat().st_size} bytes" if path.is_file() else "missing"
-        raise UserError(f"table '{path}' is {found}, the manifest says {info.bytes} bytes: re-copy it or {RESHARD}")
+        raise UserError(f"{what} '{path}' is {found}, the manifest says {info.bytes} bytes: {fix}")
     if verify and hashlib.sha256(path.read_bytes()).hexdigest() != info.sha256:
-        raise UserError(f"table '{path}' does not match its sha256 in the manifest: re-copy it or {RESHARD}")
+        raise UserError(f"{what} '{path}' does not match its sha256 in the manifest: {fix}")
     try:
-        table = np.load(path, mmap_mode="r", allow_pickle=False)
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as err:
-        raise UserError(f"table '{path}' is not a NumPy table ({err}): re-copy it or {RESHARD}") from None
-    if table.dtype.names is None or list(table.dtype.names) != info.columns or len(table) != info.rows:
-        raise UserError(f"table '{path}' does not have the rows and columns its manifest lists: re-copy it or {RESHARD}")
-    return table
+        raise UserError(f"{what} '{path}' is not a NumPy table ({err}): {fix}") from None
+    if array.dtype.names is None or list(array.dtype.names) != info.columns or len(array) != info.rows:
+        raise UserError(f"{what} '{path}' does not have the rows and columns its manifest lists: {fix}")
+    return array
 
 
 class NoLoaderTable(Exception):
