@@ -662,6 +662,30 @@ def test_verify_command_passes_whole_shards_and_names_a_tar_changed_in_place(sha
     assert f"train: shard '{tar}' does not match its SHA-256" in capsys.readouterr().out
 
 
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # same size: only the SHA-256 sees it
+    path.write_bytes(bytes(data))
+
+
+def test_verify_names_a_changed_table_hashes_file_and_duplicate_report(shards, tmp_path, capsys):
+    """The files beside the tars are checked too: start-up checks the table, but nothing else would check
+    the hashes file or duplicates.json before `python -m vaedist.dedup` reads them."""
+    from vaedist.data.verify import main as verify_main
+
+    copy = Path(shutil.copytree(shards["food"], tmp_path / "food"))
+    manifest = load_manifest(copy)
+    table, hashes = copy / manifest.splits["train"].table.name, copy / manifest.splits["val"].hashes.name
+    duplicates = copy / manifest.duplicates["name"]
+    for victim in (table, hashes, duplicates):
+        _flip_last_byte(victim)
+    with pytest.raises(UserError, match="3 problems in splits train, val and duplicates.json"):
+        verify_main([str(copy), "--no-dali", "--quiet"])
+    out = capsys.readouterr().out.splitlines()
+    for victim, prefix in ((table, "train: table"), (hashes, "val: hashes file"), (duplicates, "duplicate report")):
+        assert sum(line.startswith(prefix) and f"'{victim}'" in line and "sha256" in line for line in out) == 1, out
+
+
 def _edit_member(tar: Path, name: str, edit) -> None:
     """Rewrite member `name` of `tar` in place at the same size, found by Python's own tarfile."""
     import tarfile

@@ -4,6 +4,8 @@
 
 For every split (or the one named), without stopping at the first problem:
   - the split's sample count in manifest.json against the sum of its shards';
+  - the split's table and hashes file (and, once per directory, duplicates.json) against their size and
+    SHA-256 in the manifest: start-up checks the table too, but the duplicate finder's files only when it runs;
   - every tar and index file the manifest lists (present, sizes, index lines, members) and each tar's SHA-256,
     the tars hashed on every core (`vaedist.data.hashing`), with progress lines on stderr that say how long is left;
   - every sample: its .cls and .json readable, its JPEG decoded in full by Pillow (the reference backend's
@@ -33,7 +35,9 @@ from vaedist.data.reference import pillow_problem
 from vaedist.data.validate import check_shard, check_split_count, check_split_name
 from vaedist.remote import is_url
 from vaedist.errors import UserError, run_cli
-from vaedist.shard.format import IMAGE_EXT, RESHARD, Manifest, ShardIndex, ShardInfo, load_manifest, member_exts
+from vaedist.shard.format import (IMAGE_EXT, RESHARD, Manifest, ShardIndex, ShardInfo, load_manifest, member_exts,
+                                  read_duplicates)
+from vaedist.shard.table import read_hashes, read_table
 
 
 @dataclass
@@ -74,6 +78,8 @@ def verify_split(shard_dir: str | Path, manifest: Manifest, split: str, *, dali:
         check_split_count(manifest, split, shard_dir)
     except UserError as err:
         problem(str(err))
+    for line in _table_problems(shard_dir, manifest, split):
+        problem(line)
     required = member_exts(manifest.labelled)
     checked: list[tuple[ShardInfo, ShardIndex]] = []
     for info in manifest.splits[split].shards:
@@ -105,6 +111,29 @@ def verify_split(shard_dir: str | Path, manifest: Manifest, split: str, *, dali:
     report.seconds = time.perf_counter() - start
     return report
 
+
+def _table_problems(shard_dir: Path, manifest: Manifest, split: str) -> list[str]:
+    """The split's table and hashes file against the manifest (size, SHA-256, rows, columns), where it lists
+    them: a directory sharded before the tables (or with --dedup off: no hashes) has nothing here to check."""
+    info = manifest.splits[split]
+    lines = []
+    if info.table is not None:
+        try:
+            read_table(shard_dir, manifest, split, verify=True)
+            if info.hashes is not None or (info.table.hashed and info.table.version > 1):
+                read_hashes(shard_dir, manifest, split, verify=True)
+        except UserError as err:
+            lines.append(str(err))
+    return lines
+
+
+def directory_problems(shard_dir: str | Path, manifest: Manifest) -> list[str]:
+    """The directory's own files beside the splits': duplicates.json against the manifest, where it lists one."""
+    try:
+        read_duplicates(shard_dir, manifest)
+    except UserError as err:
+        return [str(err)]
+    return []
 
 
 def _sample_problems(shard_dir: Path, manifest: Manifest, split: str, info: ShardInfo, idx: ShardIndex, dali: bool,
@@ -142,27 +171,30 @@ def main(argv: list[str] | None = None) -> int:
                         help="threads that hash shards and decode images (default: every core)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr, only problems and results")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers must be at least 1 (got {args.workers})")
-    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     manifest = load_manifest(args.shards)
     if args.split is not None and args.split not in manifest.splits:
         raise UserError(f"split '{args.split}' is not in {args.shards}/manifest.json (it has: {', '.join(manifest.splits)})")
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1 (got {args.workers})")
     progress = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    if is_url(args.shards):
+        raise UserError(f"verify reads every byte of every shard: run it where the shards are stored, not on "
+                        f"'{args.shards}'")
+    shared = directory_problems(args.shards, manifest)
+    for line in shared:
+        print(line, flush=True)
     reports = []
     for split in [args.split] if args.split else list(manifest.splits):
         report = verify_split(args.shards, manifest, split, dali=not args.no_dali, workers=args.workers,
                               say=lambda line: print(line, flush=True), progress=progress)
         print(report.summary(), flush=True)
         reports.append(report)
-    bad = [r for r in reports if r.problems]
-    if bad:
-        count = sum(len(r.problems) for r in bad)
-        raise UserError(f"{count} problem{'s' * (count != 1)} in split{'s' * (len(bad) != 1)} "
-                        f"{', '.join(r.split for r in bad)} of '{args.shards}' (listed above): re-copy the shards "
-                        f"named there, or {RESHARD}")
+    bad = [r.split for r in reports if r.problems]
+    if bad or shared:
+        count = sum(len(r.problems) for r in reports) + len(shared)
+        where = ([f"split{'s' * (len(bad) != 1)} {', '.join(bad)}"] if bad else []) + (["duplicates.json"] if shared else [])
+        raise UserError(f"{count} problem{'s' * (count != 1)} in {' and '.join(where)} of '{args.shards}' (listed "
+                        f"above): re-copy the files named there, or {RESHARD}")
     return 0
 
 
