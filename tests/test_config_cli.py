@@ -39,6 +39,50 @@ def test_training_command_reports_config_mistakes_in_one_line(args, named, tmp_p
         assert proc.returncode == 2
 
 
+@pytest.mark.parametrize("overrides", [
+    ["data.size=63"],  # the seed's 3 encoder and 3 decoder layers halve / double the side: a multiple of 8
+    ["data.size=40", "model.encoder_channels=[8,16,32,64]"],  # 4 encoder layers: a multiple of 16
+    ["data.size=60", "model.arch=spatial"],  # model.spatial.downsample=8
+])
+def test_an_image_size_the_model_cannot_take_is_refused_at_load_naming_the_key(overrides):
+    """Found by load_config, so the training command says so before it imports the trainer (it used to take the
+    model's constructor, seconds later)."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    message = str(err.value)
+    assert message.startswith("config key 'data.size' (") and "must be a multiple of" in message and "\n" not in message
+    load_config(None, ["data.size=48", *overrides[1:]])  # 48 is a multiple of 16 and of 8
+
+
+# What the training command imports before its input has been checked (torch, Accelerate, DALI, torchmetrics: seconds)
+_CHECKED_BEFORE_IMPORTS = """
+import sys
+from vaedist.errors import UserError
+from vaedist.train.cli import main
+try:
+    main(sys.argv[1:])
+except UserError as err:
+    print(f"{type(err).__name__}: {err}")
+print("imported:", sorted(m for m in ("torch", "accelerate", "nvidia.dali", "vaedist.train.trainer") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("mistake, says", [
+    ("data.size=63", "ConfigError: config key 'data.size' (63) must be a multiple of 8"),
+    ("data.shards={tmp}/none", "UserError: shard directory '{tmp}/none' does not exist"),
+    ("data.shards={tmp}", "UserError: '{tmp}/manifest.json' not found: '{tmp}' is not a complete shard directory"),
+    ("run.dir={tmp}/taken", "UserError: run.dir '{tmp}/taken' is a file, not a folder"),
+])
+def test_the_training_command_finds_these_mistakes_before_it_imports_the_trainer(mistake, says, tmp_path):
+    (tmp_path / "taken").write_text("x\n")
+    args = ["--config", "configs/demo.yaml", f"run.dir={tmp_path / 'run'}", f"data.shards={tmp_path / 'none'}",
+            mistake.format(tmp=tmp_path)]  # the last override wins; a run.dir mistake is named before the shards'
+    proc = subprocess.run([sys.executable, "-c", _CHECKED_BEFORE_IMPORTS, *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.splitlines()[0].startswith(says.format(tmp=tmp_path)), proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[-1] == "imported: []", proc.stdout
+
+
 def _non_utf8_config(tmp_path: Path) -> Path:
     path = tmp_path / "latin1.yaml"
     path.write_bytes("train:\n  epochs: 2  # réglé\n".encode("latin-1"))  # an editor's legacy encoding

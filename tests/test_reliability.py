@@ -139,10 +139,28 @@ def straight_run(food_shards, tmp_path_factory) -> Path:
 def test_a_damaged_jpeg_never_ends_the_run_is_recorded_and_skipped_after_resume(damaged_food_shards, tmp_path):
     shards, damaged = damaged_food_shards
     straight = tmp_path / "straight"
-    proc = subprocess.run(train_command(shards, straight, "logging.wandb=true", "train.eval_every=2"), cwd=REPO,
-                          env=ENV, capture_output=True, text=True, timeout=600)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
+    # the run never stopped goes on beside the interrupted one (independent run dirs; two cores): its output to files
+    with open(tmp_path / "straight.out", "w") as out_file, open(tmp_path / "straight.err", "w") as err_file:
+        reference = subprocess.Popen(train_command(shards, straight, "logging.wandb=true", "train.eval_every=2"),
+                                     cwd=REPO, env=ENV, stdout=out_file, stderr=err_file, text=True)
+    try:
+        # Interrupted (before or after the samples were found), resumed: the records are read back, the run ends equal.
+        run = tmp_path / "interrupted"
+        proc = start(train_command(shards, run, "train.eval_every=2"))
+        wait_for(lambda: "step-00000004" in checkpoints(run), proc, what="a checkpoint after the bad sample")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        proc.stdout.close()
+        resumed = subprocess.run(train_command(shards, run, "train.eval_every=2"), cwd=REPO, env=ENV,
+                                 capture_output=True, text=True, timeout=600)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        code = reference.wait(timeout=600)
+    finally:
+        if reference.poll() is None:
+            reference.kill()
+            reference.wait()
+    out = (tmp_path / "straight.out").read_text() + (tmp_path / "straight.err").read_text()
+    assert code == 0 and "Traceback" not in out, out[-3000:]
     records = [json.loads(line) for line in (straight / "bad_samples.jsonl").read_text().splitlines()]
     assert sorted((r["split"], r["shard"], r["key"], r["member"]) for r in records) == sorted(
         (split, tar, key, "jpg") for split, tar, key in damaged)  # each once, though seen every epoch
@@ -156,16 +174,6 @@ def test_a_damaged_jpeg_never_ends_the_run_is_recorded_and_skipped_after_resume(
     (offline,) = (straight / "wandb").glob("offline-run-*")
     assert {r["key"] for r in wandb_summary(offline)["bad_samples"]} == {key for _, _, key in damaged}
 
-    # Interrupted (before or after the samples were found), resumed: the records are read back, the run ends equal.
-    run = tmp_path / "interrupted"
-    proc = start(train_command(shards, run, "train.eval_every=2"))
-    wait_for(lambda: "step-00000004" in checkpoints(run), proc, what="a checkpoint after the bad sample")
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
-    proc.stdout.close()
-    resumed = subprocess.run(train_command(shards, run, "train.eval_every=2"), cwd=REPO, env=ENV, capture_output=True,
-                             text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     lines = (run / "bad_samples.jsonl").read_text().splitlines()
     assert len(lines) == len(set(lines)) == 2
     assert_same_weights(run, straight)
@@ -348,12 +356,16 @@ def test_a_second_training_on_a_busy_run_dir_is_refused_naming_the_holder_before
         holder = json.loads((run / "run.lock").read_text())
         before = _snapshot(run)
         runs_before = sorted((run / "wandb").glob("offline-run-*"))
-        for second in (None, "two"):  # python launch/train.py, then the README's two-process launcher
-            proc = subprocess.run(train_command(food_shards, run, "train.epochs=200", "logging.wandb=true", launcher=second),
-                                  cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-            errors = [line for line in proc.stderr.splitlines() if line.startswith("train: error:")]
-            assert proc.returncode == 1 and len(errors) == 1, (second, proc.stdout[-2000:] + proc.stderr[-3000:])
-            assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+        # python launch/train.py and the README's two-process launcher, side by side (each is refused on its own)
+        seconds = {second: subprocess.Popen(train_command(food_shards, run, "train.epochs=200", "logging.wandb=true",
+                                                          launcher=second), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True)
+                   for second in (None, "two")}
+        for second, proc in seconds.items():
+            stdout, stderr = proc.communicate(timeout=300)
+            errors = [line for line in stderr.splitlines() if line.startswith("train: error:")]
+            assert proc.returncode == 1 and len(errors) == 1, (second, stdout[-2000:] + stderr[-3000:])
+            assert "Traceback" not in stdout + stderr, stderr[-3000:]
             assert f"run.dir '{run}' is in use by another training (host {holder['host']}, pid {first.pid}, started " \
                    f"{holder['started']})" in errors[0]
             assert _snapshot(run) == before  # no config.yaml rewrite, no metrics truncation, no W&B run
@@ -445,10 +457,12 @@ def test_a_full_disk_while_saving_is_one_line_and_leaves_no_partial_folder(size,
 def test_a_checkpoint_folder_can_be_evaluated_directly(straight_run, food_shards, tmp_path):
     checkpoint = straight_run / "checkpoints" / checkpoints(straight_run)[-1]
     out = tmp_path / "metrics.json"
-    proc = subprocess.run([sys.executable, "-m", "vaedist.evaluate", str(checkpoint), "--shards", str(food_shards),
-                           "--out", str(out)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    final = subprocess.run([sys.executable, "-m", "vaedist.evaluate", str(straight_run / "final"), "--shards",
-                            str(food_shards)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    # the two evaluations side by side (two cores): a checkpoint folder, and the final weights
+    procs = [subprocess.Popen([sys.executable, "-m", "vaedist.evaluate", str(model), "--shards", str(food_shards), *extra],
+                              cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for model, extra in ((checkpoint, ["--out", str(out)]), (straight_run / "final", []))]
+    (stdout, stderr), (final_stdout, final_stderr) = (p.communicate(timeout=300) for p in procs)
+    assert procs[0].returncode == 0, stderr[-3000:]
+    assert procs[1].returncode == 0, final_stderr[-3000:]
     assert json.loads(out.read_text())["val/images"] == 24
-    assert proc.stdout.strip().splitlines()[-1] == final.stdout.strip().splitlines()[-1]  # the same weights
+    assert stdout.strip().splitlines()[-1] == final_stdout.strip().splitlines()[-1]  # the same weights

@@ -377,6 +377,21 @@ def _check_spatial(sp: SpatialConfig) -> None:
                               f"model.spatial.norm_groups ({sp.norm_groups})")
 
 
+def check_seed_image_size(m: ModelConfig, size: int) -> None:
+    """data.size for `model.arch: seed`: each encoder layer halves the side, each decoder layer doubles it."""
+    n_enc, n_dec = len(m.encoder_channels), len(m.decoder_channels)
+    if size % 2**n_enc or size % 2**n_dec:
+        raise ConfigError(f"config key 'data.size' ({size}) must be a multiple of {2 ** max(n_enc, n_dec)} for the "
+                          f"{n_enc} encoder and {n_dec} decoder layers (each halves or doubles the side)")
+
+
+def check_spatial_image_size(sp: SpatialConfig, size: int) -> None:
+    """data.size for `model.arch: spatial`: the latent's side is data.size / model.spatial.downsample."""
+    if size % sp.downsample:
+        raise ConfigError(f"config key 'data.size' ({size}) must be a multiple of model.spatial.downsample "
+                          f"({sp.downsample}) for model.arch=spatial")
+
+
 def validate(cfg: Config) -> None:
     """Checks that involve values, not only types: one line naming the first key out of range.
 
@@ -446,6 +461,11 @@ def validate(cfg: Config) -> None:
         if not holds(value):
             raise ConfigError(f"config key '{key}' must be {text}, got {value!r}")
     _check_spatial(m.spatial)
+    # here, not only in the models' constructors: the training command then says so before it imports the trainer
+    if m.arch == "spatial":
+        check_spatial_image_size(m.spatial, d.size)
+    else:
+        check_seed_image_size(m, d.size)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

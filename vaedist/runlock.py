@@ -31,8 +31,10 @@ class RunDirInUse(UserError):
     every_rank = True  # rank 0 takes the lock and every rank raises this with rank 0's message
 
 
-def _check_can_create(run_dir: Path) -> None:
-    """A one-line UserError for a run.dir that cannot hold a run, before anything is written."""
+def create_run_dir(run_dir: Path) -> None:
+    """Create run.dir (and the folders above it), or a one-line UserError for a run.dir that cannot hold a run,
+    before anything is written into it. Taking the lock does this; the training command also does it at once
+    (vaedist.train.cli), before it imports the trainer."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"run.dir '{run_dir}' is a file, not a folder: give the run a folder of its own")
     try:
@@ -53,7 +55,7 @@ class RunLock:
     def acquire(cls, run: RunDir | str | Path) -> "RunLock":
         run = run if isinstance(run, RunDir) else RunDir(run)
         run_dir, path = run.path, run.lock
-        _check_can_create(run_dir)
+        create_run_dir(run_dir)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as err:

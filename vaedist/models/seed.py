@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vaedist.config import ModelConfig
-from vaedist.errors import ConfigError
+from vaedist.config import ModelConfig, check_seed_image_size
 from vaedist.models.base import VAEBase
 
 
@@ -118,12 +117,7 @@ def init_weights(module: nn.Module) -> None:
 class SeedVAE(VAEBase):
     def __init__(self, cfg: ModelConfig, image_size: int = 64):
         super().__init__()
-        if image_size % 2 ** len(cfg.encoder_channels) or image_size % 2 ** len(cfg.decoder_channels):
-            n_enc, n_dec = len(cfg.encoder_channels), len(cfg.decoder_channels)
-            raise ConfigError(
-                f"config key 'data.size' ({image_size}) must be a multiple of {2 ** max(n_enc, n_dec)} "
-                f"for the {n_enc} encoder and {n_dec} decoder layers (each halves or doubles the side)"
-            )
+        check_seed_image_size(cfg, image_size)  # load_config checks data.size too; a model built directly gets it here
         self.cfg = cfg
         self.image_size = image_size
         self.encoder = Encoder(cfg, image_size)

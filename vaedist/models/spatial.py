@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaedist.config import SpatialConfig
-from vaedist.errors import ConfigError
+from vaedist.config import SpatialConfig, check_spatial_image_size
 from vaedist.models.base import VAEBase
 
 
@@ -135,9 +134,7 @@ class Decoder(nn.Module):
 class SpatialVAE(VAEBase):
     def __init__(self, cfg: SpatialConfig, image_size: int = 64):
         super().__init__()
-        if image_size % cfg.downsample:
-            raise ConfigError(f"config key 'data.size' ({image_size}) must be a multiple of model.spatial.downsample "
-                              f"({cfg.downsample}) for model.arch=spatial")
+        check_spatial_image_size(cfg, image_size)  # load_config checks data.size too; a model built directly gets it here
         self.cfg = cfg
         self.image_size = image_size
         self.encoder = Encoder(cfg)

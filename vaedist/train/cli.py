@@ -7,9 +7,13 @@ import logging
 import sys
 from pathlib import Path
 
-from vaedist.config import load_config
+from vaedist.config import Config, load_config
 from vaedist.errors import is_rank_zero
 from vaedist.parent import launched, signal_when_parent_dies
+from vaedist.remote import is_url
+from vaedist.rundir import RunDir
+from vaedist.runlock import create_run_dir
+from vaedist.shard.format import load_manifest
 
 
 def parse_args(argv: list[str]) -> tuple[Path | None, list[str]]:
@@ -25,12 +29,29 @@ def main(argv: list[str] | None = None) -> int:
         signal_when_parent_dies()
     config_path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     cfg = load_config(config_path, overrides)
-    # the trainer (torch, Accelerate, DALI, torchmetrics: seconds) only once the config has loaded: a mistake in it
-    # is one line at once (through the package, which binds its names; see vaedist/train/__init__.py)
+    check_run_dir_and_shards(cfg)
+    # the trainer (torch, Accelerate, DALI, torchmetrics: seconds) only once the config, the run dir and the shards
+    # have been checked: a mistake in them is one line at once (through the package, which binds its names; see
+    # vaedist/train/__init__.py)
     from vaedist.train import train
 
     show_info_messages()
     return train(cfg)
+
+
+def check_run_dir_and_shards(cfg: Config) -> None:
+    """What can be checked in milliseconds, before the trainer's seconds of imports: run.dir can hold a run (it is
+    created, as taking its lock would), then data.shards is a complete shard directory (its manifest reads).
+
+    Rank 0 only: the others would print the same line again; a rank whose view differs (another node's file
+    system) still finds it when it takes the lock or builds its loaders, as every rank did before. The lock itself
+    is taken after the Accelerator is built (vaedist.train.trainer); remote shards (a URL) are read there too.
+    """
+    if not is_rank_zero():
+        return
+    create_run_dir(RunDir.for_training(cfg.run.dir).path)
+    if not is_url(cfg.data.shards):
+        load_manifest(cfg.data.shards)
 
 
 def show_info_messages() -> None:
