@@ -686,6 +686,14 @@ def test_verify_names_a_changed_table_hashes_file_and_duplicate_report(shards, t
         assert sum(line.startswith(prefix) and f"'{victim}'" in line and "sha256" in line for line in out) == 1, out
 
 
+def test_verify_refuses_a_url_at_once_naming_it():
+    """verify reads every byte: over a URL it says where to run it, before any request (port 1: nothing listens)."""
+    from vaedist.data.verify import main as verify_main
+
+    with pytest.raises(UserError, match="run it where the shards are stored, not on 'http://127.0.0.1:1/shards'"):
+        verify_main(["http://127.0.0.1:1/shards"])
+
+
 def _edit_member(tar: Path, name: str, edit) -> None:
     """Rewrite member `name` of `tar` in place at the same size, found by Python's own tarfile."""
     import tarfile

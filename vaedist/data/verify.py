@@ -58,9 +58,7 @@ def verify_split(shard_dir: str | Path, manifest: Manifest, split: str, *, dali:
                  progress: Callable[[str], object] = lambda line: None) -> SplitReport:
     """Every check of the module docstring on `split`; each problem is also passed to `say` as it is found,
     the hashing's progress lines (with the time left) to `progress`."""
-    if is_url(shard_dir):
-        raise UserError(f"verify reads every byte of every shard: run it where the shards are stored, not on "
-                        f"'{shard_dir}'")
+    _require_local(shard_dir)
     shard_dir = Path(shard_dir)
     report = SplitReport(split)
     start = time.perf_counter()
@@ -116,15 +114,20 @@ def _table_problems(shard_dir: Path, manifest: Manifest, split: str) -> list[str
     """The split's table and hashes file against the manifest (size, SHA-256, rows, columns), where it lists
     them: a directory sharded before the tables (or with --dedup off: no hashes) has nothing here to check."""
     info = manifest.splits[split]
-    lines = []
-    if info.table is not None:
-        try:
-            read_table(shard_dir, manifest, split, verify=True)
-            if info.hashes is not None or (info.table.hashed and info.table.version > 1):
-                read_hashes(shard_dir, manifest, split, verify=True)
-        except UserError as err:
-            lines.append(str(err))
-    return lines
+    try:
+        if info.table is not None:
+            read_table(shard_dir, manifest, split, verify=True)  # a version 1-2 table's hash columns too
+        if info.hashes is not None:
+            read_hashes(shard_dir, manifest, split, verify=True)
+    except UserError as err:
+        return [str(err)]
+    return []
+
+
+def _require_local(shard_dir: str | Path) -> None:
+    if is_url(shard_dir):
+        raise UserError(f"verify reads every byte of every shard: run it where the shards are stored, not on "
+                        f"'{shard_dir}'")
 
 
 def directory_problems(shard_dir: str | Path, manifest: Manifest) -> list[str]:
@@ -171,15 +174,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="threads that hash shards and decode images (default: every core)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr, only problems and results")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    _require_local(args.shards)  # before the manifest: no request to a server whose shards verify cannot read
     manifest = load_manifest(args.shards)
     if args.split is not None and args.split not in manifest.splits:
         raise UserError(f"split '{args.split}' is not in {args.shards}/manifest.json (it has: {', '.join(manifest.splits)})")
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1 (got {args.workers})")
     progress = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    if is_url(args.shards):
-        raise UserError(f"verify reads every byte of every shard: run it where the shards are stored, not on "
-                        f"'{args.shards}'")
     shared = directory_problems(args.shards, manifest)
     for line in shared:
         print(line, flush=True)
