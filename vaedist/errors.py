@@ -183,12 +183,17 @@ class _ReaderGoneSafeFile(io.FileIO):
             return super().write(data)
 
 
-def _reader_gone(fd: int) -> None:
+def redirect_to_devnull(fd: int) -> None:
+    """Point descriptor `fd` at /dev/null: writes to it succeed and go nowhere (a reader or terminal gone)."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, fd)
     finally:
         os.close(devnull)
+
+
+def _reader_gone(fd: int) -> None:
+    redirect_to_devnull(fd)
     _readers_gone.add(fd)
     if fd != 2:
         try:  # os.write: this runs inside a write to stdout, maybe inside one to stderr's buffer too

@@ -18,6 +18,8 @@ import os
 import signal
 import sys
 
+from vaedist.errors import redirect_to_devnull
+
 
 class StopRequest:
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -56,8 +58,6 @@ def detach_from_hung_up_terminal() -> None:
             os.write(stream.fileno(), b"")
         except (OSError, ValueError):
             try:
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, stream.fileno())
-                os.close(devnull)
+                redirect_to_devnull(stream.fileno())
             except (OSError, ValueError):
                 pass
