@@ -222,12 +222,17 @@ def _load_npy(path: Path, info: TableInfo, verify: bool, what: str, fix: str) ->
         raise UserError(f"{what} '{path}' is {found}, the manifest says {info.bytes} bytes: {fix}")
     if verify and hashlib.sha256(path.read_bytes()).hexdigest() != info.sha256:
         raise UserError(f"{what} '{path}' does not match its sha256 in the manifest: {fix}")
+    return _parsed(path, info, what, path, fix, mmap_mode="r")
+
+
+def _parsed(source, info: TableInfo, what: str, where, fix: str, **load) -> np.ndarray:
+    """np.load(source) (a path or a file object), with the rows and columns the manifest's `info` lists."""
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        array = np.load(source, allow_pickle=False, **load)
     except ValueError as err:
-        raise UserError(f"{what} '{path}' is not a NumPy table ({err}): {fix}") from None
+        raise UserError(f"{what} '{where}' is not a NumPy table ({err}): {fix}") from None
     if array.dtype.names is None or list(array.dtype.names) != info.columns or len(array) != info.rows:
-        raise UserError(f"{what} '{path}' does not have the rows and columns its manifest lists: {fix}")
+        raise UserError(f"{what} '{where}' does not have the rows and columns its manifest lists: {fix}")
     return array
 
 
@@ -259,10 +264,4 @@ def read_loader_table(shard_dir: str | Path, manifest: Manifest, split: str) -> 
         raise UserError(f"table '{where}' is {len(data)} bytes, the manifest says {info.bytes}: {fix}")
     if hashlib.sha256(data).hexdigest() != info.sha256:
         raise UserError(f"table '{where}' does not match its sha256 in the manifest: {fix}")
-    try:
-        table = np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as err:
-        raise UserError(f"table '{where}' is not a NumPy table ({err}): {fix}") from None
-    if table.dtype.names is None or list(table.dtype.names) != info.columns or len(table) != info.rows:
-        raise UserError(f"table '{where}' does not have the rows and columns its manifest lists: {fix}")
-    return table
+    return _parsed(io.BytesIO(data), info, "table", where, fix)
