@@ -3,6 +3,7 @@ whole image, and its bits against imagehash's hex string, on the embedded sample
 COCO-sized crops of them; the sharder's chunk-wise hashing against the hashes of each source file."""
 from __future__ import annotations
 
+import io
 import shutil
 
 import imagehash
@@ -14,6 +15,7 @@ from vaedist.sample import build_full_size_jpegs, photo_paths
 from vaedist.bench.shard import build_distinct_photographs
 from vaedist.shard.duplicates import DEFAULT_THRESHOLD, near_pairs
 from vaedist.shard import shard_dataset
+from vaedist.shard import fingerprint
 from vaedist.shard.fingerprint import image_hashes, perceptual_hash, thumbnail
 
 
@@ -91,3 +93,46 @@ def test_bench_photographs_are_no_near_copies_of_each_other(tmp_path):
             codes.append(perceptual_hash(img))
     i, _, _ = near_pairs(np.array(codes, np.uint64), DEFAULT_THRESHOLD)
     assert len(i) == 0
+
+
+def _decoded_jpeg(width: int, height: int, seed: int) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", quality=90)
+    img = Image.open(io.BytesIO(out.getvalue()))
+    img.load()
+    return img
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (127, 128), (128, 128), (129, 500), (640, 480), (641, 427),
+                                  (500, 375), (4000, 3), (3, 4000), (333, 777), (1920, 1080)])
+def test_grid_taken_from_the_decoders_memory_is_pillows_nearest_resize_and_reduce(size):
+    # The sharder's fast path (numpy take at _grid_offsets on the decoder's RGBX memory, then the chunk's box
+    # sums) against the definition: Pillow's NEAREST resize to 128x128, green channel, Image.reduce(4)
+    img = _decoded_jpeg(*size, seed=size[0] * 7919 + size[1])
+    pending = fingerprint.pending_hashes(img, straight_from_decoder=True)
+    assert np.array_equal(pending.grid, fingerprint._box_rows(fingerprint._sampled_channel(img)))
+    assert np.array_equal(fingerprint._box_averages([pending.grid])[0], np.asarray(thumbnail(img)))
+    assert pending.exact == fingerprint.exact_hash(img.convert("RGBA").convert("RGB"))  # the copying path
+    assert fingerprint.finish_hashes([pending])[0].perceptual == perceptual_hash(img)
+
+
+def test_chunk_wise_phash_is_imagehash_phash_bit_for_bit_ties_included(photographs):
+    # imagehash.phash one image at a time is the reference; flat and few-valued thumbnails put many DCT values
+    # on the median, where a different order of arithmetic would flip bits
+    rng = np.random.default_rng(1)
+    cases = [np.asarray(thumbnail(img)) for img in photographs]
+    cases += [rng.integers(0, 256, (32, 32)) for _ in range(300)]
+    cases += [np.full((32, 32), v) for v in (0, 1, 127, 128, 254, 255)]
+    cases += [rng.integers(0, 2, (32, 32)) * 255 for _ in range(50)]
+    cases += [rng.integers(100, 103, (32, 32)) for _ in range(50)]
+    cases += [np.kron(rng.integers(0, 256, (4, 4)), np.ones((8, 8), np.int64)) for _ in range(50)]
+    expected = [int(str(imagehash.phash(Image.fromarray(c.astype(np.uint8)))), 16) for c in cases]
+    stack = np.stack(cases).astype(np.float64)
+    got = [code for start in range(0, len(cases), 64) for code in fingerprint._phash_stack(stack[start : start + 64])]
+    assert got == expected
+
+
+def test_box_sums_of_the_brightest_grid_do_not_overflow():
+    grid = np.full((16, 1024), 255, np.uint8)
+    assert np.all(fingerprint._box_averages([grid, np.zeros_like(grid)])[0] == 255)

@@ -361,7 +361,7 @@ def test_unfinished_run_with_other_inputs_and_a_concurrent_sharder_are_refused(s
     assert not (tmp_path / ".vaedist-shard-state.json").exists()
 
 
-def test_decoding_runs_at_most_a_few_chunks_ahead_of_the_writer(sample_trees, tmp_path):
+def test_decoding_runs_at_most_a_few_chunks_ahead_of_the_writer(sample_trees, tmp_path, monkeypatch):
     """Memory stays bounded whatever the dataset size: workers never race ahead of the tar writer."""
     from concurrent.futures import ProcessPoolExecutor
 
@@ -378,6 +378,7 @@ def test_decoding_runs_at_most_a_few_chunks_ahead_of_the_writer(sample_trees, tm
             CountingPool.submitted += 1
             return super().submit(*args, **kwargs)
 
+    monkeypatch.setattr(workers, "CHUNKSIZE", 8)  # the sample's 84 images: more chunks than the window
     listing = list_source("food101", sample_trees["food101"], SourceOptions())
     plan = plan_shards(listing, seed=0, shard_size=10**9, bytes_ratio=1.0)
     tasks = workers.chunk_tasks(OutputDir(tmp_path), listing, sample_keys([s.path for s in listing.samples]), plan)

@@ -17,57 +17,91 @@ exact (format.EXACT_HASH): xxh3-128 over a header with the size and the upright 
     images ~10^-27 likely.
 perceptual (format.PERCEPTUAL_HASH): imagehash's pHash (the 8x8 lowest frequencies of a 32x32 DCT, each
     bit above or below their median) of a 32x32 thumbnail of the green channel: a 128x128 grid of pixels
-    (nearest), box-averaged 4x4. Sampling ~16k pixels instead of averaging all of them takes ~30-40 us on a
-    640x480 photo (2026-12-01, 2-core CPU VM; with the chunked pHash, hashing went from +36 % to +18 % of the
-    decode-and-check time, docs/benchmarks.md) and kept the hash where the full average had it: within 1.9 bits on average of imagehash's own pHash of the full-resolution channel on real photos
-    (tests/test_fingerprint.py); sampling straight to 32x32 is 9 bits off on average. Green rather than luma
-    because extracting one channel costs about a third of converting to grey. The threshold measurement
-    (`python -m vaedist.bench dedup threshold`) is of this definition. Grey images use their one channel,
-    which is the green of their RGB copy.
+    (nearest), box-averaged 4x4. Sampling ~16k pixels instead of averaging all of them keeps the hash where
+    the full average had it: within 1.9 bits on average of imagehash's own pHash of the full-resolution
+    channel on real photos (tests/test_fingerprint.py); sampling straight to 32x32 is 9 bits off on average.
+    Green rather than luma because extracting one channel costs about a third of converting to grey. The
+    threshold measurement (`python -m vaedist.bench dedup threshold`) is of this definition. Grey images use
+    their one channel, which is the green of their RGB copy.
+
+Where the time goes (the hashing's goal: under 5 % of the sharder's time, `python -m vaedist.bench shard`).
+Per image, the sharder decodes a 640x480 photo in ~1.1-1.7 ms; called once per image, Pillow's resize and
+reduce (the thumbnail) took ~40-80 us and imagehash.phash ~120-150 us (~30 numpy and SciPy calls on 1,024
+values, `np.median` alone ~48 us; 2026-12-02, 2-core CPU VM): together ~3x the goal. So the work is split
+by what it costs per call:
+  - per image, only what needs its pixels: the exact hash, and the 16,384 grid points gathered with one
+    numpy `take` from the decoder's own memory (`_grid_offsets`, the same points Pillow's NEAREST resize
+    picks; the Pillow path, `thumbnail`, is kept as the definition and for images not straight from the
+    decoder, and the tests hold the two equal);
+  - per chunk, everything else, for all its images in one call each: the 4x4 box averages
+    (`_box_averages`), then imagehash.phash's own steps — the same SciPy DCTs, numpy median and comparison, on a
+    stack instead of one image (`_phash_stack`). Each process checks the stack's result against
+    imagehash.phash itself on its first chunk (`_agrees_with_imagehash`), and hashes one image at a time
+    with imagehash from then on if they ever differ: what is stored is imagehash's pHash, bit for bit.
 """
 from __future__ import annotations
 
 import ctypes
+import functools
+import sys
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import xxhash
 from PIL import Image
 
 from vaedist.shard.format import ImageHashes
 
+if TYPE_CHECKING:  # numpy is imported where it is used (see _phash_stack): not by the sharder's writing process
+    import numpy as np  # numpy: only where hashes are made (_imagehash_code says why)
+
 PHASH_INPUT_SIDE = 32  # imagehash.phash's own working size (hash_size 8 x highfreq_factor 4)
-SAMPLE_GRID = 4 * PHASH_INPUT_SIDE  # points sampled per side, then box-averaged 4x4 to imagehash's 32x32
+PHASH_HASH_SIDE = 8  # imagehash.phash's hash_size: the 8x8 lowest frequencies
+BOX = 4  # each thumbnail value averages BOX x BOX grid points
+SAMPLE_GRID = BOX * PHASH_INPUT_SIDE  # points sampled per side, then box-averaged to imagehash's 32x32
 
 
 @dataclass(frozen=True)
 class PendingHashes:
-    """What an image's hashes need of its pixels, taken while they are decoded: the exact hash, and the 32x32
-    thumbnail its perceptual hash is of (1 KB); `finish_hashes` hashes the thumbnails of a chunk together."""
+    """What an image's hashes need of its pixels, taken while they are decoded: the exact hash, and the green
+    values at the SAMPLE_GRID x SAMPLE_GRID grid points (16 KB, uint8) as BOX**2 planes: grid[k, b] is the
+    k-th of the 16 points of box b (boxes row by row), shape (BOX**2, PHASH_INPUT_SIDE**2), so that the box
+    sums are 16 planes added. `finish_hashes` averages and hashes a chunk's grids together."""
 
     exact: bytes
-    thumbnail: Image.Image
+    grid: "np.ndarray"
 
 
 def pending_hashes(img: Image.Image, straight_from_decoder: bool = False) -> PendingHashes:
-    """The exact hash and the thumbnail of an upright RGB or grey ("L") image.
+    """The exact hash and the grid of an upright RGB or grey ("L") image.
 
     `straight_from_decoder`: `img` is an RGB image as Pillow's decoder produced it, whose hidden fourth byte
     per pixel is 255 (libjpeg-turbo and Pillow's unpackers write it so; the tests check it against the
-    general path), so its memory can be hashed in place. Other images (composited, converted) go through
-    a copy that sets that byte.
+    general path), so its memory can be hashed and sampled in place. Other images (composited, converted)
+    go through a copy that sets that byte, and through Pillow for the grid.
     """
-    return PendingHashes(exact=exact_hash(img, straight_from_decoder), thumbnail=thumbnail(img))
+    memory = _pixel_memory(img) if straight_from_decoder else None
+    if memory is None:
+        return PendingHashes(exact=exact_hash(img), grid=_box_rows(_sampled_channel(img)))
+    import numpy as np  # numpy: only where hashes are made (_imagehash_code says why)
+
+    _owner, pixels = memory  # _owner keeps the exported memory alive while it is read
+    exact = _exact_digest(img.size, pixels)
+    grid = np.frombuffer(pixels, np.uint8).take(_grid_offsets(*img.size))  # green values, box by box
+    return PendingHashes(exact=exact, grid=grid)
 
 
 def finish_hashes(pending: Sequence[PendingHashes]) -> list[ImageHashes]:
-    """The hashes of images whose pixels are gone: the perceptual hash of each thumbnail, one after the other.
+    """The hashes of images whose pixels are gone: their thumbnails and perceptual hashes, the chunk's at once.
 
-    Why not one image at a time: imagehash.phash (~30 numpy and SciPy calls on 32x32 values) took ~44 us when
-    called in a row, but ~130 us when called between two decodes, which flush the caches it runs from (in
-    the worker's loop, 2026-12-01, 2-core CPU VM). Hashing a chunk's thumbnails together pays that once.
+    Why a chunk at once: per call, numpy and SciPy cost far more than the arithmetic on 1,024 values (module
+    docstring); the first call after a chunk's decodes also pays for their code and data, which the decodes
+    flushed from the caches (~300 us for imagehash.phash in the worker's loop, 2026-12-01).
     """
-    return [ImageHashes(exact=p.exact, perceptual=_phash(p.thumbnail)) for p in pending]
+    if not pending:
+        return []
+    thumbnails = _box_averages([p.grid for p in pending])
+    return [ImageHashes(exact=p.exact, perceptual=code) for p, code in zip(pending, _perceptual_codes(thumbnails))]
 
 
 def image_hashes(img: Image.Image, straight_from_decoder: bool = False) -> ImageHashes:
@@ -76,25 +110,126 @@ def image_hashes(img: Image.Image, straight_from_decoder: bool = False) -> Image
 
 
 def exact_hash(img: Image.Image, straight_from_decoder: bool = False) -> bytes:
-    digest = xxhash.xxh3_128(b"RGBA8 %d %d\n" % img.size)
-    in_place = _pixel_memory(img) if straight_from_decoder and img.mode == "RGB" else None
+    in_place = _pixel_memory(img) if straight_from_decoder else None
     if in_place is not None:
-        digest.update(in_place[1])
-    else:
-        digest.update(img.convert("RGBA").tobytes())  # RGB -> RGBA sets alpha 255; grey is replicated
+        return _exact_digest(img.size, in_place[1])
+    return _exact_digest(img.size, img.convert("RGBA").tobytes())  # RGB -> RGBA sets alpha 255; grey replicated
+
+
+def _exact_digest(size: tuple[int, int], rgba: "bytes | memoryview") -> bytes:
+    digest = xxhash.xxh3_128(b"RGBA8 %d %d\n" % size)
+    digest.update(rgba)
     return digest.digest()
 
 
 def perceptual_hash(img: Image.Image) -> int:
-    return _phash(thumbnail(img))
+    """imagehash.phash of `thumbnail(img)`, as an integer in imagehash's bit order: the definition, one image
+    at a time (the sharder's chunk-wise path gives the same bits, tests/test_fingerprint.py)."""
+    return _imagehash_code(thumbnail(img))
 
 
-def _phash(small: Image.Image) -> int:
+def thumbnail(img: Image.Image) -> Image.Image:
+    """The 32x32 grey image the perceptual hash is of: the green channel (grey: the one channel) at a
+    SAMPLE_GRID x SAMPLE_GRID grid of pixels (nearest), box-averaged 4x4, so that each of the 32x32 values
+    still averages 16 pixels spread over its cell (sampled straight to 32x32, resized copies move too far)."""
+    return _sampled_channel(img).reduce(BOX)
+
+
+def _sampled_channel(img: Image.Image) -> Image.Image:
+    """The SAMPLE_GRID x SAMPLE_GRID grid points of the green channel, by Pillow (the definition)."""
+    sampled = img.resize((SAMPLE_GRID, SAMPLE_GRID), Image.Resampling.NEAREST)
+    return sampled.getchannel("G") if sampled.mode == "RGB" else sampled.convert("L")
+
+
+def _box_rows(channel: Image.Image) -> "np.ndarray":
+    """A SAMPLE_GRID x SAMPLE_GRID grey image's values in PendingHashes.grid's order (_as_planes)."""
+    import numpy as np  # numpy: only where hashes are made (_imagehash_code says why)
+
+    return _as_planes(np.asarray(channel))
+
+
+def _as_planes(grid: "np.ndarray") -> "np.ndarray":
+    """A SAMPLE_GRID x SAMPLE_GRID array as BOX**2 planes of its boxes' points (PendingHashes.grid)."""
+    import numpy as np  # numpy: only where hashes are made (_imagehash_code says why)
+
+    boxes = grid.reshape(PHASH_INPUT_SIDE, BOX, PHASH_INPUT_SIDE, BOX).transpose(1, 3, 0, 2)
+    return np.ascontiguousarray(boxes).reshape(BOX**2, PHASH_INPUT_SIDE**2)
+
+
+@functools.lru_cache(maxsize=512)  # datasets hold a few hundred sizes at most (COCO: ~1,000 in 118k images)
+def _grid_offsets(width: int, height: int) -> "np.ndarray":
+    """Byte offsets of the grid points' green values in an RGBX image of this size, in PendingHashes.grid's
+    order. Pillow's NEAREST resize to SAMPLE_GRID takes, for output column x, input column
+    floor((x + 0.5) * width / SAMPLE_GRID): exact in binary (SAMPLE_GRID is a power of two), so integer
+    arithmetic gives the same points (tests/test_fingerprint.py checks it on many sizes)."""
+    import numpy as np  # numpy: only where hashes are made (_imagehash_code says why)
+
+    points = 2 * np.arange(SAMPLE_GRID, dtype=np.int64) + 1
+    columns, rows = points * width // (2 * SAMPLE_GRID), points * height // (2 * SAMPLE_GRID)
+    offsets = (rows[:, None] * width + columns[None, :]) * 4 + 1  # +1: green, in R G B X
+    # intp, numpy's own index type: take converts any other per call (int32 was ~25 % slower, 2026-12-02)
+    return _as_planes(offsets).astype(np.intp)
+
+
+def _box_averages(grids: Sequence["np.ndarray"]) -> "np.ndarray":
+    """Each grid's 4x4 box averages, rounded as Image.reduce rounds them ((sum + 8) // 16): (n, 32, 32) float64
+    holding integers 0..255, imagehash's pixels as SciPy's DCT receives them.
+
+    A sum over the grids' first axis: the 16 planes added element-wise (~2.4 us per image, 2026-12-02), where
+    a sum over a short inner axis of 16 took ~25 us and a matrix product ~2 us but through OpenBLAS, whose
+    threads, started above ~32 images per call, cost the sharder's busy workers ~1 ms of CPU per image."""
+    import numpy as np  # numpy: only where hashes are made (_imagehash_code says why)
+
+    sums = np.stack(grids).sum(axis=1, dtype=np.uint16)  # (n, 1024): at most 16 x 255
+    averages = (sums + BOX**2 // 2) >> 4  # // 16
+    return averages.astype(np.float64).reshape(len(grids), PHASH_INPUT_SIDE, PHASH_INPUT_SIDE)
+
+
+def _perceptual_codes(thumbnails: "np.ndarray") -> list[int]:
+    """imagehash.phash's codes of (n, 32, 32) thumbnails, each an integer in imagehash's bit order."""
+    if _agrees_with_imagehash(thumbnails[0]):
+        return _phash_stack(thumbnails)
+    return [_imagehash_code(_grey_image(t)) for t in thumbnails]
+
+
+def _phash_stack(thumbnails: "np.ndarray") -> list[int]:
+    """imagehash.phash's steps (imagehash 4.3: two scipy.fftpack DCTs, the 8x8 lowest frequencies, their
+    median, greater-than) on every thumbnail of the stack at once."""
+    import numpy as np  # numpy: only where hashes are made (_imagehash_code says why)
+    import scipy.fftpack  # SciPy: as numpy
+
+    # imagehash: dct(dct(pixels, axis=0), axis=1) on one image; here axis 0 is the stack. Each 1-D transform
+    # is computed on its own, so the second one only on the 8 rows whose lowest frequencies are kept.
+    rows = scipy.fftpack.dct(thumbnails, axis=1)[:, :PHASH_HASH_SIDE]
+    low = scipy.fftpack.dct(rows, axis=2)[:, :, :PHASH_HASH_SIDE].reshape(len(thumbnails), PHASH_HASH_SIDE**2)
+    bits = low > np.median(low, axis=1, keepdims=True)
+    return np.packbits(bits, axis=1).view(">u8").ravel().tolist()  # the first bit most significant
+
+
+_imagehash_agrees: bool | None = None  # per process: the stack's first result against imagehash.phash
+
+
+def _agrees_with_imagehash(thumbnail_values: "np.ndarray") -> bool:
+    global _imagehash_agrees
+    if _imagehash_agrees is None:
+        _imagehash_agrees = _phash_stack(thumbnail_values[None]) == [_imagehash_code(_grey_image(thumbnail_values))]
+        if not _imagehash_agrees:
+            print("vaedist: this numpy/SciPy's pHash of a chunk differs from imagehash.phash: hashing one image at "
+                  "a time with imagehash (slower)", file=sys.stderr)
+    return _imagehash_agrees
+
+
+def _grey_image(values: "np.ndarray") -> Image.Image:
+    import numpy as np  # numpy: only where hashes are made (_imagehash_code says why)
+
+    return Image.fromarray(values.astype(np.uint8))  # 2-D uint8: mode "L"
+
+
+def _imagehash_code(small: Image.Image) -> int:
     # imagehash imports SciPy and numpy (~0.2-0.45 s, OpenBLAS's threads): only the worker processes that hash
     # pay for it, not the sharder's writing process (which imports this module through images.py) nor --dedup off
     import imagehash
-    # numpy: imported by imagehash anyway, so kept off the same paths
-    import numpy as np
+    import numpy as np  # numpy: only where hashes are made (_imagehash_code says why)
 
     code = imagehash.phash(small)
     # imagehash's bits in its own order, row by row, the first most significant (its hex string's order):
@@ -102,63 +237,62 @@ def _phash(small: Image.Image) -> int:
     return int.from_bytes(np.packbits(code.hash).tobytes(), "big")
 
 
-def thumbnail(img: Image.Image) -> Image.Image:
-    """The 32x32 grey image the perceptual hash is of: the green channel (grey: the one channel) at a
-    SAMPLE_GRID x SAMPLE_GRID grid of pixels (nearest), box-averaged 4x4, so that each of the 32x32 values
-    still averages 16 pixels spread over its cell (sampled straight to 32x32, resized copies move too far)."""
-    sampled = img.resize((SAMPLE_GRID, SAMPLE_GRID), Image.Resampling.NEAREST)
-    channel = sampled.getchannel("G") if sampled.mode == "RGB" else sampled.convert("L")
-    return channel.reduce(SAMPLE_GRID // PHASH_INPUT_SIDE)
-
-
 # --- the pixels in place -------------------------------------------------------------------------------------
 # Pillow stores an RGB image as 4 bytes per pixel; tobytes() repacks them to 3 (~150 us for 640x480 here,
 # 8x the hash itself). Pillow (>= 11.2) also exports its memory through the Arrow C data interface, a
-# stable C ABI: the array's one child holds the pixels as RGBX bytes. Read through ctypes, without a copy.
+# stable C ABI: an RGB image is a fixed-size list of 4 bytes per pixel, whose one child holds the pixels as
+# RGBX bytes. Read through ctypes, without a copy, with as few Python steps as will do: right after a decode
+# has flushed the caches, each step costs several times what it costs in a loop (ctypes Structures and their
+# fields took ~58 us per image there, against ~10 in a loop; 2026-12-02).
 
-
-class _ArrowArray(ctypes.Structure):
-    pass
-
-
-_ArrowArray._fields_ = [("length", ctypes.c_int64), ("null_count", ctypes.c_int64), ("offset", ctypes.c_int64),
-                        ("n_buffers", ctypes.c_int64), ("n_children", ctypes.c_int64),
-                        ("buffers", ctypes.POINTER(ctypes.c_void_p)),
-                        ("children", ctypes.POINTER(ctypes.POINTER(_ArrowArray))),
-                        ("dictionary", ctypes.c_void_p), ("release", ctypes.c_void_p),
-                        ("private_data", ctypes.c_void_p)]
-
-
-class _ArrowSchema(ctypes.Structure):
-    pass
-
-
-_ArrowSchema._fields_ = [("format", ctypes.c_char_p), ("name", ctypes.c_char_p), ("metadata", ctypes.c_char_p),
-                         ("flags", ctypes.c_int64), ("n_children", ctypes.c_int64),
-                         ("children", ctypes.POINTER(ctypes.POINTER(_ArrowSchema))),
-                         ("dictionary", ctypes.c_void_p), ("release", ctypes.c_void_p),
-                         ("private_data", ctypes.c_void_p)]
+# struct ArrowSchema / ArrowArray as their 8-byte fields (pointers and int64 alike on 64-bit platforms):
+# schema: format, name, metadata, flags, n_children, children, dictionary, release, private_data
+# array: length, null_count, offset, n_buffers, n_children, buffers, children, dictionary, release, private_data
+_Fields = ctypes.c_uint64 * 10
+_Pointers = ctypes.c_uint64 * 2
+_SCHEMA_FORMAT, _SCHEMA_CHILDREN = 0, 5
+_LENGTH, _OFFSET, _N_BUFFERS, _N_CHILDREN, _BUFFERS, _CHILDREN = 0, 2, 3, 4, 5, 6
 
 _capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
 _capsule_pointer.restype = ctypes.c_void_p
 _capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_memory_view = ctypes.pythonapi.PyMemoryView_FromMemory
+_memory_view.restype = ctypes.py_object
+_memory_view.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int]
+_PyBUF_READ = 0x100
+
+_rgb_layout_checked = False  # per process: Pillow's schema for RGB is the layout read below (checked once)
 
 
 def _pixel_memory(img: Image.Image) -> tuple[object, memoryview] | None:
     """(owner, RGBX bytes of `img`, row by row) without a copy; None where Pillow cannot export them (older
     Pillow, an image stored in several blocks): the caller then copies. Keep `owner` alive while reading."""
+    global _rgb_layout_checked
+    if img.mode != "RGB":  # RGBA exports the same layout, with other bytes in the fourth place
+        return None
     try:
         schema_capsule, array_capsule = img.__arrow_c_array__()
     except (AttributeError, ValueError, OSError):
         return None
-    schema = _ArrowSchema.from_address(_capsule_pointer(schema_capsule, b"arrow_schema"))
-    array = _ArrowArray.from_address(_capsule_pointer(array_capsule, b"arrow_array"))
-    # RGB images come as fixed-size lists of 4 bytes: anything else is not the layout we hash
-    if (schema.format != b"+w:4" or schema.n_children != 1 or schema.children[0].contents.format != b"C"
-            or array.n_children != 1 or array.length != img.width * img.height or array.offset != 0):
+    if not _rgb_layout_checked:
+        if not _is_rgbx_schema(_capsule_pointer(schema_capsule, b"arrow_schema")):
+            return None
+        _rgb_layout_checked = True
+    array = _Fields.from_address(_capsule_pointer(array_capsule, b"arrow_array"))
+    pixels_count = img.width * img.height
+    if array[_N_CHILDREN] != 1 or array[_LENGTH] != pixels_count or array[_OFFSET] != 0:
         return None
-    pixels = array.children[0].contents
-    if pixels.n_buffers != 2 or pixels.offset != 0 or pixels.length != 4 * img.width * img.height:
+    child = _Fields.from_address(_Pointers.from_address(array[_CHILDREN])[0])
+    if child[_N_BUFFERS] != 2 or child[_OFFSET] != 0 or child[_LENGTH] != 4 * pixels_count:
         return None
-    data = (ctypes.c_char * pixels.length).from_address(pixels.buffers[1])
-    return (schema_capsule, array_capsule), memoryview(data).cast("B")
+    data = _Pointers.from_address(child[_BUFFERS])[1]  # buffers: validity (none), then the bytes
+    return (schema_capsule, array_capsule), _memory_view(data, 4 * pixels_count, _PyBUF_READ)
+
+
+def _is_rgbx_schema(address: int) -> bool:
+    """A fixed-size list of 4 (Arrow format "+w:4") whose one child is uint8 ("C")."""
+    schema = _Fields.from_address(address)
+    if ctypes.string_at(schema[_SCHEMA_FORMAT]) != b"+w:4" or schema[4] != 1:
+        return False
+    child = _Fields.from_address(_Pointers.from_address(schema[_SCHEMA_CHILDREN])[0])
+    return ctypes.string_at(child[_SCHEMA_FORMAT]) == b"C"
