@@ -52,8 +52,8 @@ from PIL import Image
 
 from vaedist.shard.format import ImageHashes
 
-if TYPE_CHECKING:  # numpy is imported where it is used (see _phash_stack): not by the sharder's writing process
-    import numpy as np  # numpy: only where hashes are made (_imagehash_code says why)
+if TYPE_CHECKING:  # for the annotations only: numpy is imported where hashes are made (_imagehash_code says why)
+    import numpy as np
 
 PHASH_INPUT_SIDE = 32  # imagehash.phash's own working size (hash_size 8 x highfreq_factor 4)
 PHASH_HASH_SIDE = 8  # imagehash.phash's hash_size: the 8x8 lowest frequencies
@@ -250,7 +250,7 @@ def _imagehash_code(small: Image.Image) -> int:
 # array: length, null_count, offset, n_buffers, n_children, buffers, children, dictionary, release, private_data
 _Fields = ctypes.c_uint64 * 10
 _Pointers = ctypes.c_uint64 * 2
-_SCHEMA_FORMAT, _SCHEMA_CHILDREN = 0, 5
+_SCHEMA_FORMAT, _SCHEMA_N_CHILDREN, _SCHEMA_CHILDREN = 0, 4, 5
 _LENGTH, _OFFSET, _N_BUFFERS, _N_CHILDREN, _BUFFERS, _CHILDREN = 0, 2, 3, 4, 5, 6
 
 _capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
@@ -292,7 +292,7 @@ def _pixel_memory(img: Image.Image) -> tuple[object, memoryview] | None:
 def _is_rgbx_schema(address: int) -> bool:
     """A fixed-size list of 4 (Arrow format "+w:4") whose one child is uint8 ("C")."""
     schema = _Fields.from_address(address)
-    if ctypes.string_at(schema[_SCHEMA_FORMAT]) != b"+w:4" or schema[4] != 1:
+    if ctypes.string_at(schema[_SCHEMA_FORMAT]) != b"+w:4" or schema[_SCHEMA_N_CHILDREN] != 1:
         return False
     child = _Fields.from_address(_Pointers.from_address(schema[_SCHEMA_CHILDREN])[0])
     return ctypes.string_at(child[_SCHEMA_FORMAT]) == b"C"

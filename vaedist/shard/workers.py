@@ -33,7 +33,8 @@ from vaedist.shard.writer import encode_members, write_pieces
 
 CHUNKSIZE = 64  # images per task (and part file): one message and one copy per ~70-150 ms of decoding; the
 # chunk's perceptual hashes are computed together (fingerprint.finish_hashes), and its numpy and SciPy calls
-# cost per call: from 16 to 64 the hashing went from ~+11 % to ~+8 % of the sharder's time (2026-12-02)
+# cost per call: hashing added +11.2 % to the sharder's time at 32, +7.9 % and +11.2 % in two runs at 64
+# (bench shard, 1,000 images, 15-21 pairs, 2-core VM, 2026-12-02: within the host's noise of each other)
 IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: keeps workers busy, bounds memory
 
 
