@@ -11,6 +11,8 @@ Rows, side by side in one run, on the same files (read once beforehand, so all m
                    right now (other processes, shared caches), so a shared machine's noise is visible
   ... --dedup off  the single-process and sharder rows again without the image hashes (--dedup, default
                    report, hashes every image): the added cost of the duplicate finder (goal: under 5 %)
+  interleaved      one process again, its chunks hashed and not hashed in turn, so that both halves of each
+                   comparison run within ~0.1 s of each other: the hashing's share with the least drift
 Parallel efficiency = (sharder img/s / single-process img/s) / N; the goal is >= 80 % on all cores.
 Without --root it writes --images COCO-sized (640x480) JPEG photographs, no two of them near copies (as in a
 real dataset, so that the duplicate report is as small as a real one), to a temporary folder.
@@ -100,6 +102,35 @@ def time_single_process(files: list[Path], options: ImageOptions) -> Timing:
     with _Stopwatch() as watch:
         _decode_all(files, options)
     return watch.timing
+
+
+def hashing_share_interleaved(files: list[Path], options: ImageOptions, plain_options: ImageOptions,
+                              rounds: int) -> list[float]:
+    """The hashing's added share of one process's decoding, from chunks hashed and not hashed in turn.
+
+    The rows' ratios compare runs seconds apart, and this host's speed drifts by ±15 % and more between them;
+    here the CHUNKSIZE-image chunks of one pass alternate between hashed and not (~0.1 s each), and the next
+    pass swaps them, so that each pair of passes decodes every file both ways within ~0.1 s of each other.
+    Returns, per pair of passes, hashed seconds / unhashed seconds - 1."""
+    configure_pillow()
+    chunks = [files[start : start + CHUNKSIZE] for start in range(0, len(files), CHUNKSIZE)]
+    shares = []
+    for _ in range(rounds):
+        seconds = {True: 0.0, False: 0.0}
+        for swap in (0, 1):
+            for n, chunk in enumerate(chunks):
+                hashed = (n + swap) % 2 == 0
+                start = time.perf_counter()
+                pending = []
+                for path in chunk:
+                    try:
+                        pending.append(prepare_image(path, options if hashed else plain_options).hashes)
+                    except ImageRejected:
+                        pass
+                finish_hashes([p for p in pending if p is not None])
+                seconds[hashed] += time.perf_counter() - start
+        shares.append(seconds[True] / seconds[False] - 1)
+    return shares
 
 
 def time_plain_processes(files: list[Path], options: ImageOptions, workers: int) -> Timing:
@@ -259,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(time_sharder(args.dataset, root, args.workers, args.max_side,
                                              scratch / ("shards" if dedup != "off" else "shards_off"),
                                              args.shard_size, dedup))
+        interleaved = hashing_share_interleaved(files, options, plain_options, args.repeats) if hashed else []
         shards = sum(len(split.shards) for split in load_manifest(scratch / "shards").splits.values())
     # Each run's efficiency against the single-process row of the same round: the spread shows the noise.
     print("sharder per run: " + ", ".join(
@@ -281,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{min(t.wall for t in timings):.3f}-{max(t.wall for t in timings):.3f} s")
     if hashed:
         print(dedup_cost_line(args.dedup, sharder, sharder_off, single, single_off, n))
+        interleaved.sort()
+        print(f"one process, chunks hashed and not in turn ({len(interleaved)} pairs of passes): hashing adds "
+              f"{statistics.median(interleaved):+.1%} ({interleaved[0]:+.1%} to {interleaved[-1]:+.1%}); "
+              "the least drift-prone of these figures")
         # imagehash.phash imports scipy.fftpack on its first call; duplicates.near_pairs imports faiss
         workers_import, faiss_import = import_seconds("imagehash, scipy.fftpack"), import_seconds("faiss")
         one_off = workers_import + faiss_import  # the workers import at once, in parallel: once in wall time
