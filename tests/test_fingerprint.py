@@ -95,11 +95,13 @@ def test_bench_photographs_are_no_near_copies_of_each_other(tmp_path):
     assert len(i) == 0
 
 
-def _decoded_jpeg(width: int, height: int, seed: int) -> Image.Image:
+def _decoded_jpeg(width: int, height: int, seed: int, draft: tuple[int, int] | None = None) -> Image.Image:
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format="JPEG", quality=90)
     img = Image.open(io.BytesIO(out.getvalue()))
+    if draft:
+        img.draft("RGB", draft)
     img.load()
     return img
 
@@ -114,6 +116,20 @@ def test_grid_taken_from_the_decoders_memory_is_pillows_nearest_resize_and_reduc
     assert np.array_equal(pending.grid, fingerprint._box_rows(fingerprint._sampled_channel(img)))
     assert np.array_equal(fingerprint._box_averages([pending.grid])[0], np.asarray(thumbnail(img)))
     assert pending.exact == fingerprint.exact_hash(img.convert("RGBA").convert("RGB"))  # the copying path
+    assert fingerprint.finish_hashes([pending])[0].perceptual == perceptual_hash(img)
+
+
+@pytest.mark.parametrize("size, scale", [((640, 480), 2), ((640, 480), 4), ((640, 427), 8), ((511, 383), 4),
+                                         ((333, 777), 2)])
+def test_grid_and_exact_hash_of_a_jpeg_decoded_at_a_reduced_scale_are_those_of_the_copying_path(size, scale):
+    # --max-side decodes a JPEG at 1/2, 1/4 or 1/8 scale (Pillow's draft, libjpeg's DCT scaling) and hashes
+    # that image in place: its hidden fourth byte must be 255 and its memory one block, as at full scale
+    img = _decoded_jpeg(*size, seed=scale * 31 + size[0], draft=(size[0] // scale, size[1] // scale))
+    assert img.size == (-(-size[0] // scale), -(-size[1] // scale))  # libjpeg's scaled size, rounded up
+    assert fingerprint._pixel_memory(img) is not None
+    pending = fingerprint.pending_hashes(img, straight_from_decoder=True)
+    assert pending.exact == fingerprint.exact_hash(img.convert("RGBA").convert("RGB"))
+    assert np.array_equal(pending.grid, fingerprint._box_rows(fingerprint._sampled_channel(img)))
     assert fingerprint.finish_hashes([pending])[0].perceptual == perceptual_hash(img)
 
 

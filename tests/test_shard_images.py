@@ -136,6 +136,43 @@ def test_max_side_downscales_the_longer_side_and_keeps_the_original_size_in_meta
     assert prepare_image(path, ImageOptions(max_side=320)).copied  # already small enough: untouched
 
 
+@pytest.mark.parametrize("max_side", [None, 160, 64])
+def test_an_upright_rgb_jpeg_is_hashed_in_the_decoders_memory_at_any_scale(tmp_path, photo, monkeypatch, max_side):
+    # the in-place path (no copy of the pixels) for the decoder's own image, downscaled by --max-side or not,
+    # with the hashes of the copying path on the same decoded pixels
+    from vaedist.shard import fingerprint, images
+
+    path = tmp_path / "photo.jpg"
+    photo.save(path, quality=90)
+    calls = []
+    monkeypatch.setattr(images, "pending_hashes", lambda img, straight_from_decoder=False: calls.append(
+        (img.size, straight_from_decoder)) or fingerprint.pending_hashes(img, straight_from_decoder))
+    prepared = prepare_image(path, ImageOptions(max_side=max_side, hashes=True))
+    with Image.open(path) as img:
+        if max_side:
+            img.draft("RGB", _decoded(prepared.jpeg).size)
+        img.load()
+        expected = fingerprint.image_hashes(img.convert("RGBA").convert("RGB"))  # a copy: the general path
+    assert calls == [(img.size, True)]
+    assert fingerprint.finish_hashes([prepared.hashes]) == [expected]
+
+
+def test_a_rotated_jpeg_is_hashed_through_a_copy_upright(tmp_path, photo):
+    from vaedist.shard import fingerprint
+
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    photo.save(path, quality=90, exif=exif)
+    for max_side in (None, 160):
+        prepared = prepare_image(path, ImageOptions(max_side=max_side, hashes=True))
+        with Image.open(path) as img:
+            if max_side:
+                img.draft("RGB", (100, 160))  # as prepare_image asks: the upright size at --max-side 160
+            upright = ImageOps.exif_transpose(img)
+        assert fingerprint.finish_hashes([prepared.hashes]) == [fingerprint.image_hashes(upright)]
+
+
 def test_a_jpeg_with_stray_bytes_between_header_segments_is_re_encoded_so_dali_can_parse_it(tmp_path, photo):
     """libjpeg (Pillow) reads past stray bytes between segments; DALI's parser refuses such a file (and can
     crash on it in a batch): the sharder must not copy it byte for byte."""

@@ -97,7 +97,10 @@ def prepare_image(path: str | Path, options: ImageOptions) -> PreparedImage:
             hashes = pending_hashes(img, straight_from_decoder=True) if options.hashes else None
             return PreparedImage(jpeg=data, width=width, height=height, copied=True, hashes=hashes)
         clean = _to_rgb(ImageOps.exif_transpose(img) if orientation != 1 else img)
-        hashes = pending_hashes(clean, straight_from_decoder=False) if options.hashes else None
+        # an upright RGB JPEG decoded at a reduced scale (--max-side) is still the decoder's own image: hashed
+        # in place, ~90 us less per image than through a copy (2026-12-03); rotated or converted ones are copies
+        from_decoder = clean is img and img.format == "JPEG"
+        hashes = pending_hashes(clean, straight_from_decoder=from_decoder) if options.hashes else None
         if scale_to:
             clean = clean.resize(scale_to, Image.Resampling.LANCZOS)
         out = io.BytesIO()
