@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates the environment on first use: a venv with a matching torch + torchvision pair, then vaedist and its
-# dependencies (editable). Re-running is cheap: it installs again only when pyproject.toml changed since.
+# dependencies (editable). Re-running is cheap: it installs again only when pyproject.toml, setup.py or the
+# C source changed since.
 #   bash launch/make_venv.sh [VENV]      (default: $VAEDIST_VENV, else ./.venv)
 # `launch/env.sh` runs it, then activates the venv in the calling shell.
 set -euo pipefail
@@ -12,7 +13,10 @@ if [ ! -x "$venv/bin/python" ]; then
   "$py" -m venv "$venv"
 fi
 stamp="$venv/.vaedist-installed"
-if [ -f "$stamp" ] && [ ! "$repo/pyproject.toml" -nt "$stamp" ]; then
+# installed and nothing that the install builds from changed since: the dependencies (pyproject.toml) and the
+# compiled hashing pass (setup.py, vaedist/shard/_pixelpass.c, built in place by the editable install)
+if [ -f "$stamp" ] && [ ! "$repo/pyproject.toml" -nt "$stamp" ] && [ ! "$repo/setup.py" -nt "$stamp" ] \
+   && [ ! "$repo/vaedist/shard/_pixelpass.c" -nt "$stamp" ]; then
   exit 0
 fi
 python="$venv/bin/python"

@@ -106,31 +106,116 @@ def _decoded_jpeg(width: int, height: int, seed: int, draft: tuple[int, int] | N
     return img
 
 
-@pytest.mark.parametrize("size", [(1, 1), (2, 3), (127, 128), (128, 128), (129, 500), (640, 480), (641, 427),
-                                  (500, 375), (4000, 3), (3, 4000), (333, 777), (1920, 1080)])
-def test_grid_taken_from_the_decoders_memory_is_pillows_nearest_resize_and_reduce(size):
-    # The sharder's fast path (numpy take at _grid_offsets on the decoder's RGBX memory, then the chunk's box
-    # sums) against the definition: Pillow's NEAREST resize to 128x128, green channel, Image.reduce(4)
-    img = _decoded_jpeg(*size, seed=size[0] * 7919 + size[1])
-    pending = fingerprint.pending_hashes(img, straight_from_decoder=True)
-    assert np.array_equal(pending.grid, fingerprint._box_rows(fingerprint._sampled_channel(img)))
-    assert np.array_equal(fingerprint._box_averages([pending.grid])[0], np.asarray(thumbnail(img)))
+@pytest.fixture(params=["c", "numpy"])
+def in_place_path(request, monkeypatch) -> str:
+    """Both ways of hashing a decoder's image in place: the C pass (_pixelpass) and the numpy path."""
+    if request.param == "numpy":
+        monkeypatch.setattr(fingerprint, "_pixelpass", None)
+    return request.param
+
+
+def _definition_box_sums(img: Image.Image) -> np.ndarray:
+    """Pillow's NEAREST resize to 128x128, green channel, 4x4 box sums (Image.reduce(4) before its rounding)."""
+    grid = np.asarray(fingerprint._sampled_channel(img), np.uint16)
+    return grid.reshape(32, 4, 32, 4).sum(axis=(1, 3), dtype=np.uint16).ravel()
+
+
+def _assert_in_place_hashes_are_the_definitions(img: Image.Image, path: str) -> None:
+    calls = []
+    if path == "c":
+        real = fingerprint._pixelpass
+        assert real is not None, "the C pass was not built: pip install -e . needs a C compiler"
+
+        class Counted:  # the real module, its calls counted: the C pass must be the one that ran
+            @staticmethod
+            def hash_and_sample(*args):
+                calls.append(args[1:])
+                return real.hash_and_sample(*args)
+
+        fingerprint._pixelpass = Counted
+        try:
+            pending = fingerprint.pending_hashes(img, straight_from_decoder=True)
+        finally:
+            fingerprint._pixelpass = real
+        assert calls == [img.size]
+    else:
+        pending = fingerprint.pending_hashes(img, straight_from_decoder=True)
+    assert pending.box_sums.dtype == np.uint16 and pending.box_sums.shape == (1024,)
+    assert np.array_equal(pending.box_sums, _definition_box_sums(img))
+    assert np.array_equal(fingerprint._box_averages([pending.box_sums])[0], np.asarray(thumbnail(img)))
     assert pending.exact == fingerprint.exact_hash(img.convert("RGBA").convert("RGB"))  # the copying path
     assert fingerprint.finish_hashes([pending])[0].perceptual == perceptual_hash(img)
 
 
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (127, 128), (128, 128), (129, 500), (640, 480), (641, 427),
+                                  (500, 375), (4000, 3), (3, 4000), (333, 777), (1920, 1080)])
+def test_grid_taken_from_the_decoders_memory_is_pillows_nearest_resize_and_reduce(size, in_place_path):
+    # The sharder's fast paths (the C pass, or xxhash and numpy's take at _grid_offsets, on the decoder's RGBX
+    # memory) against the definitions: xxhash over the copied pixels; Pillow's NEAREST resize to 128x128,
+    # green channel, Image.reduce(4); imagehash.phash
+    img = _decoded_jpeg(*size, seed=size[0] * 7919 + size[1])
+    _assert_in_place_hashes_are_the_definitions(img, in_place_path)
+
+
 @pytest.mark.parametrize("size, scale", [((640, 480), 2), ((640, 480), 4), ((640, 427), 8), ((511, 383), 4),
                                          ((333, 777), 2)])
-def test_grid_and_exact_hash_of_a_jpeg_decoded_at_a_reduced_scale_are_those_of_the_copying_path(size, scale):
+def test_grid_and_exact_hash_of_a_jpeg_decoded_at_a_reduced_scale_are_those_of_the_copying_path(
+        size, scale, in_place_path):
     # --max-side decodes a JPEG at 1/2, 1/4 or 1/8 scale (Pillow's draft, libjpeg's DCT scaling) and hashes
     # that image in place: its hidden fourth byte must be 255 and its memory one block, as at full scale
     img = _decoded_jpeg(*size, seed=scale * 31 + size[0], draft=(size[0] // scale, size[1] // scale))
     assert img.size == (-(-size[0] // scale), -(-size[1] // scale))  # libjpeg's scaled size, rounded up
     assert fingerprint._pixel_memory(img) is not None
+    _assert_in_place_hashes_are_the_definitions(img, in_place_path)
+
+
+def test_c_pass_is_xxhash_and_the_grid_on_every_byte_of_any_rgbx_memory():
+    # Not only decoded JPEGs: random RGB images (Pillow sets the fourth byte to 255 in their memory too) of
+    # sizes around the grid's and xxh3's own boundaries (128 rows or columns; 16/128/240-byte inputs, 1 KB
+    # stripes), against xxhash.xxh3_128 of the pixels and the grid picked by numpy from the same memory
+    import xxhash
+
+    assert fingerprint._pixelpass is not None, "the C pass was not built: pip install -e . needs a C compiler"
+    rng = np.random.default_rng(5)
+    for width, height in [(1, 1), (1, 2), (2, 1), (3, 5), (4, 15), (30, 2), (60, 1), (64, 4), (127, 129),
+                          (128, 127), (255, 256), (256, 255), (1000, 1), (1, 1000), (1023, 7)]:
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        img = Image.fromarray(pixels, "RGB")
+        rgbx = np.concatenate([pixels, np.full((height, width, 1), 255, np.uint8)], axis=2)
+        assert bytes(fingerprint._pixel_memory(img)[1]) == rgbx.tobytes()
+        exact, sums = fingerprint._pixelpass.hash_and_sample(img.im.__arrow_c_array__(), width, height)
+        expected = xxhash.xxh3_128(b"RGBA8 %d %d\n" % (width, height) + rgbx.tobytes()).digest()
+        assert exact == expected, (width, height)
+        assert np.array_equal(np.frombuffer(sums, np.uint16), _definition_box_sums(img)), (width, height)
+
+
+def test_c_pass_refuses_memory_that_is_not_the_size_asked_for():
+    img = Image.new("RGB", (8, 6), (1, 2, 3))
+    capsule = img.im.__arrow_c_array__()
+    assert fingerprint._pixelpass.hash_and_sample(capsule, 8, 6) is not None
+    # (the export holds a pixel count, not a shape: 6x8 would pass, which is why the caller passes img.size)
+    for width, height in [(8, 5), (9, 6), (0, 6), (8, -1),]:
+        assert fingerprint._pixelpass.hash_and_sample(capsule, width, height) is None
+    with pytest.raises(ValueError):  # not an Arrow array capsule
+        fingerprint._pixelpass.hash_and_sample(img.im.__arrow_c_schema__(), 8, 6)
+
+
+def test_a_c_pass_that_differs_from_the_numpy_path_is_not_used(monkeypatch, capsys):
+    # A stale or miscompiled build: the process's first image shows it, and every image is then hashed by the
+    # numpy path, so what is stored is what a numpy-only install stores
+    class Stale:
+        @staticmethod
+        def hash_and_sample(capsule, width, height):
+            return bytes(16), bytes(2048)
+
+    monkeypatch.setattr(fingerprint, "_pixelpass", Stale)
+    monkeypatch.setattr(fingerprint, "_pixelpass_checked", None)
+    img = _decoded_jpeg(64, 48, seed=3)
     pending = fingerprint.pending_hashes(img, straight_from_decoder=True)
+    assert fingerprint._pixelpass is None and fingerprint._pixelpass_checked is False
+    assert "differs from the numpy path" in capsys.readouterr().err
     assert pending.exact == fingerprint.exact_hash(img.convert("RGBA").convert("RGB"))
-    assert np.array_equal(pending.grid, fingerprint._box_rows(fingerprint._sampled_channel(img)))
-    assert fingerprint.finish_hashes([pending])[0].perceptual == perceptual_hash(img)
+    assert np.array_equal(pending.box_sums, _definition_box_sums(img))
 
 
 def test_chunk_wise_phash_is_imagehash_phash_bit_for_bit_ties_included(photographs):
@@ -149,6 +234,8 @@ def test_chunk_wise_phash_is_imagehash_phash_bit_for_bit_ties_included(photograp
     assert got == expected
 
 
-def test_box_sums_of_the_brightest_grid_do_not_overflow():
-    grid = np.full((16, 1024), 255, np.uint8)
-    assert np.all(fingerprint._box_averages([grid, np.zeros_like(grid)])[0] == 255)
+def test_box_sums_of_the_brightest_grid_do_not_overflow(in_place_path):
+    img = Image.new("RGB", (640, 480), (255, 255, 255))
+    sums = fingerprint.pending_hashes(img, straight_from_decoder=True).box_sums
+    assert np.all(sums == 16 * 255)
+    assert np.all(fingerprint._box_averages([sums, np.zeros_like(sums)])[0] == 255)

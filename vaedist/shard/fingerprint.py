@@ -25,19 +25,23 @@ perceptual (format.PERCEPTUAL_HASH): imagehash's pHash (the 8x8 lowest frequenci
     their one channel, which is the green of their RGB copy.
 
 Where the time goes (the hashing's goal: under 5 % of the sharder's time, `python -m vaedist.bench shard`).
-Per image, the sharder decodes a 640x480 photo in ~1.1-1.7 ms; called once per image, Pillow's resize and
-reduce (the thumbnail) took ~40-80 us and imagehash.phash ~120-150 us (~30 numpy and SciPy calls on 1,024
-values, `np.median` alone ~48 us; 2026-12-02, 2-core CPU VM): together ~3x the goal. So the work is split
-by what it costs per call:
-  - per image, only what needs its pixels: the exact hash, and the 16,384 grid points gathered with one
-    numpy `take` from the decoder's own memory (`_grid_offsets`, the same points Pillow's NEAREST resize
-    picks; the Pillow path, `thumbnail`, is kept as the definition and for images not straight from the
-    decoder, and the tests hold the two equal);
-  - per chunk, everything else, for all its images in one call each: the 4x4 box averages
-    (`_box_averages`), then imagehash.phash's own steps — the same SciPy DCTs, numpy median and comparison, on a
-    stack instead of one image (`_phash_stack`). Each process checks the stack's result against
-    imagehash.phash itself on its first chunk (`_agrees_with_imagehash`), and hashes one image at a time
-    with imagehash from then on if they ever differ: what is stored is imagehash's pHash, bit for bit.
+Per image, the sharder decodes a 640x480 photo in ~1.1-2.6 ms (this host's speed varies that much); called
+once per image, Pillow's resize and reduce (the thumbnail) took ~40-80 us and imagehash.phash ~120-150 us (~30
+numpy and SciPy calls on 1,024 values, `np.median` alone ~48 us; 2026-12-02, 2-core CPU VM): together ~3x the
+goal. So the work is split by what it costs per call:
+  - per image, only what needs its pixels, in one read of the decoder's own memory: the exact hash and the
+    4x4 box sums of the 16,384 grid points' green values (the same points Pillow's NEAREST resize picks:
+    `_grid_offsets`). `_pixelpass` (C, vaedist/shard/_pixelpass.c) hashes each row and sums its grid points
+    while the row is in the first-level cache: ~90 us per image where the numpy path (xxhash, then numpy's
+    `take`, which reads ~5,000 cache lines of the image a second time) took ~190 us (2026-12-03). Without a
+    compiler at install time the numpy path is taken: the same hashes. The Pillow path, `thumbnail`, is kept
+    as the definition and for images not straight from the decoder; the tests hold the three equal, and
+    each process checks the C pass against the numpy path on its first image (`_pixelpass_agrees`);
+  - per chunk, everything else, for all its images in one call each: the box averages (`_box_averages`),
+    then imagehash.phash's own steps — the same SciPy DCTs, numpy median and comparison, on a stack instead
+    of one image (`_phash_stack`). Each process checks the stack's result against imagehash.phash itself on
+    its first chunk (`_agrees_with_imagehash`), and hashes one image at a time with imagehash from then on if
+    they ever differ: what is stored is imagehash's pHash, bit for bit.
 """
 from __future__ import annotations
 
@@ -52,6 +56,11 @@ from PIL import Image
 
 from vaedist.shard.format import ImageHashes
 
+try:  # compiled at install when a C compiler is there (setup.py); else the numpy path, the same hashes
+    from vaedist.shard import _pixelpass
+except ImportError:
+    _pixelpass = None
+
 if TYPE_CHECKING:  # for the annotations only: numpy is imported where hashes are made (_imagehash_code says why)
     import numpy as np
 
@@ -63,32 +72,76 @@ SAMPLE_GRID = BOX * PHASH_INPUT_SIDE  # points sampled per side, then box-averag
 
 @dataclass(frozen=True)
 class PendingHashes:
-    """What an image's hashes need of its pixels, taken while they are decoded: the exact hash, and the green
-    values at the SAMPLE_GRID x SAMPLE_GRID grid points (16 KB, uint8) as BOX**2 planes: grid[k, b] is the
-    k-th of the 16 points of box b (boxes row by row), shape (BOX**2, PHASH_INPUT_SIDE**2), so that the box
-    sums are 16 planes added. `finish_hashes` averages and hashes a chunk's grids together."""
+    """What an image's hashes need of its pixels, taken while they are decoded: the exact hash, and the
+    PHASH_INPUT_SIDE x PHASH_INPUT_SIDE box sums (row by row, uint16, at most BOX**2 x 255) of the green values
+    at the SAMPLE_GRID x SAMPLE_GRID grid points. `finish_hashes` averages and hashes a chunk's sums together."""
 
     exact: bytes
-    grid: "np.ndarray"
+    box_sums: "np.ndarray"
 
 
 def pending_hashes(img: Image.Image, straight_from_decoder: bool = False) -> PendingHashes:
-    """The exact hash and the grid of an upright RGB or grey ("L") image.
+    """The exact hash and the box sums of an upright RGB or grey ("L") image.
 
     `straight_from_decoder`: `img` is an RGB image as Pillow's decoder produced it, whose hidden fourth byte
     per pixel is 255 (libjpeg-turbo and Pillow's unpackers write it so; the tests check it against the
-    general path), so its memory can be hashed and sampled in place. Other images (composited, converted)
-    go through a copy that sets that byte, and through Pillow for the grid.
+    general path), so its memory can be hashed and sampled in place: by `_pixelpass` in one pass, or by
+    xxhash and numpy. Other images (composited, converted) go through a copy that sets that byte, and
+    through Pillow for the grid.
     """
+    passed = _one_pass_in_c(img) if straight_from_decoder else None
+    if passed is not None:
+        import numpy as np  # numpy: only where hashes are made (_imagehash_code says why)
+
+        return PendingHashes(exact=passed[0], box_sums=np.frombuffer(passed[1], np.uint16))
     memory = _pixel_memory(img) if straight_from_decoder else None
     if memory is None:
-        return PendingHashes(exact=exact_hash(img), grid=_box_rows(_sampled_channel(img)))
+        return PendingHashes(exact=exact_hash(img), box_sums=_box_sums(_sampled_channel(img)))
+    return _pending_in_place(img.size, memory[1])
+
+
+def _pending_in_place(size: tuple[int, int], pixels: memoryview) -> PendingHashes:
+    """The numpy path over an RGBX image's memory: xxhash reads it, then numpy's take its grid points."""
     import numpy as np  # numpy: only where hashes are made (_imagehash_code says why)
 
-    _owner, pixels = memory  # _owner keeps the exported memory alive while it is read
-    exact = _exact_digest(img.size, pixels)
-    grid = np.frombuffer(pixels, np.uint8).take(_grid_offsets(*img.size))  # green values, box by box
-    return PendingHashes(exact=exact, grid=grid)
+    exact = _exact_digest(size, pixels)
+    planes = np.frombuffer(pixels, np.uint8).take(_grid_offsets(*size))  # green values, box by box
+    return PendingHashes(exact=exact, box_sums=planes.sum(axis=0, dtype=np.uint16))
+
+
+def _one_pass_in_c(img: Image.Image) -> tuple[bytes, bytes] | None:
+    """(exact hash, box sums as bytes) of a decoder's RGB image by `_pixelpass`; None where it is not built,
+    Pillow cannot export the image in one block, or it failed its check."""
+    if _pixelpass is None or img.mode != "RGB" or not _rgb_layout_is_known(img):
+        return None
+    try:
+        # the core image's own export, without Image.__arrow_c_array__'s schema capsule per image (its
+        # allocation and release took ~6 us right after a decode, 2026-12-02); the layout is checked once
+        array_capsule = img.im.__arrow_c_array__()
+    except (AttributeError, ValueError, OSError):
+        return None
+    passed = _pixelpass.hash_and_sample(array_capsule, img.width, img.height)
+    return passed if passed is not None and _pixelpass_agrees(img, passed) else None
+
+
+_pixelpass_checked: bool | None = None  # per process: the C pass's first result against the numpy path's
+
+
+def _pixelpass_agrees(img: Image.Image, passed: tuple[bytes, bytes]) -> bool:
+    """Whether the C pass gives what the numpy path gives, checked on the process's first image (a stale or
+    miscompiled build must not store other hashes than a numpy-only install); on a mismatch the numpy path
+    is taken from then on, and that is said once on stderr."""
+    global _pixelpass, _pixelpass_checked
+    if _pixelpass_checked is None:
+        memory = _pixel_memory(img)
+        reference = _pending_in_place(img.size, memory[1]) if memory is not None else None
+        _pixelpass_checked = reference is not None and reference.exact == passed[0] \
+            and reference.box_sums.tobytes() == passed[1]
+        if not _pixelpass_checked:
+            _pixelpass = None
+            print("vaedist: the compiled hashing pass (vaedist.shard._pixelpass) differs from the numpy path on "
+                  "the first image: hashing with numpy (slower); reinstall vaedist to rebuild it", file=sys.stderr)
+    return _pixelpass_checked
 
 
 def finish_hashes(pending: Sequence[PendingHashes]) -> list[ImageHashes]:
@@ -100,7 +153,7 @@ def finish_hashes(pending: Sequence[PendingHashes]) -> list[ImageHashes]:
     """
     if not pending:
         return []
-    thumbnails = _box_averages([p.grid for p in pending])
+    thumbnails = _box_averages([p.box_sums for p in pending])
     return [ImageHashes(exact=p.exact, perceptual=code) for p, code in zip(pending, _perceptual_codes(thumbnails))]
 
 
@@ -141,15 +194,16 @@ def _sampled_channel(img: Image.Image) -> Image.Image:
     return sampled.getchannel("G") if sampled.mode == "RGB" else sampled.convert("L")
 
 
-def _box_rows(channel: Image.Image) -> "np.ndarray":
-    """A SAMPLE_GRID x SAMPLE_GRID grey image's values in PendingHashes.grid's order (_as_planes)."""
+def _box_sums(channel: Image.Image) -> "np.ndarray":
+    """A SAMPLE_GRID x SAMPLE_GRID grey image's BOX x BOX box sums, row by row (PendingHashes.box_sums)."""
     import numpy as np  # numpy: only where hashes are made (_imagehash_code says why)
 
-    return _as_planes(np.asarray(channel))
+    return _as_planes(np.asarray(channel)).sum(axis=0, dtype=np.uint16)
 
 
 def _as_planes(grid: "np.ndarray") -> "np.ndarray":
-    """A SAMPLE_GRID x SAMPLE_GRID array as BOX**2 planes of its boxes' points (PendingHashes.grid)."""
+    """A SAMPLE_GRID x SAMPLE_GRID array as BOX**2 planes of its boxes' points: planes[k, b] is the k-th of the
+    16 points of box b (boxes row by row), so that the box sums are 16 planes added."""
     import numpy as np  # numpy: only where hashes are made (_imagehash_code says why)
 
     boxes = grid.reshape(PHASH_INPUT_SIDE, BOX, PHASH_INPUT_SIDE, BOX).transpose(1, 3, 0, 2)
@@ -171,18 +225,15 @@ def _grid_offsets(width: int, height: int) -> "np.ndarray":
     return _as_planes(offsets).astype(np.intp)
 
 
-def _box_averages(grids: Sequence["np.ndarray"]) -> "np.ndarray":
-    """Each grid's 4x4 box averages, rounded as Image.reduce rounds them ((sum + 8) // 16): (n, 32, 32) float64
-    holding integers 0..255, imagehash's pixels as SciPy's DCT receives them.
-
-    A sum over the grids' first axis: the 16 planes added element-wise (~2.4 us per image, 2026-12-02), where
-    a sum over a short inner axis of 16 took ~25 us and a matrix product ~2 us but through OpenBLAS, whose
-    threads, started above ~32 images per call, cost the sharder's busy workers ~1 ms of CPU per image."""
+def _box_averages(box_sums: Sequence["np.ndarray"]) -> "np.ndarray":
+    """Each image's box averages, rounded as Image.reduce rounds them ((sum + 8) // 16): (n, 32, 32) float64
+    holding integers 0..255, imagehash's pixels as SciPy's DCT receives them. One call per chunk: per call,
+    numpy costs more than the arithmetic (and a matrix product for the sums went through OpenBLAS, whose
+    threads, started above ~32 images per call, cost the sharder's busy workers ~1 ms of CPU per image)."""
     import numpy as np  # numpy: only where hashes are made (_imagehash_code says why)
 
-    sums = np.stack(grids).sum(axis=1, dtype=np.uint16)  # (n, 1024): at most 16 x 255
-    averages = (sums + BOX**2 // 2) >> 4  # // 16
-    return averages.astype(np.float64).reshape(len(grids), PHASH_INPUT_SIDE, PHASH_INPUT_SIDE)
+    averages = (np.stack(box_sums) + BOX**2 // 2) >> 4  # // 16, in uint16: at most 16 x 255 + 8
+    return averages.astype(np.float64).reshape(len(box_sums), PHASH_INPUT_SIDE, PHASH_INPUT_SIDE)
 
 
 def _perceptual_codes(thumbnails: "np.ndarray") -> list[int]:
@@ -261,23 +312,29 @@ _memory_view.restype = ctypes.py_object
 _memory_view.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int]
 _PyBUF_READ = 0x100
 
-_rgb_layout_checked = False  # per process: Pillow's schema for RGB is the layout read below (checked once)
+_rgb_layout_checked: bool | None = None  # per process: Pillow's schema for RGB is the layout read here
+
+
+def _rgb_layout_is_known(img: Image.Image) -> bool:
+    """Whether this Pillow exports an RGB image as the layout read here (checked on the first image only)."""
+    global _rgb_layout_checked
+    if _rgb_layout_checked is None:
+        try:
+            schema_capsule = img.__arrow_c_schema__()  # held while it is read: its release frees the schema
+        except (AttributeError, ValueError, OSError):  # Pillow < 11.2
+            _rgb_layout_checked = False
+        else:
+            _rgb_layout_checked = _is_rgbx_schema(_capsule_pointer(schema_capsule, b"arrow_schema"))
+    return _rgb_layout_checked
 
 
 def _pixel_memory(img: Image.Image) -> tuple[object, memoryview] | None:
     """(owner, RGBX bytes of `img`, row by row) without a copy; None where Pillow cannot export them (older
     Pillow, an image stored in several blocks): the caller then copies. Keep `owner` alive while reading."""
-    global _rgb_layout_checked
-    if img.mode != "RGB":  # RGBA exports the same layout, with other bytes in the fourth place
+    if img.mode != "RGB" or not _rgb_layout_is_known(img):  # RGBA exports the same layout, other 4th bytes
         return None
     try:
-        if not _rgb_layout_checked:
-            schema_capsule = img.__arrow_c_schema__()  # held while it is read: its release frees the schema
-            if not _is_rgbx_schema(_capsule_pointer(schema_capsule, b"arrow_schema")):
-                return None
-            _rgb_layout_checked = True
-        # the core image's own export, without Image.__arrow_c_array__'s schema capsule per image (its
-        # allocation and release took ~6 of the ~18 us this function cost right after a decode, 2026-12-02)
+        # the core image's own export (see pending_hashes)
         array_capsule = img.im.__arrow_c_array__()
     except (AttributeError, ValueError, OSError):
         return None
