@@ -4,6 +4,7 @@ COCO-sized crops of them; the sharder's chunk-wise hashing against the hashes of
 from __future__ import annotations
 
 import io
+import json
 import shutil
 
 import imagehash
@@ -79,6 +80,27 @@ def test_sharder_gives_each_sample_its_own_hashes_when_a_chunk_holds_rejected_fi
             img.load()
             expected = image_hashes(img, straight_from_decoder=True)
         assert (meta["exact"], meta["phash"]) == (expected.exact_hex, expected.perceptual_hex), meta["path"]
+
+
+def test_an_install_without_the_c_pass_writes_the_same_shards_and_says_why_it_is_slower(tmp_path, monkeypatch, capsys):
+    # The C pass is optional at install (no compiler): the numpy path must then write byte-identical shards,
+    # tables, hashes and duplicate report (the workers are forked: they inherit the module's state)
+    photos = tmp_path / "photos" / "all"
+    photos.mkdir(parents=True)
+    for path in photo_paths():
+        shutil.copyfile(path, photos / path.name)
+    shard_dataset("folder", tmp_path / "photos", tmp_path / "with_c", workers=2, progress=True)
+    assert "compiled hashing pass is not built" not in capsys.readouterr().out
+    monkeypatch.setattr(fingerprint, "_pixelpass", None)
+    shard_dataset("folder", tmp_path / "photos", tmp_path / "numpy", workers=2, progress=True)
+    assert "compiled hashing pass is not built" in capsys.readouterr().out
+    written = sorted(p.name for p in (tmp_path / "with_c").iterdir())
+    assert written == sorted(p.name for p in (tmp_path / "numpy").iterdir()) and any("hashes" in n for n in written)
+    for name in written:
+        with_c, numpy_only = ((tmp_path / run / name).read_bytes() for run in ("with_c", "numpy"))
+        if name == "manifest.json":  # its "created" time aside; it lists every other file's sha256
+            with_c, numpy_only = ({**json.loads(m), "created": None} for m in (with_c, numpy_only))
+        assert with_c == numpy_only, name
 
 
 def test_bench_photographs_are_no_near_copies_of_each_other(tmp_path):

@@ -46,7 +46,7 @@ from PIL import Image
 
 from vaedist.sample import photo_paths
 from vaedist.shard import DEFAULT_SHARD_SIZE, SOURCES, load_manifest, shard_dataset
-from vaedist.shard.fingerprint import finish_hashes
+from vaedist.shard.fingerprint import finish_hashes, pixel_pass
 from vaedist.shard.images import ImageOptions, ImageRejected, configure_pillow, prepare_image
 from vaedist.shard.sharder import DEDUP_MODES, default_workers
 from vaedist.shard.sources import SourceOptions, list_source
@@ -317,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"one process, chunks hashed and not in turn ({len(interleaved)} pairs of passes): hashing adds "
               f"{statistics.median(interleaved):+.1%} ({interleaved[0]:+.1%} to {interleaved[-1]:+.1%}); "
               "the least drift-prone of these figures")
+        print("the pixels hashed " + ("in one pass by vaedist.shard._pixelpass (C)" if pixel_pass() == "C"
+              else "by xxhash and numpy: vaedist.shard._pixelpass is not built (no C compiler at install), ~2x the cost"))
         # imagehash.phash imports scipy.fftpack on its first call; duplicates.near_pairs imports faiss
         workers_import, faiss_import = import_seconds("imagehash, scipy.fftpack"), import_seconds("faiss")
         one_off = workers_import + faiss_import  # the workers import at once, in parallel: once in wall time

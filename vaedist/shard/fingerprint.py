@@ -57,7 +57,7 @@ from PIL import Image
 from vaedist.shard.format import ImageHashes
 
 try:  # compiled at install when a C compiler is there (setup.py); else the numpy path, the same hashes
-    from vaedist.shard import _pixelpass
+    import vaedist.shard._pixelpass as _pixelpass
 except ImportError:
     _pixelpass = None
 
@@ -98,6 +98,11 @@ def pending_hashes(img: Image.Image, straight_from_decoder: bool = False) -> Pen
     if memory is None:
         return PendingHashes(exact=exact_hash(img), box_sums=_box_sums(_sampled_channel(img)))
     return _pending_in_place(img.size, memory[1])
+
+
+def pixel_pass() -> str:
+    """What reads a decoder's image for its hashes in this process: "C" (_pixelpass) or "numpy"."""
+    return "C" if _pixelpass is not None else "numpy"
 
 
 def _pending_in_place(size: tuple[int, int], pixels: memoryview) -> PendingHashes:

@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 from vaedist import __version__
 from vaedist.errors import UserError
+from vaedist.shard.fingerprint import pixel_pass
 from vaedist.shard.images import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS, ImageOptions
 from vaedist.shard.duplicates import (DEFAULT_THRESHOLD, REPORT_LISTED, DropFilter, HashSet, duplicates_summary,
                                       find_duplicates)
@@ -198,6 +199,9 @@ def _shard(dataset: str, listing: SourceListing, output: OutputDir, options: Sha
         raise UserError(f"'{out}' already holds shard files that this run did not plan: "
                         "pass --overwrite to replace them, or choose another --out")
 
+    if options.hashed and pixel_pass() != "C":
+        say("note: vaedist's compiled hashing pass is not built (no C compiler when vaedist was installed): hashing "
+            "with numpy, the same hashes at ~2x the cost; reinstall with a compiler (pip install -e .) for it")
     with worker_pool(workers) as pool:
         if state is not None and options.val_fraction and "rejected" not in state:
             state = None  # started by a version that split before validating: plan afresh
