@@ -33,7 +33,8 @@ goal. So the work is split by what it costs per call:
     4x4 box sums of the 16,384 grid points' green values (the same points Pillow's NEAREST resize picks:
     `_grid_offsets`). `_pixelpass` (C, vaedist/shard/_pixelpass.c) hashes each row and sums its grid points
     while the row is in the first-level cache: ~90 us per image where the numpy path (xxhash, then numpy's
-    `take`, which reads ~5,000 cache lines of the image a second time) took ~190 us (2026-12-03). Without a
+    `take`, which reads ~5,000 cache lines of the image a second time) took ~190 us (2026-12-03, 640x480;
+    221 against 326 us in a phase when this shared host's memory was contended: the read moves with it). Without a
     compiler at install time the numpy path is taken: the same hashes. The Pillow path, `thumbnail`, is kept
     as the definition and for images not straight from the decoder; the tests hold the three equal, and
     each process checks the C pass against the numpy path on its first image (`_pixelpass_agrees`);
