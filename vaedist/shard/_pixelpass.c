@@ -13,8 +13,9 @@
  * Why one pass in C: right after a decode, reading the image's 1.2 MB (640x480) again costs more than
  * hashing it. The numpy path reads it twice (xxhash, then numpy's take of ~5,000 cache lines): ~190 us per
  * image against ~90 us here (2-core CPU VM, 2026-12-03; 326 against 221 us when the host's memory was
- * contended). Here each row is hashed and its grid points, if any, summed while it is in the first-level cache. xxh3 is xxHash's own code, dispatched at run time to
- * SSE2/AVX2/AVX-512 like the Python package's (built without it, at the baseline SSE2, it took 2x as long).
+ * contended). Here each row is hashed and its grid points, if any, summed while it is in the first-level
+ * cache. xxh3 is xxHash's own code, dispatched at run time to SSE2/AVX2/AVX-512 like the Python package's
+ * (built without it, at the baseline SSE2, it took 2x as long).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
