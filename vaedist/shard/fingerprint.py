@@ -34,10 +34,11 @@ goal. So the work is split by what it costs per call:
     `_grid_offsets`). `_pixelpass` (C, vaedist/shard/_pixelpass.c) hashes each row and sums its grid points
     while the row is in the first-level cache: ~90 us per image where the numpy path (xxhash, then numpy's
     `take`, which reads ~5,000 cache lines of the image a second time) took ~190 us (2026-12-03, 640x480;
-    221 against 326 us in a phase when this shared host's memory was contended: the read moves with it). Without a
-    compiler at install time the numpy path is taken: the same hashes. The Pillow path, `thumbnail`, is kept
-    as the definition and for images not straight from the decoder; the tests hold the three equal, and
-    each process checks the C pass against the numpy path on its first image (`_pixelpass_agrees`);
+    221 against 326 us in a phase when this shared host's memory was contended: the read moves with it).
+    Without a compiler at install time the numpy path is taken: the same hashes. The Pillow path,
+    `thumbnail`, is kept as the definition and for images not straight from the decoder; the tests hold the
+    three equal, and each process checks the C pass against the numpy path on its first image
+    (`_pixelpass_agrees`);
   - per chunk, everything else, for all its images in one call each: the box averages (`_box_averages`),
     then imagehash.phash's own steps — the same SciPy DCTs, numpy median and comparison, on a stack instead
     of one image (`_phash_stack`). Each process checks the stack's result against imagehash.phash itself on
@@ -118,13 +119,8 @@ def _pending_in_place(size: tuple[int, int], pixels: memoryview) -> PendingHashe
 def _one_pass_in_c(img: Image.Image) -> tuple[bytes, bytes] | None:
     """(exact hash, box sums as bytes) of a decoder's RGB image by `_pixelpass`; None where it is not built,
     Pillow cannot export the image in one block, or it failed its check."""
-    if _pixelpass is None or img.mode != "RGB" or not _rgb_layout_is_known(img):
-        return None
-    try:
-        # the core image's own export, without Image.__arrow_c_array__'s schema capsule per image (its
-        # allocation and release took ~6 us right after a decode, 2026-12-02); the layout is checked once
-        array_capsule = img.im.__arrow_c_array__()
-    except (AttributeError, ValueError, OSError):
+    array_capsule = _rgb_export(img) if _pixelpass is not None else None
+    if array_capsule is None:
         return None
     passed = _pixelpass.hash_and_sample(array_capsule, img.width, img.height)
     return passed if passed is not None and _pixelpass_agrees(img, passed) else None
@@ -334,15 +330,25 @@ def _rgb_layout_is_known(img: Image.Image) -> bool:
     return _rgb_layout_checked
 
 
+def _rgb_export(img: Image.Image) -> object | None:
+    """Pillow's Arrow export of an RGB image (an "arrow_array" capsule, read by _pixel_memory or _pixelpass);
+    None for other modes (RGBA exports the same layout, with other fourth bytes), a Pillow whose layout is not
+    the one read here, or an image it cannot export (older Pillow, several blocks)."""
+    if img.mode != "RGB" or not _rgb_layout_is_known(img):
+        return None
+    try:
+        # the core image's own export, without Image.__arrow_c_array__'s schema capsule per image (its
+        # allocation and release took ~6 us right after a decode, 2026-12-02); the layout is checked once
+        return img.im.__arrow_c_array__()
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def _pixel_memory(img: Image.Image) -> tuple[object, memoryview] | None:
     """(owner, RGBX bytes of `img`, row by row) without a copy; None where Pillow cannot export them (older
     Pillow, an image stored in several blocks): the caller then copies. Keep `owner` alive while reading."""
-    if img.mode != "RGB" or not _rgb_layout_is_known(img):  # RGBA exports the same layout, other 4th bytes
-        return None
-    try:
-        # the core image's own export (see pending_hashes)
-        array_capsule = img.im.__arrow_c_array__()
-    except (AttributeError, ValueError, OSError):
+    array_capsule = _rgb_export(img)
+    if array_capsule is None:
         return None
     array = _Fields.from_address(_capsule_pointer(array_capsule, b"arrow_array"))
     pixels_count = img.width * img.height
