@@ -16,7 +16,7 @@ from vaedist.sample import build_full_size_jpegs, photo_paths
 from vaedist.bench.shard import build_distinct_photographs
 from vaedist.shard.duplicates import DEFAULT_THRESHOLD, near_pairs
 from vaedist.shard import shard_dataset
-from vaedist.shard import fingerprint
+from vaedist.shard import fingerprint, jpegrows
 from vaedist.shard.fingerprint import image_hashes, perceptual_hash, thumbnail
 
 
@@ -82,25 +82,34 @@ def test_sharder_gives_each_sample_its_own_hashes_when_a_chunk_holds_rejected_fi
         assert (meta["exact"], meta["phash"]) == (expected.exact_hex, expected.perceptual_hex), meta["path"]
 
 
-def test_an_install_without_the_c_pass_writes_the_same_shards_and_says_why_it_is_slower(tmp_path, monkeypatch, capsys):
-    # The C pass is optional at install (no compiler): the numpy path must then write byte-identical shards,
-    # tables, hashes and duplicate report (the workers are forked: they inherit the module's state)
+def test_rows_pillows_decode_and_an_install_without_the_c_pass_write_the_same_shards(tmp_path, monkeypatch, capsys):
+    # The compiled part is optional at install (no compiler): Pillow's decode and the numpy path must then write
+    # byte-identical shards, tables, hashes and duplicate report (the workers are forked: they inherit the
+    # modules' state)
     photos = tmp_path / "photos" / "all"
     photos.mkdir(parents=True)
     for path in photo_paths():
         shutil.copyfile(path, photos / path.name)
+    assert jpegrows.row_decoder()  # the clean JPEGs are checked in rows, hashed as they are decoded
     shard_dataset("folder", tmp_path / "photos", tmp_path / "with_c", workers=2, progress=True)
     assert "compiled hashing pass is not built" not in capsys.readouterr().out
-    monkeypatch.setattr(fingerprint, "_pixelpass", None)
+    monkeypatch.setattr(jpegrows, "_usable", False)  # Pillow's decode, its image hashed by the C pass
+    shard_dataset("folder", tmp_path / "photos", tmp_path / "pillow", workers=2, progress=True)
+    assert "compiled hashing pass is not built" not in capsys.readouterr().out
+    monkeypatch.setattr(fingerprint, "_pixelpass", None)  # no compiled part: no C pass, no row decode either
+    monkeypatch.setattr(jpegrows, "_pixelpass", None)
+    monkeypatch.setattr(jpegrows, "_usable", None)
     shard_dataset("folder", tmp_path / "photos", tmp_path / "numpy", workers=2, progress=True)
     assert "compiled hashing pass is not built" in capsys.readouterr().out
     written = sorted(p.name for p in (tmp_path / "with_c").iterdir())
-    assert written == sorted(p.name for p in (tmp_path / "numpy").iterdir()) and any("hashes" in n for n in written)
-    for name in written:
-        with_c, numpy_only = ((tmp_path / run / name).read_bytes() for run in ("with_c", "numpy"))
-        if name == "manifest.json":  # its "created" time aside; it lists every other file's sha256
-            with_c, numpy_only = ({**json.loads(m), "created": None} for m in (with_c, numpy_only))
-        assert with_c == numpy_only, name
+    assert any("hashes" in n for n in written)
+    for run in ("pillow", "numpy"):
+        assert written == sorted(p.name for p in (tmp_path / run).iterdir()), run
+        for name in written:
+            with_c, other = ((tmp_path / r / name).read_bytes() for r in ("with_c", run))
+            if name == "manifest.json":  # its "created" time aside; it lists every other file's sha256
+                with_c, other = ({**json.loads(m), "created": None} for m in (with_c, other))
+            assert with_c == other, (run, name)
 
 
 def test_bench_photographs_are_no_near_copies_of_each_other(tmp_path):

@@ -311,7 +311,9 @@ def test_bench_prints_both_rates_and_the_parallel_efficiency():
     assert result.returncode == 0, result.stderr
     assert "single-process decode" in result.stdout and "sharder, 2 workers" in result.stdout
     assert "parallel efficiency" in result.stdout and "--dedup report adds" in result.stdout
-    assert "chunks hashed and not in turn (1 pairs of passes): hashing adds" in result.stdout
+    assert "chunks in turn (1 pairs of passes): hashing adds" in result.stdout
+    assert "on Pillow's decode instead (not the row decode), hashing adds" in result.stdout
+    assert "the row decode of clean JPEGs" in result.stdout and "as each row is decoded" in result.stdout
 
 
 @pytest.mark.gpu

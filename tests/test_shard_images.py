@@ -139,9 +139,11 @@ def test_max_side_downscales_the_longer_side_and_keeps_the_original_size_in_meta
 @pytest.mark.parametrize("max_side", [None, 160, 64])
 def test_an_upright_rgb_jpeg_is_hashed_in_the_decoders_memory_at_any_scale(tmp_path, photo, monkeypatch, max_side):
     # the in-place path (no copy of the pixels) for the decoder's own image, downscaled by --max-side or not,
-    # with the hashes of the copying path on the same decoded pixels
-    from vaedist.shard import fingerprint, images
+    # with the hashes of the copying path on the same decoded pixels; at full size it is taken where the row
+    # decode is not (no compiled part, or a file it stopped at), so the row decode is off here
+    from vaedist.shard import fingerprint, images, jpegrows
 
+    monkeypatch.setattr(jpegrows, "_usable", False)
     path = tmp_path / "photo.jpg"
     photo.save(path, quality=90)
     calls = []
@@ -155,6 +157,10 @@ def test_an_upright_rgb_jpeg_is_hashed_in_the_decoders_memory_at_any_scale(tmp_p
         expected = fingerprint.image_hashes(img.convert("RGBA").convert("RGB"))  # a copy: the general path
     assert calls == [(img.size, True)]
     assert fingerprint.finish_hashes([prepared.hashes]) == [expected]
+    if not max_side:  # and the row decode, on, gives the same hashes without Pillow's image
+        monkeypatch.setattr(jpegrows, "_usable", None)
+        assert fingerprint.finish_hashes([prepare_image(path, ImageOptions(hashes=True)).hashes]) == [expected]
+        assert len(calls) == 1
 
 
 def test_a_rotated_jpeg_is_hashed_through_a_copy_upright(tmp_path, photo):

@@ -12,7 +12,9 @@ Rows, side by side in one run, on the same files (read once beforehand, so all m
   ... --dedup off  the single-process and sharder rows again without the image hashes (--dedup, default
                    report, hashes every image): the added cost of the duplicate finder (goal: under 5 %)
   interleaved      one process again, its chunks hashed and not hashed in turn, so that both halves of each
-                   comparison run within ~0.1 s of each other: the hashing's share with the least drift
+                   comparison run within ~0.1 s of each other: the hashing's share with the least drift;
+                   the same on Pillow's decode, and Pillow's decode against the row decode of clean JPEGs
+                   (vaedist/shard/jpegrows.py), both --dedup off
 Parallel efficiency = (sharder img/s / single-process img/s) / N; the goal is >= 80 % on all cores.
 Without --root it writes --images COCO-sized (640x480) JPEG photographs, no two of them near copies (as in a
 real dataset, so that the duplicate report is as small as a real one), to a temporary folder.
@@ -41,6 +43,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image
 
@@ -48,6 +51,7 @@ from vaedist.sample import photo_paths
 from vaedist.shard import DEFAULT_SHARD_SIZE, SOURCES, load_manifest, shard_dataset
 from vaedist.shard.fingerprint import finish_hashes, pixel_pass
 from vaedist.shard.images import ImageOptions, ImageRejected, configure_pillow, prepare_image
+from vaedist.shard.jpegrows import pillow_decode_only, row_decoder
 from vaedist.shard.sharder import DEDUP_MODES, default_workers
 from vaedist.shard.sources import SourceOptions, list_source
 from vaedist.shard.workers import CHUNKSIZE
@@ -89,13 +93,7 @@ def _decode_all(files: list[Path], options: ImageOptions) -> None:
     """prepare_image on every file, and the perceptual hashes once per CHUNKSIZE images, as the workers do."""
     configure_pillow()
     for start in range(0, len(files), CHUNKSIZE):
-        pending = []
-        for path in files[start : start + CHUNKSIZE]:
-            try:
-                pending.append(prepare_image(path, options).hashes)
-            except ImageRejected:
-                pass
-        finish_hashes([p for p in pending if p is not None])
+        _decode_chunk(files[start : start + CHUNKSIZE], options)
 
 
 def time_single_process(files: list[Path], options: ImageOptions) -> Timing:
@@ -104,14 +102,29 @@ def time_single_process(files: list[Path], options: ImageOptions) -> Timing:
     return watch.timing
 
 
-def hashing_share_interleaved(files: list[Path], options: ImageOptions, plain_options: ImageOptions,
-                              rounds: int) -> list[float]:
-    """The hashing's added share of one process's decoding, from chunks hashed and not hashed in turn.
+def _decode_chunk(chunk: list[Path], options: ImageOptions) -> None:
+    pending = []
+    for path in chunk:
+        try:
+            pending.append(prepare_image(path, options).hashes)
+        except ImageRejected:
+            pass
+    finish_hashes([p for p in pending if p is not None])
+
+
+def _decode_chunk_with_pillow(chunk: list[Path], options: ImageOptions) -> None:
+    with pillow_decode_only():
+        _decode_chunk(chunk, options)
+
+
+def share_interleaved(files: list[Path], measured: Callable[[list[Path]], None],
+                      baseline: Callable[[list[Path]], None], rounds: int) -> list[float]:
+    """The added share of `measured` over `baseline` in one process, from chunks decoded each way in turn.
 
     The rows' ratios compare runs seconds apart, and this host's speed drifts by ±15 % and more between them;
-    here the CHUNKSIZE-image chunks of one pass alternate between hashed and not (~0.1 s each), and the next
-    pass swaps them, so that each pair of passes decodes every file both ways within ~0.1 s of each other.
-    Returns, per pair of passes, hashed seconds / unhashed seconds - 1."""
+    here the CHUNKSIZE-image chunks of one pass alternate between the two (~0.1 s each), and the next pass
+    swaps them, so that each pair of passes decodes every file both ways within ~0.1 s of each other.
+    Returns, per pair of passes, measured seconds / baseline seconds - 1."""
     configure_pillow()
     chunks = [files[start : start + CHUNKSIZE] for start in range(0, len(files), CHUNKSIZE)]
     shares = []
@@ -119,18 +132,18 @@ def hashing_share_interleaved(files: list[Path], options: ImageOptions, plain_op
         seconds = {True: 0.0, False: 0.0}
         for swap in (0, 1):
             for n, chunk in enumerate(chunks):
-                hashed = (n + swap) % 2 == 0
+                is_measured = (n + swap) % 2 == 0
                 start = time.perf_counter()
-                pending = []
-                for path in chunk:
-                    try:
-                        pending.append(prepare_image(path, options if hashed else plain_options).hashes)
-                    except ImageRejected:
-                        pass
-                finish_hashes([p for p in pending if p is not None])
-                seconds[hashed] += time.perf_counter() - start
+                (measured if is_measured else baseline)(chunk)
+                seconds[is_measured] += time.perf_counter() - start
         shares.append(seconds[True] / seconds[False] - 1)
     return shares
+
+
+def _share_line(what: str, shares: list[float]) -> str:
+    shares = sorted(shares)
+    return (f"one process, chunks in turn ({len(shares)} pairs of passes): {what} "
+            f"{statistics.median(shares):+.1%} ({shares[0]:+.1%} to {shares[-1]:+.1%})")
 
 
 def time_plain_processes(files: list[Path], options: ImageOptions, workers: int) -> Timing:
@@ -290,7 +303,15 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(time_sharder(args.dataset, root, args.workers, args.max_side,
                                              scratch / ("shards" if dedup != "off" else "shards_off"),
                                              args.shard_size, dedup))
-        interleaved = hashing_share_interleaved(files, options, plain_options, args.repeats) if hashed else []
+        with_hashes, without = (lambda c: _decode_chunk(c, options)), (lambda c: _decode_chunk(c, plain_options))
+        interleaved = share_interleaved(files, with_hashes, without, args.repeats) if hashed else []
+        # the same on Pillow's decode (what an install without the compiled part does), and the row decode's
+        # own gain: --dedup off, rows against Pillow's decode
+        interleaved_pillow = share_interleaved(
+            files, lambda c: _decode_chunk_with_pillow(c, options), lambda c: _decode_chunk_with_pillow(c, plain_options),
+            args.repeats) if hashed and row_decoder() else []
+        rows_gain = share_interleaved(files, without, lambda c: _decode_chunk_with_pillow(c, plain_options),
+                                      args.repeats) if row_decoder() else []
         shards = sum(len(split.shards) for split in load_manifest(scratch / "shards").splits.values())
     # Each run's efficiency against the single-process row of the same round: the spread shows the noise.
     print("sharder per run: " + ", ".join(
@@ -313,11 +334,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{min(t.wall for t in timings):.3f}-{max(t.wall for t in timings):.3f} s")
     if hashed:
         print(dedup_cost_line(args.dedup, sharder, sharder_off, single, single_off, n))
-        interleaved.sort()
-        print(f"one process, chunks hashed and not in turn ({len(interleaved)} pairs of passes): hashing adds "
-              f"{statistics.median(interleaved):+.1%} ({interleaved[0]:+.1%} to {interleaved[-1]:+.1%}); "
-              "the least drift-prone of these figures")
-        print("the pixels hashed " + ("in one pass by vaedist.shard._pixelpass (C)" if pixel_pass() == "C"
+        print(_share_line("hashing adds", interleaved) + "; the least drift-prone of these figures")
+        if interleaved_pillow:
+            print(_share_line("on Pillow's decode instead (not the row decode), hashing adds", interleaved_pillow))
+        print("the pixels hashed " + ("as each row is decoded, by vaedist.shard._pixelpass (C)" if row_decoder()
+              else "in one pass by vaedist.shard._pixelpass (C)" if pixel_pass() == "C"
               else "by xxhash and numpy: vaedist.shard._pixelpass is not built (no C compiler at install), ~2x the cost"))
         # imagehash.phash imports scipy.fftpack on its first call; duplicates.near_pairs imports faiss
         workers_import, faiss_import = import_seconds("imagehash, scipy.fftpack"), import_seconds("faiss")
@@ -329,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{n} images, +{one_off / coco_wall:.2%} on a COCO-sized run ({COCO_TRAIN_IMAGES} images, "
               f"{coco_wall:.0f} s at this rate); the duplicate search grows with the square of the images: "
               "python -m vaedist.bench dedup index")
+    if rows_gain:
+        print(_share_line("--dedup off, the row decode of clean JPEGs (vaedist/shard/jpegrows.py) against Pillow's "
+                          "decode:", rows_gain) + " in time")
     print(f"speed-up {speedup:.2f}x on {workers} workers: parallel efficiency {speedup / workers:.0%} (goal >= 80%); "
           f"this machine's ceiling (plain decoders, no sharding) {mid_single.wall / mid_plain.wall / workers:.0%}")
     # Other processes steal cores from the workers but not from the single-process row; the CPU-time ratio

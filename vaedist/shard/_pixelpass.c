@@ -1,6 +1,10 @@
-/* One pass over a decoded RGB image's memory for both of its hashes' inputs (vaedist/shard/fingerprint.py).
+/* One pass over a decoded RGB image's pixels for both of its hashes' inputs (vaedist/shard/fingerprint.py):
+ * over the memory of an image Pillow decoded, or over the rows of a JPEG as libjpeg-turbo emits them.
  *
  *   _pixelpass.hash_and_sample(array_capsule, width, height) -> (exact, box_sums) or None
+ *   _pixelpass.use_libjpeg_of(path) -> bool
+ *   _pixelpass.decode_jpeg(data, width, height) -> bool
+ *   _pixelpass.decode_and_hash_jpeg(data, width, height) -> (exact, box_sums) or None
  *
  * array_capsule: Pillow's own export of the image (`img.im.__arrow_c_array__()`, the Arrow C data interface):
  *   a fixed-size list of 4 bytes per pixel whose one child holds the pixels as RGBX, row by row.
@@ -8,7 +12,7 @@
  *   `xxhash.xxh3_128` gives for them (format.EXACT_HASH; the fourth byte of a decoder's RGB image is 255).
  * box_sums: 2048 bytes, the 32x32 box sums (uint16, native order, row by row) of the green values at the
  *   128x128 grid points of fingerprint._grid_offsets (column floor((2x+1) * width / 256), same for rows).
- * None: the export is not one block of width x height RGBX pixels; the caller takes the numpy path.
+ * hash_and_sample -> None: the export is not one block of width x height RGBX pixels (take the numpy path).
  *
  * Why one pass in C: right after a decode, reading the image's 1.2 MB (640x480) again costs more than
  * hashing it. The numpy path reads it twice (xxhash, then numpy's take of ~5,000 cache lines): ~190 us per
@@ -16,11 +20,32 @@
  * contended). Here each row is hashed and its grid points, if any, summed while it is in the first-level
  * cache. xxh3 is xxHash's own code, dispatched at run time to SSE2/AVX2/AVX-512 like the Python package's
  * (built without it, at the baseline SSE2, it took 2x as long).
+ *
+ * Why a decode loop of our own (use_libjpeg_of, decode_jpeg, decode_and_hash_jpeg): the sharder decodes a
+ * JPEG it stores unchanged only to check it, so it needs no image, only each row for a moment. Pillow's
+ * decoder has libjpeg-turbo write each row to a 16-byte-aligned buffer, for which its SIMD colour conversion
+ * uses non-temporal stores (movntdq: the row goes to memory, not to the cache), copies the row into the image,
+ * and the hashes then read the image back. Here libjpeg-turbo writes a few rows at a time to a buffer that is
+ * deliberately not 16-byte aligned, so that it uses ordinary stores, and each row is hashed at once, from
+ * the first-level cache. The same library as Pillow's (use_libjpeg_of: the one Pillow's _imaging module is
+ * linked to) with the same settings as Pillow's decoder (libjpeg's defaults, output JCS_EXT_RGBX), so the same
+ * pixels; fingerprint.py checks that on each process's first image.
+ * decode_jpeg -> False, decode_and_hash_jpeg -> None: not decoded here (no libjpeg-turbo found, an error, or
+ * any warning, e.g. corrupt or truncated data): the caller decodes with Pillow, whose verdict stands.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__unix__) || defined(__APPLE__)
+#  define HAVE_ROW_DECODER 1
+#  include <dlfcn.h>
+#  include <setjmp.h>
+#  include "jpeglib.h" /* vaedist/shard/_libjpeg: libjpeg-turbo's headers for the 6b ABI (its README.md) */
+#endif
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86)
 #  include "xxh_x86dispatch.c" /* includes xxhash.h (XXH_INLINE_ALL) and defines the *_dispatch functions */
@@ -44,6 +69,57 @@ struct ArrowArray {
     void *private_data;
 };
 
+/* The row pass both sources share: rows in order, each hashed and its grid points summed while it is hot. */
+typedef struct {
+    XXH3_state_t state; /* declared 64-byte aligned */
+    Py_ssize_t columns[GRID]; /* byte offset of each grid column's green value within a row */
+    uint16_t sums[SIDE * SIDE]; /* at most 16 x 255 */
+    Py_ssize_t height;
+    size_t row_bytes;
+    int grid_row;
+    int64_t next_row; /* the image row of grid row `grid_row`: floor((2 * grid_row + 1) * height / 256) */
+} RowPass;
+
+static void rowpass_start(RowPass *pass, Py_ssize_t width, Py_ssize_t height) {
+    for (int x = 0; x < GRID; x++)
+        pass->columns[x] = (Py_ssize_t)(((2 * (int64_t)x + 1) * width) / (2 * GRID)) * 4 + 1;
+    memset(pass->sums, 0, sizeof pass->sums);
+    pass->height = height;
+    pass->row_bytes = 4 * (size_t)width;
+    pass->grid_row = 0;
+    pass->next_row = height / (2 * GRID);
+    char header[64];
+    int header_length = snprintf(header, sizeof header, "RGBA8 %zd %zd\n", width, height);
+    XXH3_128bits_reset(&pass->state);
+    XXH3_128bits_update(&pass->state, header, (size_t)header_length);
+}
+
+/* `count` rows from image row `y` on, `stride` bytes apart: hashed in one call where they are contiguous */
+static void rowpass_rows(RowPass *pass, int64_t y, const uint8_t *first, size_t count, size_t stride) {
+    if (stride == pass->row_bytes) {
+        XXH3_128bits_update(&pass->state, first, count * stride);
+    } else {
+        for (size_t i = 0; i < count; i++) XXH3_128bits_update(&pass->state, first + i * stride, pass->row_bytes);
+    }
+    /* the grid rows among them (an image row can be several grid rows: height < 128) */
+    while (pass->grid_row < GRID && pass->next_row < y + (int64_t)count) {
+        const uint8_t *row = first + (size_t)(pass->next_row - y) * stride;
+        uint16_t *box_row = pass->sums + (pass->grid_row / BOX) * SIDE;
+        const Py_ssize_t *column = pass->columns;
+        for (int box = 0; box < SIDE; box++, column += BOX) /* the box's BOX points, then one add to its sum */
+            box_row[box] += (uint16_t)(row[column[0]] + row[column[1]] + row[column[2]] + row[column[3]]);
+        pass->grid_row++;
+        pass->next_row = ((2 * (int64_t)pass->grid_row + 1) * pass->height) / (2 * GRID);
+    }
+}
+
+static PyObject *rowpass_result(RowPass *pass) {
+    XXH128_canonical_t digest;
+    XXH128_canonicalFromHash(&digest, XXH3_128bits_digest(&pass->state)); /* big-endian: xxhash's digest() */
+    return Py_BuildValue("(y#y#)", (const char *)digest.digest, (Py_ssize_t)sizeof digest.digest,
+                         (const char *)pass->sums, (Py_ssize_t)sizeof pass->sums);
+}
+
 static PyObject *hash_and_sample(PyObject *self, PyObject *args) {
     PyObject *capsule;
     Py_ssize_t width, height;
@@ -58,40 +134,180 @@ static PyObject *hash_and_sample(PyObject *self, PyObject *args) {
         Py_RETURN_NONE;
     const uint8_t *rgbx = child->buffers[1];
 
-    Py_ssize_t columns[GRID]; /* byte offset of each grid column's green value within a row */
-    for (int x = 0; x < GRID; x++) columns[x] = (Py_ssize_t)(((2 * (int64_t)x + 1) * width) / (2 * GRID)) * 4 + 1;
-    uint16_t sums[SIDE * SIDE] = {0}; /* at most 16 x 255 */
-    char header[64];
-    int header_length = snprintf(header, sizeof header, "RGBA8 %zd %zd\n", width, height);
-    XXH3_state_t state; /* on the stack: XXH3_state_t is declared 64-byte aligned */
-    XXH128_canonical_t digest;
-
+    RowPass pass;
     Py_BEGIN_ALLOW_THREADS
-    XXH3_128bits_reset(&state);
-    XXH3_128bits_update(&state, header, (size_t)header_length);
-    const size_t row_bytes = 4 * (size_t)width;
-    int grid_row = 0;
-    int64_t next_row = height / (2 * GRID); /* grid row 0's image row: floor((2*0+1) * height / 256) */
-    for (Py_ssize_t y = 0; y < height; y++) {
-        const uint8_t *row = rgbx + (size_t)y * row_bytes;
-        XXH3_128bits_update(&state, row, row_bytes);
-        while (grid_row < GRID && next_row == y) { /* an image row can be several grid rows (height < 128) */
-            uint16_t *box_row = sums + (grid_row / BOX) * SIDE;
-            for (int x = 0; x < GRID; x++) box_row[x / BOX] += row[columns[x]];
-            grid_row++;
-            next_row = ((2 * (int64_t)grid_row + 1) * height) / (2 * GRID);
+    rowpass_start(&pass, width, height);
+    rowpass_rows(&pass, 0, rgbx, (size_t)height, pass.row_bytes);
+    Py_END_ALLOW_THREADS
+    return rowpass_result(&pass);
+}
+
+#ifdef HAVE_ROW_DECODER
+/* The calls into Pillow's libjpeg-turbo, looked up at run time (use_libjpeg_of): linking against it at build
+ * time would need its file name, which each Pillow wheel mangles, and a system libjpeg is another library. */
+typedef struct {
+    struct jpeg_error_mgr *(*std_error)(struct jpeg_error_mgr *);
+    void (*create_decompress)(j_decompress_ptr, int, size_t);
+    void (*mem_src)(j_decompress_ptr, const unsigned char *, unsigned long);
+    int (*read_header)(j_decompress_ptr, boolean);
+    boolean (*start_decompress)(j_decompress_ptr);
+    JDIMENSION (*read_scanlines)(j_decompress_ptr, JSAMPARRAY, JDIMENSION);
+    boolean (*finish_decompress)(j_decompress_ptr);
+    void (*destroy_decompress)(j_decompress_ptr);
+} LibjpegCalls;
+static LibjpegCalls libjpeg;
+static int libjpeg_found = 0;
+
+#define MAX_ROWS 16 /* libjpeg-turbo's rec_outbuf_height is at most 4 (max_v_samp_factor); more is refused */
+#define ROWS_BYTES 32768
+
+typedef struct {
+    struct jpeg_error_mgr pub;
+    jmp_buf jump;
+} StopOnProblem;
+
+static void stop_on_error(j_common_ptr cinfo) { longjmp(((StopOnProblem *)cinfo->err)->jump, 1); }
+
+/* A warning (level -1: corrupt data, a premature end, extraneous bytes) stops the decode too: Pillow, which
+ * ignores warnings, then decides the verdict as it did before this loop existed. Trace messages (>= 0) are
+ * ignored. Nothing is printed. */
+static void stop_on_warning(j_common_ptr cinfo, int level) {
+    if (level < 0) longjmp(((StopOnProblem *)cinfo->err)->jump, 1);
+}
+
+static void print_nothing(j_common_ptr cinfo) { (void)cinfo; }
+
+/* Every row of a JPEG decoded to RGBX exactly as Pillow's decoder does it; each row given to `pass` (if not
+ * NULL) while it is in the first-level cache. 1: decoded, no warning, `width` x `height` as the header said. */
+static int decode_rows(const uint8_t *data, size_t size, Py_ssize_t width, Py_ssize_t height, RowPass *pass) {
+    struct jpeg_decompress_struct cinfo;
+    StopOnProblem problem;
+    uint8_t *volatile buffer = NULL; /* volatile: read after a longjmp */
+    volatile int decoded = 0;
+    memset(&cinfo, 0, sizeof cinfo); /* so that destroy_decompress is safe whatever create_decompress did */
+    cinfo.err = libjpeg.std_error(&problem.pub);
+    problem.pub.error_exit = stop_on_error;
+    problem.pub.emit_message = stop_on_warning;
+    problem.pub.output_message = print_nothing;
+    if (setjmp(problem.jump) == 0) {
+        /* checks the library's ABI against these headers (version 62, the struct's size): a mismatch is an error */
+        libjpeg.create_decompress(&cinfo, JPEG_LIB_VERSION, sizeof cinfo);
+        libjpeg.mem_src(&cinfo, data, (unsigned long)size);
+        if (libjpeg.read_header(&cinfo, TRUE) == JPEG_HEADER_OK) {
+            cinfo.out_color_space = JCS_EXT_RGBX; /* what Pillow asks a libjpeg-turbo for an RGB image (X = 255);
+                                                     a grey JPEG gives R = G = B = Y, as Pillow's RGB copy of it */
+            libjpeg.start_decompress(&cinfo);
+            const size_t row_bytes = 4 * (size_t)width;
+            /* rows asked for per call: up to ~32 KB of them, so that they stay in the first-level cache */
+            int rows = (int)(ROWS_BYTES / row_bytes);
+            rows = rows > MAX_ROWS ? MAX_ROWS : rows < cinfo.rec_outbuf_height ? cinfo.rec_outbuf_height : rows;
+            if ((Py_ssize_t)cinfo.output_width == width && (Py_ssize_t)cinfo.output_height == height
+                && cinfo.output_components == 4 && rows >= 1 && rows <= MAX_ROWS) {
+                /* contiguous where every row then starts off a 16-byte boundary (row_bytes a multiple of 16: a
+                 * width that is a multiple of 4), else each row padded to the next multiple of 16 */
+                const size_t stride = (row_bytes + 15) / 16 * 16;
+                buffer = malloc((size_t)rows * stride + 64 + 4);
+                if (buffer != NULL) {
+                    /* 64-byte aligned + 4: not 16-byte aligned, so libjpeg-turbo's SIMD colour conversion writes
+                     * the rows with ordinary stores, not non-temporal ones that would bypass the cache */
+                    uint8_t *first = (uint8_t *)(((uintptr_t)buffer + 63) / 64 * 64) + 4;
+                    JSAMPROW pointers[MAX_ROWS];
+                    for (int i = 0; i < rows; i++) pointers[i] = first + (size_t)i * stride;
+                    while (cinfo.output_scanline < cinfo.output_height) {
+                        JDIMENSION y = cinfo.output_scanline;
+                        JDIMENSION emitted = libjpeg.read_scanlines(&cinfo, pointers, (JDIMENSION)rows);
+                        if (emitted == 0) break; /* suspension: cannot happen with all the data in memory */
+                        if (pass != NULL) rowpass_rows(pass, (int64_t)y, first, emitted, stride);
+                    }
+                    decoded = cinfo.output_scanline == cinfo.output_height && libjpeg.finish_decompress(&cinfo);
+                }
+            }
         }
     }
-    XXH128_canonicalFromHash(&digest, XXH3_128bits_digest(&state)); /* big-endian: xxhash's digest() */
-    Py_END_ALLOW_THREADS
-
-    return Py_BuildValue("(y#y#)", (const char *)digest.digest, (Py_ssize_t)sizeof digest.digest,
-                         (const char *)sums, (Py_ssize_t)sizeof sums);
+    libjpeg.destroy_decompress(&cinfo);
+    free(buffer);
+    return decoded;
 }
+
+static PyObject *use_libjpeg_of(PyObject *self, PyObject *args) {
+    const char *path;
+    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
+    /* the module Pillow has already loaded; dlsym on its handle searches it, then the libraries it is linked to */
+    void *handle = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
+    if (handle == NULL) Py_RETURN_FALSE;
+    LibjpegCalls found;
+    found.std_error = (struct jpeg_error_mgr * (*)(struct jpeg_error_mgr *)) dlsym(handle, "jpeg_std_error");
+    found.create_decompress = (void (*)(j_decompress_ptr, int, size_t))dlsym(handle, "jpeg_CreateDecompress");
+    found.mem_src = (void (*)(j_decompress_ptr, const unsigned char *, unsigned long))dlsym(handle, "jpeg_mem_src");
+    found.read_header = (int (*)(j_decompress_ptr, boolean))dlsym(handle, "jpeg_read_header");
+    found.start_decompress = (boolean(*)(j_decompress_ptr))dlsym(handle, "jpeg_start_decompress");
+    found.read_scanlines = (JDIMENSION(*)(j_decompress_ptr, JSAMPARRAY, JDIMENSION))dlsym(handle, "jpeg_read_scanlines");
+    found.finish_decompress = (boolean(*)(j_decompress_ptr))dlsym(handle, "jpeg_finish_decompress");
+    found.destroy_decompress = (void (*)(j_decompress_ptr))dlsym(handle, "jpeg_destroy_decompress");
+    if (!(found.std_error && found.create_decompress && found.mem_src && found.read_header && found.start_decompress
+          && found.read_scanlines && found.finish_decompress && found.destroy_decompress)) {
+        dlclose(handle);
+        Py_RETURN_FALSE; /* a module without libjpeg: whatever was found before stays in use */
+    }
+    libjpeg = found; /* the handle stays open: the library must outlive every decode */
+    libjpeg_found = 1;
+    Py_RETURN_TRUE;
+}
+
+/* decode_jpeg and decode_and_hash_jpeg: (data, width, height), the size from the header Pillow read */
+static int decode_arguments(PyObject *args, Py_buffer *data, Py_ssize_t *width, Py_ssize_t *height) {
+    if (!PyArg_ParseTuple(args, "y*nn", data, width, height)) return -1;
+    if (libjpeg_found && *width > 0 && *height > 0) return 1;
+    PyBuffer_Release(data);
+    return 0;
+}
+
+static PyObject *decode_jpeg(PyObject *self, PyObject *args) {
+    Py_buffer data;
+    Py_ssize_t width, height;
+    int usable = decode_arguments(args, &data, &width, &height);
+    if (usable < 0) return NULL;
+    if (usable == 0) Py_RETURN_FALSE;
+    int decoded;
+    Py_BEGIN_ALLOW_THREADS
+    decoded = decode_rows(data.buf, (size_t)data.len, width, height, NULL);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    return PyBool_FromLong(decoded);
+}
+
+static PyObject *decode_and_hash_jpeg(PyObject *self, PyObject *args) {
+    Py_buffer data;
+    Py_ssize_t width, height;
+    int usable = decode_arguments(args, &data, &width, &height);
+    if (usable < 0) return NULL;
+    if (usable == 0) Py_RETURN_NONE;
+    RowPass pass;
+    int decoded;
+    Py_BEGIN_ALLOW_THREADS
+    rowpass_start(&pass, width, height);
+    decoded = decode_rows(data.buf, (size_t)data.len, width, height, &pass);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    if (!decoded) Py_RETURN_NONE;
+    return rowpass_result(&pass);
+}
+
+#else /* no dlopen (Windows): Pillow decodes every JPEG */
+static PyObject *use_libjpeg_of(PyObject *self, PyObject *args) { Py_RETURN_FALSE; }
+static PyObject *decode_jpeg(PyObject *self, PyObject *args) { Py_RETURN_FALSE; }
+static PyObject *decode_and_hash_jpeg(PyObject *self, PyObject *args) { Py_RETURN_NONE; }
+#endif
 
 static PyMethodDef methods[] = {
     {"hash_and_sample", hash_and_sample, METH_VARARGS,
      "hash_and_sample(array_capsule, width, height) -> (exact digest, 32x32 uint16 box sums) or None"},
+    {"use_libjpeg_of", use_libjpeg_of, METH_VARARGS,
+     "use_libjpeg_of(path of a loaded module linked to libjpeg-turbo) -> whether its jpeg_* calls were found"},
+    {"decode_jpeg", decode_jpeg, METH_VARARGS,
+     "decode_jpeg(data, width, height) -> whether every row decoded without a warning"},
+    {"decode_and_hash_jpeg", decode_and_hash_jpeg, METH_VARARGS,
+     "decode_and_hash_jpeg(data, width, height) -> (exact digest, 32x32 uint16 box sums), or None where not decoded"},
     {NULL, NULL, 0, NULL},
 };
 

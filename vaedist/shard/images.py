@@ -2,7 +2,7 @@
 
 `prepare_image(path, options)` is the one function the worker processes run. Clean JPEGs (8-bit RGB or
 grey, no EXIF rotation, no downscale asked for) are stored byte for byte, so the shards hold exactly what
-the dataset authors published; everything a decoder could render differently — CMYK, palette, alpha,
+the dataset authors published (checked by a decode row by row that makes no image: jpegrows.py); everything a decoder could render differently — CMYK, palette, alpha,
 16-bit, PNG/WebP/other formats, EXIF orientation — is converted to 8-bit RGB and re-encoded as a JPEG
 at `jpeg_quality`. With `hashes` (--dedup report or drop), the pixels decoded for the check are also
 hashed (fingerprint.py), upright and mode-normalised, before any downscale: the exact hash and the
@@ -23,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vaedist.jpeg import marker_chain_problem
 from vaedist.shard.fingerprint import PendingHashes, pending_hashes
+from vaedist.shard.jpegrows import decode_in_rows
 
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000x8000: above any photo in COCO/Food-101 (<= 640 px); ~190 MB as RGB
 DEFAULT_JPEG_QUALITY = 95  # re-encoded images only; copied JPEGs keep their own quality
@@ -87,12 +88,18 @@ def prepare_image(path: str | Path, options: ImageOptions) -> PreparedImage:
             raise ImageRejected(f"corrupt header (size {width}x{height})")
         orientation = _orientation(img)
         scale_to = _downscaled_size(width, height, orientation, options.max_side)
+        stored_unchanged = not scale_to and _is_clean_jpeg(img, orientation, data)  # from the header alone
+        if stored_unchanged:
+            # only checked, so no image is needed: decoded row by row, each row hashed as it comes (jpegrows.py)
+            decoded = decode_in_rows(data, img.size, options.hashes)
+            if decoded is not None:
+                return PreparedImage(jpeg=data, width=width, height=height, copied=True, hashes=decoded.hashes)
         if scale_to and img.format == "JPEG":
             # DCT-domain downscale: decodes every scan (truncation still detected) at a fraction of the cost
             img.draft(img.mode if img.mode in ("RGB", "L") else None, scale_to)
-        _decode(img)
+        _decode(img)  # Pillow: every other image, and any JPEG the row decode stopped at (its verdict stands)
         upright_w, upright_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-        if _is_clean_jpeg(img, orientation, data) and not scale_to:
+        if stored_unchanged:
             # the decoder's own RGB image: its memory can be hashed in place (fingerprint.py)
             hashes = pending_hashes(img, straight_from_decoder=True) if options.hashes else None
             return PreparedImage(jpeg=data, width=width, height=height, copied=True, hashes=hashes)

@@ -1,0 +1,102 @@
+"""A clean JPEG the sharder stores unchanged, checked by a decode row by row, each row hashed as it comes.
+
+    decoded = decode_in_rows(data, (width, height), hashes=True)   # RowDecode(hashes) or None
+
+The decode is Pillow's own libjpeg-turbo, driven by vaedist/shard/_pixelpass.c (which says why): the same
+pixels as Pillow's `load()`, but no image is made, and the hashes read no memory a second time: per 640x480
+photo ~20 % less time to check it, and hashing adds ~70 us to that instead of ~200 (2-core CPU VM,
+2026-12-03). None: not decoded here, and the caller decodes with Pillow, whose verdict and message stand:
+  - no compiled part (no C compiler at install), no dlopen (Windows), or Pillow not linked to a libjpeg
+    with this ABI (libjpeg-turbo, 6b API: the library itself checks the version and the struct's size);
+  - any libjpeg error or warning (corrupt or truncated data): Pillow reports it, or accepts the file as it
+    did before this decoder existed (Pillow ignores warnings);
+  - the pixels differ from Pillow's on the process's first image (`_agrees_with_pillow`): then never again.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+from dataclasses import dataclass
+from typing import Iterator
+
+from PIL import Image
+
+from vaedist.shard.fingerprint import PendingHashes, pending_hashes
+
+try:  # compiled at install when a C compiler is there (setup.py)
+    import vaedist.shard._pixelpass as _pixelpass
+except ImportError:
+    _pixelpass = None
+
+
+@dataclass(frozen=True)
+class RowDecode:
+    """Every row of the JPEG decoded without an error or a warning; its hashes' inputs when asked for."""
+
+    hashes: PendingHashes | None
+
+
+_usable: bool | None = None  # per process: libjpeg found (first call), then False if it ever disagrees with Pillow
+_checked = False  # per process: the first decode was compared with Pillow's
+
+
+def decode_in_rows(data: bytes, size: tuple[int, int], hashes: bool) -> RowDecode | None:
+    """Decode `data`, a JPEG whose header Pillow read as `size` (RGB or grey, upright: images._is_clean_jpeg),
+    row by row; with `hashes`, hash each row as it comes. None: decode it with Pillow instead."""
+    global _checked
+    if not row_decoder():
+        return None
+    width, height = size
+    if hashes or not _checked:  # the first decode is hashed, to be compared with Pillow's pixels
+        passed = _pixelpass.decode_and_hash_jpeg(data, width, height)
+        if passed is None:
+            return None
+        import numpy as np  # numpy: only where hashes are made (fingerprint._imagehash_code says why)
+
+        pending = PendingHashes(exact=passed[0], box_sums=np.frombuffer(passed[1], np.uint16))
+        if not _checked:
+            _checked = True
+            if not _agrees_with_pillow(data, pending):
+                return None
+        return RowDecode(hashes=pending if hashes else None)
+    return RowDecode(hashes=None) if _pixelpass.decode_jpeg(data, width, height) else None
+
+
+def row_decoder() -> bool:
+    """Whether this process checks clean JPEGs by decode_in_rows (else with Pillow's load)."""
+    global _usable
+    if _pixelpass is None:
+        return False
+    if _usable is None:
+        _usable = _pixelpass.use_libjpeg_of(Image.core.__file__)
+    return _usable
+
+
+@contextlib.contextmanager
+def pillow_decode_only() -> Iterator[None]:
+    """Within it, Pillow decodes every JPEG in this process, as without the compiled part: for benchmarks that
+    set the two side by side (python -m vaedist.bench shard)."""
+    global _usable
+    before = row_decoder()
+    _usable = False
+    try:
+        yield
+    finally:
+        _usable = before
+
+
+def _agrees_with_pillow(data: bytes, decoded: PendingHashes) -> bool:
+    """Whether Pillow's decode of `data` hashes the same (so the same pixels): a stale build, or a Pillow linked
+    to another libjpeg, must not store other hashes than Pillow's decode gives. On a mismatch, Pillow decodes
+    every JPEG in this process from then on, and that is said once on stderr."""
+    global _usable
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        reference = pending_hashes(img, straight_from_decoder=True)
+    agrees = reference.exact == decoded.exact and reference.box_sums.tobytes() == decoded.box_sums.tobytes()
+    if not agrees:
+        _usable = False
+        print("vaedist: the row-by-row JPEG decode (vaedist.shard._pixelpass) gives other pixels than Pillow on "
+              "the first image: decoding with Pillow (slower); reinstall vaedist to rebuild it", file=sys.stderr)
+    return agrees
