@@ -163,6 +163,8 @@ def test_a_row_decode_that_differs_from_pillow_is_not_used(monkeypatch, capsys):
 
     monkeypatch.setattr(jpegrows, "_pixelpass", Stale)
     monkeypatch.setattr(jpegrows, "_usable", None)
+    assert jpegrows.row_decoder()  # its probe decodes
+    calls.clear()
     data = _jpeg(_photo(0).resize((64, 48)), quality=90)
     assert jpegrows.decode_in_rows(data, (64, 48), hashes=False) is None  # checked even when not hashing
     assert "gives other pixels than Pillow" in capsys.readouterr().err
@@ -189,3 +191,15 @@ def test_a_clean_jpeg_is_checked_in_rows_and_stored_unchanged(tmp_path, monkeypa
     assert rows == [((320, 200), True)] and prepared.copied and prepared.jpeg == path.read_bytes()
     prepare_image(path, ImageOptions(max_side=160, hashes=True))  # re-encoded: Pillow's image is needed
     assert len(rows) == 1
+
+
+def test_a_libjpeg_that_refuses_every_decode_is_not_used(monkeypatch):
+    # e.g. a Pillow linked to a system libjpeg of another ABI: its calls are found, but every decode fails
+    class OtherAbi:
+        use_libjpeg_of = staticmethod(lambda path: True)
+        decode_jpeg = staticmethod(lambda data, width, height: False)
+
+    monkeypatch.setattr(jpegrows, "_pixelpass", OtherAbi)
+    monkeypatch.setattr(jpegrows, "_usable", None)
+    assert not jpegrows.row_decoder()
+    assert jpegrows.decode_in_rows(_jpeg(_photo(0).resize((64, 48))), (64, 48), hashes=True) is None

@@ -69,8 +69,16 @@ def row_decoder() -> bool:
     if _pixelpass is None:
         return False
     if _usable is None:
-        _usable = _pixelpass.use_libjpeg_of(Image.core.__file__)
+        # found, and decodes: a libjpeg of another ABI (e.g. a system libjpeg 8) has the same calls but refuses
+        # every decode, which would cost each image a failed start before Pillow's decode
+        _usable = bool(_pixelpass.use_libjpeg_of(Image.core.__file__)) and _decodes_a_probe()
     return _usable
+
+
+def _decodes_a_probe() -> bool:
+    probe = io.BytesIO()
+    Image.new("RGB", (16, 16), (30, 120, 200)).save(probe, format="JPEG")
+    return bool(_pixelpass.decode_jpeg(probe.getvalue(), 16, 16))
 
 
 @contextlib.contextmanager
