@@ -303,15 +303,17 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(time_sharder(args.dataset, root, args.workers, args.max_side,
                                              scratch / ("shards" if dedup != "off" else "shards_off"),
                                              args.shard_size, dedup))
+        # with --max-side every larger JPEG is re-encoded, from Pillow's image: the row decode is not used
+        row_decode_used = row_decoder() and not args.max_side
         with_hashes, without = (lambda c: _decode_chunk(c, options)), (lambda c: _decode_chunk(c, plain_options))
         interleaved = share_interleaved(files, with_hashes, without, args.repeats) if hashed else []
         # the same on Pillow's decode (what an install without the compiled part does), and the row decode's
         # own gain: --dedup off, rows against Pillow's decode
         interleaved_pillow = share_interleaved(
             files, lambda c: _decode_chunk_with_pillow(c, options), lambda c: _decode_chunk_with_pillow(c, plain_options),
-            args.repeats) if hashed and row_decoder() else []
+            args.repeats) if hashed and row_decode_used else []
         rows_gain = share_interleaved(files, without, lambda c: _decode_chunk_with_pillow(c, plain_options),
-                                      args.repeats) if row_decoder() else []
+                                      args.repeats) if row_decode_used else []
         shards = sum(len(split.shards) for split in load_manifest(scratch / "shards").splits.values())
     # Each run's efficiency against the single-process row of the same round: the spread shows the noise.
     print("sharder per run: " + ", ".join(
@@ -337,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_share_line("hashing adds", interleaved) + "; the least drift-prone of these figures")
         if interleaved_pillow:
             print(_share_line("on Pillow's decode instead (not the row decode), hashing adds", interleaved_pillow))
-        print("the pixels hashed " + ("as each row is decoded, by vaedist.shard._pixelpass (C)" if row_decoder()
+        print("the pixels hashed " + ("as each row is decoded, by vaedist.shard._pixelpass (C)" if row_decode_used
               else "in one pass by vaedist.shard._pixelpass (C)" if pixel_pass() == "C"
               else "by xxhash and numpy: vaedist.shard._pixelpass is not built (no C compiler at install), ~2x the cost"))
         # imagehash.phash imports scipy.fftpack on its first call; duplicates.near_pairs imports faiss
