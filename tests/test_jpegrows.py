@@ -203,3 +203,15 @@ def test_a_libjpeg_that_refuses_every_decode_is_not_used(monkeypatch):
     monkeypatch.setattr(jpegrows, "_usable", None)
     assert not jpegrows.row_decoder()
     assert jpegrows.decode_in_rows(_jpeg(_photo(0).resize((64, 48))), (64, 48), hashes=True) is None
+
+
+def test_a_file_pillow_refuses_after_the_rows_accepted_it_ends_with_pillows_verdict(tmp_path, monkeypatch, capsys):
+    # the first-image check decodes with Pillow too: should Pillow refuse what the rows accepted, the two are
+    # not the same decoder; the file then gets Pillow's verdict, and the rows are not used again
+    def refusing(img, straight_from_decoder=False):
+        raise OSError("broken data stream when reading image file")
+
+    monkeypatch.setattr(jpegrows, "pending_hashes", refusing)
+    data = _jpeg(_photo(0).resize((64, 48)), quality=90)
+    assert jpegrows.decode_in_rows(data, (64, 48), hashes=True) is None
+    assert "gives other pixels than Pillow" in capsys.readouterr().err and not jpegrows.row_decoder()

@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -305,15 +306,15 @@ def main(argv: list[str] | None = None) -> int:
                                              args.shard_size, dedup))
         # with --max-side every larger JPEG is re-encoded, from Pillow's image: the row decode is not used
         row_decode_used = row_decoder() and not args.max_side
-        with_hashes, without = (lambda c: _decode_chunk(c, options)), (lambda c: _decode_chunk(c, plain_options))
+        with_hashes, without = partial(_decode_chunk, options=options), partial(_decode_chunk, options=plain_options)
         interleaved = share_interleaved(files, with_hashes, without, args.repeats) if hashed else []
         # the same on Pillow's decode (what an install without the compiled part does), and the row decode's
         # own gain: --dedup off, rows against Pillow's decode
-        interleaved_pillow = share_interleaved(
-            files, lambda c: _decode_chunk_with_pillow(c, options), lambda c: _decode_chunk_with_pillow(c, plain_options),
-            args.repeats) if hashed and row_decode_used else []
-        rows_gain = share_interleaved(files, without, lambda c: _decode_chunk_with_pillow(c, plain_options),
-                                      args.repeats) if row_decode_used else []
+        pillow_with_hashes = partial(_decode_chunk_with_pillow, options=options)
+        pillow_without = partial(_decode_chunk_with_pillow, options=plain_options)
+        interleaved_pillow = share_interleaved(files, pillow_with_hashes, pillow_without,
+                                               args.repeats) if hashed and row_decode_used else []
+        rows_gain = share_interleaved(files, without, pillow_without, args.repeats) if row_decode_used else []
         shards = sum(len(split.shards) for split in load_manifest(scratch / "shards").splits.values())
     # Each run's efficiency against the single-process row of the same round: the spread shows the noise.
     print("sharder per run: " + ", ".join(
@@ -339,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_share_line("hashing adds", interleaved) + "; the least drift-prone of these figures")
         if interleaved_pillow:
             print(_share_line("on Pillow's decode instead (not the row decode), hashing adds", interleaved_pillow))
-        print("the pixels hashed " + ("as each row is decoded, by vaedist.shard._pixelpass (C)" if row_decode_used
+        print("the pixels hashed " + (
+              "as each row is decoded, by vaedist.shard._pixelpass (C)" if row_decode_used
               else "in one pass by vaedist.shard._pixelpass (C)" if pixel_pass() == "C"
               else "by xxhash and numpy: vaedist.shard._pixelpass is not built (no C compiler at install), ~2x the cost"))
         # imagehash.phash imports scipy.fftpack on its first call; duplicates.near_pairs imports faiss
@@ -353,8 +355,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{coco_wall:.0f} s at this rate); the duplicate search grows with the square of the images: "
               "python -m vaedist.bench dedup index")
     if rows_gain:
-        print(_share_line("--dedup off, the row decode of clean JPEGs (vaedist/shard/jpegrows.py) against Pillow's "
-                          "decode:", rows_gain) + " in time")
+        print(_share_line("--dedup off, the row decode of clean JPEGs (vaedist/shard/jpegrows.py) against "
+                          "Pillow's decode:", rows_gain) + " in time")
     print(f"speed-up {speedup:.2f}x on {workers} workers: parallel efficiency {speedup / workers:.0%} (goal >= 80%); "
           f"this machine's ceiling (plain decoders, no sharding) {mid_single.wall / mid_plain.wall / workers:.0%}")
     # Other processes steal cores from the workers but not from the single-process row; the CPU-time ratio

@@ -241,7 +241,8 @@ static PyObject *use_libjpeg_of(PyObject *self, PyObject *args) {
     found.mem_src = (void (*)(j_decompress_ptr, const unsigned char *, unsigned long))dlsym(handle, "jpeg_mem_src");
     found.read_header = (int (*)(j_decompress_ptr, boolean))dlsym(handle, "jpeg_read_header");
     found.start_decompress = (boolean(*)(j_decompress_ptr))dlsym(handle, "jpeg_start_decompress");
-    found.read_scanlines = (JDIMENSION(*)(j_decompress_ptr, JSAMPARRAY, JDIMENSION))dlsym(handle, "jpeg_read_scanlines");
+    found.read_scanlines =
+        (JDIMENSION(*)(j_decompress_ptr, JSAMPARRAY, JDIMENSION))dlsym(handle, "jpeg_read_scanlines");
     found.finish_decompress = (boolean(*)(j_decompress_ptr))dlsym(handle, "jpeg_finish_decompress");
     found.destroy_decompress = (void (*)(j_decompress_ptr))dlsym(handle, "jpeg_destroy_decompress");
     if (!(found.std_error && found.create_decompress && found.mem_src && found.read_header && found.start_decompress

@@ -2,11 +2,12 @@
 
 `prepare_image(path, options)` is the one function the worker processes run. Clean JPEGs (8-bit RGB or
 grey, no EXIF rotation, no downscale asked for) are stored byte for byte, so the shards hold exactly what
-the dataset authors published (checked by a decode row by row that makes no image: jpegrows.py); everything a decoder could render differently — CMYK, palette, alpha,
-16-bit, PNG/WebP/other formats, EXIF orientation — is converted to 8-bit RGB and re-encoded as a JPEG
-at `jpeg_quality`. With `hashes` (--dedup report or drop), the pixels decoded for the check are also
-hashed (fingerprint.py), upright and mode-normalised, before any downscale: the exact hash and the
-perceptual hash's thumbnail here, the perceptual hash itself per chunk (fingerprint.finish_hashes).
+the dataset authors published (checked by a decode row by row that makes no image: jpegrows.py);
+everything a decoder could render differently — CMYK, palette, alpha, 16-bit, PNG/WebP/other formats,
+EXIF orientation — is converted to 8-bit RGB and re-encoded as a JPEG at `jpeg_quality`. With `hashes`
+(--dedup report or drop), the pixels decoded for the check are also hashed (fingerprint.py), upright and
+mode-normalised, before any downscale: the exact hash and the perceptual hash's thumbnail here, the
+perceptual hash itself per chunk (fingerprint.finish_hashes).
 """
 from __future__ import annotations
 

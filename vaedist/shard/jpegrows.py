@@ -4,8 +4,9 @@
 
 The decode is Pillow's own libjpeg-turbo, driven by vaedist/shard/_pixelpass.c (which says why): the same
 pixels as Pillow's `load()`, but no image is made, and the hashes read no memory a second time: per 640x480
-photo ~20 % less time to check it, and hashing adds ~70 us to that instead of ~200 (2-core CPU VM,
-2026-12-03). None: not decoded here, and the caller decodes with Pillow, whose verdict and message stand:
+photo 23-34 % less time to check it, and the hashes' inputs add ~70-85 us to that, where reading Pillow's
+image took ~90-220 us (2-core CPU VM, 2026-12-03; docs/benchmarks.md).
+None: not decoded here, and the caller decodes with Pillow, whose verdict and message stand:
   - no compiled part (no C compiler at install), no dlopen (Windows), or Pillow not linked to a libjpeg
     with this ABI (libjpeg-turbo, 6b API: the library itself checks the version and the struct's size);
   - any libjpeg error or warning (corrupt or truncated data): Pillow reports it, or accepts the file as it
@@ -99,10 +100,13 @@ def _agrees_with_pillow(data: bytes, decoded: PendingHashes) -> bool:
     to another libjpeg, must not store other hashes than Pillow's decode gives. On a mismatch, Pillow decodes
     every JPEG in this process from then on, and that is said once on stderr."""
     global _usable
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        reference = pending_hashes(img, straight_from_decoder=True)
-    agrees = reference.exact == decoded.exact and reference.box_sums.tobytes() == decoded.box_sums.tobytes()
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            reference = pending_hashes(img, straight_from_decoder=True)
+        agrees = reference.exact == decoded.exact and reference.box_sums.tobytes() == decoded.box_sums.tobytes()
+    except Exception:  # Pillow refuses what the rows accepted: not the same decoder; its own decode says why
+        agrees = False
     if not agrees:
         _usable = False
         print("vaedist: the row-by-row JPEG decode (vaedist.shard._pixelpass) gives other pixels than Pillow on "
