@@ -109,6 +109,6 @@ def _agrees_with_pillow(data: bytes, decoded: PendingHashes) -> bool:
         agrees = False
     if not agrees:
         _usable = False
-        print("vaedist: the row-by-row JPEG decode (vaedist.shard._pixelpass) gives other pixels than Pillow on "
+        print("vaedist: the row-by-row JPEG decode (vaedist.shard._pixelpass) differs from Pillow's decode on "
               "the first image: decoding with Pillow (slower); reinstall vaedist to rebuild it", file=sys.stderr)
     return agrees
