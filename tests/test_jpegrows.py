@@ -70,6 +70,37 @@ def test_rows_hash_what_pillows_decode_hashes_in_every_layout(layout):
         assert np.array_equal(decoded.hashes.box_sums, box_sums), (layout, size)
 
 
+# where each batch of rows is written depends on the header's length and the row's bytes (_pixelpass.c's
+# rows_offset): 14 and 13 bytes of header, rows of a whole number of cache lines or not, and 16 bytes with every
+# batch at a 16-byte boundary of the stream, which must fall back to the unaligned place
+ROW_PLACES = [(640, 480), (300, 17), (427, 640), (1000, 1000), (1024, 1000), (64, 4000)]
+
+
+def test_every_xxh3_variant_hashes_the_rows_alike():
+    _, rows_variant = jpegrows._pixelpass.xxh3_variants()
+    runs = [v for v in ("sse2", "avx2", "avx512", "compiled") if jpegrows._pixelpass.use_xxh3_for_rows(v)]
+    try:
+        assert runs and rows_variant in runs
+        for variant in runs:
+            assert jpegrows._pixelpass.use_xxh3_for_rows(variant)
+            for n, size in enumerate(ROW_PLACES):
+                data = _jpeg(_photo(n % len(photo_paths())).resize(size), quality=85)
+                decoded = jpegrows.decode_in_rows(data, size, hashes=True)
+                exact, box_sums = _pillows_hashes(data)
+                assert decoded.hashes.exact == exact, (variant, size)
+                assert np.array_equal(decoded.hashes.box_sums, box_sums), (variant, size)
+    finally:
+        assert jpegrows._pixelpass.use_xxh3_for_rows(rows_variant)
+    assert not jpegrows._pixelpass.use_xxh3_for_rows("neon on x86") and jpegrows._pixelpass.xxh3_variants()[1] == rows_variant
+
+
+def test_rows_are_hashed_by_avx2_at_most():
+    # between libjpeg-turbo's AVX2 code, xxh3's AVX-512 loop cost the rows 2.4x as much (jpegrows._pixelpass.c says where)
+    in_memory, rows = jpegrows._pixelpass.xxh3_variants()
+    assert rows != "avx512"
+    assert in_memory == rows or in_memory == "avx512"
+
+
 def test_a_grey_jpeg_hashes_as_its_rgb_copy():
     grey = next(p for p in photo_paths() if p.stem == "camera")
     data = grey.read_bytes()

@@ -5,6 +5,8 @@
  *   _pixelpass.use_libjpeg_of(path) -> bool
  *   _pixelpass.decode_jpeg(data, width, height) -> bool
  *   _pixelpass.decode_and_hash_jpeg(data, width, height) -> (exact, box_sums) or None
+ *   _pixelpass.xxh3_variants() -> (in memory, rows), e.g. ("avx512", "avx2")
+ *   _pixelpass.use_xxh3_for_rows(variant) -> bool
  *
  * array_capsule: Pillow's own export of the image (`img.im.__arrow_c_array__()`, the Arrow C data interface):
  *   a fixed-size list of 4 bytes per pixel whose one child holds the pixels as RGBX, row by row.
@@ -32,6 +34,14 @@
  * pixels; fingerprint.py checks that on each process's first image.
  * decode_jpeg -> False, decode_and_hash_jpeg -> None: not decoded here (no libjpeg-turbo found, an error, or
  * any warning, e.g. corrupt or truncated data): the caller decodes with Pillow, whose verdict stands.
+ *
+ * Which of xxh3's SIMD variants (xxh3_variants; use_xxh3_for_rows is for `python -m vaedist.bench shard`, which
+ * sets the two side by side): the best this CPU runs for an image in memory, but at most AVX2 for the rows of
+ * a decode. Called every few rows between libjpeg-turbo's AVX2 code, xxh3's AVX-512 loop made the row decode's
+ * hashing cost 2.4x as much (+119 against +49 us per 640x480 image), though it hashes an image in memory
+ * faster (+55 against +130 us after Pillow's decode; hot, 35 against 38 us); 2-core Xeon VM, 2026-12-04.
+ * For the rows, the buffer is also placed so that xxh3's 64-byte stripes fall on cache lines, not across
+ * them (+41 against +49 us there): see decode_rows.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -50,10 +60,53 @@
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86)
 #  include "xxh_x86dispatch.c" /* includes xxhash.h (XXH_INLINE_ALL) and defines the *_dispatch functions */
 #  include "xxh_x86dispatch.h" /* XXH3_128bits_update -> XXH3_128bits_update_dispatch */
+#  define XXH3_DISPATCHED 1
 #else
 #  define XXH_INLINE_ALL
 #  include "xxhash.h"
 #endif
+
+/* one of xxh3's streaming updates (XXH3_128bits_update and its SIMD variants share the state and the result) */
+typedef XXH_errorcode (*Xxh3Update)(XXH3_state_t *, const void *, size_t);
+
+typedef struct {
+    const char *name;
+    Xxh3Update update;
+    int vector; /* xxhash.h's XXH_VECTOR_TYPE: XXH_featureTest() tells the best this CPU runs */
+} Xxh3Variant;
+
+#ifdef XXH3_DISPATCHED /* x86: xxh_x86dispatch.c's variants, each compiled for its own instruction set */
+static const Xxh3Variant xxh3_known[] = {
+    {"sse2", XXH3_update_sse2, XXH_SSE2},
+#  if XXH_DISPATCH_AVX2
+    {"avx2", XXH3_update_avx2, XXH_AVX2},
+#  endif
+#  if XXH_DISPATCH_AVX512
+    {"avx512", XXH3_update_avx512, XXH_AVX512},
+#  endif
+};
+static int xxh3_best_vector(void) { return XXH_featureTest(); }
+#  define ROWS_AT_MOST_VECTOR XXH_AVX2 /* why: the header comment */
+#else /* elsewhere the one variant xxhash.h chose at compile time (e.g. NEON) */
+static XXH_errorcode xxh3_compiled(XXH3_state_t *state, const void *input, size_t length) {
+    return XXH3_128bits_update(state, input, length);
+}
+static const Xxh3Variant xxh3_known[] = {{"compiled", xxh3_compiled, 0}};
+static int xxh3_best_vector(void) { return 0; }
+#  define ROWS_AT_MOST_VECTOR 0
+#endif
+#define XXH3_KNOWN (sizeof xxh3_known / sizeof xxh3_known[0])
+
+static const Xxh3Variant *memory_xxh3, *rows_xxh3; /* set by the module's init */
+
+static void choose_xxh3(void) {
+    int best = xxh3_best_vector();
+    for (size_t i = 0; i < XXH3_KNOWN; i++) {
+        if (xxh3_known[i].vector > best) break; /* in increasing order */
+        memory_xxh3 = &xxh3_known[i];
+        if (xxh3_known[i].vector <= ROWS_AT_MOST_VECTOR) rows_xxh3 = &xxh3_known[i];
+    }
+}
 
 #define GRID 128 /* fingerprint.SAMPLE_GRID */
 #define BOX 4    /* fingerprint.BOX */
@@ -72,15 +125,17 @@ struct ArrowArray {
 /* The row pass both sources share: rows in order, each hashed and its grid points summed while it is hot. */
 typedef struct {
     XXH3_state_t state; /* declared 64-byte aligned */
+    Xxh3Update update;
     Py_ssize_t columns[GRID]; /* byte offset of each grid column's green value within a row */
     uint16_t sums[SIDE * SIDE]; /* at most 16 x 255 */
     Py_ssize_t height;
     size_t row_bytes;
     int grid_row;
     int64_t next_row; /* the image row of grid row `grid_row`: floor((2 * grid_row + 1) * height / 256) */
+    size_t header_length; /* bytes hashed before the first row */
 } RowPass;
 
-static void rowpass_start(RowPass *pass, Py_ssize_t width, Py_ssize_t height) {
+static void rowpass_start(RowPass *pass, Py_ssize_t width, Py_ssize_t height, Xxh3Update update) {
     for (int x = 0; x < GRID; x++)
         pass->columns[x] = (Py_ssize_t)(((2 * (int64_t)x + 1) * width) / (2 * GRID)) * 4 + 1;
     memset(pass->sums, 0, sizeof pass->sums);
@@ -90,16 +145,18 @@ static void rowpass_start(RowPass *pass, Py_ssize_t width, Py_ssize_t height) {
     pass->next_row = height / (2 * GRID);
     char header[64];
     int header_length = snprintf(header, sizeof header, "RGBA8 %zd %zd\n", width, height);
+    pass->header_length = (size_t)header_length;
+    pass->update = update;
     XXH3_128bits_reset(&pass->state);
-    XXH3_128bits_update(&pass->state, header, (size_t)header_length);
+    update(&pass->state, header, (size_t)header_length);
 }
 
 /* `count` rows from image row `y` on, `stride` bytes apart: hashed in one call where they are contiguous */
 static void rowpass_rows(RowPass *pass, int64_t y, const uint8_t *first, size_t count, size_t stride) {
     if (stride == pass->row_bytes) {
-        XXH3_128bits_update(&pass->state, first, count * stride);
+        pass->update(&pass->state, first, count * stride);
     } else {
-        for (size_t i = 0; i < count; i++) XXH3_128bits_update(&pass->state, first + i * stride, pass->row_bytes);
+        for (size_t i = 0; i < count; i++) pass->update(&pass->state, first + i * stride, pass->row_bytes);
     }
     /* the grid rows among them (an image row can be several grid rows: height < 128) */
     while (pass->grid_row < GRID && pass->next_row < y + (int64_t)count) {
@@ -136,7 +193,7 @@ static PyObject *hash_and_sample(PyObject *self, PyObject *args) {
 
     RowPass pass;
     Py_BEGIN_ALLOW_THREADS
-    rowpass_start(&pass, width, height);
+    rowpass_start(&pass, width, height, memory_xxh3->update);
     rowpass_rows(&pass, 0, rgbx, (size_t)height, pass.row_bytes);
     Py_END_ALLOW_THREADS
     return rowpass_result(&pass);
@@ -177,6 +234,17 @@ static void stop_on_warning(j_common_ptr cinfo, int level) {
 
 static void print_nothing(j_common_ptr cinfo) { (void)cinfo; }
 
+/* Where, from a cache line's start, the rows from image row `y` on are written: never 16-byte aligned, so that
+ * libjpeg-turbo's SIMD colour conversion writes them with ordinary stores, not the non-temporal ones it uses
+ * for aligned rows (which would send them to memory, not to the cache, just before they are hashed); and where
+ * contiguous rows are hashed, at the offset within a cache line that their first byte has in the hashed
+ * stream, so that xxh3's 64-byte stripes, which start every 64 bytes of the stream, are whole cache lines. */
+static size_t rows_offset(const RowPass *pass, JDIMENSION y, size_t row_bytes, size_t stride) {
+    size_t offset = 4;
+    if (pass != NULL && stride == row_bytes) offset = (pass->header_length + (size_t)y * row_bytes) % 64;
+    return offset % 16 == 0 ? offset + 4 : offset; /* then some stripes straddle two lines: slower, not wrong */
+}
+
 /* Every row of a JPEG decoded to RGBX exactly as Pillow's decoder does it; each row given to `pass` (if not
  * NULL) while it is in the first-level cache. 1: decoded, no warning, `width` x `height` as the header said. */
 static int decode_rows(const uint8_t *data, size_t size, Py_ssize_t width, Py_ssize_t height, RowPass *pass) {
@@ -206,15 +274,14 @@ static int decode_rows(const uint8_t *data, size_t size, Py_ssize_t width, Py_ss
                 /* contiguous where every row then starts off a 16-byte boundary (row_bytes a multiple of 16: a
                  * width that is a multiple of 4), else each row padded to the next multiple of 16 */
                 const size_t stride = (row_bytes + 15) / 16 * 16;
-                buffer = malloc((size_t)rows * stride + 64 + 4);
+                buffer = malloc((size_t)rows * stride + 64 + 64);
                 if (buffer != NULL) {
-                    /* 64-byte aligned + 4: not 16-byte aligned, so libjpeg-turbo's SIMD colour conversion writes
-                     * the rows with ordinary stores, not non-temporal ones that would bypass the cache */
-                    uint8_t *first = (uint8_t *)(((uintptr_t)buffer + 63) / 64 * 64) + 4;
+                    uint8_t *line = (uint8_t *)(((uintptr_t)buffer + 63) / 64 * 64); /* a cache line's start */
                     JSAMPROW pointers[MAX_ROWS];
-                    for (int i = 0; i < rows; i++) pointers[i] = first + (size_t)i * stride;
                     while (cinfo.output_scanline < cinfo.output_height) {
                         JDIMENSION y = cinfo.output_scanline;
+                        const uint8_t *first = line + rows_offset(pass, y, row_bytes, stride);
+                        for (int i = 0; i < rows; i++) pointers[i] = (JSAMPROW)first + (size_t)i * stride;
                         JDIMENSION emitted = libjpeg.read_scanlines(&cinfo, pointers, (JDIMENSION)rows);
                         if (emitted == 0) break; /* suspension: cannot happen with all the data in memory */
                         if (pass != NULL) rowpass_rows(pass, (int64_t)y, first, emitted, stride);
@@ -286,7 +353,7 @@ static PyObject *decode_and_hash_jpeg(PyObject *self, PyObject *args) {
     RowPass pass;
     int decoded;
     Py_BEGIN_ALLOW_THREADS
-    rowpass_start(&pass, width, height);
+    rowpass_start(&pass, width, height, rows_xxh3->update);
     decoded = decode_rows(data.buf, (size_t)data.len, width, height, &pass);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&data);
@@ -300,6 +367,23 @@ static PyObject *decode_jpeg(PyObject *self, PyObject *args) { Py_RETURN_FALSE; 
 static PyObject *decode_and_hash_jpeg(PyObject *self, PyObject *args) { Py_RETURN_NONE; }
 #endif
 
+static PyObject *xxh3_variants(PyObject *self, PyObject *args) {
+    return Py_BuildValue("(ss)", memory_xxh3->name, rows_xxh3->name);
+}
+
+static PyObject *use_xxh3_for_rows(PyObject *self, PyObject *args) {
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    int best = xxh3_best_vector();
+    for (size_t i = 0; i < XXH3_KNOWN; i++) {
+        if (strcmp(xxh3_known[i].name, name) == 0 && xxh3_known[i].vector <= best) {
+            rows_xxh3 = &xxh3_known[i];
+            Py_RETURN_TRUE;
+        }
+    }
+    Py_RETURN_FALSE; /* not compiled in, or not run by this CPU: the variant in use stays */
+}
+
 static PyMethodDef methods[] = {
     {"hash_and_sample", hash_and_sample, METH_VARARGS,
      "hash_and_sample(array_capsule, width, height) -> (exact digest, 32x32 uint16 box sums) or None"},
@@ -309,9 +393,16 @@ static PyMethodDef methods[] = {
      "decode_jpeg(data, width, height) -> whether every row decoded without a warning"},
     {"decode_and_hash_jpeg", decode_and_hash_jpeg, METH_VARARGS,
      "decode_and_hash_jpeg(data, width, height) -> (exact digest, 32x32 uint16 box sums), or None where not decoded"},
+    {"xxh3_variants", xxh3_variants, METH_NOARGS,
+     "xxh3_variants() -> (xxh3's SIMD variant for an image in memory, the one for a decode's rows)"},
+    {"use_xxh3_for_rows", use_xxh3_for_rows, METH_VARARGS,
+     "use_xxh3_for_rows(name) -> whether the rows are hashed by that variant from now on (for benchmarks)"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_pixelpass", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__pixelpass(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__pixelpass(void) {
+    choose_xxh3();
+    return PyModule_Create(&module);
+}
