@@ -53,9 +53,7 @@ def decode_in_rows(data: bytes, size: tuple[int, int], hashes: bool) -> RowDecod
         passed = _pixelpass.decode_and_hash_jpeg(data, width, height)
         if passed is None:
             return None
-        import numpy as np  # numpy: only where hashes are made (fingerprint._imagehash_code says why)
-
-        pending = PendingHashes(exact=passed[0], box_sums=np.frombuffer(passed[1], np.uint16))
+        pending = PendingHashes(exact=passed[0], box_sums=passed[1])
         if not _checked:
             _checked = True
             if not _agrees_with_pillow(data, pending):
@@ -104,7 +102,7 @@ def _agrees_with_pillow(data: bytes, decoded: PendingHashes) -> bool:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             reference = pending_hashes(img, straight_from_decoder=True)
-        agrees = reference.exact == decoded.exact and reference.box_sums.tobytes() == decoded.box_sums.tobytes()
+        agrees = reference.exact == decoded.exact and reference.box_sums == decoded.box_sums
     except Exception:  # Pillow refuses what the rows accepted: not the same decoder; its own decode says why
         agrees = False
     if not agrees:
