@@ -94,6 +94,15 @@ def test_every_xxh3_variant_hashes_the_rows_alike():
     assert not jpegrows._pixelpass.use_xxh3_for_rows("neon on x86") and jpegrows._pixelpass.xxh3_variants()[1] == rows_variant
 
 
+def test_a_benchmark_can_hash_the_rows_by_another_variant_and_gets_the_rows_variant_back():
+    memory, rows = jpegrows.xxh3_variants()
+    with jpegrows.rows_hashed_by(memory) as used:
+        assert used and jpegrows.xxh3_variants() == (memory, memory)
+    with jpegrows.rows_hashed_by("no such variant") as used:
+        assert not used and jpegrows.xxh3_variants() == (memory, rows)
+    assert jpegrows.xxh3_variants() == (memory, rows)
+
+
 def test_rows_are_hashed_by_avx2_at_most():
     # between libjpeg-turbo's AVX2 code, xxh3's AVX-512 loop cost the rows 2.4x as much (jpegrows._pixelpass.c says where)
     in_memory, rows = jpegrows._pixelpass.xxh3_variants()

@@ -18,7 +18,7 @@ from PIL import Image
 
 from vaedist.errors import UserError
 from vaedist.sample import build_full_size_jpegs, photo_paths
-from vaedist.shard import load_manifest, shard_dataset
+from vaedist.shard import jpegrows, load_manifest, shard_dataset
 from vaedist.shard.format import Manifest
 
 LOWERED_PIXEL_LIMIT = 1_000_000  # above every sample photo (<= 640 px a side), below the salted bomb
@@ -314,6 +314,10 @@ def test_bench_prints_both_rates_and_the_parallel_efficiency():
     assert "chunks in turn (1 pairs of passes): hashing adds" in result.stdout
     assert "on Pillow's decode instead (not the row decode), hashing adds" in result.stdout
     assert "the row decode of clean JPEGs" in result.stdout and "as each row is decoded" in result.stdout
+    memory, rows = jpegrows.xxh3_variants()
+    assert f"xxh3's {rows} code, {memory} for an image in memory" in result.stdout
+    # on a CPU with AVX-512 the rows' AVX2 is set beside it
+    assert (f"the rows hashed by xxh3's {memory} code instead of its {rows} code" in result.stdout) == (memory != rows)
 
 
 @pytest.mark.gpu

@@ -52,7 +52,7 @@ from vaedist.sample import photo_paths
 from vaedist.shard import DEFAULT_SHARD_SIZE, SOURCES, load_manifest, shard_dataset
 from vaedist.shard.fingerprint import finish_hashes, pixel_pass
 from vaedist.shard.images import ImageOptions, ImageRejected, configure_pillow, prepare_image
-from vaedist.shard.jpegrows import pillow_decode_only, row_decoder
+from vaedist.shard.jpegrows import pillow_decode_only, row_decoder, rows_hashed_by, xxh3_variants
 from vaedist.shard.sharder import DEDUP_MODES, default_workers
 from vaedist.shard.sources import SourceOptions, list_source
 from vaedist.shard.workers import CHUNKSIZE
@@ -115,6 +115,11 @@ def _decode_chunk(chunk: list[Path], options: ImageOptions) -> None:
 
 def _decode_chunk_with_pillow(chunk: list[Path], options: ImageOptions) -> None:
     with pillow_decode_only():
+        _decode_chunk(chunk, options)
+
+
+def _decode_chunk_rows_hashed_by(chunk: list[Path], options: ImageOptions, variant: str) -> None:
+    with rows_hashed_by(variant):
         _decode_chunk(chunk, options)
 
 
@@ -315,6 +320,13 @@ def main(argv: list[str] | None = None) -> int:
         interleaved_pillow = share_interleaved(files, pillow_with_hashes, pillow_without,
                                                args.repeats) if hashed and row_decode_used else []
         rows_gain = share_interleaved(files, without, pillow_without, args.repeats) if row_decode_used else []
+        # where this CPU runs a wider xxh3 than the rows use (AVX-512): the rows hashed by it instead, the choice
+        # vaedist/shard/_pixelpass.c made by measuring, measured again here
+        variants = xxh3_variants() if hashed and row_decode_used else None
+        wider = variants is not None and variants[0] != variants[1]
+        rows_wider = share_interleaved(
+            files, partial(_decode_chunk_rows_hashed_by, options=options, variant=variants[0]), with_hashes,
+            args.repeats) if wider else []
         shards = sum(len(split.shards) for split in load_manifest(scratch / "shards").splits.values())
     # Each run's efficiency against the single-process row of the same round: the spread shows the noise.
     print("sharder per run: " + ", ".join(
@@ -341,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         if interleaved_pillow:
             print(_share_line("on Pillow's decode instead (not the row decode), hashing adds", interleaved_pillow))
         print("the pixels hashed " + (
-              "as each row is decoded, by vaedist.shard._pixelpass (C)" if row_decode_used
+              f"as each row is decoded, by vaedist.shard._pixelpass (C; xxh3's {variants[1]} code, "
+              f"{variants[0]} for an image in memory)" if row_decode_used
               else "in one pass by vaedist.shard._pixelpass (C)" if pixel_pass() == "C"
               else "by xxhash and numpy: vaedist.shard._pixelpass is not built (no C compiler at install), ~2x the cost"))
         # imagehash.phash imports scipy.fftpack on its first call; duplicates.near_pairs imports faiss
@@ -357,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     if rows_gain:
         print(_share_line("--dedup off, the row decode of clean JPEGs (vaedist/shard/jpegrows.py) against "
                           "Pillow's decode:", rows_gain) + " in time")
+    if rows_wider:
+        print(_share_line(f"the rows hashed by xxh3's {variants[0]} code instead of its {variants[1]} code:",
+                          rows_wider) + " in time")
     print(f"speed-up {speedup:.2f}x on {workers} workers: parallel efficiency {speedup / workers:.0%} (goal >= 80%); "
           f"this machine's ceiling (plain decoders, no sharding) {mid_single.wall / mid_plain.wall / workers:.0%}")
     # Other processes steal cores from the workers but not from the single-process row; the CPU-time ratio

@@ -80,6 +80,27 @@ def _decodes_a_probe() -> bool:
     return bool(_pixelpass.decode_jpeg(probe.getvalue(), 16, 16))
 
 
+def xxh3_variants() -> tuple[str, str] | None:
+    """(xxh3's SIMD variant for an image in memory, the one for the rows), e.g. ("avx512", "avx2"); None without
+    the compiled part. At most AVX2 for the rows: vaedist/shard/_pixelpass.c says why."""
+    return tuple(_pixelpass.xxh3_variants()) if _pixelpass is not None else None
+
+
+@contextlib.contextmanager
+def rows_hashed_by(variant: str) -> Iterator[bool]:
+    """Within it, the rows are hashed by xxh3's `variant` ("sse2", "avx2", "avx512") where this CPU runs it
+    (yields whether it does): for benchmarks that set the variants side by side (python -m vaedist.bench
+    shard). The hashes are the same whichever variant computes them."""
+    variants = xxh3_variants()
+    if variants is None:
+        yield False
+        return
+    try:
+        yield bool(_pixelpass.use_xxh3_for_rows(variant))
+    finally:
+        _pixelpass.use_xxh3_for_rows(variants[1])
+
+
 @contextlib.contextmanager
 def pillow_decode_only() -> Iterator[None]:
     """Within it, Pillow decodes every JPEG in this process, as without the compiled part: for benchmarks that
