@@ -36,16 +36,18 @@ goal. So the work is split by what it costs per call:
     `take`, which reads ~5,000 cache lines of the image a second time) took ~190 us (2026-12-03, 640x480;
     221 against 326 us in a phase when this shared host's memory was contended: the read moves with it).
     A clean JPEG stored unchanged (nearly all of COCO and Food-101) does not come here at all: jpegrows.py
-    decodes it row by row and `_pixelpass` runs the same pass on each row as libjpeg-turbo emits it, ~70-85 us
-    per 640x480 image on a decode that takes 23-34 % less time than Pillow's (2026-12-03, same VM). Without a
+    decodes it row by row and `_pixelpass` runs the same pass on each row as libjpeg-turbo emits it, ~30-36 us
+    per 640x480 image with xxh3's AVX2 code on a decode of ~800 us, 13-30 % less than Pillow's (2026-12-04,
+    same VM; xxh3's AVX-512 code took ~120 us there: _pixelpass.c says why). Without a
     compiler at install time the numpy path is taken: the same hashes. The Pillow path, `thumbnail`, is kept
     as the definition and for images not straight from the decoder; the tests hold the three equal, and each
     process checks the C pass against the numpy path on its first image (`_pixelpass_agrees`);
   - per chunk, everything else, for all its images in one call each: the box averages (`_box_averages`),
-    then imagehash.phash's own steps — the same SciPy DCTs, numpy median and comparison, on a stack instead
-    of one image (`_phash_stack`). Each process checks the stack's result against imagehash.phash itself on
-    its first chunk (`_agrees_with_imagehash`), and hashes one image at a time with imagehash from then on if
-    they ever differ: what is stored is imagehash's pHash, bit for bit.
+    then imagehash.phash's own steps — the same SciPy DCTs, median and comparison, on a stack instead of one
+    image (`_phash_stack`): ~10 us per image in the worker's loop (2026-12-04). Each process checks the
+    stack's result against imagehash.phash itself on its first chunk (`_agrees_with_imagehash`), and hashes one
+    image at a time with imagehash from then on if they ever differ: what is stored is imagehash's pHash, bit
+    for bit.
 """
 from __future__ import annotations
 

@@ -4,8 +4,8 @@
 
 The decode is Pillow's own libjpeg-turbo, driven by vaedist/shard/_pixelpass.c (which says why): the same
 pixels as Pillow's `load()`, but no image is made, and the hashes read no memory a second time: per 640x480
-photo 23-34 % less time to check it, and the hashes' inputs add ~70-85 us to that, where reading Pillow's
-image took ~90-220 us (2-core CPU VM, 2026-12-03; docs/benchmarks.md).
+photo 13-34 % less time to check it, and the hashes' inputs add ~30-36 us to a ~800 us decode, where reading
+Pillow's image took ~55-220 us (2-core CPU VM, 2026-12-03 and 04; docs/benchmarks.md).
 None: not decoded here, and the caller decodes with Pillow, whose verdict and message stand:
   - no compiled part (no C compiler at install), no dlopen (Windows), or Pillow not linked to a libjpeg
     with this ABI (libjpeg-turbo, 6b API: the library itself checks the version and the struct's size);
