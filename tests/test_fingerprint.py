@@ -249,9 +249,10 @@ def test_a_c_pass_that_differs_from_the_numpy_path_is_not_used(monkeypatch, caps
     assert np.array_equal(np.frombuffer(pending.box_sums, np.uint16), _definition_box_sums(img))
 
 
-def test_chunk_wise_phash_is_imagehash_phash_bit_for_bit_ties_included(photographs):
+def test_chunk_wise_phash_is_imagehash_phash_bit_for_bit_ties_included(photographs, in_place_path):
     # imagehash.phash one image at a time is the reference; flat and few-valued thumbnails put many DCT values
-    # on the median, where a different order of arithmetic would flip bits
+    # on the median, where a different order of arithmetic would flip bits; the median and the bits in C
+    # (_pixelpass.phash_codes) and by numpy alike
     rng = np.random.default_rng(1)
     cases = [np.asarray(thumbnail(img)) for img in photographs]
     cases += [rng.integers(0, 256, (32, 32)) for _ in range(300)]
@@ -263,6 +264,16 @@ def test_chunk_wise_phash_is_imagehash_phash_bit_for_bit_ties_included(photograp
     stack = np.stack(cases).astype(np.float64)
     got = [code for start in range(0, len(cases), 64) for code in fingerprint._phash_stack(stack[start : start + 64])]
     assert got == expected
+
+
+def test_the_c_chunk_steps_refuse_what_is_not_their_layout():
+    pixelpass = fingerprint._pixelpass
+    assert pixelpass is not None, "the C pass was not built: pip install -e . needs a C compiler"
+    with pytest.raises(ValueError, match="item 1 is not 2048 bytes"):
+        pixelpass.box_averages([bytes(2048), bytes(2047)])
+    with pytest.raises(ValueError, match=r"not \(n, 8, 32\) float64"):
+        pixelpass.phash_codes(np.zeros((2, 8, 31)))
+    assert pixelpass.box_averages([]) == b"" and pixelpass.phash_codes(np.zeros((0, 8, 32))) == []
 
 
 def test_box_sums_of_the_brightest_grid_do_not_overflow(in_place_path):

@@ -236,12 +236,16 @@ def _box_averages(box_sums: Sequence[bytes]) -> "np.ndarray":
     """Each image's box averages, rounded as Image.reduce rounds them ((sum + 8) // 16): (n, 32, 32) float64
     holding integers 0..255, imagehash's pixels as SciPy's DCT receives them. One call per chunk: per call,
     numpy costs more than the arithmetic (and a matrix product for the sums went through OpenBLAS, whose
-    threads, started above ~32 images per call, cost the sharder's busy workers ~1 ms of CPU per image)."""
+    threads, started above ~32 images per call, cost the sharder's busy workers ~1 ms of CPU per image).
+    With _pixelpass, in C (the same integers; together with _phash_stack's ~3 us per image less)."""
     import numpy as np  # numpy: only where hashes are made (_imagehash_code says why)
 
+    shape = (len(box_sums), PHASH_INPUT_SIDE, PHASH_INPUT_SIDE)
+    if _pixelpass is not None:
+        return np.frombuffer(_pixelpass.box_averages(box_sums), np.float64).reshape(shape)
     sums = np.frombuffer(b"".join(box_sums), np.uint16)
     averages = (sums + BOX**2 // 2) >> 4  # // 16, in uint16: at most 16 x 255 + 8
-    return averages.astype(np.float64).reshape(len(box_sums), PHASH_INPUT_SIDE, PHASH_INPUT_SIDE)
+    return averages.astype(np.float64).reshape(shape)
 
 
 def _perceptual_codes(thumbnails: "np.ndarray") -> list[int]:
@@ -260,7 +264,10 @@ def _phash_stack(thumbnails: "np.ndarray") -> list[int]:
     # imagehash: dct(dct(pixels, axis=0), axis=1) on one image; here axis 0 is the stack. Each 1-D transform
     # is computed on its own, so the second one only on the 8 rows whose lowest frequencies are kept.
     rows = scipy.fftpack.dct(thumbnails, axis=1)[:, :PHASH_HASH_SIDE]
-    low = scipy.fftpack.dct(rows, axis=2)[:, :, :PHASH_HASH_SIDE].reshape(len(thumbnails), PHASH_HASH_SIDE**2)
+    transformed = np.ascontiguousarray(scipy.fftpack.dct(rows, axis=2))  # (n, 8, 32); the 8x8 are [:, :, :8]
+    if _pixelpass is not None:  # the median and the bits in C: the same comparisons of the same doubles
+        return _pixelpass.phash_codes(transformed)
+    low = transformed[:, :, :PHASH_HASH_SIDE].reshape(len(thumbnails), PHASH_HASH_SIDE**2)
     # imagehash's np.median of 64 values is the mean of the two middle ones, (a + b) / 2: the same value from one
     # partition here, without np.median's Python layers (~2.5 us per image in the worker's loop, 2026-12-04)
     middle = np.partition(low, (PHASH_HASH_SIDE**2 // 2 - 1, PHASH_HASH_SIDE**2 // 2), axis=1)
