@@ -462,9 +462,10 @@ static PyObject *phash_codes(PyObject *self, PyObject *args) {
         return NULL;
     }
     for (Py_ssize_t i = 0; i < images; i++) {
+        const char *image = (const char *)rows.buf + i * per_image;
         double low[LOW * LOW], order[LOW * LOW];
         for (int r = 0; r < LOW; r++) /* [:, :, :8]: the row's first 8 values */
-            memcpy(low + LOW * r, (const char *)rows.buf + i * per_image + r * SIDE * sizeof(double), LOW * sizeof(double));
+            memcpy(low + LOW * r, image + r * SIDE * sizeof(double), LOW * sizeof(double));
         memcpy(order, low, sizeof low);
         const int half = LOW * LOW / 2;
         double upper = select_kth(order, LOW * LOW, half), lower = order[0];
