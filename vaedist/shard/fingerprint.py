@@ -44,10 +44,10 @@ goal. So the work is split by what it costs per call:
     process checks the C pass against the numpy path on its first image (`_pixelpass_agrees`);
   - per chunk, everything else, for all its images in one call each: the box averages (`_box_averages`),
     then imagehash.phash's own steps — the same SciPy DCTs, median and comparison, on a stack instead of one
-    image (`_phash_stack`): ~10 us per image in the worker's loop (2026-12-04). Each process checks the
-    stack's result against imagehash.phash itself on its first chunk (`_agrees_with_imagehash`), and hashes one
-    image at a time with imagehash from then on if they ever differ: what is stored is imagehash's pHash, bit
-    for bit.
+    image (`_phash_stack`; its exact steps in C where _pixelpass is built): ~9 us per image in the worker's
+    loop (2026-12-04). Each process checks the stack's result against imagehash.phash itself on its first chunk
+    (`_agrees_with_imagehash`), and hashes one image at a time with imagehash from then on if they ever differ:
+    what is stored is imagehash's pHash, bit for bit.
 """
 from __future__ import annotations
 
