@@ -384,9 +384,8 @@ static PyObject *xxh3_variants(PyObject *self, PyObject *args) {
 static PyObject *use_xxh3_for_rows(PyObject *self, PyObject *args) {
     const char *name;
     if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
-    int best = xxh3_best_vector();
-    for (size_t i = 0; i < XXH3_KNOWN; i++) {
-        if (strcmp(xxh3_known[i].name, name) == 0 && xxh3_known[i].vector <= best) {
+    for (size_t i = 0; i < XXH3_KNOWN; i++) { /* memory_xxh3: the best this CPU runs (choose_xxh3) */
+        if (strcmp(xxh3_known[i].name, name) == 0 && xxh3_known[i].vector <= memory_xxh3->vector) {
             rows_xxh3 = &xxh3_known[i];
             Py_RETURN_TRUE;
         }

@@ -83,7 +83,7 @@ def _decodes_a_probe() -> bool:
 def xxh3_variants() -> tuple[str, str] | None:
     """(xxh3's SIMD variant for an image in memory, the one for the rows), e.g. ("avx512", "avx2"); None without
     the compiled part. At most AVX2 for the rows: vaedist/shard/_pixelpass.c says why."""
-    return tuple(_pixelpass.xxh3_variants()) if _pixelpass is not None else None
+    return _pixelpass.xxh3_variants() if _pixelpass is not None else None
 
 
 @contextlib.contextmanager
