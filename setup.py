@@ -1,8 +1,10 @@
-"""The one compiled part: one pass over a decoded image's pixels for both of its hashes, and the row-by-row JPEG
-decode that feeds it (vaedist/shard/_pixelpass.c).
+"""The two compiled parts: one pass over a decoded image's pixels for both of its hashes, and the row-by-row JPEG
+decode that feeds it (vaedist/shard/_pixelpass.c); the duplicate search's pairs within a Hamming radius
+(vaedist/shard/_hamming.c).
 
 Optional, so that an install without a C compiler still works: the sharder then decodes with Pillow and hashes
-through numpy (vaedist/shard/fingerprint.py), the same hashes and verdicts, slower. Everything else is in
+through numpy (vaedist/shard/fingerprint.py), the same hashes and verdicts, slower, and the Hamming search is
+faiss's flat index (vaedist/shard/hamming.py), the same pairs, slower at scale. Everything else is in
 pyproject.toml.
 """
 from setuptools import Extension, setup
@@ -16,6 +18,11 @@ setup(ext_modules=[Extension(
     include_dirs=[XXHASH, LIBJPEG],
     depends=[f"{XXHASH}/{name}" for name in ("xxhash.h", "xxh_x86dispatch.c", "xxh_x86dispatch.h")]
     + [f"{LIBJPEG}/{name}" for name in ("jpeglib.h", "jmorecfg.h", "jconfig.h")],
+    extra_compile_args=["-O3"],
+    optional=True,
+), Extension(
+    "vaedist.shard._hamming",  # the duplicate search's pairs within a Hamming radius (vaedist/shard/hamming.py)
+    sources=["vaedist/shard/_hamming.c"],
     extra_compile_args=["-O3"],
     optional=True,
 )])

@@ -14,9 +14,9 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 stamp="$venv/.vaedist-installed"
 # installed and nothing that the install builds from changed since: the dependencies (pyproject.toml) and the
-# compiled hashing pass (setup.py, vaedist/shard/_pixelpass.c, built in place by the editable install)
+# compiled parts (setup.py, vaedist/shard/_pixelpass.c and _hamming.c, built in place by the editable install)
 if [ -f "$stamp" ] && [ ! "$repo/pyproject.toml" -nt "$stamp" ] && [ ! "$repo/setup.py" -nt "$stamp" ] \
-   && [ ! "$repo/vaedist/shard/_pixelpass.c" -nt "$stamp" ]; then
+   && [ ! "$repo/vaedist/shard/_pixelpass.c" -nt "$stamp" ] && [ ! "$repo/vaedist/shard/_hamming.c" -nt "$stamp" ]; then
   exit 0
 fi
 python="$venv/bin/python"

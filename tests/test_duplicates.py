@@ -1,7 +1,7 @@
 """Duplicates on real photographs (the embedded sample's 14 photographs): planted exact copies (same bytes, the
 same pixels re-saved as PNG, a grey JPEG as RGB), planted near copies (resized, JPEG quality 10, cropped
 2 %), distinct photographs that must not match, a train<->val leak; --dedup report and drop; the dedup
-command across shard directories; the Hamming search against brute force."""
+command across shard directories. The Hamming search itself: tests/test_hamming.py."""
 from __future__ import annotations
 
 import hashlib
@@ -18,9 +18,8 @@ from PIL import Image
 from vaedist.dedup import REPORT_NAME, SHEET_NAME, compare_shard_dirs
 from vaedist.errors import UserError
 from vaedist.sample import photo_paths
-from vaedist.shard import load_manifest, shard_dataset
-from vaedist.shard import duplicates
-from vaedist.shard.duplicates import DEFAULT_THRESHOLD, near_pairs
+from vaedist.shard import duplicates, load_manifest, shard_dataset
+from vaedist.shard.duplicates import DEFAULT_THRESHOLD
 from vaedist.shard.format import DUPLICATES_NAME, manifest_path, read_duplicates
 from vaedist.shard.table import read_table
 
@@ -240,24 +239,3 @@ def test_dedup_command_refuses_tables_hashed_with_the_previous_perceptual_hash(r
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "version 1" in result.stderr and "--overwrite" in result.stderr
     assert not (tmp_path / "report").exists()
-
-
-def test_hamming_search_finds_exactly_the_pairs_brute_force_finds(monkeypatch):
-    monkeypatch.setattr(duplicates, "BLOCK", 128)  # several blocks, as on a real table
-    rng = np.random.default_rng(0)
-    codes = rng.integers(0, 2**63, 1000, dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
-    for n in range(0, 600, 3):  # planted near copies at every distance up to 12 bits
-        flips = rng.choice(64, n % 13, replace=False)
-        codes[n + 1] = codes[n] ^ np.uint64(sum(1 << int(f) for f in flips))
-    others = codes[::7] ^ np.uint64(0b1011)
-    bits = np.unpackbits(codes.view(np.uint8).reshape(-1, 8), axis=1)
-    for threshold in (0, 5, DEFAULT_THRESHOLD, 12):
-        distance = (bits[:, None, :] != bits[None, :, :]).sum(-1)
-        i, j = np.nonzero(np.triu(distance <= threshold, k=1))
-        found = near_pairs(codes, threshold)
-        assert np.array_equal(found[0], i) and np.array_equal(found[1], j) and np.array_equal(found[2], distance[i, j])
-        other_bits = np.unpackbits(others.view(np.uint8).reshape(-1, 8), axis=1)
-        cross = (bits[:, None, :] != other_bits[None, :, :]).sum(-1)
-        i, j = np.nonzero(cross <= threshold)
-        found = near_pairs(codes, threshold, others)
-        assert np.array_equal(found[0], i) and np.array_equal(found[1], j)

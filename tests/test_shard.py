@@ -318,6 +318,9 @@ def test_bench_prints_both_rates_and_the_parallel_efficiency():
     assert f"xxh3's {rows} code, {memory} for an image in memory" in result.stdout
     # on a CPU with AVX-512 the rows' AVX2 is set beside it
     assert (f"the rows hashed by xxh3's {memory} code instead of its {rows} code" in result.stdout) == (memory != rows)
+    # the costs left out of the rows, the search at the end of a COCO-sized run among them
+    assert "they and the duplicate search at its end" in result.stdout
+    assert "random codes, multi-index hashing)" in result.stdout and "faiss" not in result.stdout
 
 
 @pytest.mark.gpu

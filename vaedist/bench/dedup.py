@@ -5,9 +5,11 @@
 
 index      a synthetic table of --hashes random 64-bit perceptual hashes (COCO 2017 + Food-101 is ~265,000
            images) with --planted pairs at every distance up to the threshold: the time of `near_pairs` (all
-           pairs within the threshold, faiss's IndexBinaryFlat range search on every core) and the share of
-           planted pairs it found (must be 100 %). A flat index compares every pair, so its time does not
-           depend on how real hashes cluster.
+           pairs within the threshold) both ways side by side, the multi-index (hamming.py's choice of chunks,
+           one core) and faiss's flat index (IndexBinaryFlat range search, every core); the pairs each found,
+           which must be the same, and the share of planted pairs among them (must be 100 %). A flat index
+           compares every pair, so its time does not depend on how real hashes cluster; a multi-index's does
+           (real hashes fill some of its buckets more than random ones do).
 threshold  the embedded sample's 14 real photographs: the perceptual distance of planted copies of each
            (resized, re-compressed, cropped, re-saved) and of distinct images (the photographs and their
            disjoint quarters, minus the pairs that overlap); per threshold, the copies found and the distinct
@@ -24,7 +26,8 @@ import numpy as np
 from PIL import Image
 
 from vaedist.sample import photo_paths
-from vaedist.shard.duplicates import DEFAULT_THRESHOLD, near_pairs
+from vaedist.shard.duplicates import DEFAULT_THRESHOLD
+from vaedist.shard.hamming import CodeIndex, cheapest_chunks, multi_index_built, multi_index_chunks
 from vaedist.shard.fingerprint import perceptual_hash
 
 
@@ -41,17 +44,29 @@ def synthetic_hashes(count: int, planted: int, threshold: int, seed: int = 0) ->
 
 
 def bench_index(count: int, threshold: int, planted: int) -> None:
-    import faiss  # the index's library: only this row needs its thread count
+    import faiss  # the flat index's library: only its row needs the thread count
 
     codes, pairs = synthetic_hashes(count, planted, threshold)
-    started = time.perf_counter()
-    i, j, d = near_pairs(codes, threshold)
-    elapsed = time.perf_counter() - started
-    found = set(zip(i.tolist(), j.tolist()))
-    recall = sum(p in found for p in pairs) / len(pairs) if pairs else 1.0
-    print(f"{count} hashes, threshold {threshold} bits, {faiss.omp_get_max_threads()} threads: all pairs within the "
-          f"threshold in {elapsed:.1f} s ({count * (count - 1) / 2 / elapsed / 1e9:.2f} G pairs/s); {len(i)} pairs found, "
-          f"planted pairs found {recall:.1%} ({len(pairs)} planted)")
+    chosen = "multi-index" if multi_index_chunks(count, threshold) is not None else "flat index"
+    ways = [(f"multi-index ({cheapest_chunks(count, threshold)[0]} chunks, 1 thread)", False)] if multi_index_built() else []
+    ways += [(f"flat index ({faiss.omp_get_max_threads()} threads)", True)]
+    print(f"hamming.py takes the {chosen} for {count} codes within {threshold} bits"
+          + ("" if multi_index_built() else " (vaedist.shard._hamming is not built: no multi-index)"))
+    found_by = {}
+    for name, flat in ways:
+        started = time.perf_counter()
+        i, j, d = CodeIndex(codes, threshold, flat=flat).pairs()
+        elapsed = time.perf_counter() - started
+        found = set(zip(i.tolist(), j.tolist()))
+        found_by[name] = found
+        recall = sum(p in found for p in pairs) / len(pairs) if pairs else 1.0
+        print(f"{count} hashes, threshold {threshold} bits, {name}: all pairs within the threshold in {elapsed:.2f} s "
+              f"({count * (count - 1) / 2 / elapsed / 1e9:.2f} G pairs/s); {len(i)} pairs found, "
+              f"planted pairs found {recall:.1%} ({len(pairs)} planted)")
+    if len(found_by) == 2:
+        first, second = found_by.values()
+        print("both ways found the same pairs" if first == second else
+              f"the two ways differ: {len(first ^ second)} pairs found by one only  <- a bug: report it")
 
 
 def _jpeg(img: Image.Image, quality: int) -> Image.Image:

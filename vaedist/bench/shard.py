@@ -19,9 +19,10 @@ Parallel efficiency = (sharder img/s / single-process img/s) / N; the goal is >=
 Without --root it writes --images COCO-sized (640x480) JPEG photographs, no two of them near copies (as in a
 real dataset, so that the duplicate report is as small as a real one), to a temporary folder.
 One-off costs are printed apart: the timed sharders are forked from this process, which has imported
-imagehash and SciPy and faiss (before the timed runs), so they reuse those imports; a real run pays them
-once, in each worker and in the writing process. They are timed in fresh interpreters and put against this
-run and against a COCO-sized one (118,287 images at the measured rate).
+imagehash and SciPy (and faiss, where the search takes its flat index) before the timed runs, so they reuse
+those imports; a real run pays them once, in each worker and in the writing process. They are timed in fresh
+interpreters and put against this run and against a COCO-sized one (118,287 images at the measured rate),
+with the duplicate search such a run ends with, timed on as many random codes.
 Each row is timed --repeats times, interleaved (the hashed and unhashed sharders back to back, in alternating
 order), after an untimed warm-up run per mode; the median is kept and the spread printed. The hashing's cost is the
 median of each round's hashed / unhashed ratio, wall and CPU seconds, with their range. It also
@@ -48,9 +49,12 @@ from typing import Callable
 
 from PIL import Image
 
+from vaedist.bench.dedup import synthetic_hashes
 from vaedist.sample import photo_paths
 from vaedist.shard import DEFAULT_SHARD_SIZE, SOURCES, load_manifest, shard_dataset
+from vaedist.shard.duplicates import DEFAULT_THRESHOLD
 from vaedist.shard.fingerprint import finish_hashes, pixel_pass
+from vaedist.shard.hamming import multi_index_chunks, near_pairs
 from vaedist.shard.images import ImageOptions, ImageRejected, configure_pillow, prepare_image
 from vaedist.shard.jpegrows import pillow_decode_only, row_decoder, rows_hashed_by, xxh3_variants
 from vaedist.shard.sharder import DEDUP_MODES, default_workers
@@ -241,6 +245,29 @@ def median_timing(timings: list[Timing]) -> Timing:
     return sorted(timings, key=lambda t: t.wall)[(len(timings) - 1) // 2]
 
 
+def one_off_line(images: int, off_wall: float) -> str:
+    """The hashing's costs that the rows leave out, against this run and a COCO-sized one: the imports (once per
+    process), and the duplicate search at the end, which grows faster than the images (timed here on as many
+    random codes as COCO's train split; real hashes cluster more, which fills a multi-index's buckets more)."""
+    # imagehash.phash imports scipy.fftpack on its first call; hamming.py imports faiss where it takes the flat index
+    workers_import = import_seconds("imagehash, scipy.fftpack")
+    flat = multi_index_chunks(COCO_TRAIN_IMAGES, DEFAULT_THRESHOLD) is None
+    faiss_import = import_seconds("faiss") if flat else 0.0
+    codes, _ = synthetic_hashes(COCO_TRAIN_IMAGES, 0, DEFAULT_THRESHOLD)
+    started = time.perf_counter()
+    near_pairs(codes, DEFAULT_THRESHOLD)
+    search = time.perf_counter() - started
+    one_off = workers_import + faiss_import  # the workers import at once, in parallel: once in wall time
+    coco_wall = COCO_TRAIN_IMAGES / (images / off_wall)
+    return (f"one-off, not in the rows above: imagehash + SciPy import {workers_import:.2f} s in each worker"
+            + (f", faiss {faiss_import:.2f} s in the writing process" if flat else "")
+            + f": +{one_off / off_wall:.0%} on this run's {images} images; on a COCO-sized run ({COCO_TRAIN_IMAGES} "
+            f"images, {coco_wall:.0f} s at this rate) they and the duplicate search at its end "
+            f"({search:.2f} s for {COCO_TRAIN_IMAGES} random codes, "
+            f"{'faiss flat index' if flat else 'multi-index hashing'}) add +{(one_off + search) / coco_wall:.2%}; "
+            "python -m vaedist.bench dedup index for larger sets")
+
+
 def dedup_cost_line(dedup: str, hashed: list[Timing], off: list[Timing], single: list[Timing],
                     single_off: list[Timing], images: int) -> str:
     """The added cost of hashing: the median over rounds of each round's hashed / unhashed ratio (the two
@@ -289,8 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         hashed = args.dedup != "off"
         options = ImageOptions(max_side=args.max_side, hashes=hashed)
         plain_options = ImageOptions(max_side=args.max_side)
-        # Once per process, the first hash imports imagehash and SciPy (~0.3 s), the first duplicate search
-        # faiss and starts its OpenMP threads, and each mode's first sharder run imports its code paths: the
+        # Once per process, the first hash imports imagehash and SciPy (~0.3 s), a duplicate search on faiss's
+        # flat index faiss and its OpenMP threads, and each mode's first sharder run imports its code paths: the
         # timed sharders are forked from here and reuse them (the imports' one-off cost is printed apart), so
         # they are paid here, not by the first timed round of one row.
         _decode_all(files[:1], options)
@@ -357,16 +384,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{variants[0]} for an image in memory)" if row_decode_used
               else "in one pass by vaedist.shard._pixelpass (C)" if pixel_pass() == "C"
               else "by xxhash and numpy: vaedist.shard._pixelpass is not built (no C compiler at install), ~2x the cost"))
-        # imagehash.phash imports scipy.fftpack on its first call; duplicates.near_pairs imports faiss
-        workers_import, faiss_import = import_seconds("imagehash, scipy.fftpack"), import_seconds("faiss")
-        one_off = workers_import + faiss_import  # the workers import at once, in parallel: once in wall time
-        off_wall = median_timing(sharder_off).wall
-        coco_wall = COCO_TRAIN_IMAGES / (n / off_wall)
-        print(f"one-off, not in the rows above: imagehash + SciPy import {workers_import:.2f} s in each worker, faiss "
-              f"{faiss_import:.2f} s in the writing process: +{one_off / off_wall:.0%} on this run's "
-              f"{n} images, +{one_off / coco_wall:.2%} on a COCO-sized run ({COCO_TRAIN_IMAGES} images, "
-              f"{coco_wall:.0f} s at this rate); the duplicate search grows with the square of the images: "
-              "python -m vaedist.bench dedup index")
+        print(one_off_line(n, median_timing(sharder_off).wall))
     if rows_gain:
         print(_share_line("--dedup off, the row decode of clean JPEGs (vaedist/shard/jpegrows.py) against "
                           "Pillow's decode:", rows_gain) + " in time")

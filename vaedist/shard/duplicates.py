@@ -1,17 +1,11 @@
 """Exact and near duplicates among image hashes (definitions: format.EXACT_HASH, format.PERCEPTUAL_HASH).
 
-    near_pairs(codes, threshold)             every i < j with Hamming(codes[i], codes[j]) <= threshold
-    near_pairs(codes, threshold, others)     every (i, j) across two sets within the threshold
     exact_groups(exact)                      rows sharing one exact hash (groups of two or more)
     find_duplicates({"train": set, ...})     the report: within each set, across each pair of sets
     DropFilter(threshold)                    --dedup drop's decision, one image after the other
 
-Hamming search is faiss's `IndexBinaryFlat` range search: every pair is compared, in C (a popcount per
-pair, on all cores through OpenMP), in blocks so that memory stays bounded. Its time does not depend on how
-the codes cluster (perceptual hashes of real photos do) or on the threshold, and its recall is exact
-(tests/test_duplicates.py checks it against brute force). Measured (`python -m vaedist.bench dedup index`,
-2026-12-01, 2-core CPU VM shared with other jobs): all pairs within 8 bits of 265,000 hashes in 86 s.
-An index that buckets codes (faiss's IndexBinaryMultiHash, multi-index hashing) was not measured.
+The near pairs come from hamming.py's search (multi-index hashing in C, or faiss's flat index), exact
+either way: every pair within the threshold (tests/test_hamming.py checks it against brute force).
 """
 from __future__ import annotations
 
@@ -21,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from vaedist.shard.format import DUPLICATES_NAME, EXACT_HASH, EXACT_HASH_BYTES, PERCEPTUAL_HASH, ImageHashes
+from vaedist.shard.hamming import GrowingIndex, near_pairs
 
 # Hamming distance <= this between two perceptual hashes = a near duplicate (--dedup-threshold). Chosen by
 # measurement (`python -m vaedist.bench dedup threshold`, README "Duplicates"; re-measured 2026-12-01 for the
@@ -34,44 +29,6 @@ DEFAULT_THRESHOLD = 8
 # had pairs enough for a 1.37 GB report (then inside the manifest, read by every start-up); 1,000 of each kind
 # are ~0.26 MB. `python -m vaedist.dedup` lists them all.
 REPORT_LISTED = 1000
-BLOCK = 16_384  # query rows per faiss call: bounds the result buffers, keeps every core busy
-
-
-def _as_codes(phash: np.ndarray) -> np.ndarray:
-    """uint64 [n] -> uint8 [n, 8], the layout faiss's binary indexes take (byte order does not matter to a
-    Hamming distance, as long as both sides share it)."""
-    return np.ascontiguousarray(phash, dtype=np.uint64).view(np.uint8).reshape(-1, 8)
-
-
-def near_pairs(phash: np.ndarray, threshold: int, others: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, distance) of every pair within `threshold`: i < j inside `phash` when `others` is None, else
-    i in `phash` and j in `others`. Sorted by (i, j)."""
-    import faiss  # ~0.2 s to import: only the runs that compare hashes pay it
-
-    codes = _as_codes(phash)
-    targets = codes if others is None else _as_codes(others)
-    found_i, found_j, found_d = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int16)]
-    for start in range(0, len(codes), BLOCK):
-        queries = codes[start : start + BLOCK]
-        # within one set, compare each row only with the rows from its block on (half the work)
-        offset = start if others is None else 0
-        if offset >= len(targets):
-            break
-        index = faiss.IndexBinaryFlat(64)
-        index.add(targets[offset:])
-        limits, distances, labels = index.range_search(queries, threshold + 1)  # faiss: distance < radius
-        rows = np.repeat(np.arange(start, start + len(queries)), np.diff(limits).astype(np.int64))
-        labels = labels.astype(np.int64) + offset
-        keep = rows < labels if others is None else np.ones(len(rows), bool)
-        found_i.append(rows[keep])
-        found_j.append(labels[keep])
-        found_d.append(distances[keep].astype(np.int16))
-    i, j, d = (np.concatenate(a) for a in (found_i, found_j, found_d))
-    order = np.lexsort((j, i))
-    return i[order], j[order], d[order]
-
-
 def exact_groups(exact: np.ndarray) -> list[np.ndarray]:
     """Rows that share one exact hash, each group sorted, groups in the order of their first row."""
     if len(exact) == 0:
@@ -178,61 +135,50 @@ class DropFilter:
     def __init__(self, threshold: int):
         self.threshold = threshold
         self._exact: dict[bytes, str] = {}  # exact hash -> the kept image's label ("val val2017/x.jpg")
-        self._codes = np.zeros(1024, np.uint64)  # kept perceptual hashes; grows by doubling
+        # the kept perceptual hashes. One thread: this runs in the sharder's writing process while the workers
+        # use every core, and faiss's idle OpenMP threads (where it is the flat index) would spin on them.
+        self._index = GrowingIndex(threshold, threads=1)
         self._labels: list[str] = []
-        self._index = None  # faiss IndexBinaryFlat over the kept codes, created on first use
 
-    def keep(self, hashes: ImageHashes, label: str) -> None:
-        self._exact.setdefault(hashes.exact, label)
-        if len(self._labels) == len(self._codes):
-            self._codes = np.concatenate([self._codes, np.zeros(len(self._codes), np.uint64)])
-        self._codes[len(self._labels)] = hashes.perceptual
-        self._labels.append(label)
-        if self._index is not None:
-            self._index.add(_as_codes(self._codes[len(self._labels) - 1 : len(self._labels)]))
+    def keep(self, kept: list[tuple[ImageHashes, str]]) -> None:
+        """Remember these (hashes, label) as kept, in order: what later images are compared with."""
+        for hashes, label in kept:
+            self._exact.setdefault(hashes.exact, label)
+            self._labels.append(label)
+        self._index.add(np.array([h.perceptual for h, _ in kept], np.uint64))
 
     def decide(self, batch: list[tuple[ImageHashes, str]]) -> list[str | None]:
         """For each (hashes, label) in order: None (keep: it is remembered) or the reason it is dropped."""
-        import faiss  # ~0.2 s to import: only --dedup drop pays it
-
-        if self._index is None:
-            self._index = faiss.IndexBinaryFlat(64)
-            self._index.add(_as_codes(self._codes[: len(self._labels)]))
-        known = len(self._labels)
         matches: list[list[tuple[int, int]]] = [[] for _ in batch]
-        if known and batch:
-            queries = _as_codes(np.array([h.perceptual for h, _ in batch], np.uint64))
-            # One thread: this runs in the sharder's writing process while the workers use every core, and
-            # OpenMP's idle threads would spin on the decoders' cores.
-            threads = faiss.omp_get_max_threads()
-            faiss.omp_set_num_threads(1)
-            try:
-                limits, distances, labels = self._index.range_search(queries, self.threshold + 1)
-            finally:
-                faiss.omp_set_num_threads(threads)
-            for q in range(len(batch)):
-                lo, hi = int(limits[q]), int(limits[q + 1])
-                matches[q] = sorted(zip(distances[lo:hi].astype(int).tolist(), labels[lo:hi].tolist()))
+        if len(self._index) and batch:
+            q, rows, distances = self._index.pairs(np.array([h.perceptual for h, _ in batch], np.uint64))
+            for query, row, distance in zip(q.tolist(), rows.tolist(), distances.tolist()):
+                matches[query].append((distance, row))
         reasons: list[str | None] = []
-        for q, (hashes, label) in enumerate(batch):
-            reason = self._reason(hashes, matches[q], known)
+        kept: list[tuple[ImageHashes, str]] = []  # kept from this batch: in the index once it is decided
+        for (hashes, label), found in zip(batch, matches):
+            reason = self._reason(hashes, found, kept)
             reasons.append(reason)
             if reason is None:
-                self.keep(hashes, label)
+                kept.append((hashes, label))
+        self.keep(kept)
         return reasons
 
-    def _reason(self, hashes: ImageHashes, matches: list[tuple[int, int]], known: int) -> str | None:
-        twin = self._exact.get(hashes.exact)
+    def _reason(self, hashes: ImageHashes, matches: list[tuple[int, int]], kept: list[tuple[ImageHashes, str]]
+                ) -> str | None:
+        twin = self._exact.get(hashes.exact) or next((label for h, label in kept if h.exact == hashes.exact), None)
         if twin is not None:
             return f"same pixels as {twin}"
-        # images kept earlier in this batch are past `known`: compared here, not by the index
-        for row in range(known, len(self._labels)):
-            distance = (int(self._codes[row]) ^ hashes.perceptual).bit_count()
+        labels = [label for _, label in kept]
+        # the images kept earlier in this batch are not in the index yet: compared here
+        for n, (other, _) in enumerate(kept):
+            distance = (other.perceptual ^ hashes.perceptual).bit_count()
             if distance <= self.threshold:
-                matches.append((distance, row))
+                matches.append((distance, len(self._labels) + n))
         if matches:
             distance, row = min(matches)
-            return f"near copy (perceptual distance {distance}) of {self._labels[row]}"
+            label = self._labels[row] if row < len(self._labels) else labels[row - len(self._labels)]
+            return f"near copy (perceptual distance {distance}) of {label}"
         return None
 
 

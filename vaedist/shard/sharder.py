@@ -24,7 +24,7 @@ it matches an image kept before it (any val image, or an earlier train image, in
 made from hashes already known, in an order that does not depend on timing, so that a resumed run, which
 first replays the kept hashes of its finished shards (their done records), decides exactly as an
 uninterrupted one. The cost: a shard that lost images is that much under --shard-size, and the writing
-process compares each train image with every kept one (faiss, one thread; see DropFilter).
+process compares each train image with every kept one (hamming.GrowingIndex, one thread; see DropFilter).
 
 This process is the only serial step, so it does next to nothing per image: workers decode, check and
 re-encode the images and encode their tar members into part files (CHUNKSIZE images each); this process
@@ -328,8 +328,7 @@ def _replayed_drop_filter(listing: SourceListing, keys: list[str], order: list[P
         record = records[shard.name]
         if record is not None:
             rows = TableRows.from_record(record["rows"])
-            for key, hashes in zip(rows.keys, rows.hashes or []):
-                drop.keep(hashes, _label(listing, index_of[key]))
+            drop.keep([(hashes, _label(listing, index_of[key])) for key, hashes in zip(rows.keys, rows.hashes or [])])
     return drop
 
 
@@ -375,8 +374,7 @@ def _write_shard(shard: PlannedShard, output: OutputDir, listing: SourceListing,
                 dropped += [{"path": listing.samples[i].path, "reason": reason}
                             for i, reason in zip(chunk.indices, reasons) if reason is not None]
             elif drop is not None:
-                for hashes, i in zip(chunk.hashes, chunk.indices):
-                    drop.keep(hashes, _label(listing, i))
+                drop.keep([(h, _label(listing, i)) for h, i in zip(chunk.hashes, chunk.indices)])
             if all(keep) and chunk.size:
                 writer.append_part(chunk.part, chunk.size, chunk.samples)
             elif chunk.size:
