@@ -149,37 +149,36 @@ class DropFilter:
 
     def decide(self, batch: list[tuple[ImageHashes, str]]) -> list[str | None]:
         """For each (hashes, label) in order: None (keep: it is remembered) or the reason it is dropped."""
+        codes = np.array([h.perceptual for h, _ in batch], np.uint64)
+        known = len(self._labels)
+        # (distance, row in the kept order) of each image's matches among the images kept before this batch
         matches: list[list[tuple[int, int]]] = [[] for _ in batch]
-        if len(self._index) and batch:
-            q, rows, distances = self._index.pairs(np.array([h.perceptual for h, _ in batch], np.uint64))
-            for query, row, distance in zip(q.tolist(), rows.tolist(), distances.tolist()):
-                matches[query].append((distance, row))
-        reasons: list[str | None] = []
+        for n, row, distance in zip(*(a.tolist() for a in self._index.pairs(codes))):
+            matches[n].append((distance, row))
+        # and among the images of this batch before it, which count once they are kept
+        earlier: dict[int, list[tuple[int, int]]] = {}
+        for a, b, distance in zip(*(a.tolist() for a in near_pairs(codes, self.threshold))):
+            earlier.setdefault(b, []).append((distance, a))
         kept: list[tuple[ImageHashes, str]] = []  # kept from this batch: in the index once it is decided
-        for (hashes, label), found in zip(batch, matches):
-            reason = self._reason(hashes, found, kept)
-            reasons.append(reason)
-            if reason is None:
+        kept_row: dict[int, int] = {}  # position in the batch -> row in the kept order
+        kept_exact: dict[bytes, str] = {}
+        reasons: list[str | None] = []
+        for n, (hashes, label) in enumerate(batch):
+            found = matches[n] + [(d, kept_row[a]) for d, a in earlier.get(n, ()) if a in kept_row]
+            twin = self._exact.get(hashes.exact) or kept_exact.get(hashes.exact)
+            if twin is not None:
+                reasons.append(f"same pixels as {twin}")
+            elif found:
+                distance, row = min(found)
+                closest = self._labels[row] if row < known else kept[row - known][1]
+                reasons.append(f"near copy (perceptual distance {distance}) of {closest}")
+            else:
+                reasons.append(None)
+                kept_row[n] = known + len(kept)
                 kept.append((hashes, label))
+                kept_exact.setdefault(hashes.exact, label)
         self.keep(kept)
         return reasons
-
-    def _reason(self, hashes: ImageHashes, matches: list[tuple[int, int]], kept: list[tuple[ImageHashes, str]]
-                ) -> str | None:
-        twin = self._exact.get(hashes.exact) or next((label for h, label in kept if h.exact == hashes.exact), None)
-        if twin is not None:
-            return f"same pixels as {twin}"
-        labels = [label for _, label in kept]
-        # the images kept earlier in this batch are not in the index yet: compared here
-        for n, (other, _) in enumerate(kept):
-            distance = (other.perceptual ^ hashes.perceptual).bit_count()
-            if distance <= self.threshold:
-                matches.append((distance, len(self._labels) + n))
-        if matches:
-            distance, row = min(matches)
-            label = self._labels[row] if row < len(self._labels) else labels[row - len(self._labels)]
-            return f"near copy (perceptual distance {distance}) of {label}"
-        return None
 
 
 def _kind(pair: dict) -> str:

@@ -17,6 +17,7 @@ Two ways, the same pairs (tests/test_hamming.py holds both to a brute-force coun
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from math import comb
 
 import numpy as np
@@ -49,14 +50,21 @@ def cheapest_chunks(indexed: int, radius: int) -> tuple[int, float]:
     """(chunks, estimated ns per query) of the multi-index's cheapest chunk count for `indexed` codes and
     `radius`. The estimate takes the codes as uniform: real perceptual hashes cluster, which fills some
     buckets more (a slower search), but a pair is never missed for it."""
-    costs = {}
+    costs = {chunks: sum(p * (PROBE + indexed / 2**w * CANDIDATE) for p, w in probed)
+             for chunks, probed in _probes(radius).items()}
+    chunks = min(costs, key=costs.get)
+    return chunks, costs[chunks]
+
+
+@lru_cache(maxsize=None)
+def _probes(radius: int) -> dict[int, list[tuple[int, int]]]:
+    """chunks -> (buckets probed, bits) of each chunk: a GrowingIndex asks for each batch, hence the cache."""
+    plans = {}
     for chunks in CHUNKS:
         within = radius // chunks  # some chunk of a pair within the radius differs in at most this many bits
         widths = [CODE_BITS // chunks + (c < CODE_BITS % chunks) for c in range(chunks)]
-        probes = [sum(comb(w, k) for k in range(min(within, w) + 1)) for w in widths]
-        costs[chunks] = sum(p * (PROBE + indexed / 2**w * CANDIDATE) for p, w in zip(probes, widths))
-    chunks = min(costs, key=costs.get)
-    return chunks, costs[chunks]
+        plans[chunks] = [(sum(comb(w, k) for k in range(min(within, w) + 1)), w) for w in widths]
+    return plans
 
 
 def multi_index_chunks(indexed: int, radius: int) -> int | None:
