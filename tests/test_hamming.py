@@ -44,7 +44,7 @@ def way(request, monkeypatch):
     chunks = request.param
     if chunks is not None and hamming._hamming is None:
         pytest.fail("vaedist.shard._hamming was not built: pip install -e . needs a C compiler")
-    monkeypatch.setattr(hamming, "multi_index_chunks", lambda indexed, radius: chunks)
+    monkeypatch.setattr(hamming, "multi_index_chunks", lambda indexed, radius, threads=None: chunks)
     monkeypatch.setattr(hamming, "BLOCK", 128)  # the flat index in several blocks of queries, as on a real table
     return chunks
 
@@ -79,6 +79,10 @@ def test_the_multi_index_is_chosen_where_it_is_cheaper_and_the_flat_index_for_wi
     assert multi_index_chunks(265_000, DEFAULT_THRESHOLD) == 5  # the fastest measured (0.84 s; 4: 1.8, 9: 3.0 s)
     assert multi_index_chunks(0, DEFAULT_THRESHOLD) == multi_index_chunks(100, DEFAULT_THRESHOLD) is not None
     assert multi_index_chunks(265_000, 40) is None  # every chunk's flips: more than comparing every pair
+    # within 16 bits, 6 chunks took 13.6 s against the flat index's 11.3 s on 2 threads: the flat index then,
+    # but not on one thread (DropFilter's), and never for a small set
+    assert multi_index_chunks(265_000, 16, threads=2) is None and multi_index_chunks(265_000, 16, threads=1) == 6
+    assert multi_index_chunks(4000, 30, threads=64) is not None
 
 
 def test_the_c_search_refuses_what_is_not_its_layout():

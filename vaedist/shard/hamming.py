@@ -8,7 +8,8 @@
 Two ways, the same pairs (tests/test_hamming.py holds both to a brute-force count):
 - multi-index hashing (`_hamming`, C: vaedist/shard/_hamming.c says how): each code is compared only with the
   codes that share one of its chunks of bits within a few bit flips. All pairs within 8 bits of 265,000 random
-  codes in 0.84 s on one core, against 10.4 s for faiss's flat index on 2 (2-core AMD EPYC VM, 2026-12-06):
+  codes in 0.86 s on one core, against 15.9 s for faiss's flat index on 2, side by side (`python -m
+  vaedist.bench dedup index`, 2-core AMD EPYC VM, 2026-12-06):
   a COCO + Food-101 search is no longer the sharder's longest pause, and `--dedup drop`'s check of each
   image against those kept stays cheap as they grow.
 - faiss's `IndexBinaryFlat` range search: every pair, a popcount each, on all cores through OpenMP. Taken
@@ -17,6 +18,7 @@ Two ways, the same pairs (tests/test_hamming.py holds both to a brute-force coun
 """
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from math import comb
 
@@ -30,10 +32,11 @@ except ImportError:  # not built: setup.py's extension is optional
 CODE_BITS = 64
 BLOCK = 16_384  # query rows per faiss call: bounds the result buffers, keeps every core busy
 # The multi-index's cost per query, in ns: PROBE per bucket probed, CANDIDATE per code read in a probed
-# bucket; the flat index's, FLAT per indexed code. Fitted to the searches of 265,000 random codes within 8
-# bits with 4, 5, 6 and 9 chunks (1.8, 0.84, 2.4, 3.0 s) and to faiss's flat index (10.4 s on 2 cores) on a
-# 2-core AMD EPYC VM, 2026-12-06: only the choice depends on them, never the pairs.
-PROBE, CANDIDATE, FLAT = 8.0, 1.0, 0.3
+# bucket; the flat index's, FLAT per indexed code and thread. Fitted on a 2-core AMD EPYC VM, 2026-12-06, to
+# all pairs among 265,000 random codes: within 8 bits with 4, 5, 6 and 9 chunks (1.8, 0.84, 2.4, 3.0 s; 5
+# estimated at 0.85 s); faiss's flat index on 2 threads, 10.4-15.9 s within 8 bits and 11.3 s within 16
+# (where 6 chunks took 13.6 s). Only the choice depends on them, never the pairs.
+PROBE, CANDIDATE, FLAT = 8.0, 1.0, 0.35
 CHUNKS = range(4, 17)  # what _hamming.build takes: chunks of at most 16 bits
 # Below this many codes the flat index is never taken: either search then takes a few ms (1,000 codes within
 # 8 bits: 0.56 ms multi-index, 0.43 ms flat, same VM), and the multi-index spares the process faiss's import
@@ -67,13 +70,23 @@ def _probes(radius: int) -> dict[int, list[tuple[int, int]]]:
     return plans
 
 
-def multi_index_chunks(indexed: int, radius: int) -> int | None:
-    """The chunks to search `indexed` codes within `radius` with, or None for the flat index: where it is
-    estimated cheaper (wide radii, where the chunks' flips multiply) or `_hamming` is not built."""
+def multi_index_chunks(indexed: int, radius: int, threads: int | None = None) -> int | None:
+    """The chunks to search `indexed` codes within `radius` with, or None for the flat index on `threads`
+    (None: as many as faiss takes, one per core): where it is estimated cheaper (wide radii, where the chunks'
+    flips multiply, and more so with many cores) or `_hamming` is not built."""
     if _hamming is None:
         return None
     chunks, cost = cheapest_chunks(indexed, radius)
-    return chunks if cost < max(indexed, SMALL) * FLAT else None
+    return chunks if indexed < SMALL or cost < indexed * FLAT / (threads or _cores()) else None
+
+
+def _cores() -> int:
+    """The cores this process may run on: the threads faiss's OpenMP starts unless OMP_NUM_THREADS says."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or cores
 
 
 def _as_bytes(codes: np.ndarray) -> np.ndarray:
@@ -94,7 +107,7 @@ class CodeIndex:
             raise RuntimeError("vaedist.shard._hamming is not built (no C compiler at install): no multi-index")
         self.codes = np.ascontiguousarray(codes, dtype=np.uint64)
         self.radius, self.threads = radius, threads
-        self.chunks = (multi_index_chunks(len(self.codes), radius) if flat is None
+        self.chunks = (multi_index_chunks(len(self.codes), radius, threads) if flat is None
                        else None if flat else cheapest_chunks(len(self.codes), radius)[0])
         self._multi = _hamming.build(self.codes, radius, self.chunks) if self.chunks is not None else None
 
