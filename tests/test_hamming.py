@@ -92,7 +92,15 @@ def test_the_c_search_refuses_what_is_not_its_layout():
     codes = _codes(count=100)
     index = c.build(codes, 8, 5)
     assert c.build(codes, 8, 5) == index  # the same codes, the same bytes (padding included)
-    for bad in (index[:-8], index + bytes(8), b"\0" * len(index), b""):
+    # the index's end: the last chunk's (12 bits) 4,097 offsets, the last of them the count (100), then 4
+    # bytes of padding; its header: 5 numbers, then each chunk's shift (chunk 4's at bytes 36-40) and width
+    last_past_codes, falling, past_bit_63 = bytearray(index), bytearray(index), bytearray(index)
+    last_past_codes[-8:-4] = (200).to_bytes(4, sys.byteorder)
+    falling[-12:-8] = (101).to_bytes(4, sys.byteorder)  # above the last one
+    past_bit_63[36:40] = (60).to_bytes(4, sys.byteorder)  # 12 bits from bit 60
+    assert int.from_bytes(index[-8:-4], sys.byteorder) == 100 and int.from_bytes(index[36:40], sys.byteorder) == 52
+    for bad in (index[:-8], index + bytes(8), b"\0" * len(index), b"", bytes(last_past_codes), bytes(falling),
+                bytes(past_bit_63)):
         with pytest.raises(ValueError, match="not an index"):
             c.search(bad, codes, False)
     with pytest.raises(ValueError, match="uint64"):

@@ -59,15 +59,15 @@ static size_t chunk_bytes(uint32_t count, uint32_t width) {
     return (size_t)count * 8 + padded((size_t)count * 4) + padded((((size_t)1 << width) + 1) * 4);
 }
 
-/* Points `index` into `data`; 0 (with a Python error) where `data` is not an index of this layout. */
-static int view_index(const char *data, Py_ssize_t length, Index *index) {
-    if (length < (Py_ssize_t)padded(sizeof(Header))) goto bad;
+/* Points `index` into `data` by its header; 0 where the header does not describe `length` bytes. */
+static int lay_out(const char *data, Py_ssize_t length, Index *index) {
+    if (length < (Py_ssize_t)padded(sizeof(Header))) return 0;
     const Header *header = (const Header *)data;
-    if (header->magic != MAGIC || header->chunks < 1 || header->chunks > MAX_CHUNKS) goto bad;
+    if (header->magic != MAGIC || header->chunks < 1 || header->chunks > MAX_CHUNKS) return 0;
     size_t at = padded(sizeof(Header));
     for (uint32_t c = 0; c < header->chunks; c++) {
-        if (header->width[c] < 1 || header->width[c] > MAX_WIDTH) goto bad;
-        if ((size_t)length < at + chunk_bytes(header->count, header->width[c])) goto bad;
+        if (header->width[c] < 1 || header->width[c] > MAX_WIDTH || header->shift[c] > 64 - header->width[c]) return 0;
+        if ((size_t)length < at + chunk_bytes(header->count, header->width[c])) return 0;
         index->codes[c] = (const uint64_t *)(data + at);
         at += (size_t)header->count * 8;
         index->rows[c] = (const uint32_t *)(data + at);
@@ -75,8 +75,22 @@ static int view_index(const char *data, Py_ssize_t length, Index *index) {
         index->offsets[c] = (const uint32_t *)(data + at);
         at += padded((((size_t)1 << header->width[c]) + 1) * 4);
     }
-    if ((size_t)length != at) goto bad;
+    if ((size_t)length != at || header->radius > 63 || header->within != header->radius / header->chunks) return 0;
     index->header = header;
+    return 1;
+}
+
+/* Points `index` into `data`; 0 (with a Python error) where `data` is not an index _hamming.build made. */
+static int view_index(const char *data, Py_ssize_t length, Index *index) {
+    if (!lay_out(data, length, index)) goto bad;
+    /* offsets that only rise, from 0 to the count: no bucket reads past its chunk's codes */
+    for (uint32_t c = 0; c < index->header->chunks; c++) {
+        const uint32_t *offsets = index->offsets[c];
+        const size_t values = (size_t)1 << index->header->width[c];
+        if (offsets[0] != 0 || offsets[values] != index->header->count) goto bad;
+        for (size_t v = 0; v < values; v++)
+            if (offsets[v] > offsets[v + 1]) goto bad;
+    }
     return 1;
 bad:
     PyErr_SetString(PyExc_ValueError, "_hamming.search: not an index made by _hamming.build");
@@ -122,7 +136,7 @@ static PyObject *build(PyObject *self, PyObject *args) {
     memcpy(data, &header, sizeof header);
     const uint64_t *codes = (const uint64_t *)view.buf;
     Index index;
-    view_index(data, (Py_ssize_t)total, &index); /* the layout just written: cannot fail */
+    lay_out(data, (Py_ssize_t)total, &index); /* the header just written describes `total` bytes: cannot fail */
     Py_BEGIN_ALLOW_THREADS
     for (uint32_t c = 0; c < chunks; c++) {
         uint32_t *offsets = (uint32_t *)index.offsets[c], *rows = (uint32_t *)index.rows[c];
