@@ -163,6 +163,13 @@ def test_drop_decides_as_a_brute_force_replay_of_its_rule(way, monkeypatch):
     hashes = [(ImageHashes(e, int(c)), f"train {n}.jpg") for n, (e, c) in enumerate(zip(exact, codes))]
     batches = [hashes[start : start + 64] for start in range(0, len(hashes), 64)]
     expected = _brute_force_drop(batches, DEFAULT_THRESHOLD)
+    threads = []  # faiss's OpenMP threads at each flat search: one, in the sharder's writing process
+    if way is None:
+        import faiss
+
+        search = faiss.IndexBinaryFlat.range_search
+        monkeypatch.setattr(faiss.IndexBinaryFlat, "range_search",
+                            lambda self, *a: threads.append(faiss.omp_get_max_threads()) or search(self, *a))
     drop = DropFilter(DEFAULT_THRESHOLD)
     # as a resumed run replays the kept images of its finished shards
     drop.keep([h for h, reason in zip(batches[0][:10], expected) if reason is None])
@@ -170,6 +177,7 @@ def test_drop_decides_as_a_brute_force_replay_of_its_rule(way, monkeypatch):
     for batch in batches[1:]:
         decided += drop.decide(batch)
     assert decided == expected
+    assert set(threads) == ({1} if way is None else set())
     assert sum(r is not None and r.startswith("same pixels") for r in decided) >= 10
     assert sum(r is not None and r.startswith("near copy") for r in decided) >= 100
 

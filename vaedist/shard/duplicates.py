@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from vaedist.shard.format import DUPLICATES_NAME, EXACT_HASH, EXACT_HASH_BYTES, PERCEPTUAL_HASH, ImageHashes
-from vaedist.shard.hamming import GrowingIndex, near_pairs
+from vaedist.shard.hamming import CodeIndex, GrowingIndex, near_pairs
 
 # Hamming distance <= this between two perceptual hashes = a near duplicate (--dedup-threshold). Chosen by
 # measurement (`python -m vaedist.bench dedup threshold`, README "Duplicates"; re-measured 2026-12-01 for the
@@ -157,7 +157,7 @@ class DropFilter:
             matches[n].append((distance, row))
         # and among the images of this batch before it, which count once they are kept
         earlier: dict[int, list[tuple[int, int]]] = {}
-        for a, b, distance in zip(*(a.tolist() for a in near_pairs(codes, self.threshold))):
+        for a, b, distance in zip(*(a.tolist() for a in CodeIndex(codes, self.threshold, threads=1).pairs())):
             earlier.setdefault(b, []).append((distance, a))
         kept: list[tuple[ImageHashes, str]] = []  # kept from this batch: in the index once it is decided
         kept_row: dict[int, int] = {}  # position in the batch -> row in the kept order
