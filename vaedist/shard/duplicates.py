@@ -143,14 +143,17 @@ class DropFilter:
     def keep(self, kept: list[tuple[ImageHashes, str]]) -> None:
         """Remember these (hashes, label) as kept, in order: what later images are compared with."""
         for hashes, label in kept:
-            self._exact.setdefault(hashes.exact, label)
-            self._labels.append(label)
+            self._remember(hashes, label)
         self._index.add(np.array([h.perceptual for h, _ in kept], np.uint64))
+
+    def _remember(self, hashes: ImageHashes, label: str) -> None:
+        """A kept image's exact hash and label (row len(self._labels)); its code goes to the index apart."""
+        self._exact.setdefault(hashes.exact, label)
+        self._labels.append(label)
 
     def decide(self, batch: list[tuple[ImageHashes, str]]) -> list[str | None]:
         """For each (hashes, label) in order: None (keep: it is remembered) or the reason it is dropped."""
         codes = np.array([h.perceptual for h, _ in batch], np.uint64)
-        known = len(self._labels)
         # (distance, row in the kept order) of each image's matches among the images kept before this batch
         matches: list[list[tuple[int, int]]] = [[] for _ in batch]
         for n, row, distance in zip(*(a.tolist() for a in self._index.pairs(codes))):
@@ -159,25 +162,21 @@ class DropFilter:
         earlier: dict[int, list[tuple[int, int]]] = {}
         for a, b, distance in zip(*(a.tolist() for a in CodeIndex(codes, self.threshold, threads=1).pairs())):
             earlier.setdefault(b, []).append((distance, a))
-        kept: list[tuple[ImageHashes, str]] = []  # kept from this batch: in the index once it is decided
         kept_row: dict[int, int] = {}  # position in the batch -> row in the kept order
-        kept_exact: dict[bytes, str] = {}
         reasons: list[str | None] = []
         for n, (hashes, label) in enumerate(batch):
             found = matches[n] + [(d, kept_row[a]) for d, a in earlier.get(n, ()) if a in kept_row]
-            twin = self._exact.get(hashes.exact) or kept_exact.get(hashes.exact)
+            twin = self._exact.get(hashes.exact)
             if twin is not None:
                 reasons.append(f"same pixels as {twin}")
             elif found:
                 distance, row = min(found)
-                closest = self._labels[row] if row < known else kept[row - known][1]
-                reasons.append(f"near copy (perceptual distance {distance}) of {closest}")
+                reasons.append(f"near copy (perceptual distance {distance}) of {self._labels[row]}")
             else:
                 reasons.append(None)
-                kept_row[n] = known + len(kept)
-                kept.append((hashes, label))
-                kept_exact.setdefault(hashes.exact, label)
-        self.keep(kept)
+                kept_row[n] = len(self._labels)
+                self._remember(hashes, label)
+        self._index.add(codes[list(kept_row)])  # once the batch is decided: its own pairs came from `earlier`
         return reasons
 
 

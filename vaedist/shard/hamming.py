@@ -110,6 +110,7 @@ class CodeIndex:
         self.chunks = (multi_index_chunks(len(self.codes), radius, threads) if flat is None
                        else None if flat else cheapest_chunks(len(self.codes), radius)[0])
         self._multi = _hamming.build(self.codes, radius, self.chunks) if self.chunks is not None else None
+        self._flat = None  # faiss's IndexBinaryFlat over all the codes, made by the first search of other queries
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -142,8 +143,14 @@ class CodeIndex:
                 offset = start if within else 0  # within one set, each row against the rows from its block on
                 if offset >= len(targets):
                     break
-                index = faiss.IndexBinaryFlat(CODE_BITS)
-                index.add(targets[offset:])
+                if within:
+                    index = faiss.IndexBinaryFlat(CODE_BITS)
+                    index.add(targets[offset:])
+                else:  # the same for every batch of queries (a GrowingIndex's): made once
+                    if self._flat is None:
+                        self._flat = faiss.IndexBinaryFlat(CODE_BITS)
+                        self._flat.add(targets)
+                    index = self._flat
                 limits, distances, labels = index.range_search(block, self.radius + 1)  # faiss: distance < radius
                 rows = np.repeat(np.arange(start, start + len(block)), np.diff(limits).astype(np.int64))
                 labels = labels.astype(np.int64) + offset
